@@ -1,0 +1,233 @@
+"""Which attention kernel, dtype and device to run a Phi-3 model with, and why.
+
+The official Phi-3-vision ``config.json`` forces ``_attn_implementation: "flash_attention_2"``,
+which is why the model card tells people without flash-attn to edit lines of a modeling file.
+phi3lab decides from capability probes (:mod:`phi3lab.hardware`) instead:
+
+* **flash_attention_2** only where ``flash_attn`` imports, the GPU has compute capability ≥ 8.0
+  (Ampere or newer) and the dtype is float16 or bfloat16;
+* **sdpa** otherwise on CUDA (bfloat16 where the GPU supports it, else float16), on Apple MPS
+  (float16) and on the CPU (float32);
+* **eager** only when attention weights are requested through ``output_attentions`` — the fused
+  kernels never materialise them.  (:mod:`phi3lab` can capture chosen attention rows under sdpa
+  instead, without switching the whole model to eager.)
+
+An explicit request is honoured when the machine can run it; an impossible one raises
+:class:`AttentionRequestError` saying what to do instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from phi3lab.hardware import Probes, probe
+
+__all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "parse_dtype"]
+
+IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
+_HALF = (torch.float16, torch.bfloat16)
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class AttentionRequestError(ValueError):
+    """A device, dtype or attention kernel was asked for that this machine cannot run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionChoice:
+    """The attention kernel, dtype and device a model is loaded with, and the reason for them.
+
+    Attributes:
+        impl: ``"flash_attention_2"``, ``"sdpa"`` or ``"eager"`` (transformers' names).
+        dtype: the torch dtype for weights and activations.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        reason: one human sentence saying why.
+    """
+
+    impl: str
+    dtype: torch.dtype
+    device: str
+    reason: str
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def summary(self) -> str:
+        return f"{self.impl} · {self.dtype_name} · {self.device} — {self.reason}"
+
+    __str__ = summary
+
+    def _repr_pretty_(self, printer, cycle):
+        printer.text(f"AttentionChoice({self.summary()})")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
+    """``"auto"`` → ``None``; a torch dtype or a common name → the torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, *_HALF):
+            raise AttentionRequestError(
+                f"dtype {dtype} is not supported for Phi-3; use float32, float16, bfloat16 or 'auto'"
+            )
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key == "auto":
+        return None
+    if key not in _DTYPE_NAMES:
+        raise AttentionRequestError(
+            f"unknown dtype {dtype!r}; use 'auto', 'float32', 'float16' or 'bfloat16'"
+        )
+    return _DTYPE_NAMES[key]
+
+
+def _parse_device(device: str | torch.device, probes: Probes) -> str:
+    text = str(device).lower()
+    if text == "auto":
+        return probes.default_device
+    kind = text.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise AttentionRequestError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'")
+    if kind == "cuda" and not probes.cuda:
+        raise AttentionRequestError(
+            "device 'cuda' was requested but torch sees no CUDA GPU here "
+            "(a CPU-only torch build, or no driver); use device='cpu' or device='auto'"
+        )
+    if kind == "mps" and not probes.mps:
+        raise AttentionRequestError(
+            "device 'mps' was requested but Apple's Metal backend is not available here; "
+            "use device='cpu' or device='auto'"
+        )
+    return text
+
+
+def _gpu(probes: Probes) -> str:
+    cap = probes.capability
+    cap_text = f"compute capability {cap[0]}.{cap[1]}" if cap else "unknown capability"
+    return f"{probes.gpu_name or 'the GPU'} ({cap_text})"
+
+
+def _pick_dtype(requested: torch.dtype | None, device: str, probes: Probes) -> torch.dtype:
+    kind = device.split(":")[0]
+    if requested is None:
+        if kind == "cuda":
+            return torch.bfloat16 if probes.cuda_bf16 else torch.float16
+        if kind == "mps":
+            return torch.float16
+        return torch.float32
+    if requested is torch.bfloat16 and kind == "cuda" and not probes.cuda_bf16:
+        raise AttentionRequestError(
+            f"dtype bfloat16 was requested but {_gpu(probes)} has no bfloat16 support; "
+            "use dtype='float16' (or 'auto', which picks it)"
+        )
+    return requested
+
+
+def _flash_blocker(device: str, dtype: torch.dtype, probes: Probes) -> str | None:
+    """Why flash-attention 2 cannot run here, or ``None`` when it can."""
+    if not device.startswith("cuda"):
+        return f"flash-attention 2 runs only on NVIDIA GPUs and the device is {device}"
+    if not probes.flash_attn:
+        return probes.flash_attn_error or "the flash_attn package does not import"
+    cap = probes.capability or (0, 0)
+    if tuple(cap) < (8, 0):
+        return f"{_gpu(probes)} is older than the 8.0 (Ampere) that flash-attention 2 needs"
+    if dtype not in _HALF:
+        return f"flash-attention 2 needs float16 or bfloat16 and the dtype is {dtype}"
+    return None
+
+
+def select_attention(
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    need_weights: bool = False,
+    *,
+    attn: str = "auto",
+    probes: Probes | None = None,
+) -> AttentionChoice:
+    """Choose the attention kernel, dtype and device for a Phi-3 model on this machine.
+
+    Args:
+        device: ``"auto"`` (CUDA, else MPS, else CPU) or an explicit device.
+        dtype: ``"auto"`` (bfloat16 on GPUs that have it, float16 on other GPUs and on MPS,
+            float32 on CPU) or an explicit dtype.
+        need_weights: attention weights will be requested with ``output_attentions=True``;
+            only eager returns them.
+        attn: ``"auto"`` or an explicit ``"flash_attention_2"``, ``"sdpa"`` or ``"eager"``.
+        probes: the machine's capabilities; :func:`phi3lab.hardware.probe` by default.  Tests
+            pass a hand-written :class:`~phi3lab.hardware.Probes` to simulate other machines.
+
+    Returns:
+        A frozen :class:`AttentionChoice`; ``print()`` it to see the reason.
+
+    Raises:
+        AttentionRequestError: the request cannot run here; the message says what to do.
+
+    Examples:
+        >>> from phi3lab.hardware import Probes
+        >>> print(select_attention(probes=Probes()))
+        sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
+        >>> h100 = Probes(cuda=True, capability=(9, 0), gpu_name="H100", cuda_bf16=True, flash_attn=True)
+        >>> select_attention(probes=h100).impl
+        'flash_attention_2'
+    """
+    probes = probes or probe()
+    dev = _parse_device(device, probes)
+    dt = _pick_dtype(parse_dtype(dtype), dev, probes)
+    attn = str(attn).lower()
+    if attn != "auto":
+        return _explicit(attn, dev, dt, need_weights, probes)
+
+    if need_weights:
+        return AttentionChoice(
+            "eager", dt, dev,
+            "attention weights were requested (output_attentions) and only eager returns them; "
+            "phi3lab.attention can capture chosen rows under sdpa instead",
+        )
+    if not probes.sdpa:
+        return AttentionChoice("eager", dt, dev, "this torch has no scaled_dot_product_attention")
+    kind = dev.split(":")[0]
+    if kind == "cuda":
+        blocker = _flash_blocker(dev, dt, probes)
+        if blocker is None:
+            return AttentionChoice(
+                "flash_attention_2", dt, dev,
+                f"flash_attn imports, {_gpu(probes)} supports it and the dtype is {dt}",
+            )
+        return AttentionChoice("sdpa", dt, dev, f"sdpa on {_gpu(probes)}; not flash-attention 2: {blocker}")
+    if kind == "mps":
+        return AttentionChoice("sdpa", dt, dev, "Apple MPS: sdpa runs there; flash-attention 2 is CUDA-only")
+    return AttentionChoice("sdpa", dt, dev, "CPU: sdpa is the fastest kernel that runs here")
+
+
+def _explicit(attn: str, dev: str, dt: torch.dtype, need_weights: bool, probes: Probes) -> AttentionChoice:
+    if attn not in IMPLEMENTATIONS:
+        raise AttentionRequestError(
+            f"unknown attention implementation {attn!r}; use 'auto', {', '.join(map(repr, IMPLEMENTATIONS))}"
+        )
+    if need_weights and attn != "eager":
+        raise AttentionRequestError(
+            f"attention weights (output_attentions) were requested with attn={attn!r}, which never "
+            "materialises them; use attn='eager', or keep "
+            f"{attn} and capture the rows you need with phi3lab.attention"
+        )
+    if attn == "flash_attention_2":
+        blocker = _flash_blocker(dev, dt, probes)
+        if blocker is not None:
+            fix = "install flash-attn (pip install flash-attn --no-build-isolation) or use attn='sdpa'"
+            if "dtype" in blocker:
+                fix = "pass dtype='bfloat16' (or 'float16'), or use attn='sdpa'"
+            elif "NVIDIA" in blocker or "older" in blocker:
+                fix = "use attn='sdpa' (or 'auto')"
+            raise AttentionRequestError(f"attn='flash_attention_2' cannot run: {blocker}; {fix}")
+    if attn == "sdpa" and not probes.sdpa:
+        raise AttentionRequestError(
+            "attn='sdpa' was requested but this torch has no scaled_dot_product_attention; "
+            "upgrade torch or use attn='eager'"
+        )
+    return AttentionChoice(attn, dt, dev, f"requested explicitly (attn={attn!r})")

@@ -1,0 +1,1 @@
+"""Native model implementations, registered with transformers' Auto classes on import."""

@@ -1,0 +1,107 @@
+"""The embedded models' tokenizer: a small BPE with Phi-3's pipeline and special tokens.
+
+It mirrors the official Phi-3 ``tokenizer.json`` layout so that every piece of phi3lab that
+handles real Phi-3 tokenizers is exercised by the tiny models too:
+
+* ids 0, 1, 2 are ``<unk>``, ``<s>``, ``</s>``; ids 3–258 are the byte-fallback pieces
+  ``<0x00>``…``<0xFF>``; learned pieces follow;
+* the normalizer prepends ``▁`` and replaces spaces by ``▁`` (so ``<|user|>\\n`` becomes
+  ``<|user|>``, ``▁``, ``\\n`` exactly as in Phi-3), BPE with byte fallback, and the
+  Replace/ByteFallback/Fuse/Strip decoder;
+* the chat special tokens sit right after the base vocabulary in Phi-3's order, so each has the
+  same offset from the base size as in Phi-3 (``<|endoftext|>`` = base = 2000, ``<|end|>`` = base + 7,
+  ``<|user|>`` = base + 10, ``<|image|>`` = base + 44), with Phi-3-vision's ``rstrip`` flags.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+
+BASE_VOCAB = 2000
+VOCAB_SIZE = BASE_VOCAB + 64  # the embedding is padded past the specials, as Phi-3 pads 32011 to 32064
+SPECIALS = {  # offset from BASE_VOCAB -> (token, rstrip), as in Phi-3 (32000 + offset)
+    0: ("<|endoftext|>", False),
+    1: ("<|assistant|>", True),
+    2: ("<|placeholder1|>", True),
+    3: ("<|placeholder2|>", True),
+    4: ("<|placeholder3|>", True),
+    5: ("<|placeholder4|>", True),
+    6: ("<|system|>", False),
+    7: ("<|end|>", False),
+    8: ("<|placeholder5|>", True),
+    9: ("<|placeholder6|>", True),
+    10: ("<|user|>", False),
+    44: ("<|image|>", True),
+}
+HEAD = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+
+
+def _added(id_: int, content: str, *, rstrip: bool = False, special: bool = True) -> dict:
+    return {"id": id_, "content": content, "single_word": False, "lstrip": False,
+            "rstrip": rstrip, "normalized": False, "special": special}
+
+
+def train(texts: Iterable[str], *, add_bos: bool) -> Tokenizer:
+    """Train the BPE on ``texts`` and return a tokenizer in Phi-3's layout.
+
+    Args:
+        texts: training sentences.
+        add_bos: whether encoding with special tokens prepends ``<s>`` (Phi-3-vision's
+            tokenizer does; the July 2024 Phi-3-mini tokenizer does not).
+    """
+    learned = BASE_VOCAB - len(HEAD)
+    trainer_tok = Tokenizer(BPE(unk_token="<unk>", byte_fallback=True))
+    trainer_tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    # Training splits at newlines and word starts so that no piece spans "▁\n" (Phi-3 has none);
+    # the saved tokenizer has no pre-tokenizer, like Phi-3's.
+    trainer_tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Split("▁", behavior="merged_with_next"),
+    ])
+    trainer = BpeTrainer(vocab_size=learned, min_frequency=1, show_progress=False, special_tokens=[])
+    trainer_tok.train_from_iterator(texts, trainer)
+    spec = json.loads(trainer_tok.to_str())
+    pieces = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    vocab = {tok: i for i, tok in enumerate(HEAD)}
+    for tok, _ in pieces:
+        if tok not in vocab and "\n" not in tok:  # newline stays the byte piece <0x0A>, as in Phi-3
+            vocab[tok] = len(vocab)
+    # Pad with unused pieces so the base vocabulary has exactly BASE_VOCAB entries.
+    while len(vocab) < BASE_VOCAB:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    if len(vocab) > BASE_VOCAB:
+        raise RuntimeError(f"the trained vocabulary has {len(vocab)} pieces, over {BASE_VOCAB}")
+
+    spec["model"]["vocab"] = vocab
+    spec["pre_tokenizer"] = None
+    spec["decoder"] = json.loads(
+        decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                           decoders.Strip(" ", 1, 0)]).__getstate__()
+    )
+    added = [_added(0, "<unk>"), _added(1, "<s>"), _added(2, "</s>", rstrip=True, special=False)]
+    added += [_added(BASE_VOCAB + off, tok, rstrip=rs) for off, (tok, rs) in sorted(SPECIALS.items())]
+    spec["added_tokens"] = added
+    if add_bos:
+        spec["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        }
+    else:
+        spec["post_processor"] = None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def special_id(token: str) -> int:
+    """The id of a chat special token in the embedded tokenizer."""
+    for off, (tok, _) in SPECIALS.items():
+        if tok == token:
+            return BASE_VOCAB + off
+    raise KeyError(token)
