@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,73 @@ class Lab:
             rows.append(("note", self.spec.note))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    # --- chat ---------------------------------------------------------------------------------
+
+    @property
+    def template_revision(self) -> str:
+        """Which Phi-3 chat template the tokenizer carries (see :func:`phi3lab.chat.template_revision`)."""
+        from phi3lab.chat import template_revision
+
+        return template_revision(self.tokenizer)
+
+    def render(self, conversation, *, images: Sequence = (), add_generation_prompt: bool = True, **kwargs) -> str:
+        """The prompt string the model's own template makes of a conversation (validated)."""
+        from phi3lab.chat import render
+
+        return render(self.tokenizer, conversation, add_generation_prompt=add_generation_prompt,
+                      num_images=len(images), vision=self.spec.modality == "vision", **kwargs)
+
+    def tokens(self, conversation, *, images: Sequence = (), num_crops: int | None = None, **kwargs):
+        """A :class:`~phi3lab.token_view.TokenTable` of what the model sees, role by role."""
+        from phi3lab.budget import image_size
+        from phi3lab.patches import num_image_tokens
+        from phi3lab.token_view import token_table
+
+        crops = num_crops or self.spec.num_crops or 16
+        counts = [num_image_tokens(*image_size(im), crops) for im in images] or None
+        return token_table(self.tokenizer, conversation, image_token_counts=counts,
+                           vision=self.spec.modality == "vision", **kwargs)
+
+    def budget(self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0):
+        """Token counts (images from their sizes alone) against the context; flags LongRoPE."""
+        from phi3lab.budget import token_budget
+
+        return token_budget(self.tokenizer, conversation, self.spec, images=images, num_crops=num_crops,
+                            max_new_tokens=max_new_tokens, vision=self.spec.modality == "vision")
+
+    def chat(self, conversation, images: Sequence | None = None, *, max_new_tokens: int = 128,
+             temperature: float = 0.0, top_p: float = 1.0, stream: bool = True, seed: int | None = None):
+        """Answer a conversation, streaming the text as it is produced.
+
+        Args:
+            conversation: a string (one user turn) or HF messages.
+            images: images for the ``<|image_N|>`` tags (vision models).
+            max_new_tokens: upper bound on the answer's length.
+            temperature: 0 (the default) decodes greedily and deterministically.
+            top_p: nucleus sampling mass when ``temperature > 0``.
+            stream: print the answer while it is generated.
+            seed: seed for sampling.
+
+        Returns:
+            A :class:`~phi3lab.generation.ChatResult` (text, ids, counts, timings).
+        """
+        from phi3lab.generation import chat
+
+        return chat(self, conversation, images, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, stream=stream, seed=seed)
+
+    def chat_batch(self, conversations: Sequence, **kwargs):
+        """Answer several text conversations at once (left padding); returns a list of results."""
+        from phi3lab.generation import chat_batch
+
+        return chat_batch(self, conversations, **kwargs)
+
+    def session(self, system: str | None = None):
+        """A :class:`~phi3lab.generation.ChatSession` that keeps multi-turn history."""
+        from phi3lab.generation import ChatSession
+
+        return ChatSession(self, system=system)
 
     def __repr__(self) -> str:
         return f"Lab({self.spec.name!r}, {self.attention.impl}, {self.attention.dtype_name}, {self.attention.device})"

@@ -14,6 +14,7 @@ The attention kernel, dtype and device come from :func:`phi3lab.select_attention
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -178,7 +179,8 @@ def load(
     kwargs = dict(config=config, dtype=choice.dtype, attn_implementation=choice.impl, trust_remote_code=False)
     if choice.device.startswith("cuda"):
         kwargs["device_map"] = choice.device
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    with _quiet_progress(kind == "embedded"):  # a bar for a 5 MB model is noise; keep it for real ones
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     if not choice.device.startswith("cuda"):
         model = model.to(choice.device)
     model.eval()
@@ -188,6 +190,20 @@ def load(
     if verbose:
         print(f"phi3lab: {name} · {choice.summary()}")
     return lab
+
+
+@contextlib.contextmanager
+def _quiet_progress(quiet: bool):
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if quiet and enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _load_processor(folder: Path, spec: ModelSpec):

@@ -1,0 +1,124 @@
+"""How many tokens a conversation costs, images included, before anything is run.
+
+Image tokens come from image sizes alone (the HD rule in :mod:`phi3lab.patches`), so a
+notebook can check a 4-image prompt against the context without processing a pixel.  On the
+128K models the budget also flags the 4,096-token LongRoPE switch: past it the model uses its
+*long* RoPE factors for the whole sequence, so the same text can be answered differently, and
+transformers discards the KV cache when a generation crosses the boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from phi3lab.chat import render, tokenize_prompt
+from phi3lab.patches import num_image_tokens
+from phi3lab.registry import ModelSpec
+
+__all__ = ["Budget", "token_budget", "image_size", "LONGROPE_SWITCH"]
+
+LONGROPE_SWITCH = 4096  # original_max_position_embeddings of every Phi-3 128K model
+
+
+def image_size(image) -> tuple[int, int]:
+    """``(width, height)`` of a PIL image, a ``(width, height)`` pair, or an image file (header only)."""
+    if hasattr(image, "size") and not isinstance(image, (tuple, list)):
+        return tuple(image.size)
+    if isinstance(image, (tuple, list)) and len(image) == 2:
+        return int(image[0]), int(image[1])
+    from PIL import Image
+
+    with Image.open(image) as im:  # reads the header, not the pixels
+        return im.size
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Token counts of one prompt against a model's context."""
+
+    text_tokens: int
+    image_tokens: tuple[int, ...]
+    max_new_tokens: int
+    context_length: int
+    long_context: bool
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.text_tokens + sum(self.image_tokens)
+
+    @property
+    def total(self) -> int:
+        """Prompt plus the tokens generation may add."""
+        return self.prompt_tokens + self.max_new_tokens
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.context_length
+
+    @property
+    def prompt_crosses_longrope(self) -> bool:
+        """The prompt alone runs with the long RoPE factors (128K models only)."""
+        return self.long_context and self.prompt_tokens > LONGROPE_SWITCH
+
+    @property
+    def generation_crosses_longrope(self) -> bool:
+        """The prompt is under the switch but generation may carry it over."""
+        return self.long_context and self.prompt_tokens <= LONGROPE_SWITCH < self.total
+
+    def warnings(self) -> list[str]:
+        out = []
+        if not self.fits:
+            out.append(
+                f"over the context: {self.total:,} tokens > {self.context_length:,}; "
+                "shorten the prompt, use fewer images or a smaller num_crops, or lower max_new_tokens"
+            )
+        if self.prompt_crosses_longrope:
+            out.append(
+                f"LongRoPE switch: the prompt has {self.prompt_tokens:,} tokens > {LONGROPE_SWITCH:,}, so the "
+                "long RoPE factors apply to the whole sequence (answers can differ from a shorter prompt's)"
+            )
+        if self.generation_crosses_longrope:
+            out.append(
+                f"LongRoPE switch during generation: {self.prompt_tokens:,} + {self.max_new_tokens:,} new tokens "
+                f"can pass {LONGROPE_SWITCH:,}; the factors change there and the KV cache is recomputed"
+            )
+        return out
+
+    def to_text(self) -> str:
+        images = " + ".join(f"{n:,}" for n in self.image_tokens) or "0"
+        lines = [
+            f"text tokens    {self.text_tokens:,}",
+            f"image tokens   {images}",
+            f"prompt         {self.prompt_tokens:,}",
+            f"max new        {self.max_new_tokens:,}",
+            f"total          {self.total:,} of {self.context_length:,} ({100 * self.total / self.context_length:.1f}%)",
+        ]
+        lines += [f"warning        {w}" for w in self.warnings()] or ["status         ok"]
+        return "\n".join(lines)
+
+    __str__ = to_text
+
+
+def token_budget(
+    tokenizer,
+    conversation,
+    spec: ModelSpec,
+    *,
+    images: Sequence = (),
+    num_crops: int | None = None,
+    max_new_tokens: int = 0,
+    **render_kwargs,
+) -> Budget:
+    """Count a conversation's tokens (images from their sizes) against ``spec``'s context."""
+    crops = num_crops or spec.num_crops or 16
+    counts = [num_image_tokens(*image_size(im), crops) for im in images]
+    prompt = render(tokenizer, conversation, num_images=len(counts), **render_kwargs)
+    ids, _ = tokenize_prompt(tokenizer, prompt, counts or None)
+    return Budget(
+        text_tokens=len(ids) - sum(counts),
+        image_tokens=tuple(counts),
+        max_new_tokens=max_new_tokens,
+        context_length=spec.context_length,
+        long_context=spec.long_context,
+    )

@@ -1,0 +1,233 @@
+"""Chatting with a loaded model: streamed, greedy by default, stopping where Phi-3 stops.
+
+``lab.chat("What is 2 plus 3?")`` renders the conversation with the model's own template,
+streams the answer into the notebook as it is produced, stops at the model's stop ids
+(``<|end|>`` for every Phi-3, not the ``eos_token_id`` of ``config.json``) and returns a
+:class:`ChatResult` with the text, ids, token counts, time to first token and speed.
+:class:`ChatSession` keeps the history of a multi-turn conversation; :func:`chat_batch`
+answers several prompts at once with left padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from phi3lab.chat import as_messages, render, tokenize_prompt
+
+__all__ = ["ChatResult", "ChatSession", "chat", "chat_batch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+    """One answer.
+
+    Attributes:
+        text: the answer, special tokens removed.
+        token_ids: the generated ids, the stop token included when there was one.
+        prompt_tokens, new_tokens: token counts.
+        time_to_first_token: seconds from the call to the first new token.
+        tokens_per_second: new tokens per second of generation after the first.
+        finish_reason: ``"stop"`` (a stop id was produced) or ``"length"`` (max_new_tokens).
+        messages: the conversation with this answer appended.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token: float
+    tokens_per_second: float
+    finish_reason: str
+    messages: tuple[dict, ...]
+
+    def stats(self) -> str:
+        return (
+            f"{self.prompt_tokens} prompt + {self.new_tokens} new tokens · first token after "
+            f"{1000 * self.time_to_first_token:.0f} ms · {self.tokens_per_second:.1f} tokens/s · {self.finish_reason}"
+        )
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Streamer(BaseStreamer):
+    """Prints decoded text as tokens arrive, and notes when the first one came."""
+
+    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool):
+        self.tokenizer, self.stop_ids, self.echo = tokenizer, set(stop_ids), echo
+        self.prompt_seen = False
+        self.ids: list[int] = []
+        self.printed = ""
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids += [int(i) for i in value.reshape(-1)]
+        if self.echo:
+            text = self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                sys.stdout.write(text[len(self.printed):])
+                sys.stdout.flush()
+                self.printed = text
+
+    def end(self) -> None:
+        if self.echo:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature ≥ 0 and 0 < top_p ≤ 1, got temperature={temperature}, top_p={top_p}")
+    stops = list(lab.spec.stop_ids)
+    pad = lab.tokenizer.pad_token_id if lab.tokenizer.pad_token_id is not None else stops[0]
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, do_sample=temperature > 0)
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def encode(lab, messages: list[dict], images: Sequence = ()) -> dict:
+    """Model inputs for a validated conversation: ``input_ids`` and ``attention_mask`` (+ pixels)."""
+    vision = lab.spec.modality == "vision"
+    prompt = render(lab.tokenizer, messages, num_images=len(images), vision=vision)
+    if vision:
+        inputs = lab.processor(prompt, list(images) or None, return_tensors="pt")
+        return {k: v.to(lab.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+    ids, _ = tokenize_prompt(lab.tokenizer, prompt)
+    input_ids = torch.tensor([ids], device=lab.model.device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
+            first_at: float | None, ended: float) -> ChatResult:
+    stops = set(lab.spec.stop_ids)
+    pad = lab.tokenizer.pad_token_id
+    # drop right padding that batched generation adds after a row has stopped
+    cut = next((k + 1 for k, i in enumerate(new_ids) if i in stops), len(new_ids))
+    new_ids = new_ids[:cut]
+    stopped = bool(new_ids) and new_ids[-1] in stops
+    if not stopped and pad is not None and pad in stops:
+        new_ids = [i for i in new_ids if i != pad]
+    text = lab.tokenizer.decode([i for i in new_ids if i not in stops], skip_special_tokens=True).strip()
+    first_at = first_at or ended
+    after_first = max(len(new_ids) - 1, 0)
+    speed = after_first / (ended - first_at) if ended > first_at and after_first else 0.0
+    return ChatResult(
+        text=text,
+        token_ids=tuple(new_ids),
+        prompt_tokens=prompt_tokens,
+        new_tokens=len(new_ids),
+        time_to_first_token=first_at - started,
+        tokens_per_second=speed,
+        finish_reason="stop" if stopped else "length",
+        messages=tuple([*messages, {"role": "assistant", "content": text}]),
+    )
+
+
+@torch.inference_mode()
+def chat(
+    lab,
+    conversation,
+    images: Sequence | None = None,
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: bool = True,
+    seed: int | None = None,
+) -> ChatResult:
+    """Answer a conversation (a string or HF messages); see :meth:`phi3lab.Lab.chat`."""
+    images = list(images or ())
+    messages = as_messages(conversation)
+    kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
+    started = time.perf_counter()
+    inputs = encode(lab, messages, images)
+    streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream)
+    if seed is not None:
+        torch.manual_seed(seed)
+    out = lab.model.generate(**inputs, streamer=streamer, **kwargs)
+    ended = time.perf_counter()
+    prompt_len = inputs["input_ids"].shape[1]
+    new_ids = [int(i) for i in out[0, prompt_len:]]
+    return _finish(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended)
+
+
+@torch.inference_mode()
+def chat_batch(
+    lab,
+    conversations: Sequence,
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> list[ChatResult]:
+    """Answer several text conversations in one left-padded batch (no streaming)."""
+    if lab.spec.modality == "vision":
+        raise NotImplementedError("batched chat takes text prompts; call lab.chat() per image prompt")
+    if not conversations:
+        raise ValueError("chat_batch needs at least one conversation")
+    kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
+    started = time.perf_counter()
+    all_messages = [as_messages(c) for c in conversations]
+    encoded = [encode(lab, m)["input_ids"][0].tolist() for m in all_messages]
+    width = max(len(ids) for ids in encoded)
+    pad = kwargs["pad_token_id"]
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=lab.model.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=lab.model.device)
+    out = lab.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    ended = time.perf_counter()
+    return [
+        _finish(lab, [int(i) for i in out[row, width:]], all_messages[row], len(encoded[row]), started, None, ended)
+        for row in range(len(encoded))
+    ]
+
+
+class ChatSession:
+    """A multi-turn conversation that keeps its history (and images) between turns.
+
+    Examples:
+        >>> import phi3lab
+        >>> session = phi3lab.load("tiny", verbose=False).session(system="Answer briefly.")
+        >>> _ = session.chat("What is 2 plus 3?", stream=False, max_new_tokens=4)
+        >>> [m["role"] for m in session.history]
+        ['system', 'user', 'assistant']
+    """
+
+    def __init__(self, lab, system: str | None = None):
+        self.lab = lab
+        self.history: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.images: list = []
+        self.results: list[ChatResult] = []
+
+    def chat(self, text: str, images: Sequence | None = None, **kwargs) -> ChatResult:
+        """Add a user turn (and its images), answer it, and keep both in the history."""
+        new_images = list(images or ())
+        result = chat(self.lab, [*self.history, {"role": "user", "content": text}], [*self.images, *new_images],
+                      **kwargs)
+        self.images += new_images
+        self.history = list(result.messages)
+        self.results.append(result)
+        return result
+
+    def reset(self) -> None:
+        """Forget everything but the system prompt."""
+        self.history = [m for m in self.history[:1] if m["role"] == "system"]
+        self.images, self.results = [], []
+
+    def __repr__(self) -> str:
+        return f"ChatSession({len(self.history)} messages, {len(self.images)} images)"

@@ -1,0 +1,166 @@
+"""What the model sees: a prompt as a table of tokens with their roles.
+
+:func:`token_table` renders a conversation with the model's own template, tokenizes it the way
+generation does (images included, for Phi-3-vision) and labels every token with its segment:
+
+========== ==============================================================
+system     text of the system turn
+user       text of a user turn
+assistant  text of an assistant turn
+image      an image placeholder position (one per image token)
+special    ``<s>``, ``<|user|>``, ``<|end|>``, ``<|assistant|>``, ...
+separator  the ``▁`` and ``\\n`` pieces between special tokens and text
+========== ==============================================================
+
+The table has a plain-text form (:meth:`TokenTable.to_text`, the tested contract) and a coloured
+HTML form (:meth:`TokenTable.to_html`, shown by Jupyter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from collections.abc import Iterable, Sequence
+
+from phi3lab.chat import render, tokenize_prompt
+
+__all__ = ["TokenRow", "TokenTable", "token_table", "SEGMENT_COLOURS"]
+
+SEGMENT_COLOURS = {
+    "system": "#e9d5ff",
+    "user": "#bfdbfe",
+    "assistant": "#bbf7d0",
+    "image": "#fed7aa",
+    "special": "#d1d5db",
+    "separator": "#f3f4f6",
+}
+_TURN = re.compile(r"<\|(system|user|assistant)\|>\n(.*?)(?=<\|end\|>|<\|assistant\|>|\Z)", re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRow:
+    index: int
+    id: int
+    token: str  # the vocabulary piece (e.g. "▁is", "<0x0A>")
+    start: int
+    end: int
+    segment: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenTable:
+    """Tokens of one rendered prompt; ``rows[i]`` describes ``input_ids[i]``."""
+
+    prompt: str
+    rows: tuple[TokenRow, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        return [r.id for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def counts(self) -> dict[str, int]:
+        """Tokens per segment, in a fixed order."""
+        out = {s: 0 for s in SEGMENT_COLOURS}
+        for r in self.rows:
+            out[r.segment] += 1
+        return {k: v for k, v in out.items() if v}
+
+    def _runs(self) -> Iterable[tuple[int, int, TokenRow]]:
+        """Rows with image runs collapsed: (first index, last index, row)."""
+        i = 0
+        while i < len(self.rows):
+            r, j = self.rows[i], i
+            if r.segment == "image":
+                while j + 1 < len(self.rows) and self.rows[j + 1].segment == "image" and self.rows[j + 1].id == r.id:
+                    j += 1
+            yield i, j, r
+            i = j + 1
+
+    def to_text(self) -> str:
+        """One line per token (image runs on one line): index, id, segment, span, piece."""
+        lines = [f"{'#':>9}  {'id':>6}  {'segment':<9}  {'span':<9}  token"]
+        for i, j, r in self._runs():
+            index = f"{i}" if i == j else f"{i}-{j}"
+            ident = f"{r.id}" if i == j else f"{r.id}×{j - i + 1}"
+            piece = self.prompt[r.start:r.end] if r.segment == "image" else r.token
+            lines.append(f"{index:>9}  {ident:>6}  {r.segment:<9}  {f'{r.start}-{r.end}':<9}  {piece!r}")
+        summary = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        lines.append(f"{len(self.rows)} tokens: {summary}")
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """Coloured token chips with id and segment on hover; self-contained, no scripts."""
+        chips = []
+        for i, j, r in self._runs():
+            label = self.prompt[r.start:r.end] if r.segment == "image" else r.token
+            if r.segment == "image":
+                label = f"{label} ×{j - i + 1}"
+            label = html.escape(label.replace("▁", "·").replace("<0x0A>", "\\n"))
+            title = html.escape(f"#{i}" + (f"-{j}" if j > i else "") + f" id {r.id} · {r.segment}")
+            chips.append(
+                f'<span title="{title}" style="background:{SEGMENT_COLOURS[r.segment]};border-radius:3px;'
+                f'padding:1px 3px;margin:1px;display:inline-block;font-family:monospace">{label}</span>'
+            )
+        legend = " ".join(
+            f'<span style="background:{c};padding:1px 4px;border-radius:3px">{s} {n}</span>'
+            for s, c in SEGMENT_COLOURS.items()
+            if (n := self.counts().get(s))
+        )
+        return f'<div style="line-height:1.9">{"".join(chips)}</div><div style="font-size:85%">{legend}</div>'
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def _segments(prompt: str) -> list[str]:
+    labels = ["separator"] * (len(prompt) + 1)
+    for m in _TURN.finditer(prompt):
+        for k in range(m.start(2), m.end(2)):
+            labels[k] = m.group(1)
+    return labels
+
+
+def token_table(
+    tokenizer,
+    conversation,
+    *,
+    image_token_counts: Sequence[int] | None = None,
+    add_generation_prompt: bool = True,
+    **render_kwargs,
+) -> TokenTable:
+    """Render, tokenize and label a conversation.
+
+    Args:
+        tokenizer: the model's tokenizer (or a processor wrapping one).
+        conversation: a string or HF messages.
+        image_token_counts: tokens per image (vision models), e.g. from
+            :func:`phi3lab.patches.num_image_tokens`; ``None`` for text-only prompts.
+        add_generation_prompt: end with the assistant header.
+        **render_kwargs: passed to :func:`phi3lab.chat.render` (``fold_system_prompt``, ``vision``).
+    """
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    n_images = len(image_token_counts or ())
+    prompt = render(tok, conversation, add_generation_prompt=add_generation_prompt, num_images=n_images,
+                    **render_kwargs)
+    ids, spans = tokenize_prompt(tok, prompt, image_token_counts if n_images else None)
+    labels = _segments(prompt)
+    special_ids = set(tok.all_special_ids) | {
+        i for i, t in tok.added_tokens_decoder.items() if t.special
+    }
+    rows = []
+    for index, (token_id, (start, end)) in enumerate(zip(ids, spans)):
+        if token_id < 0:
+            segment, piece = "image", f"<|image_{-token_id}|>"
+        elif token_id in special_ids:
+            segment, piece = "special", tok.convert_ids_to_tokens(token_id)
+        else:
+            segment, piece = labels[start], tok.convert_ids_to_tokens(token_id)
+        rows.append(TokenRow(index, token_id, piece, start, end, segment))
+    return TokenTable(prompt, tuple(rows))

@@ -1,0 +1,220 @@
+"""Chat templates, validation and prompt ids against the official files in ../shared/reference."""
+
+import warnings
+
+import pytest
+
+from phi3lab.chat import (
+    ChatFormatError,
+    Messages,
+    SystemMessageDropped,
+    build_prompt,
+    fold_system,
+    render,
+    template_revision,
+    tokenize_prompt,
+    validate,
+)
+
+S_U_A_U = [
+    {"role": "system", "content": "S"},
+    {"role": "user", "content": "U1"},
+    {"role": "assistant", "content": "A1"},
+    {"role": "user", "content": "U2"},
+]
+CONVERSATIONS = [
+    S_U_A_U,
+    S_U_A_U[1:],
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "Empty system"}],
+    [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}],
+    [{"role": "user", "content": "<|image_1|>\nWhat is shown?"}, {"role": "assistant", "content": "A cat."},
+     {"role": "user", "content": "More?"}],
+    [{"role": "user", "content": "U"}, {"role": "tool", "content": "T"}],
+    [{"role": "system", "content": "Line one\nline two"}, {"role": "user", "content": "  spaces  "}],
+]
+REVISION_FILES = {
+    "phi3-mini-2024-04": "phi3-mini-2024-04.jinja",
+    "phi3-mini-2024-07": "phi3-mini-2024-07.jinja",
+    "phi3-vision": "phi3-vision.jinja",
+}
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(reference):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(reference / "phi3v-tiny-random" / "model", trust_remote_code=False)
+
+
+@pytest.fixture(scope="module")
+def with_template(real_tokenizer, reference):
+    """The real tokenizer carrying one official template revision."""
+    import copy
+
+    def make(revision):
+        tok = copy.deepcopy(real_tokenizer)
+        tok.chat_template = (reference / "chat-templates" / REVISION_FILES[revision]).read_text()
+        return tok
+
+    return make
+
+
+# --- rendered strings: PHI3_SPEC.md §1.3 and §3 -----------------------------------------------
+
+
+def test_april_2024_drops_system_and_starts_with_bos(with_template):
+    tok = with_template("phi3-mini-2024-04")
+    text = tok.apply_chat_template(S_U_A_U, tokenize=False, add_generation_prompt=True)
+    assert text == "<s><|user|>\nU1<|end|>\n<|assistant|>\nA1<|end|>\n<|user|>\nU2<|end|>\n<|assistant|>\n"
+
+
+def test_july_2024_renders_system_and_eos(with_template):
+    tok = with_template("phi3-mini-2024-07")
+    head = "<|system|>\nS<|end|>\n<|user|>\nU1<|end|>\n<|assistant|>\nA1<|end|>\n<|user|>\nU2<|end|>\n"
+    assert tok.apply_chat_template(S_U_A_U, tokenize=False, add_generation_prompt=True) == head + "<|assistant|>\n"
+    assert tok.apply_chat_template(S_U_A_U, tokenize=False, add_generation_prompt=False) == head + "<|endoftext|>"
+
+
+def test_vision_template(with_template):
+    tok = with_template("phi3-vision")
+    msgs = CONVERSATIONS[5]
+    full = "<|user|>\n<|image_1|>\nWhat is shown?<|end|>\n<|assistant|>\nA cat.<|end|>\n<|user|>\nMore?<|end|>\n"
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == full + "<|assistant|>\n"
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False) == full
+    ends_assistant = msgs[:2]
+    assert not tok.apply_chat_template(ends_assistant, tokenize=False, add_generation_prompt=True).endswith(
+        "<|assistant|>\n")
+
+
+@pytest.mark.parametrize("revision", list(REVISION_FILES))
+@pytest.mark.parametrize("agp", [True, False])
+def test_readable_renderer_equals_the_template(with_template, revision, agp):
+    tok = with_template(revision)
+    for msgs in CONVERSATIONS:
+        expected = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=agp)
+        assert build_prompt(msgs, revision, add_generation_prompt=agp) == expected, msgs
+
+
+@pytest.mark.parametrize("revision", list(REVISION_FILES))
+def test_revision_is_detected(with_template, revision):
+    assert template_revision(with_template(revision)) == revision
+
+
+def test_unknown_template_is_unknown(real_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(real_tokenizer)
+    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    assert template_revision(tok) == "unknown"
+
+
+def test_embedded_model_carries_july_template(tiny):
+    assert tiny.template_revision == "phi3-mini-2024-07"
+
+
+def test_dropped_system_warns_and_can_be_folded(with_template):
+    tok = with_template("phi3-mini-2024-04")
+    with pytest.warns(SystemMessageDropped, match="fold_system_prompt=True"):
+        text = render(tok, S_U_A_U)
+    assert "S" not in text.replace("<s>", "")
+    folded = render(tok, S_U_A_U, fold_system_prompt=True)
+    assert folded.startswith("<s><|user|>\nS\n\nU1<|end|>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        render(tok, S_U_A_U, fold_system_prompt=False)
+        render(with_template("phi3-mini-2024-07"), S_U_A_U)  # keeps the system turn: no warning
+
+
+def test_fold_system_without_user_turn():
+    assert fold_system([{"role": "system", "content": "S"}]) == [{"role": "user", "content": "S"}]
+
+
+# --- exact ids: PHI3_SPEC.md §5.2 --------------------------------------------------------------
+
+
+def test_text_ids(real_tokenizer):
+    ids, _ = tokenize_prompt(real_tokenizer, "<|user|>\nWhat is 1+1?<|end|>\n<|assistant|>\n")
+    assert ids == [1, 32010, 29871, 13, 5618, 338, 29871, 29896, 29974, 29896, 29973, 32007, 29871, 13, 32001]
+
+
+def test_system_ids(real_tokenizer):
+    msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello"}]
+    ids, _ = tokenize_prompt(real_tokenizer, render(real_tokenizer, msgs))
+    assert ids == [1, 32006, 29871, 13, 3492, 526, 263, 8444, 20255, 29889, 32007, 29871, 13, 32010, 29871, 13,
+                   10994, 32007, 29871, 13, 32001]
+
+
+def test_single_image_ids(real_tokenizer):
+    prompt = "<|user|>\n<|image_1|>\nWhat is shown in this image?<|end|>\n<|assistant|>\n"
+    ids, spans = tokenize_prompt(real_tokenizer, prompt, [2509])
+    expected = [1, 32010, 29871, 13] + [-1] * 2509 + [1, 29871, 13, 5618, 338, 4318, 297, 445, 1967, 29973,
+                                                      32007, 29871, 13, 32001]
+    assert ids == expected and len(ids) == 2527
+    assert spans[4] == (9, 20)  # image positions point at the tag
+
+
+def test_two_image_ids(real_tokenizer):
+    prompt = "<|user|>\n<|image_1|>\n<|image_2|>\nCompare the two images.<|end|>\n<|assistant|>\n"
+    ids, _ = tokenize_prompt(real_tokenizer, prompt, [2509, 1921])
+    expected = ([1, 32010, 29871, 13] + [-1] * 2509 + [1, 29871, 13] + [-2] * 1921
+                + [1, 29871, 13, 6843, 598, 278, 1023, 4558, 29889, 32007, 29871, 13, 32001])
+    assert ids == expected and len(ids) == 4450
+
+
+def test_image_only_prompt(real_tokenizer):
+    ids, _ = tokenize_prompt(real_tokenizer, "<|image_1|>", [2509])
+    assert ids == [1] + [-1] * 2509 + [1]
+
+
+def test_april_template_gets_one_bos(with_template):
+    tok = with_template("phi3-mini-2024-04")
+    ids, _ = tokenize_prompt(tok, render(tok, S_U_A_U[1:2]))
+    assert ids[:2] == [1, 32010]
+
+
+# --- validation: every error names the message and the fix -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "messages, kwargs, expected",
+    [
+        ([], {}, "the conversation is empty"),
+        (["hi"], {}, "message 0 is 'hi'; each message is a dict"),
+        ([{"role": "user"}], {}, "message 0 is"),
+        ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], {"add_generation_prompt": False},
+         "message 1 has role 'tool'"),
+        ([{"role": "user", "content": ["a"]}], {}, "message 0 has content of type list"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}, {"role": "user", "content": "b"}],
+         {}, "message 1 is a system message after the start"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], {},
+         "message 1 (the last) is from the assistant"),
+        ([{"role": "user", "content": "<|image_2|> <|image_1|>"}], {"num_images": 2},
+         "message 0 has <|image_2|> where <|image_1|> comes next"),
+        ([{"role": "user", "content": "<|image_1|>"}, {"role": "assistant", "content": "x"},
+          {"role": "user", "content": "<|image_1|> again"}], {"num_images": 1},
+         "message 2 repeats <|image_1|> (first used in message 0)"),
+        ([{"role": "user", "content": "<|image_1|> <|image_3|>"}], {"num_images": 2},
+         "message 0 has <|image_3|> where <|image_2|> comes next"),
+        ([{"role": "user", "content": "<|image_1|>"}], {"num_images": 2},
+         "1 image tag(s) but 2 image(s) were given"),
+        ([{"role": "user", "content": "no tag"}], {"num_images": 1}, "0 image tag(s) but 1 image(s)"),
+        ([{"role": "user", "content": "<|image_1|>"}], {"num_images": 1, "vision": False},
+         "message 0 has <|image_1|>, but this is a text-only model"),
+    ],
+)
+def test_validation_errors(messages, kwargs, expected):
+    with pytest.raises(ChatFormatError) as info:
+        validate(messages, **kwargs)
+    assert expected in str(info.value)
+
+
+def test_a_single_dict_is_refused(tiny):
+    with pytest.raises(ChatFormatError, match="pass a list of messages"):
+        tiny.render({"role": "user", "content": "hi"})
+
+
+def test_builder_and_valid_conversation():
+    msgs = Messages().system("S").user("<|image_1|>\nHi").assistant("Hello").user("<|image_2|>\nAnd this?")
+    validate(msgs, num_images=2)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]

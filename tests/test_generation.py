@@ -1,0 +1,108 @@
+"""Generation on the embedded model: streaming, stop ids, determinism, batches, sessions."""
+
+import pytest
+import torch
+
+from phi3lab.chat import ChatFormatError
+
+
+@pytest.fixture
+def end_after(tiny):
+    """Make the model say <|end|> at its n-th step, through a hook on the real lm_head."""
+    handles = []
+
+    def install(n):
+        end = tiny.tokenizer.convert_tokens_to_ids("<|end|>")
+        calls = {"k": 0}
+
+        def hook(module, args, output):
+            calls["k"] += 1
+            if calls["k"] == n:
+                output = output.clone()
+                output[:, -1, end] = output.abs().max() * 10 + 100
+            return output
+
+        handles.append(tiny.model.lm_head.register_forward_hook(hook))
+
+    yield install
+    for h in handles:
+        h.remove()
+
+
+def test_greedy_is_deterministic(tiny):
+    a = tiny.chat("What is 2 plus 3?", max_new_tokens=12, stream=False)
+    b = tiny.chat("What is 2 plus 3?", max_new_tokens=12, stream=False)
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert a.finish_reason == "length" and a.new_tokens == 12
+
+
+def test_streams_the_text(tiny, capsys):
+    result = tiny.chat("Say the word apple twice.", max_new_tokens=8)
+    printed = capsys.readouterr().out
+    assert printed.strip() == result.text and printed.endswith("\n")
+
+
+def test_stops_at_end_token(tiny, end_after, capsys):
+    end_after(4)
+    result = tiny.chat("My name is Ada. What is my name?", max_new_tokens=20)
+    end = tiny.tokenizer.convert_tokens_to_ids("<|end|>")
+    assert result.finish_reason == "stop"
+    assert result.new_tokens == 4 and result.token_ids[-1] == end
+    assert "<|end|>" not in result.text and "<|end|>" not in capsys.readouterr().out
+    assert result.messages[-1] == {"role": "assistant", "content": result.text}
+
+
+def test_result_counts_and_timings(tiny):
+    r = tiny.chat("What is 2 plus 3?", max_new_tokens=6, stream=False)
+    assert r.prompt_tokens == len(tiny.tokens("What is 2 plus 3?"))
+    assert r.time_to_first_token > 0 and r.tokens_per_second > 0
+    assert "prompt + 6 new tokens" in r.stats()
+
+
+def test_batch_equals_one_by_one(tiny):
+    prompts = ["What is 2 plus 3?", "Hi", [{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Spell the word river."}]]
+    batch = tiny.chat_batch(prompts, max_new_tokens=6)
+    single = [tiny.chat(p, max_new_tokens=6, stream=False) for p in prompts]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in single]
+    assert [r.prompt_tokens for r in batch] == [r.prompt_tokens for r in single]
+
+
+def test_session_keeps_history(tiny):
+    session = tiny.session(system="Answer briefly.")
+    first = session.chat("My name is Ada.", max_new_tokens=3, stream=False)
+    second = session.chat("What is my name?", max_new_tokens=3, stream=False)
+    assert [m["role"] for m in session.history] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.history[2]["content"] == first.text
+    assert second.prompt_tokens > first.prompt_tokens + first.new_tokens
+    session.reset()
+    assert session.history == [{"role": "system", "content": "Answer briefly."}]
+
+
+def test_sampling_with_seed_is_reproducible(tiny):
+    a = tiny.chat("Hi", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3, stream=False)
+    b = tiny.chat("Hi", max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3, stream=False)
+    assert a.token_ids == b.token_ids
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_new_tokens=0), "max_new_tokens must be at least 1"),
+    (dict(temperature=-1.0), "temperature ≥ 0"),
+    (dict(top_p=0.0), "0 < top_p"),
+])
+def test_bad_generation_settings(tiny, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny.chat("Hi", stream=False, **kwargs)
+
+
+def test_images_on_a_text_model_are_refused(tiny):
+    with pytest.raises(ChatFormatError, match="text-only model"):
+        tiny.chat("<|image_1|>\nWhat is this?", images=[(10, 10)], stream=False)
+
+
+def test_caller_messages_are_not_mutated(tiny):
+    msgs = [{"role": "user", "content": "Hi"}]
+    tiny.chat(msgs, max_new_tokens=2, stream=False)
+    assert msgs == [{"role": "user", "content": "Hi"}]
+
+

@@ -1,0 +1,79 @@
+import pytest
+
+from phi3lab.budget import Budget, image_size, token_budget
+from phi3lab.registry import lookup
+from phi3lab.token_view import token_table
+
+VISION = lookup("microsoft/Phi-3-vision-128k-instruct")
+MINI_4K = lookup("microsoft/Phi-3-mini-4k-instruct")
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer(reference):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(reference / "phi3v-tiny-random" / "model", trust_remote_code=False)
+
+
+def test_token_table_segments(real_tokenizer):
+    msgs = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello"}]
+    table = token_table(real_tokenizer, msgs)
+    assert table.ids[:4] == [1, 32006, 29871, 13]
+    assert [r.segment for r in table.rows[:5]] == ["special", "special", "separator", "separator", "system"]
+    assert table.counts() == {"system": 6, "user": 1, "special": 6, "separator": 8}
+    hello = next(r for r in table.rows if r.id == 10994)
+    assert (hello.segment, table.prompt[hello.start:hello.end]) == ("user", "Hello")
+    text = table.to_text()
+    assert "   16   10994  user       " in text
+    assert text.endswith("21 tokens: system 6, user 1, special 6, separator 8")
+
+
+def test_token_table_image_runs(real_tokenizer):
+    msgs = [{"role": "user", "content": "<|image_1|>\nWhat is shown in this image?"}]
+    table = token_table(real_tokenizer, msgs, image_token_counts=[2509])
+    assert len(table) == 2527 and table.counts()["image"] == 2509
+    assert "   4-2512  -1×2509  image      9-20       '<|image_1|>'" in table.to_text()
+    html = table.to_html()
+    assert "&lt;|image_1|&gt; ×2509" in html and "#fed7aa" in html and "<script" not in html
+
+
+def test_token_table_on_embedded_model(tiny):
+    table = tiny.tokens("What is 2 plus 3?")
+    assert table.rows[0].segment == "special" and table.rows[-1].token == "<|assistant|>"
+    assert {r.segment for r in table.rows} == {"special", "separator", "user"}
+    assert table._repr_html_().startswith("<div")
+
+
+def test_budget_two_images_cross_longrope(real_tokenizer):
+    msgs = [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nCompare the two images."}]
+    budget = token_budget(real_tokenizer, msgs, VISION, images=[(1344, 1344), (800, 600)])
+    assert budget.image_tokens == (2509, 1921) and budget.prompt_tokens == 4450
+    assert budget.fits and budget.prompt_crosses_longrope
+    assert "LongRoPE switch: the prompt has 4,450 tokens > 4,096" in budget.to_text()
+
+
+def test_budget_num_crops_changes_image_tokens(real_tokenizer):
+    msgs = [{"role": "user", "content": "<|image_1|>\nWhat?"}]
+    assert token_budget(real_tokenizer, msgs, VISION, images=[(1920, 1080)], num_crops=4).image_tokens == (757,)
+    assert token_budget(real_tokenizer, msgs, VISION, images=[(1920, 1080)]).image_tokens == (2353,)
+
+
+def test_budget_generation_crossing_and_overflow():
+    b = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=131072, long_context=True)
+    assert b.generation_crosses_longrope and not b.prompt_crosses_longrope
+    small = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=4096, long_context=False)
+    assert not small.fits and not small.warnings()[0].find("over the context") and len(small.warnings()) == 1
+
+
+def test_budget_on_4k_model_has_no_longrope(real_tokenizer):
+    budget = token_budget(real_tokenizer, "hello " * 5000, MINI_4K, max_new_tokens=10)
+    assert not budget.fits and not budget.prompt_crosses_longrope
+    assert "over the context" in budget.to_text()
+
+
+def test_image_size_reads_header_only(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "x.png"
+    Image.new("RGB", (640, 480)).save(path)
+    assert image_size(path) == (640, 480) == image_size(Image.open(path)) == image_size((640, 480))
