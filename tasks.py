@@ -109,7 +109,7 @@ def test(argv: list[str]) -> None:
     setup()
     env = _env()
     _say("running the unit tests")
-    _run(PY, "-m", "pytest", "-q", "tests", *argv, env=env)
+    _run(PY, "-m", "pytest", "-q", "tests", "phi3lab", "--doctest-modules", *argv, env=env)
     _say("running the notebooks under nbval")
     _run(PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_nbval_args(), env=env)
 

@@ -1,9 +1,10 @@
 """phi3lab: a Jupyter-first research workbench for Phi-3 and Phi-3-vision.
 
-    >>> import phi3lab
-    >>> lab = phi3lab.load("tiny")          # the embedded model; works offline
-    >>> print(lab.info())                    # what was loaded, attention choice and why
-    >>> print(phi3lab.hardware_report())     # this machine and the choice per dtype
+    import phi3lab
+    lab = phi3lab.load("tiny")           # the embedded model; works offline
+    print(lab.info())                    # what was loaded, attention choice and why
+    print(phi3lab.hardware_report())     # this machine and the choice per dtype
+    lab.chat("What is 2 plus 3?")        # streams the answer
 """
 
 from phi3lab.attention_backend import AttentionChoice, AttentionRequestError, select_attention

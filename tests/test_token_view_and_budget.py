@@ -62,7 +62,7 @@ def test_budget_generation_crossing_and_overflow():
     b = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=131072, long_context=True)
     assert b.generation_crosses_longrope and not b.prompt_crosses_longrope
     small = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=4096, long_context=False)
-    assert not small.fits and not small.warnings()[0].find("over the context") and len(small.warnings()) == 1
+    assert not small.fits and len(small.warnings()) == 1 and small.warnings()[0].startswith("over the context")
 
 
 def test_budget_on_4k_model_has_no_longrope(real_tokenizer):
