@@ -1,0 +1,168 @@
+"""``Phi3VProcessor``: a prompt and its images → the official ``input_ids`` and pixels.
+
+The prompt rule (PHI3_SPEC.md §2.7) is :func:`phi3lab.chat.tokenize_prompt`: the text is split
+at each ``<|image_N|>`` tag, every chunk is tokenized with BOS, and tag ``k`` becomes ``-k``
+repeated for that image's token count.  Tags must be ``1..n``, each once, in increasing order,
+with ``n`` images: the model fills image runs in order, so anything else would put features in
+the wrong place (the official processor accepts swapped tags and its model then misplaces them;
+phi3lab refuses with :class:`~phi3lab.chat.ChatFormatError`).
+
+``image_ids="token"`` writes ``config.image_token_id`` (``<|image|>``) instead of ``-k``, which
+decodes and survives logits processors that index the vocabulary; the model accepts both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+
+from phi3lab.chat import ChatFormatError, IMAGE_TAG, tokenize_prompt
+from phi3lab.models.phi3_v.image_processing import Phi3VImageProcessor
+
+__all__ = ["Phi3VProcessor"]
+
+
+class Phi3VProcessor:
+    """Tokenizer plus :class:`Phi3VImageProcessor`, with the official prompt → ids rule.
+
+    Attributes:
+        image_processor: the HD image processor.
+        tokenizer: the Phi-3 tokenizer (built from ``tokenizer.json`` as-is).
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+
+    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, image_token: str = "<|image|>"):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.chat_template = getattr(tokenizer, "chat_template", None)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs) -> Phi3VProcessor:
+        """Load from a checkpoint folder; ``trust_remote_code`` is ignored (no remote code runs)."""
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        kwargs.pop("trust_remote_code", None)
+        num_crops = kwargs.pop("num_crops", None)
+        image_processor = Phi3VImageProcessor.from_pretrained(folder)
+        if num_crops is not None:
+            image_processor.num_crops = int(num_crops)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        return cls(image_processor, tokenizer)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        self.image_processor.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    @property
+    def num_crops(self) -> int:
+        return self.image_processor.num_crops
+
+    def __call__(self, text: str, images=None, *, num_crops: int | None = None, return_tensors: str = "pt",
+                 image_ids: str = "negative", image_order: str = "strict") -> BatchFeature:
+        """Encode one prompt (a rendered chat string) with its images.
+
+        Args:
+            text: the prompt, with ``<|image_N|>`` tags where the images go.
+            images: one image or a list (PIL, numpy arrays or file paths), in tag order.
+            num_crops: crop budget for this call (default: the processor's).
+            return_tensors: only ``"pt"``.
+            image_ids: ``"negative"`` (official: ``-k`` for image ``k``) or ``"token"``
+                (``<|image|>`` at every image position).
+            image_order: ``"strict"`` refuses tags out of order or repeated; ``"official"`` accepts
+                any order of the tags 1..n, as the official processor does (parity checks only:
+                the model then needs ``config.image_order = "official"`` and misplaces features
+                exactly as the official model does).
+        """
+        if not isinstance(text, str):
+            raise TypeError(
+                f"the processor takes one prompt string, got {type(text).__name__}; for a batch, call it per "
+                "prompt and combine the results with Phi3VProcessor.collate"
+            )
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        images = list(images or [])
+        tags = [int(m.group(1)) for m in IMAGE_TAG.finditer(text)]
+        if not images:
+            ids, _ = tokenize_prompt(self.tokenizer, text)  # tags stay plain text, as in the official processor
+            input_ids = torch.tensor([ids])
+            return BatchFeature({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
+        if image_order == "strict":
+            _check_tags(tags, len(images))
+        elif image_order == "official":
+            if sorted(set(tags)) != list(range(1, len(images) + 1)) or len(tags) != len(images):
+                raise ChatFormatError(
+                    f"image tags {tags} must be 1..{len(images)} for {len(images)} image(s) (official processor rule)"
+                )
+        else:
+            raise ValueError(f"image_order must be 'strict' or 'official', got {image_order!r}")
+        pixels = self.image_processor(images, num_crops=num_crops)
+        ids, _ = tokenize_prompt(self.tokenizer, text, pixels["num_img_tokens"])
+        input_ids = torch.tensor([ids])
+        if image_ids == "token":
+            input_ids = torch.where(input_ids < 0, torch.full_like(input_ids, self.image_token_id), input_ids)
+        elif image_ids != "negative":
+            raise ValueError(f"image_ids must be 'negative' or 'token', got {image_ids!r}")
+        return BatchFeature({
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": pixels["pixel_values"],
+            "image_sizes": pixels["image_sizes"],
+            "num_img_tokens": pixels["num_img_tokens"],
+        })
+
+    @staticmethod
+    def collate(encodings: list[BatchFeature], pad_token_id: int) -> BatchFeature:
+        """Left-pad several single-prompt encodings into one batch (images concatenated in order)."""
+        width = max(e["input_ids"].shape[1] for e in encodings)
+        ids, masks = [], []
+        for e in encodings:
+            pad = width - e["input_ids"].shape[1]
+            ids.append(torch.cat([torch.full((1, pad), pad_token_id), e["input_ids"]], dim=1))
+            masks.append(torch.cat([torch.zeros(1, pad, dtype=torch.long), e["attention_mask"]], dim=1))
+        out = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+        with_images = [e for e in encodings if "pixel_values" in e]
+        if with_images:
+            slots = max(e["pixel_values"].shape[1] for e in with_images)
+            pixels = [torch.nn.functional.pad(e["pixel_values"], (0, 0, 0, 0, 0, 0, 0, slots - e["pixel_values"].shape[1]))
+                      for e in with_images]
+            out["pixel_values"] = torch.cat(pixels)
+            out["image_sizes"] = torch.cat([e["image_sizes"] for e in with_images])
+        return BatchFeature(out)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    def apply_chat_template(self, *args, **kwargs):
+        return self.tokenizer.apply_chat_template(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Phi3VProcessor(num_crops={self.num_crops}, vocab={len(self.tokenizer)})"
+
+
+def _check_tags(tags: list[int], num_images: int) -> None:
+    seen = set()
+    for position, n in enumerate(tags, start=1):
+        if n in seen:
+            raise ChatFormatError(f"<|image_{n}|> appears twice; each image tag appears once")
+        if n != position:
+            raise ChatFormatError(
+                f"tag {position} in the prompt is <|image_{n}|> but <|image_{position}|> comes next: the model fills "
+                "image runs in order, so tags must be <|image_1|>, <|image_2|>, ... in increasing order "
+                "(the official code would silently misplace the images here)"
+            )
+        seen.add(n)
+    if len(tags) != num_images:
+        raise ChatFormatError(
+            f"the prompt has {len(tags)} image tag(s) but {num_images} image(s) were given; "
+            "put one <|image_N|> tag per image in the text"
+        )
