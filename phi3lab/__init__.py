@@ -7,6 +7,7 @@
     lab.chat("What is 2 plus 3?")        # streams the answer
 """
 
+import phi3lab.models  # noqa: F401  registers Phi-3-vision (phi3_v) with the transformers Auto classes
 from phi3lab.attention_backend import AttentionChoice, AttentionRequestError, select_attention
 from phi3lab.hardware import hardware_report
 from phi3lab.lab import Lab

@@ -107,7 +107,8 @@ def encode(lab, messages: list[dict], images: Sequence = ()) -> dict:
     prompt = render(lab.tokenizer, messages, num_images=len(images), vision=vision)
     if vision:
         inputs = lab.processor(prompt, list(images) or None, return_tensors="pt")
-        return {k: v.to(lab.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        keep = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
+        return {k: inputs[k].to(lab.model.device) for k in keep if k in inputs}
     ids, _ = tokenize_prompt(lab.tokenizer, prompt)
     input_ids = torch.tensor([ids], device=lab.model.device)
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

@@ -98,7 +98,7 @@ def to_rgb(image) -> Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") else max(float(data.max()), 1.0)
         if image.mode == "F" and data.max() <= 1.0:
             top = 1.0
-        image = Image.fromarray(np.clip(data / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(data / top * 255.0, 0, 255).round().astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     return image

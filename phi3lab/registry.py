@@ -95,18 +95,21 @@ def spec_from_folder(folder: Path, name: str, *, embedded: bool = False) -> Mode
     ``config.json`` and the stop ids from ``generation_config.json`` (falling back to the
     tokenizer's ``<|end|>`` and ``eos_token``).
     """
-    known = lookup(name)
+    config = _read_json(folder / "config.json")
+    known = lookup(name) or _lookup_by_tail(str(config.get("_name_or_path", "")))
     if known is not None:
         return known
-    config = _read_json(folder / "config.json")
     gen = _read_json(folder / "generation_config.json")
     model_type = config.get("model_type", "")
     modality = "vision" if model_type == "phi3_v" else "text"
     stops = gen.get("eos_token_id", config.get("eos_token_id"))
     stops = [stops] if isinstance(stops, int) else list(stops or [])
-    end_id = _token_id(folder, "<|end|>")
-    if end_id is not None and end_id not in stops:
-        stops.append(end_id)
+    # The models end turns with <|end|>; config.json's eos can be </s> (2), which they never emit.
+    eos = _read_json(folder / "tokenizer_config.json").get("eos_token")
+    for token in ("<|end|>", eos if isinstance(eos, str) else None):
+        token_id = _token_id(folder, token) if token else None
+        if token_id is not None and token_id not in stops:
+            stops.append(token_id)
     family = "phi3lab-tiny" if embedded else ("phi3" if model_type.startswith("phi3") else model_type or "unknown")
     num_crops = _read_json(folder / "preprocessor_config.json").get("num_crops") if modality == "vision" else None
     return ModelSpec(
@@ -120,6 +123,18 @@ def spec_from_folder(folder: Path, name: str, *, embedded: bool = False) -> Mode
         embedded=embedded,
         note="embedded tiny model: for teaching and tests, not a real assistant" if embedded else "",
     )
+
+
+def _lookup_by_tail(name_or_path: str) -> ModelSpec | None:
+    """A registry entry whose repository name is the last part of ``name_or_path`` (a local copy
+    of an official checkpoint keeps ``_name_or_path`` such as ``Phi-3-vision-128k-instruct``)."""
+    tail = name_or_path.rstrip("/").split("/")[-1].lower()
+    if not tail:
+        return None
+    for key, spec in KNOWN_MODELS.items():
+        if key.split("/")[-1] == tail:
+            return spec
+    return None
 
 
 def _token_id(folder: Path, token: str) -> int | None:

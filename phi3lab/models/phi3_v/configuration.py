@@ -1,8 +1,9 @@
 """``Phi3VConfig``: reads the official Phi-3-vision ``config.json`` unchanged.
 
 The file names rope type ``"su"`` (transformers 5 calls it ``"longrope"`` and, on 5.23, raises a
-KeyError before its own rename runs), carries ``embd_layer`` and ``img_processor`` dicts, and an
-``auto_map`` to remote code that phi3lab ignores.  The CLIP tower's numbers come from
+KeyError before its own rename runs), carries ``embd_layer`` and ``img_processor`` dicts, an
+``auto_map`` to remote code that phi3lab ignores, and ``_attn_implementation:
+"flash_attention_2"``, which phi3lab also ignores: the kernel is chosen when loading.  The CLIP tower's numbers come from
 ``img_processor.vision_config`` when present (the shrunk reference fixture, the embedded tiny
 model) and are CLIP ViT-L/14-336's otherwise, as the official code hard-codes them.
 """
@@ -83,6 +84,10 @@ class Phi3VConfig(Phi3Config):
             values = self.vision_config or self.img_processor.get("vision_config") or CLIP_VIT_L14_336
             self.vision_config = CLIPVisionConfig(**{**CLIP_VIT_L14_336, **values})
         kwargs.pop("auto_map", None)  # remote code is never used
+        # The official file forces "flash_attention_2", which breaks every machine without it;
+        # the kernel is chosen at load time instead (phi3lab.select_attention).
+        if kwargs.get("_attn_implementation") == "flash_attention_2":
+            kwargs.pop("_attn_implementation")
         factor = self.max_position_embeddings / self.original_max_position_embeddings
         self.rope_parameters = _su_to_longrope(self.rope_parameters, factor)
         if "rope_scaling" in kwargs:

@@ -60,33 +60,38 @@ class Phi3VImageProcessor(BaseImageProcessor):
         """Tokens for an image of this size, from the size alone."""
         return hd_layout(width, height, num_crops or self.num_crops).num_tokens
 
-    def hd_canvas(self, image: Image.Image, num_crops: int) -> tuple[np.ndarray, tuple[int, int]]:
-        """Steps 2–4: the padded HD canvas as an ``H×W×3`` uint8 array, and its ``(H, W)``."""
+    def hd_tensor(self, image: Image.Image, num_crops: int) -> torch.Tensor:
+        """Steps 2–5: the padded, normalised HD canvas ``[3, H, W]`` (float32).
+
+        The padding is written as the normalised value of white and only the resized picture is
+        converted and normalised, in place: the same numbers as normalising a padded uint8 canvas,
+        without building one.
+        """
         layout = hd_layout(image.width, image.height, num_crops)
         if layout.transposed:
             image = image.transpose(Image.Transpose.TRANSPOSE)
-        new_w, new_h = layout.resized[::-1] if layout.transposed else layout.resized
-        resized = np.asarray(image.resize((new_w, new_h), Image.Resampling.BILINEAR))
-        canvas = np.full((layout.padded[0] if layout.transposed else layout.padded[1], new_w, 3), 255, np.uint8)
-        top = layout.pad_box[0] if layout.transposed else layout.pad_box[1]
-        canvas[top:top + new_h] = resized
+        size = layout.resized[::-1] if layout.transposed else layout.resized
+        pixels = torch.from_numpy(np.array(image.resize(size, Image.Resampling.BILINEAR)))
         if layout.transposed:
-            canvas = canvas.transpose(1, 0, 2)
-        return np.ascontiguousarray(canvas), layout.image_sizes
+            pixels = pixels.transpose(0, 1)  # back to the original orientation
+        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
+        width, height = layout.padded
+        hd = ((1.0 - mean) / std).expand(3, height, width).contiguous()  # white everywhere
+        left, top, right, bottom = layout.pad_box
+        region = hd[:, top:bottom, left:right]
+        region.copy_(pixels.permute(2, 0, 1)).div_(255.0).sub_(mean).div_(std)
+        return hd
 
     def transform(self, image, num_crops: int | None = None) -> tuple[torch.Tensor, tuple[int, int], int]:
         """One image → ``([num_crops + 1, 3, 336, 336], (H, W), tokens)``."""
         crops_budget = int(num_crops or self.num_crops)
-        canvas, (h, w) = self.hd_canvas(to_rgb(image), crops_budget)
-        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
-        hd = (torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255.0) - mean) / std
-        global_view = F.interpolate(hd[None], size=(CROP, CROP), mode="bicubic", align_corners=False)
+        hd = self.hd_tensor(to_rgb(image), crops_budget)
+        h, w = hd.shape[1:]
         rows, cols = h // CROP, w // CROP
-        crops = hd.reshape(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, CROP, CROP)
         out = torch.zeros(crops_budget + 1, 3, CROP, CROP, dtype=torch.float32)
-        out[0] = global_view[0]
-        out[1:1 + rows * cols] = crops
+        out[0] = F.interpolate(hd[None], size=(CROP, CROP), mode="bicubic", align_corners=False)[0]
+        out[1:1 + rows * cols] = hd.view(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
         tokens = (rows * cols + 1) * self.num_img_tokens + 1 + (rows + 1) * 12
         return out, (h, w), tokens
 

@@ -232,10 +232,35 @@ class Phi3VForCausalLM(_VisionInit, Phi3ForCausalLM):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def forward(self, input_ids=None, pixel_values=None, image_sizes=None, inputs_embeds=None, **kwargs):
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        """As :meth:`transformers.Phi3ForCausalLM.forward`, plus ``pixel_values`` and ``image_sizes``
+        from :class:`~phi3lab.models.phi3_v.Phi3VProcessor`; ``input_ids`` may hold image positions."""
         if inputs_embeds is None and input_ids is not None:
             inputs_embeds = self.model.embed(input_ids, pixel_values, image_sizes)
-        return super().forward(input_ids=None, inputs_embeds=inputs_embeds, **kwargs)
+        return super().forward(
+            input_ids=None,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_sizes=None,
                                       **kwargs):
