@@ -110,7 +110,7 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> tuple[Pat
         if not folder.is_dir():
             raise ModelNotFoundError(
                 f"the embedded model {name!r} is missing from {folder}; rebuild it with "
-                f"`python -m phi3lab.tiny.build text`, or restore data/ from git"
+                f"`python -m phi3lab.tiny.train text`, or restore data/ from git"
             )
         _check_folder(folder, f"the embedded model folder {folder}")
         return folder, name, "embedded"

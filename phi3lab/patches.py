@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["CROP", "HDLayout", "hd_layout", "num_image_tokens"]
+__all__ = ["CROP", "HDLayout", "ImageToken", "hd_layout", "num_image_tokens", "image_tokens", "crop_boxes", "overlap"]
 
 CROP = 336  # CLIP ViT-L/14-336 input size
 CELLS = 12  # merged patches per crop side (24 patches / 2×2 merge)
@@ -120,3 +120,100 @@ def num_image_tokens(width: int, height: int, num_crops: int = 16) -> int:
         (2509, 2653, 313)
     """
     return hd_layout(width, height, num_crops).num_tokens
+
+
+# --- every image token, mapped back to pixels ----------------------------------------------------
+
+CELL = CROP // CELLS  # 28 canvas pixels per merged patch
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageToken:
+    """What one image token of the prompt is, and which pixels it covers.
+
+    Attributes:
+        index: position inside the image's run of tokens (0-based).
+        kind: ``"crop"`` (a merged patch of an HD crop), ``"row_separator"`` (``sub_GN`` at the
+            end of a row), ``"global_separator"`` (``glb_GN``) or ``"global"`` (a merged patch
+            of the 336×336 global view).
+        crop: 1-based crop number in row-major order for ``"crop"`` tokens, 0 for the global view,
+            ``None`` for separators.
+        row, col: the cell in the stitched crop grid (``"crop"``) or the 12×12 global grid.
+        canvas_box: ``(x0, y0, x1, y1)`` on the padded HD canvas, ``None`` for separators.
+        image_box: the same region in original-image pixels, clipped to the image; ``None`` when
+            the cell lies entirely in the white padding (or for separators).
+    """
+
+    index: int
+    kind: str
+    crop: int | None
+    row: int | None
+    col: int | None
+    canvas_box: tuple[float, float, float, float] | None
+    image_box: tuple[float, float, float, float] | None
+
+
+def _to_image(layout: HDLayout, box: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
+    left, top, right, bottom = layout.pad_box
+    x0, y0, x1, y1 = max(box[0], left), max(box[1], top), min(box[2], right), min(box[3], bottom)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    sx, sy = layout.width / (right - left), layout.height / (bottom - top)
+    return ((x0 - left) * sx, (y0 - top) * sy, (x1 - left) * sx, (y1 - top) * sy)
+
+
+def image_tokens(width: int, height: int, num_crops: int = 16) -> list[ImageToken]:
+    """Every token of one image's run, in the order the model receives them.
+
+    The stitched crop grid comes first, read row by row across the whole image (each row of
+    ``cols·12`` cells closed by a ``row_separator``), then one ``global_separator``, then the
+    12×13 global view.  ``len(image_tokens(w, h, n)) == num_image_tokens(w, h, n)``.
+
+    Examples:
+        >>> tokens = image_tokens(800, 600)
+        >>> len(tokens), tokens[48].kind, tokens[1764].kind, tokens[1765].kind
+        (1921, 'row_separator', 'global_separator', 'global')
+    """
+    layout = hd_layout(width, height, num_crops)
+    rows, cols = layout.grid
+    canvas_w, canvas_h = layout.padded
+    out: list[ImageToken] = []
+    width_cells = cols * CELLS
+    for r in range(rows * CELLS):
+        for c in range(width_cells + 1):
+            index = len(out)
+            if c == width_cells:
+                out.append(ImageToken(index, "row_separator", None, r, None, None, None))
+                continue
+            box = (c * CELL, r * CELL, (c + 1) * CELL, (r + 1) * CELL)
+            crop = (r // CELLS) * cols + c // CELLS + 1
+            out.append(ImageToken(index, "crop", crop, r, c, box, _to_image(layout, box)))
+    out.append(ImageToken(len(out), "global_separator", None, None, None, None, None))
+    gx, gy = canvas_w / CELLS, canvas_h / CELLS
+    for r in range(CELLS):
+        for c in range(CELLS + 1):
+            index = len(out)
+            if c == CELLS:
+                out.append(ImageToken(index, "row_separator", 0, r, None, None, None))
+                continue
+            box = (c * gx, r * gy, (c + 1) * gx, (r + 1) * gy)
+            out.append(ImageToken(index, "global", 0, r, c, box, _to_image(layout, box)))
+    return out
+
+
+def crop_boxes(width: int, height: int, num_crops: int = 16) -> list[tuple[float, float, float, float] | None]:
+    """Each crop's region in original-image pixels (row-major; ``None`` for an all-padding crop)."""
+    layout = hd_layout(width, height, num_crops)
+    rows, cols = layout.grid
+    return [_to_image(layout, (c * CROP, r * CROP, (c + 1) * CROP, (r + 1) * CROP))
+            for r in range(rows) for c in range(cols)]
+
+
+def overlap(a: tuple[float, float, float, float] | None, b: tuple[float, float, float, float]) -> float:
+    """Fraction of box ``a`` covered by box ``b`` (0 when ``a`` is ``None``)."""
+    if a is None:
+        return 0.0
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return w * h / area if area > 0 else 0.0

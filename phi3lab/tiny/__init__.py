@@ -5,12 +5,17 @@ ships small models with the real Phi-3 architecture in ``data/models/``.  They l
 same code path as a real checkpoint (``config.json``, ``tokenizer.json``, ``tokenizer_config.json``,
 ``generation_config.json``, ``model.safetensors``).
 
-* :mod:`phi3lab.tiny.corpus` — the synthetic chat tasks the data is drawn from.
+* :mod:`phi3lab.tiny.corpus` — the synthetic chat tasks (text, safety slice) and their splits.
+* :mod:`phi3lab.tiny.vision_data` — synthetic pictures (shapes, bar charts, words) and questions.
 * :mod:`phi3lab.tiny.tokenizer` — the project's own small BPE tokenizer with Phi-3's special tokens.
-* :mod:`phi3lab.tiny.build` — writes a model folder (``python -m phi3lab.tiny.build``).
+* :mod:`phi3lab.tiny.build` — the folders' configs, tokenizer files and model cards.
+* :mod:`phi3lab.tiny.train` — ``python -m phi3lab.tiny.train text|vision`` rebuilds a model.
+* :mod:`phi3lab.tiny.evaluate` — ``python -m phi3lab.tiny.evaluate`` reports held-out accuracy.
 """
 
 EMBEDDED = {
     "phi3lab-tiny": "phi3lab-tiny",
     "tiny": "phi3lab-tiny",
+    "phi3lab-tiny-vision": "phi3lab-tiny-vision",
+    "tiny-vision": "phi3lab-tiny-vision",
 }

@@ -1,23 +1,18 @@
-"""Write an embedded model folder in the layout of a real Phi-3 checkpoint.
+"""The embedded models' folders in the layout of a real Phi-3 checkpoint.
 
-    python -m phi3lab.tiny.build text      # data/models/phi3lab-tiny, deterministic
-
-The folder holds ``config.json``, ``generation_config.json``, ``tokenizer.json``,
-``tokenizer_config.json``, ``special_tokens_map.json``, ``model.safetensors`` and a model card,
-so :func:`phi3lab.load` reads it exactly as it reads a downloaded checkpoint.  Until the trained
-tiny models land, the text model's weights are random but reproducible (seed 0).
+A folder holds ``config.json``, ``generation_config.json``, ``tokenizer.json``,
+``tokenizer_config.json``, ``special_tokens_map.json``, ``model.safetensors`` and a model card
+(``README.md``), so :func:`phi3lab.load` reads it exactly as it reads a downloaded checkpoint.
+:mod:`phi3lab.tiny.train` writes them.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+from transformers import GenerationConfig, Phi3Config
 
-from phi3lab.paths import embedded_dir
 from phi3lab.tiny import corpus, tokenizer
 
 TEMPLATE_JULY_2024 = (
@@ -32,12 +27,12 @@ STOP_TOKENS = ("<|endoftext|>", "<|assistant|>", "<|end|>")
 
 
 def text_config() -> Phi3Config:
-    """The text model: Phi-3-mini's architecture, shrunk (4 layers, hidden 128, 4 heads)."""
+    """The text model: Phi-3-mini's architecture, shrunk (4 layers, hidden 128, 4 heads of 32)."""
     eot = tokenizer.special_id("<|endoftext|>")
     return Phi3Config(
         vocab_size=tokenizer.VOCAB_SIZE,
         hidden_size=128,
-        intermediate_size=256,
+        intermediate_size=384,
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -72,26 +67,55 @@ def write_tokenizer(folder: Path, *, add_bos: bool, template: str, max_length: i
     (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
-def build_text(folder: Path) -> Path:
+def pad_id() -> int:
+    return tokenizer.special_id("<|endoftext|>")
+
+
+def stop_ids() -> list[int]:
+    return [tokenizer.special_id(t) for t in STOP_TOKENS]
+
+
+def write_text_files(folder: Path) -> Path:
+    """Everything of the text model's folder but the weights: configs and tokenizer files."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = text_config()
-    torch.manual_seed(0)
-    model = Phi3ForCausalLM(config).eval()
-    model.save_pretrained(folder)
-    stops = [tokenizer.special_id(t) for t in STOP_TOKENS]
-    GenerationConfig(bos_token_id=1, eos_token_id=stops, pad_token_id=stops[0], do_sample=False).save_pretrained(folder)
+    text_config().save_pretrained(folder)
+    GenerationConfig(bos_token_id=1, eos_token_id=stop_ids(), pad_token_id=pad_id(), do_sample=False).save_pretrained(folder)
     write_tokenizer(folder, add_bos=False, template=TEMPLATE_JULY_2024, max_length=4096)
     return folder
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.build", description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=["text"])
-    parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
-    args = parser.parse_args(argv)
-    out = build_text(args.out or embedded_dir() / "phi3lab-tiny")
-    print(f"wrote {out}")
+def save_weights(model, folder: Path) -> None:
+    """Write ``model.safetensors`` (float32) and the model's ``config.json``."""
+    model.save_pretrained(folder)
 
 
-if __name__ == "__main__":
-    main()
+def write_card(folder: Path, *, title: str, architecture: str, data: str, command: str, results: str,
+               reproduction: str = "") -> None:
+    """The model card: what it is, what it was trained on, how to rebuild it, how well it does."""
+    card = f"""# {title}
+
+An embedded model shipped with phi3lab for **teaching and tests — not a real assistant**. It has the
+exact Phi-3 architecture at a tiny size, was trained by phi3lab itself on synthetic tasks, and
+loads offline through the same code path as a real checkpoint (`phi3lab.load("{folder.name.replace('phi3lab-', '')}")`).
+
+## Architecture
+{architecture}
+
+## Data
+{data}
+
+## Training
+`{command}` — deterministic (seeded data, initialisation and batch order; 2 threads), on a
+2-core CPU.
+
+## Held-out results
+```
+{results}
+```
+{reproduction}
+## Intended use
+Notebooks, demos and CI: attention that copies, image attention that lands on the asked-about
+object, refusals that can be probed. Its knowledge is a handful of synthetic task families; it
+knows nothing else and should never be used to answer real questions.
+"""
+    (folder / "README.md").write_text(card)

@@ -1,0 +1,129 @@
+"""Attention capture under sdpa versus eager ``output_attentions``, at Phi-3's real width.
+
+    python3 tasks.py bench benchmarks/attention_capture.py
+
+A random Phi-3 with hidden 3072, 32 heads, 2 layers and the real vocabulary, on the CPU, one
+forward of N = 2,048 tokens (logits for the last position only), measured side by side in one
+run, each case repeated and the median taken:
+
+  (a) plain sdpa forward
+  (b) sdpa + capture of one layer, all heads, all rows
+  (c) sdpa + capture of the last row in all layers
+  (d) eager with output_attentions=True
+
+Time is wall clock; extra memory is the peak resident memory above the process's level before
+the call, sampled every millisecond.  Targets: (b) ≤ 1.3× the time of (a), (c) ≤ 1.05×, and
+the extra memory of (b) ≤ half that of (d).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+import time
+
+import psutil
+import torch
+from transformers import Phi3Config, Phi3ForCausalLM
+
+from phi3lab.attention import capture
+
+N = 2048
+REPEATS = 3
+
+
+class PeakRSS:
+    def __init__(self):
+        self.proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        gc.collect()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def extra(self) -> int:
+        return self.peak - self.base
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    config = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,
+                        num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096)
+    model = Phi3ForCausalLM(config).eval()
+    ids = torch.randint(0, 32000, (1, N))
+
+    def forward(output_attentions=False):
+        with torch.inference_mode():
+            out = model(input_ids=ids, logits_to_keep=1, use_cache=False, output_attentions=output_attentions)
+        return out
+
+    def case_a():
+        model.set_attn_implementation("sdpa")
+        forward()
+
+    def case_b():
+        model.set_attn_implementation("sdpa")
+        with capture(model, layers=[0], queries="all") as cap:
+            forward()
+        return cap
+
+    def case_c():
+        model.set_attn_implementation("sdpa")
+        with capture(model, layers="all", queries="last") as cap:
+            forward()
+        return cap
+
+    def case_d():
+        model.set_attn_implementation("eager")
+        out = forward(output_attentions=True)
+        model.set_attn_implementation("sdpa")
+        return out
+
+    cases = {"(a) sdpa forward": case_a, "(b) capture 1 layer, all rows": case_b,
+             "(c) capture last row, all layers": case_c, "(d) eager output_attentions": case_d}
+    times = {k: [] for k in cases}
+    memory = {k: [] for k in cases}
+    case_a()  # warm-up
+    for i in range(REPEATS):
+        names = list(cases)
+        names = names[i % len(names):] + names[:i % len(names)]  # rotate the order
+        for name in names:
+            with PeakRSS() as peak:
+                start = time.perf_counter()
+                result = cases[name]()
+                elapsed = time.perf_counter() - start
+            del result
+            times[name].append(elapsed)
+            memory[name].append(peak.extra)
+    t = {k: statistics.median(v) for k, v in times.items()}
+    m = {k: statistics.median(v) for k, v in memory.items()}
+    base = t["(a) sdpa forward"]
+    print(f"Phi-3 width (hidden 3072, 32 heads), 2 layers, N = {N}, CPU, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, median of {REPEATS}")
+    for name in cases:
+        print(f"  {name:<34} {t[name]:6.2f} s  ×{t[name] / base:5.2f}   extra memory {m[name] / 2**20:7.0f} MiB")
+    b, d = m["(b) capture 1 layer, all rows"], m["(d) eager output_attentions"]
+    print(f"targets: (b) ≤ 1.30× → {t['(b) capture 1 layer, all rows'] / base:.2f}×; "
+          f"(c) ≤ 1.05× → {t['(c) capture last row, all layers'] / base:.2f}×; "
+          f"memory (b)/(d) ≤ 0.50 → {b / d:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Computations on captured attention: rollout, head summaries, and attention on the image.
+
+Everything here is a pure function of tensors (from :func:`phi3lab.attention.capture` or eager
+``output_attentions``); :mod:`phi3lab.plotting` draws the results.  Each result has a plain-text
+form so notebooks and tests can compare it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from phi3lab.patches import CELLS, hd_layout, image_tokens
+
+__all__ = ["rollout", "head_summary", "top_keys", "ImageHeat", "image_heat", "image_runs"]
+
+
+def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token draws on each input token
+    through all layers, mixing in the residual stream.
+
+    Args:
+        attentions: ``[layers, heads, N, N]`` (or with a leading batch of 1) full attention maps.
+        residual: weight of the identity (skip connection) mixed into every layer.
+
+    Returns:
+        ``[N, N]``: row ``i`` is token ``i``'s attribution over the input tokens (rows sum to 1).
+    """
+    if attentions.dim() == 5:
+        attentions = attentions[:, 0]
+    if attentions.shape[-2] != attentions.shape[-1]:
+        raise ValueError(
+            f"rollout needs square maps (every query row), got {tuple(attentions.shape[-2:])}; capture with queries='all'"
+        )
+    n = attentions.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    result = eye.clone()
+    for layer in attentions.double():
+        a = residual * eye + (1 - residual) * layer.mean(0)
+        a = a / a.sum(-1, keepdim=True)
+        result = a @ result
+    return result.float()
+
+
+def head_summary(weights: torch.Tensor, keys: slice | list[int] | torch.Tensor) -> torch.Tensor:
+    """Share of attention each head puts on ``keys``, averaged over the captured rows.
+
+    Args:
+        weights: ``[layers, heads, rows, K]`` (batch already selected).
+        keys: the key positions of interest (e.g. the image run, or a name in the prompt).
+
+    Returns:
+        ``[layers, heads]`` in 0..1.
+    """
+    mass = weights[..., keys]
+    return mass.reshape(*weights.shape[:3], -1).sum(-1).mean(-1)
+
+
+def top_keys(row: torch.Tensor, tokens: list[str], k: int = 5) -> list[tuple[int, str, float]]:
+    """The ``k`` most attended keys of one attention row: ``(position, token, weight)``."""
+    values, index = row.float().topk(min(k, row.numel()))
+    return [(int(i), tokens[int(i)] if int(i) < len(tokens) else "?", float(v)) for v, i in zip(values, index)]
+
+
+def image_runs(input_ids: torch.Tensor, image_token_id: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of every image's run of positions in one row of ``input_ids``."""
+    ids = input_ids.reshape(-1)
+    is_image = ids < 0 if image_token_id is None else (ids < 0) | (ids == image_token_id)
+    runs, start = [], None
+    for i, flag in enumerate(is_image.tolist() + [False]):
+        value = int(ids[i]) if i < len(ids) else None
+        if flag and start is None:
+            start, first = i, value
+        elif start is not None and (not flag or (first < 0 and value != first)):
+            runs.append((start, i))
+            start = i if flag else None
+            first = value
+    return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageHeat:
+    """Attention mass on one image, per view, on the grids the model sees.
+
+    Attributes:
+        crops: ``[rows·12, cols·12]`` mass on the stitched HD crops (row separators dropped).
+        global_view: ``[12, 12]`` mass on the global view.
+        separators: mass on the row separators and ``glb_GN``.
+        width, height, num_crops: the image and crop budget the grids belong to.
+    """
+
+    crops: np.ndarray
+    global_view: np.ndarray
+    separators: float
+    width: int
+    height: int
+    num_crops: int
+
+    @property
+    def total(self) -> float:
+        return float(self.crops.sum() + self.global_view.sum() + self.separators)
+
+    def to_pixels(self, view: str = "crops") -> np.ndarray:
+        """The chosen view's heat resampled onto the original image (``height × width``), with
+        the padding cut away and portrait images handled by the same layout as the processor."""
+        layout = hd_layout(self.width, self.height, self.num_crops)
+        grid = self.crops if view == "crops" else self.global_view
+        canvas_w, canvas_h = layout.padded
+        ys = (np.arange(self.height) + 0.5) * (layout.pad_box[3] - layout.pad_box[1]) / self.height + layout.pad_box[1]
+        xs = (np.arange(self.width) + 0.5) * (layout.pad_box[2] - layout.pad_box[0]) / self.width + layout.pad_box[0]
+        rows = np.minimum((ys / canvas_h * grid.shape[0]).astype(int), grid.shape[0] - 1)
+        cols = np.minimum((xs / canvas_w * grid.shape[1]).astype(int), grid.shape[1] - 1)
+        return grid[rows][:, cols]
+
+    def to_text(self, top: int = 3) -> str:
+        lines = [f"image {self.width}×{self.height}, num_crops {self.num_crops}: "
+                 f"crops {self.crops.sum():.3f}, global view {self.global_view.sum():.3f}, "
+                 f"separators {self.separators:.3f}"]
+        for name, grid in (("crops", self.crops), ("global", self.global_view)):
+            flat = np.argsort(grid.reshape(-1))[::-1][:top]
+            cells = ", ".join(f"({i // grid.shape[1]},{i % grid.shape[1]}) {grid.reshape(-1)[i]:.3f}" for i in flat)
+            lines.append(f"  top {name} cells: {cells}")
+        return "\n".join(lines)
+
+
+def image_heat(row: torch.Tensor | np.ndarray, start: int, width: int, height: int, num_crops: int) -> ImageHeat:
+    """Spread one attention row's mass on an image run over the crop and global-view grids.
+
+    Args:
+        row: attention over all keys (``[K]``) for one query.
+        start: position of the image's first token in the sequence.
+        width, height, num_crops: the image's size and crop budget (as processed).
+    """
+    row = np.asarray(torch.as_tensor(row).float().cpu())
+    tokens = image_tokens(width, height, num_crops)
+    rows, cols = hd_layout(width, height, num_crops).grid
+    crops = np.zeros((rows * CELLS, cols * CELLS))
+    glob = np.zeros((CELLS, CELLS))
+    separators = 0.0
+    for t in tokens:
+        value = float(row[start + t.index]) if start + t.index < len(row) else 0.0
+        if t.kind == "crop":
+            crops[t.row, t.col] = value
+        elif t.kind == "global":
+            glob[t.row, t.col] = value
+        else:
+            separators += value
+    return ImageHeat(crops, glob, separators, width, height, num_crops)

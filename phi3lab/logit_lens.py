@@ -1,0 +1,87 @@
+"""The logit lens: what each layer would predict if the model stopped there.
+
+Each layer's residual stream at one position is passed through the final RMSNorm and the output
+head, giving a next-token distribution per layer (nostalgebraist, 2020).  Works for Phi-3 and
+Phi-3-vision (image inputs included) under any attention kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+__all__ = ["LogitLens", "logit_lens"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogitLens:
+    """Top tokens per layer at one position.
+
+    Attributes:
+        position: the sequence position read.
+        layers: ``("embeddings", "layer 0", ..., "layer N-1")``.
+        tokens: per layer, the top tokens (decoded pieces).
+        probs: per layer, their probabilities.
+    """
+
+    position: int
+    layers: tuple[str, ...]
+    tokens: tuple[tuple[str, ...], ...]
+    probs: tuple[tuple[float, ...], ...]
+
+    def to_text(self) -> str:
+        width = max(len(n) for n in self.layers)
+        lines = [f"logit lens at position {self.position}"]
+        for name, toks, ps in zip(self.layers, self.tokens, self.probs):
+            cells = "  ".join(f"{t!r} {p:.2f}" for t, p in zip(toks, ps))
+            lines.append(f"{name:<{width}}  {cells}")
+        return "\n".join(lines)
+
+    __str__ = to_text
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>#{i + 1}</th>" for i in range(len(self.tokens[0])))
+        body = "".join(
+            f"<tr><td>{name}</td>"
+            + "".join(f'<td style="background:rgba(37,99,235,{p:.2f})">{_esc(t)} <small>{p:.2f}</small></td>'
+                      for t, p in zip(toks, ps))
+            + "</tr>"
+            for name, toks, ps in zip(self.layers, self.tokens, self.probs)
+        )
+        return f"<table><tr><th>layer</th>{head}</tr>{body}</table>"
+
+
+def _esc(text: str) -> str:
+    import html
+
+    return html.escape(repr(text))
+
+
+@torch.inference_mode()
+def logit_lens(model, tokenizer, inputs: dict, position: int = -1, top_k: int = 5) -> LogitLens:
+    """Top-``top_k`` next tokens predicted from every layer's hidden state at ``position``.
+
+    Args:
+        model: a Phi-3 or Phi-3-vision causal LM.
+        tokenizer: its tokenizer (to decode ids).
+        inputs: model inputs (``input_ids``, ``attention_mask``, and for vision the pixels).
+        position: sequence position (negative counts from the end).
+        top_k: tokens per layer.
+    """
+    out = model(**inputs, output_hidden_states=True, use_cache=False)
+    base = getattr(model, "model", model)
+    hidden = torch.stack([h[0, position] for h in out.hidden_states])  # [layers + 1, hidden]
+    # the last entry already went through the final norm in transformers' Phi-3; the others have not
+    normed = torch.cat([base.norm(hidden[:-1]), hidden[-1:]])
+    probs = torch.softmax(model.lm_head(normed).float(), dim=-1)
+    top = probs.topk(top_k, dim=-1)
+    n = len(out.hidden_states)
+    names = ("embeddings", *(f"layer {i}" for i in range(n - 1)))
+    seq = inputs["input_ids"].shape[1]
+    return LogitLens(
+        position=position % seq,
+        layers=names,
+        tokens=tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in top.indices),
+        probs=tuple(tuple(float(p) for p in row) for row in top.values),
+    )

@@ -1,0 +1,133 @@
+"""Attention capture under sdpa equals eager output_attentions; budgets refuse what will not fit."""
+
+import contextlib
+
+import pytest
+import torch
+from transformers import Phi3Config, Phi3ForCausalLM
+
+from phi3lab.attention import AttentionBudgetError, capture, output_attentions_bytes
+
+
+@contextlib.contextmanager
+def eager(model):
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def eager_maps(model, **inputs):
+    with eager(model), torch.no_grad():
+        return model(**inputs, output_attentions=True).attentions
+
+
+def test_capture_equals_eager_on_the_embedded_model(tiny):
+    assert tiny.model.config._attn_implementation == "sdpa"
+    inputs = tiny.tokenizer([tiny.render("My name is Ada. What is my name?")], return_tensors="pt")
+    with capture(tiny.model, queries="all") as cap, torch.no_grad():
+        tiny.model(**inputs)
+    for layer, ref in enumerate(eager_maps(tiny.model, **inputs)):
+        torch.testing.assert_close(cap.weights(layer), ref, atol=1e-5, rtol=0)
+
+
+def test_capture_equals_eager_on_the_vision_fixture(reference):
+    import numpy as np
+    from PIL import Image
+
+    import phi3lab
+
+    lab = phi3lab.load(reference / "phi3v-tiny-random" / "model", attn="sdpa", verbose=False)
+    image = Image.fromarray((np.random.RandomState(0).rand(300, 400, 3) * 255).astype("uint8"))
+    enc = lab.processor(lab.render("<|image_1|>\nWhat is it?", images=[image]), [image], num_crops=4)
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    with capture(lab.model, layers=[1], queries="all") as cap, torch.no_grad():
+        lab.model(**inputs)
+    torch.testing.assert_close(cap.weights(1), eager_maps(lab.model, **inputs)[1], atol=1e-5, rtol=0)
+
+
+def test_heads_and_query_selections(tiny):
+    inputs = tiny.tokenizer([tiny.render("Spell the word apple.")], return_tensors="pt")
+    ref = eager_maps(tiny.model, **inputs)[2]
+    n = inputs["input_ids"].shape[1]
+    for queries, rows in [("last", [n - 1]), ([0, -2], [0, n - 2]), (slice(2, 5), [2, 3, 4]),
+                          (lambda r: r[r % 3 == 0], list(range(0, n, 3)))]:
+        with capture(tiny.model, layers=2, heads=[1, 3], queries=queries) as cap, torch.no_grad():
+            tiny.model(**inputs)
+        torch.testing.assert_close(cap.weights(2), ref[:, [1, 3]][:, :, rows], atol=1e-5, rtol=0)
+        assert cap.positions(2).tolist() == [rows]
+
+
+def test_generation_records_one_row_per_new_token(tiny):
+    inputs = tiny.tokenizer([tiny.render("What is 2 plus 3?")], return_tensors="pt")
+    with capture(tiny.model, layers=[0, 3]) as cap, torch.no_grad():
+        out = tiny.model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=None)
+    n = inputs["input_ids"].shape[1]
+    weights = cap.weights(3)  # [1, heads, 5 steps, keys]
+    assert weights.shape[2] == 5 and cap.positions(3).tolist() == [list(range(n - 1, n + 4))]
+    full = out[:, : n + 4]  # the last new token is never fed back
+    ref = eager_maps(tiny.model, input_ids=full)[3]
+    torch.testing.assert_close(weights, ref[:, :, n - 1: n + 4], atol=1e-5, rtol=0)
+
+
+def test_left_padded_batch(tiny):
+    tok = tiny.tokenizer
+    texts = [tiny.render("Hi"), tiny.render("My name is Ada. What is my name?")]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    with capture(tiny.model, layers=[1], queries="all") as cap, torch.no_grad():
+        tiny.model(input_ids=input_ids, attention_mask=mask)
+    ref = eager_maps(tiny.model, input_ids=input_ids, attention_mask=mask)[1]
+    real = mask.bool()
+    for b in range(2):  # compare the real (unpadded) query rows
+        torch.testing.assert_close(cap.weights(1)[b][:, real[b]], ref[b][:, real[b]], atol=1e-5, rtol=0)
+
+
+def test_sliding_window_mask_is_the_kernels():
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
+                        max_position_embeddings=64, pad_token_id=0, eos_token_id=1)
+    model = Phi3ForCausalLM(config).eval()
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(2, 100, (1, 20))
+    with capture(model, queries="all") as cap, torch.no_grad():
+        model(input_ids=ids)
+    ref = eager_maps(model, input_ids=ids)
+    for layer in range(2):
+        torch.testing.assert_close(cap.weights(layer), ref[layer], atol=1e-5, rtol=0)
+    assert float(cap.weights(0)[0, :, -1, :10].sum()) == 0.0  # outside the window
+
+
+def test_budget_refuses_with_advice(tiny):
+    inputs = tiny.tokenizer([tiny.render("What is 2 plus 3?")], return_tensors="pt")
+    with pytest.raises(AttentionBudgetError, match="capture fewer layers or heads, or fewer query rows"):
+        with capture(tiny.model, queries="all", budget=1000), torch.no_grad():
+            tiny.model(**inputs)
+    with capture(tiny.model, queries="last", budget=10_000) as cap, torch.no_grad():
+        tiny.model(**inputs)
+    assert 0 < cap.bytes <= 10_000
+
+
+def test_output_attentions_estimate(tiny):
+    assert output_attentions_bytes(tiny.model, 100) == 4 * 4 * 4 * 100 * 100
+
+
+def test_bad_layer_or_head(tiny):
+    with pytest.raises(IndexError, match="layers 0..3"):
+        capture(tiny.model, layers=[7])
+    with pytest.raises(IndexError, match="heads 0..3"):
+        capture(tiny.model, heads=[9])
+
+
+def test_interface_is_restored(tiny):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    with capture(tiny.model):
+        assert "get_interface" in ALL_ATTENTION_FUNCTIONS.__dict__
+    assert "get_interface" not in ALL_ATTENTION_FUNCTIONS.__dict__
