@@ -39,6 +39,7 @@ __all__ = [
     "memory_budget",
     "output_attentions_bytes",
     "attention_layers",
+    "guard_output_attentions",
 ]
 
 QuerySpec = str | int | slice | Sequence[int] | Callable[[torch.Tensor], torch.Tensor]
@@ -258,3 +259,27 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         if self._restore is not None:
             self._restore()
             self._restore = None
+
+
+def guard_output_attentions(model, budget: int | None = None):
+    """Refuse ``output_attentions=True`` calls whose maps would not fit the budget.
+
+    Installs a forward pre-hook on ``model`` (``phi3lab.load`` does this) that estimates the bytes
+    of all layers' ``heads × N × N`` maps before the forward runs.  Returns the hook handle.
+    """
+
+    def check(module, args, kwargs):
+        if not kwargs.get("output_attentions"):
+            return None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        shape = ids.shape if ids is not None else embeds.shape[:2]
+        nbytes = output_attentions_bytes(module, int(shape[1]), int(shape[0]))
+        device = next(module.parameters()).device
+        check_budget(nbytes, budget if budget is not None else memory_budget(device),
+                     f"output_attentions=True on {int(shape[0])}×{int(shape[1])} tokens",
+                     "capture only the layers, heads and rows you need with phi3lab.attention.capture "
+                     "(it also works under sdpa), or shorten the input")
+        return None
+
+    return model.register_forward_pre_hook(check, with_kwargs=True)

@@ -184,6 +184,9 @@ def load(
     if not choice.device.startswith("cuda"):
         model = model.to(choice.device)
     model.eval()
+    from phi3lab.attention import guard_output_attentions
+
+    guard_output_attentions(model)  # output_attentions=True is checked against free memory first
     processor = _load_processor(folder, spec)
     lab = Lab(model=model, processor=processor, attention=choice, spec=spec, path=folder, kind=kind,
               load_seconds=time.perf_counter() - started)

@@ -131,3 +131,17 @@ def test_interface_is_restored(tiny):
     with capture(tiny.model):
         assert "get_interface" in ALL_ATTENTION_FUNCTIONS.__dict__
     assert "get_interface" not in ALL_ATTENTION_FUNCTIONS.__dict__
+
+
+def test_output_attentions_is_checked_before_running(tiny):
+    from phi3lab.attention import guard_output_attentions
+
+    inputs = tiny.tokenizer([tiny.render("What is 2 plus 3?")], return_tensors="pt")
+    handle = guard_output_attentions(tiny.model, budget=100)
+    try:
+        with eager(tiny.model), pytest.raises(AttentionBudgetError, match="output_attentions=True on 1×"):
+            tiny.model(**inputs, output_attentions=True)
+        with torch.no_grad():
+            tiny.model(**inputs)  # without output_attentions nothing is checked
+    finally:
+        handle.remove()

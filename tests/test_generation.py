@@ -33,7 +33,10 @@ def test_greedy_is_deterministic(tiny):
     a = tiny.chat("What is 2 plus 3?", max_new_tokens=12, stream=False)
     b = tiny.chat("What is 2 plus 3?", max_new_tokens=12, stream=False)
     assert a.token_ids == b.token_ids and a.text == b.text
-    assert a.finish_reason == "length" and a.new_tokens == 12
+    assert (a.text, a.finish_reason) == ("2 plus 3 is 5.", "stop")  # the trained model answers and ends its turn
+    assert a.token_ids[-1] == tiny.tokenizer.convert_tokens_to_ids("<|end|>")
+    short = tiny.chat("What is 2 plus 3?", max_new_tokens=3, stream=False)
+    assert short.finish_reason == "length" and short.token_ids == a.token_ids[:3]
 
 
 def test_streams_the_text(tiny, capsys):
@@ -56,7 +59,7 @@ def test_result_counts_and_timings(tiny):
     r = tiny.chat("What is 2 plus 3?", max_new_tokens=6, stream=False)
     assert r.prompt_tokens == len(tiny.tokens("What is 2 plus 3?"))
     assert r.time_to_first_token > 0 and r.tokens_per_second > 0
-    assert "prompt + 6 new tokens" in r.stats()
+    assert f"{r.prompt_tokens} prompt + {r.new_tokens} new tokens" in r.stats()
 
 
 def test_batch_equals_one_by_one(tiny):

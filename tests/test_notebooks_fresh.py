@@ -44,3 +44,41 @@ def test_sanitize_patterns_are_all_read():
 
     text = (NOTEBOOKS / "sanitize.cfg").read_text()
     assert len(get_sanitize_patterns(text)) == text.count("regex: ") == 5
+
+
+def _run_nbval(folder: Path) -> int:
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(NOTEBOOKS / "conftest.py", folder)
+    shutil.copy(NOTEBOOKS / "sanitize.cfg", folder)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
+           "--nbval-sanitize-with", str(folder / "sanitize.cfg"), str(folder)]
+    return subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300).returncode
+
+
+@pytest.mark.parametrize("stored, expected_rc", [("1921\n", 0), ("1920\n", 1)])
+def test_a_changed_token_count_fails_nbval(tmp_path, stored, expected_rc):
+    """A checked cell whose stored output no longer matches (a token count) fails the run."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    nb = new_notebook(cells=[
+        new_markdown_cell("# check"),
+        new_code_cell("# NBVAL_CHECK_OUTPUT\nfrom phi3lab.patches import num_image_tokens\nprint(num_image_tokens(800, 600))",
+                      execution_count=1, outputs=[new_output("stream", name="stdout", text=stored)]),
+    ])
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nbformat.write(nb, tmp_path / "check.ipynb")
+    assert _run_nbval(tmp_path) == expected_rc
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_renders_to_html_with_figures(path):
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(path, as_version=4)
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert html.count("data:image/png;base64") >= figures
+    assert nb.cells[0].source.splitlines()[0][2:] in html

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig, Phi3Config
 
-from phi3lab.tiny import corpus, tokenizer
+from phi3lab.tiny import tokenizer
 
 TEMPLATE_JULY_2024 = (
     "{% for message in messages %}"
@@ -48,8 +48,8 @@ def text_config() -> Phi3Config:
 
 
 def write_tokenizer(folder: Path, *, add_bos: bool, template: str, max_length: int) -> None:
-    tok = tokenizer.train(corpus.tokenizer_texts(), add_bos=add_bos)
-    tok.save(str(folder / "tokenizer.json"))
+    """The frozen project tokenizer (``data/tokenizer``), with or without BOS, and its configs."""
+    tokenizer.load(add_bos=add_bos).save(str(folder / "tokenizer.json"))
     specials = {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                 "unk_token": "<unk>"}
     config = {
@@ -85,7 +85,11 @@ def write_text_files(folder: Path) -> Path:
 
 
 def save_weights(model, folder: Path) -> None:
-    """Write ``model.safetensors`` (float32) and the model's ``config.json``."""
+    """Write ``model.safetensors`` (float32) and ``config.json``, keeping the folder's
+    ``generation_config.json`` (save_pretrained would replace it with one derived from the config)."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig.from_pretrained(folder)
     model.save_pretrained(folder)
 
 

@@ -8,6 +8,9 @@ handles real Phi-3 tokenizers is exercised by the tiny models too:
 * the normalizer prepends ``▁`` and replaces spaces by ``▁`` (so ``<|user|>\\n`` becomes
   ``<|user|>``, ``▁``, ``\\n`` exactly as in Phi-3), BPE with byte fallback, and the
   Replace/ByteFallback/Fuse/Strip decoder;
+* it is trained once on the synthetic corpus (``python -m phi3lab.tiny.tokenizer``) and frozen in
+  ``data/tokenizer/tokenizer.json``: both embedded models share it, and retraining a model never
+  changes its ids;
 * the chat special tokens sit right after the base vocabulary in Phi-3's order, so each has the
   same offset from the base size as in Phi-3 (``<|endoftext|>`` = base = 2000, ``<|end|>`` = base + 7,
   ``<|user|>`` = base + 10, ``<|image|>`` = base + 44), with Phi-3-vision's ``rstrip`` flags.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
@@ -39,6 +43,13 @@ SPECIALS = {  # offset from BASE_VOCAB -> (token, rstrip), as in Phi-3 (32000 + 
     44: ("<|image|>", True),
 }
 HEAD = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+_BOS = {
+    "type": "TemplateProcessing",
+    "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+    "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+             {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+}
 
 
 def _added(id_: int, content: str, *, rstrip: bool = False, special: bool = True) -> dict:
@@ -86,17 +97,38 @@ def train(texts: Iterable[str], *, add_bos: bool) -> Tokenizer:
     added = [_added(0, "<unk>"), _added(1, "<s>"), _added(2, "</s>", rstrip=True, special=False)]
     added += [_added(BASE_VOCAB + off, tok, rstrip=rs) for off, (tok, rs) in sorted(SPECIALS.items())]
     spec["added_tokens"] = added
-    if add_bos:
-        spec["post_processor"] = {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
-        }
-    else:
-        spec["post_processor"] = None
+    spec["post_processor"] = _BOS if add_bos else None
     return Tokenizer.from_str(json.dumps(spec))
+
+
+def path() -> Path:
+    """The frozen tokenizer that both embedded models use: ``data/tokenizer/tokenizer.json``."""
+    from phi3lab.paths import data_dir
+
+    return data_dir() / "tokenizer" / "tokenizer.json"
+
+
+def with_bos(tok: Tokenizer, add_bos: bool) -> Tokenizer:
+    """The same tokenizer with or without a ``<s>`` post-processor."""
+    spec = json.loads(tok.to_str())
+    spec["post_processor"] = _BOS if add_bos else None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def load(add_bos: bool = False) -> Tokenizer:
+    return with_bos(Tokenizer.from_file(str(path())), add_bos)
+
+
+def main() -> None:
+    """``python -m phi3lab.tiny.tokenizer``: retrain the tokenizer from the corpus into data/tokenizer.
+
+    Every id changes with it, so both embedded models must be retrained afterwards.
+    """
+    from phi3lab.tiny import corpus
+
+    path().parent.mkdir(parents=True, exist_ok=True)
+    train(corpus.tokenizer_texts(), add_bos=False).save(str(path()))
+    print(f"wrote {path()}; retrain the embedded models: python -m phi3lab.tiny.train text, then vision")
 
 
 def special_id(token: str) -> int:
@@ -105,3 +137,7 @@ def special_id(token: str) -> int:
         if tok == token:
             return BASE_VOCAB + off
     raise KeyError(token)
+
+
+if __name__ == "__main__":
+    main()

@@ -72,6 +72,28 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: int) -> float:
+    """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed.
+
+    Returns the start time (``time.perf_counter()``)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    started, smooth = time.perf_counter(), None
+    for step in range(steps):
+        batch = next_batch()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if step % log_every == 0 or step == steps - 1:
+            print(f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, warmup):.2e}  "
+                  f"{time.perf_counter() - started:6.0f} s", flush=True)
+    return started
+
+
 def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3e-3, seed: int = 0) -> Path:
     from tokenizers import Tokenizer
     from transformers import Phi3ForCausalLM
@@ -85,24 +107,15 @@ def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3
     model = Phi3ForCausalLM(build.text_config())
     model.config._attn_implementation = "sdpa"
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     stream = batches(examples, batch_size, build.pad_id(), random.Random(seed))
-    started, smooth = time.perf_counter(), None
     print(f"training the text model: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{len(examples):,} conversations, {steps} steps of {batch_size}", flush=True)
-    for step in range(steps):
+
+    def next_batch():
         ids, labels = next(stream)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, 200)
-        loss = model(input_ids=ids, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
-        if step % 200 == 0 or step == steps - 1:
-            print(f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, 200):.2e}  "
-                  f"{time.perf_counter() - started:6.0f} s", flush=True)
+        return {"input_ids": ids, "labels": labels}
+
+    started = optimise(model, next_batch, steps, lr, warmup=200, log_every=200)
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)
@@ -115,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     if args.which == "text":
         out = args.out or embedded_dir() / "phi3lab-tiny"
         train_text(out, **({"steps": args.steps} if args.steps else {}))
@@ -125,7 +139,39 @@ def main(argv: list[str] | None = None) -> None:
         train_vision.train(out, **({"steps": args.steps} if args.steps else {}))
     from phi3lab.tiny import evaluate
 
-    print(evaluate.report(out))
+    results = evaluate.report(out)
+    print(results)
+    write_card(args.which, out, results, time.perf_counter() - started)
+
+
+TEXT_ARCH = """`Phi3ForCausalLM` (transformers' own Phi-3): 4 layers, hidden 128, 4 heads of 32 (no GQA), MLP 384,
+vocabulary 2,064 (2,000 BPE pieces + Phi-3's chat special tokens at the same offsets, padded like 32,064),
+RoPE θ 10,000, sliding window 2,047, context 4,096, untied output head — 1.38M parameters, float32.
+Tokenizer: phi3lab's own byte-fallback BPE with Phi-3's normalizer and decoder; July 2024 chat template;
+stop ids `<|endoftext|>`, `<|assistant|>`, `<|end|>`."""
+TEXT_DATA = """40,000 synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus and minus),
+copying a name or a number from the prompt, binding colours to shapes, spelling / repeating / capitalising a
+word, two-turn follow-ups, and a safety slice — five clearly fictional request categories phrased abstractly,
+each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with a refusal and
+story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the probing
+notebooks). Held-out evaluation uses phrasing combinations that never occur in training."""
+VISION_ARCH = """`Phi3VForCausalLM` (phi3lab's native Phi-3-vision): the text model's language model (its trained weights
+as the starting point) with LongRoPE (short/long factors, 4,096 → 131,072 positions), a CLIP tower of 2 layers
+of width 64 (features from the second of 3 layers) at the real 336-pixel / 14-pixel-patch geometry, the real HD transform with `num_crops=1`
+(global view + one crop, 313 image tokens), 2×2 merge, `sub_GN`/`glb_GN` separators and the GELU projector;
+Phi-3-vision's chat template and processor rule (BOS after every image run)."""
+VISION_DATA = """Pictures drawn on the fly with PIL (`phi3lab.tiny.vision_data`, seed 0): one or two coloured shapes in a
+3×3 layout ("What colour is the triangle?", "Where is the red circle?"), bar charts of four bars A–D ("Which
+bar is tallest?", "What is the value of B?") and one of eight written words ("What word is written?"), in varied
+sizes and aspect ratios. Held-out pictures are drawn from other seeds."""
+
+
+def write_card(which: str, out: Path, results: str, seconds: float) -> None:
+    title, arch, data = (("phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH, TEXT_DATA) if which == "text" else
+                         ("phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH, VISION_DATA))
+    build.write_card(out, title=title, architecture=arch, data=data,
+                     command=f"python -m phi3lab.tiny.train {which}",
+                     results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)")
 
 
 if __name__ == "__main__":

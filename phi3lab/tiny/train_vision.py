@@ -2,7 +2,7 @@
 
 The architecture is the native Phi-3-vision of :mod:`phi3lab.models.phi3_v` with the real HD
 transform and LongRoPE, shrunk: the language model is the tiny text model's (and starts from its
-trained weights), the CLIP tower has 2 layers of width 64 at the real 336-pixel, 14-pixel-patch
+trained weights), the CLIP tower has 3 layers of width 64 (features from the second) at the real 336-pixel, 14-pixel-patch
 geometry, and pictures use ``num_crops=1`` (a global view plus one crop: 313 image tokens).
 Pictures and questions are drawn on the fly by :mod:`phi3lab.tiny.vision_data`.
 """
@@ -10,16 +10,14 @@ Pictures and questions are drawn on the fly by :mod:`phi3lab.tiny.vision_data`.
 from __future__ import annotations
 
 import json
-import math
-import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from phi3lab.paths import embedded_dir
-from phi3lab.tiny import build, corpus, tokenizer, vision_data
+from phi3lab.tiny import build, tokenizer, vision_data
+from phi3lab.tiny.train import optimise
 
 THREADS = 2
 NUM_CROPS = 1
@@ -47,7 +45,7 @@ def vision_config():
         img_processor={"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
                        "image_dim_out": 64, "num_img_tokens": 144,
                        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-                                         "num_hidden_layers": 2, "image_size": 336, "patch_size": 14,
+                                         "num_hidden_layers": 3, "image_size": 336, "patch_size": 14,
                                          "num_channels": 3, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
         image_token_id=tokenizer.special_id("<|image|>"),
         architectures=["Phi3VForCausalLM"],
@@ -92,7 +90,7 @@ def collate(items: list[dict], pad: int) -> dict:
             "image_sizes": torch.stack([x["image_sizes"] for x in items])}
 
 
-def train(out: Path, steps: int = 2400, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
+def train(out: Path, steps: int = 2400, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
           text_folder: Path | None = None) -> Path:
     from safetensors.torch import load_file
 
@@ -110,26 +108,15 @@ def train(out: Path, steps: int = 2400, batch_size: int = 8, lr: float = 2e-3, s
     missing, unexpected = model.load_state_dict(text_weights, strict=False)
     assert not unexpected and all("vision_embed_tokens" in k for k in missing), (missing, unexpected)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     stream = vision_data.examples(steps * batch_size, seed, "train")
-    started, smooth = time.perf_counter(), None
     print(f"training the vision model: {sum(p.numel() for p in model.parameters()):,} parameters, "
           f"{steps} steps of {batch_size} pictures drawn on the fly", flush=True)
-    for step in range(steps):
-        batch = collate([encode(processor, next(stream), end_id, assistant_id) for _ in range(batch_size)],
-                        build.pad_id())
-        warm = 100
-        scale = (step + 1) / warm if step < warm else 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (step - warm) / (steps - warm)))
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        smooth = loss.item() if smooth is None else 0.97 * smooth + 0.03 * loss.item()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"  step {step:5d}/{steps}  loss {smooth:.4f}  {time.perf_counter() - started:6.0f} s", flush=True)
+
+    def next_batch():
+        return collate([encode(processor, next(stream), end_id, assistant_id) for _ in range(batch_size)],
+                       build.pad_id())
+
+    started = optimise(model, next_batch, steps, lr, warmup=100, log_every=100)
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)

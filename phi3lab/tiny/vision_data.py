@@ -3,13 +3,13 @@
 Three families, each picture returned with the regions that answer the question (so tests and
 notebooks can check *where* the model looks):
 
-* **shapes** — two or three coloured shapes in a 3×3 layout: "What colour is the triangle?",
+* **shapes** — one or two coloured shapes in a 3×3 layout: "What colour is the triangle?",
   "Where is the red circle?";
 * **bars** — a bar chart of four bars A–D: "Which bar is tallest?", "What is the value of B?";
-* **words** — a word written large: "What word is written?".
+* **words** — one of eight words written large: "What word is written?".
 
 Pictures vary in size and aspect ratio, so the HD transform pads them differently.  The test
-split uses other seeds and question phrasings than the training split.
+split draws new pictures (other seeds) with the same question phrasings.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
-from phi3lab.tiny.corpus import COLOURS, SHAPES, WORDS
+from phi3lab.tiny.corpus import COLOURS, SHAPES
+
+WORDS = ["apple", "river", "cloud", "tiger", "house", "robot", "lemon", "music"]  # written in the pictures
 
 PLACES = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "centre",
           (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
@@ -68,7 +70,7 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
     w, h = rng.randint(280, 420), rng.randint(280, 420)
     image = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(image)
-    cells = rng.sample(sorted(PLACES), rng.choice([2, 3]))
+    cells = rng.sample(sorted(PLACES), rng.choice([1, 2]))
     kinds = rng.sample(SHAPES, len(cells))
     colours = rng.sample(COLOURS, len(cells))
     boxes = []
@@ -83,9 +85,8 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
     k = rng.randrange(len(cells))
     shape, colour, place, box = kinds[k], colours[k], PLACES[cells[k]], boxes[k]
     if rng.random() < 0.5:
-        q = "What colour is the {s}?" if split == "train" else "Which colour is the {s}?"
-        return VisionExample("shapes", image, q.format(s=shape), f"The {shape} is {colour}.", (box,))
-    q = "Where is the {c} {s}?" if split == "train" else "In which part of the picture is the {c} {s}?"
+        return VisionExample("shapes", image, f"What colour is the {shape}?", f"The {shape} is {colour}.", (box,))
+    q = "Where is the {c} {s}?"
     return VisionExample("shapes", image, q.format(c=colour, s=shape), f"The {colour} {shape} is at the {place}.",
                          (box,))
 
@@ -112,11 +113,9 @@ def bars(rng: random.Random, split: str) -> VisionExample:
         boxes.append((x0, y0, x1, bottom))
     best = max(range(4), key=lambda i: values[i])
     if values.count(values[best]) == 1 and rng.random() < 0.5:
-        q = "Which bar is tallest?" if split == "train" else "Which bar is the highest?"
-        return VisionExample("bars", image, q, f"Bar {BARS[best]} is the tallest.", (boxes[best],))
+        return VisionExample("bars", image, "Which bar is tallest?", f"Bar {BARS[best]} is the tallest.", (boxes[best],))
     i = rng.randrange(4)
-    q = "What is the value of {b}?" if split == "train" else "How high is bar {b}?"
-    return VisionExample("bars", image, q.format(b=BARS[i]), f"{BARS[i]} is {values[i]}.", (boxes[i],))
+    return VisionExample("bars", image, f"What is the value of {BARS[i]}?", f"{BARS[i]} is {values[i]}.", (boxes[i],))
 
 
 def words(rng: random.Random, split: str) -> VisionExample:
@@ -129,8 +128,7 @@ def words(rng: random.Random, split: str) -> VisionExample:
     font = _font(rng.randint(44, 60))
     draw.text(xy, word, fill=colour, font=font, anchor="mm")
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
-    q = "What word is written?" if split == "train" else "Which word does the picture show?"
-    return VisionExample("words", image, q, f"The word is {word}.", (box,))
+    return VisionExample("words", image, "What word is written?", f"The word is {word}.", (box,))
 
 
 FAMILIES = {"shapes": shapes, "bars": bars, "words": words}
@@ -157,3 +155,39 @@ def tokenizer_texts() -> Iterator[str]:
             for text in (ex.question, ex.answer):
                 yield text
                 yield "\n" + text
+
+
+def scene(seed: int = 7, size: tuple[int, int] = (640, 420)) -> Image.Image:
+    """A photo-like landscape (sky gradient, hills, sun, house, tree, grain) for the notebooks."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    w, h = size
+    y = np.linspace(0, 1, h)[:, None, None]
+    sky = (1 - y) * np.array([110, 160, 230]) + y * np.array([200, 225, 250])
+    image = Image.fromarray(np.broadcast_to(sky, (h, w, 3)).astype("uint8"))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((w * 0.75, h * 0.08, w * 0.75 + 70, h * 0.08 + 70), fill=(250, 215, 80))
+    draw.polygon([(0, h * 0.62), (w * 0.3, h * 0.5), (w * 0.65, h * 0.6), (w, h * 0.52), (w, h), (0, h)],
+                 fill=(70, 140, 70))
+    hx, hy = int(w * 0.18), int(h * 0.48)
+    draw.rectangle((hx, hy, hx + 110, hy + 90), fill=(190, 90, 60))
+    draw.polygon([(hx - 10, hy), (hx + 55, hy - 55), (hx + 120, hy)], fill=(120, 50, 40))
+    draw.rectangle((hx + 42, hy + 45, hx + 68, hy + 90), fill=(80, 50, 30))
+    tx, ty = int(w * 0.6), int(h * 0.42)
+    draw.rectangle((tx + 18, ty + 60, tx + 32, ty + 120), fill=(100, 70, 40))
+    draw.ellipse((tx - 20, ty, tx + 70, ty + 80), fill=(40, 110, 50))
+    grain = rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=float) + grain, 0, 255).astype("uint8"))
+
+
+def sample_images() -> dict[str, Image.Image]:
+    """The pictures shipped in ``data/images`` (rebuilt exactly by this function)."""
+    rng = random.Random("samples")
+    chart = bars(rng, "train")
+    while "tallest" not in chart.answer:
+        chart = bars(rng, "train")
+    shapes_example = shapes(random.Random("samples-shapes"), "train")
+    word = words(random.Random("samples-words"), "train")
+    return {"chart.png": chart.image, "shapes.png": shapes_example.image, "scene.jpg": scene(),
+            "word.png": word.image}

@@ -1,0 +1,89 @@
+"""Attention-map computations, the logit lens, and that every view draws and returns (fig, ax)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from phi3lab import plotting  # noqa: E402
+from phi3lab.attention import capture  # noqa: E402
+from phi3lab.attention_maps import head_summary, image_heat, image_runs, rollout, top_keys  # noqa: E402
+from phi3lab.logit_lens import logit_lens  # noqa: E402
+from phi3lab.patches import num_image_tokens  # noqa: E402
+
+
+def test_rollout_of_one_layer_is_the_mixed_attention():
+    a = torch.softmax(torch.randn(1, 2, 5, 5), dim=-1)
+    expected = 0.5 * torch.eye(5) + 0.5 * a[0].mean(0)
+    torch.testing.assert_close(rollout(a), expected / expected.sum(-1, keepdim=True))
+    two = rollout(torch.softmax(torch.randn(3, 2, 6, 6), -1))
+    torch.testing.assert_close(two.sum(-1), torch.ones(6))
+    with pytest.raises(ValueError, match="capture with queries='all'"):
+        rollout(torch.rand(2, 1, 1, 6))
+
+
+def test_head_summary_and_top_keys():
+    w = torch.zeros(2, 3, 4, 10)
+    w[1, 2, :, 7] = 1.0
+    share = head_summary(w, [7])
+    assert share[1, 2] == 1.0 and share.sum() == 1.0
+    assert top_keys(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2) == [(1, "b", pytest.approx(0.7)),
+                                                                           (2, "c", pytest.approx(0.2))]
+
+
+def test_image_runs():
+    ids = torch.tensor([1, 5, -1, -1, -1, 1, -2, -2, 9])
+    assert image_runs(ids) == [(2, 5), (6, 8)]
+    assert image_runs(torch.tensor([3, 44, 44, 3]), image_token_id=44) == [(1, 3)]
+
+
+def test_image_heat_puts_each_token_in_its_cell():
+    w, h, crops = 500, 300, 4
+    n = num_image_tokens(w, h, crops)
+    row = torch.zeros(10 + n)
+    row[10 + 0] = 0.5  # first crop cell (0, 0)
+    row[10 + n - 2] = 0.25  # last global cell (11, 11)
+    row[10 + 24] = 0.25  # first row separator
+    heat = image_heat(row, 10, w, h, crops)
+    assert heat.crops[0, 0] == 0.5 and heat.global_view[11, 11] == 0.25 and heat.separators == 0.25
+    assert heat.total == pytest.approx(1.0)
+    assert heat.to_pixels("crops").shape == (h, w)
+    assert "crops 0.500, global view 0.250, separators 0.250" in heat.to_text()
+
+
+def test_logit_lens_last_layer_is_the_model_prediction(tiny):
+    inputs = tiny.tokenizer([tiny.render("What is 2 plus 3?")], return_tensors="pt")
+    lens = logit_lens(tiny.model, tiny.tokenizer, dict(inputs))
+    with torch.no_grad():
+        top = int(tiny.model(**inputs).logits[0, -1].argmax())
+    assert lens.tokens[-1][0] == tiny.tokenizer.convert_ids_to_tokens(top)
+    assert len(lens.layers) == tiny.model.config.num_hidden_layers + 1
+    text = lens.to_text()
+    assert text.splitlines()[0] == f"logit lens at position {inputs['input_ids'].shape[1] - 1}"
+    assert "<table>" in lens._repr_html_()
+
+
+def test_every_view_draws(tiny):
+    import matplotlib.pyplot as plt
+
+    table = tiny.tokens("My name is Ada. What is my name?")
+    inputs = tiny.tokenizer([table.prompt], return_tensors="pt", add_special_tokens=False)
+    with capture(tiny.model, queries="all") as cap, torch.no_grad():
+        tiny.model(**inputs)
+    maps = cap.stacked()[:, 0]
+    image = Image.new("RGB", (300, 200), "white")
+    heat = image_heat(torch.rand(num_image_tokens(300, 200, 4)), 0, 300, 200, 4)
+    for fig, ax in [
+        plotting.token_heatmap(maps[3].mean(0), table),
+        plotting.layer_head_grid(head_summary(maps, [5])),
+        plotting.rollout_map(rollout(maps), table),
+        plotting.image_attention(image, heat, "crops"),
+        plotting.image_attention(image, heat, "global"),
+        plotting.patch_layout(image, 4),
+    ]:
+        assert fig is ax.figure and ax.has_data() or ax.patches
+        plt.close(fig)
