@@ -55,12 +55,19 @@ def test_a_head_attends_to_the_copied_name(tiny):
     found = 0
     names = ["Nia", "Omar", "Tara", "Wren", "Ivan", "Lena"]
     for name in names:
-        prompt = tiny.render(f"Call me {name}. What should you call me?")
-        answer = tiny.chat(f"Call me {name}. What should you call me?", max_new_tokens=12, stream=False)
-        ids = tok(prompt + answer.text, add_special_tokens=False)["input_ids"]
-        name_ids = tok(" " + name, add_special_tokens=False)["input_ids"]
-        first = next(i for i in range(len(ids)) if ids[i:i + len(name_ids)] == name_ids)
-        second = next(i for i in range(first + 1, len(ids)) if ids[i:i + len(name_ids)] == name_ids)
+        question = f"Call me {name}. What should you call me?"
+        prompt = tiny.render(question)
+        answer = tiny.chat(question, max_new_tokens=12, stream=False)
+        assert name in answer.text
+        text = prompt + answer.text
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, spans = enc["input_ids"], enc["offset_mapping"]
+
+        def token_at(char):  # the token whose span holds this character
+            return next(i for i, (a, b) in enumerate(spans) if a <= char < b)
+
+        first = token_at(text.index(name))
+        second = token_at(text.index(name, len(prompt)))
         with torch.no_grad(), eager(tiny.model):
             out = tiny.model(torch.tensor([ids]), output_attentions=True)
         query = second - 1  # the position whose prediction is the copied name
