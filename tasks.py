@@ -100,6 +100,8 @@ def lab(argv: list[str]) -> None:
     env.pop("MPLBACKEND", None)  # let the notebook pick the inline backend
     _say("starting JupyterLab on notebooks/ (embedded tiny model by default); open the URL below")
     args = [PY, "-m", "jupyter", "lab", "--no-browser", f"--notebook-dir={ROOT / 'notebooks'}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")  # containers and CI machines often run as root
     if os.environ.get("PHI3LAB_PORT"):
         args.append(f"--ServerApp.port={os.environ['PHI3LAB_PORT']}")
     os.execve(str(PY), [str(a) for a in args + argv], env)

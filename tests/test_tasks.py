@@ -1,0 +1,66 @@
+"""The README's commands: set-up is idempotent and the lab command serves notebooks/."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import tasks  # noqa: E402
+
+
+def test_cpu_torch_on_linux_without_nvidia(monkeypatch):
+    monkeypatch.setattr(tasks.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(tasks, "_has_nvidia", lambda: False)
+    assert tasks._torch_requirement() == "torch==2.13.0"
+    monkeypatch.setattr(tasks, "_has_nvidia", lambda: True)
+    assert tasks._torch_requirement().startswith("torch>=")
+
+
+def test_setup_is_a_fast_no_op_when_nothing_changed():
+    start = time.perf_counter()
+    tasks.setup()
+    assert time.perf_counter() - start < 2.0
+    assert tasks.STAMP.read_text().strip() == tasks._fingerprint()
+
+
+def test_unknown_task_is_refused():
+    out = subprocess.run([sys.executable, str(ROOT / "tasks.py"), "labb"], capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown task 'labb'" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not tasks.PY.exists(), reason="needs the .venv that tasks.py sets up")
+def test_lab_serves_the_notebooks():
+    port = _free_port()
+    env = dict(os.environ, PHI3LAB_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tasks.py"), "lab"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    try:
+        url, deadline, seen = None, time.time() + 120, []
+        while url is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            seen.append(line)
+            match = re.search(rf"http://(?:localhost|127\.0\.0\.1):{port}/lab\?token=(\w+)", line)
+            if match:
+                url, token = match.group(0), match.group(1)
+        assert url, "".join(seen[-20:])
+        with urllib.request.urlopen(f"http://localhost:{port}/api/contents?token={token}", timeout=30) as r:
+            names = {c["name"] for c in json.load(r)["content"]}
+        assert {"00_quickstart.ipynb", "01_chat_templates.ipynb", "02_vision_analysis.ipynb"} <= names
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
