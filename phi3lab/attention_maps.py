@@ -14,7 +14,7 @@ import torch
 
 from phi3lab.patches import CELLS, hd_layout, image_tokens
 
-__all__ = ["rollout", "head_summary", "top_keys", "ImageHeat", "image_heat", "image_runs"]
+__all__ = ["rollout", "head_summary", "top_keys", "rows_text", "grid_text", "ImageHeat", "image_heat", "image_runs"]
 
 
 def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -148,3 +148,32 @@ def image_heat(row: torch.Tensor | np.ndarray, start: int, width: int, height: i
         else:
             separators += value
     return ImageHeat(crops, glob, separators, width, height, num_crops)
+
+
+def rows_text(weights: torch.Tensor, table, rows=None, k: int = 3) -> str:
+    """Plain-text form of a heatmap: for each query row, its ``k`` most attended tokens.
+
+    Args:
+        weights: ``[rows, K]`` attention (one head or an average).
+        table: the prompt's :class:`~phi3lab.token_view.TokenTable`.
+        rows: absolute positions of the rows (default: the last ``len(weights)`` positions).
+    """
+    k_len = weights.shape[-1]
+    rows = list(range(k_len - weights.shape[0], k_len)) if rows is None else [int(r) for r in rows]
+    tokens = [r.token if r.segment != "image" else f"<img{-r.id}>" for r in table.rows]
+    lines = []
+    for row, position in zip(weights, rows):
+        name = tokens[position] if position < len(tokens) else "?"
+        tops = ", ".join(f"{t!r}@{i} {w:.2f}" for i, t, w in top_keys(row, tokens, k))
+        lines.append(f"{position:>5} {name!r:<16} → {tops}")
+    return "\n".join(lines)
+
+
+def grid_text(values: torch.Tensor, title: str = "layer × head") -> str:
+    """Plain-text form of a ``[layers, heads]`` grid, with the strongest head named."""
+    v = torch.as_tensor(values).float()
+    layer, head = divmod(int(v.argmax()), v.shape[1])
+    lines = [f"{title}: strongest layer {layer} head {head} ({float(v.max()):.3f})",
+             "      " + " ".join(f"h{h:<4}" for h in range(v.shape[1]))]
+    lines += [f"L{i:<4} " + " ".join(f"{x:5.3f}" for x in row.tolist()) for i, row in enumerate(v)]
+    return "\n".join(lines)

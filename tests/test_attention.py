@@ -145,3 +145,18 @@ def test_output_attentions_is_checked_before_running(tiny):
             tiny.model(**inputs)  # without output_attentions nothing is checked
     finally:
         handle.remove()
+
+
+def test_capture_equals_eager_on_the_embedded_vision_model():
+    import phi3lab
+    from phi3lab.tiny.vision_data import sample_images
+
+    lab = phi3lab.load("tiny-vision", verbose=False)
+    image = sample_images()["shapes.png"]
+    enc = lab.processor(lab.render("<|image_1|>\nWhat colour is the triangle?", images=[image]), [image])
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+    with capture(lab.model, layers=[0, 3], queries="all") as cap, torch.no_grad():
+        lab.model(**inputs)
+    ref = eager_maps(lab.model, **inputs)
+    for layer in (0, 3):
+        torch.testing.assert_close(cap.weights(layer), ref[layer], atol=1e-5, rtol=0)

@@ -87,3 +87,18 @@ def test_every_view_draws(tiny):
     ]:
         assert fig is ax.figure and ax.has_data() or ax.patches
         plt.close(fig)
+
+
+def test_text_forms_of_heatmap_and_grid(tiny):
+    from phi3lab.attention_maps import grid_text, rows_text
+
+    table = tiny.tokens("My name is Ada. What is my name?")
+    w = torch.zeros(2, len(table))
+    w[0, 3], w[1, 1] = 1.0, 1.0
+    text = rows_text(w, table)
+    first, second = text.splitlines()
+    assert first.startswith(f"{len(table) - 2:>5} ") and f"@3 1.00" in first and "@1 1.00" in second
+    grid = torch.zeros(4, 4)
+    grid[2, 1] = 0.5
+    out = grid_text(grid)
+    assert out.splitlines()[0] == "layer × head: strongest layer 2 head 1 (0.500)" and len(out.splitlines()) == 6
