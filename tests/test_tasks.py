@@ -58,8 +58,19 @@ def test_lab_serves_the_notebooks():
             if match:
                 url, token = match.group(0), match.group(1)
         assert url, "".join(seen[-20:])
-        with urllib.request.urlopen(f"http://localhost:{port}/api/contents?token={token}", timeout=30) as r:
-            names = {c["name"] for c in json.load(r)["content"]}
+        names, error = set(), None
+        for _ in range(60):  # the server may still be settling on a loaded machine
+            for host in ("127.0.0.1", "localhost"):
+                try:
+                    with urllib.request.urlopen(f"http://{host}:{port}/api/contents?token={token}", timeout=10) as r:
+                        names = {c["name"] for c in json.load(r)["content"]}
+                    break
+                except OSError as exc:
+                    error = exc
+            if names:
+                break
+            time.sleep(1)
+        assert names, f"the lab server did not answer: {error}"
         assert {"00_quickstart.ipynb", "01_chat_templates.ipynb", "02_vision_analysis.ipynb"} <= names
     finally:
         proc.terminate()
