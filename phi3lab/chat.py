@@ -139,24 +139,32 @@ def _validate_images(messages: Sequence[dict], num_images: int, vision: bool | N
     if vision is False and (tags or num_images):
         where = f"message {tags[0][0]} has <|image_{tags[0][1]}|>" if tags else f"{num_images} image(s) were given"
         raise ChatFormatError(f"{where}, but this is a text-only model; load a vision model such as 'tiny-vision'")
-    seen: dict[int, int] = {}
-    expected = 1
-    for index, n in tags:
+    check_image_tags([(f"message {i}", n) for i, n in tags], num_images, "conversation")
+
+
+def check_image_tags(tags: Sequence[tuple[str, int]], num_images: int, source: str) -> None:
+    """The image-tag rule shared by :func:`validate` (messages) and the processor (one prompt).
+
+    ``tags`` are ``(where, N)`` in order of appearance, ``where`` naming the place for the error
+    (``"message 2"``, ``"tag 1 of the prompt"``).  Tags must be ``1, 2, ...``, each once, in order,
+    one per image: the model fills image runs in order, so anything else would misplace the pictures.
+    """
+    seen: dict[int, str] = {}
+    for expected, (where, n) in enumerate(tags, start=1):
         if n in seen:
             raise ChatFormatError(
-                f"message {index} repeats <|image_{n}|> (first used in message {seen[n]}); each tag appears "
+                f"{where} repeats <|image_{n}|> (first used in {seen[n]}); each tag appears "
                 "once — refer back to the image in words instead"
             )
         if n != expected:
             raise ChatFormatError(
-                f"message {index} has <|image_{n}|> where <|image_{expected}|> comes next; number the tags "
+                f"{where} has <|image_{n}|> where <|image_{expected}|> comes next; number the tags "
                 "1, 2, 3... in the order they appear, and pass the images in that order"
             )
-        seen[n] = index
-        expected += 1
+        seen[n] = where
     if len(tags) != num_images:
         raise ChatFormatError(
-            f"the conversation has {len(tags)} image tag(s) but {num_images} image(s) were given; "
+            f"the {source} has {len(tags)} image tag(s) but {num_images} image(s) were given; "
             "put one <|image_N|> tag in the text for each image (N = 1, 2, ...), e.g. '<|image_1|>\\nWhat is this?'"
         )
 

@@ -80,7 +80,7 @@ def test_logits_match_the_official_model(fixture_dir, processor, model, name):
 
 def test_swapped_tags_are_refused_by_default(fixture_dir, processor, model):
     case, images = load_case(fixture_dir, "two_images_swapped")
-    with pytest.raises(ChatFormatError, match="tags must be <|image_1|>, <|image_2|>, ... in increasing order"):
+    with pytest.raises(ChatFormatError, match=r"tag 1 of the prompt has <\|image_2\|> where <\|image_1\|> comes next"):
         processor(str(case["prompt"]), images)
     ids = torch.from_numpy(case["input_ids"])  # the official processor's ids, given to the model directly
     pixels = processor.image_processor(images)
@@ -90,7 +90,7 @@ def test_swapped_tags_are_refused_by_default(fixture_dir, processor, model):
 
 def test_repeated_tag_is_refused(processor):
     img = Image.new("RGB", (336, 336))
-    with pytest.raises(ChatFormatError, match="appears twice"):
+    with pytest.raises(ChatFormatError, match=r"tag 2 of the prompt repeats <\|image_1\|> \(first used in tag 1 of the prompt\)"):
         processor("<|image_1|> and again <|image_1|>", [img, img])
 
 

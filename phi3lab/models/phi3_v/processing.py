@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 
-from phi3lab.chat import ChatFormatError, IMAGE_TAG, tokenize_prompt
+from phi3lab.chat import IMAGE_TAG, ChatFormatError, check_image_tags, tokenize_prompt
 from phi3lab.models.phi3_v.image_processing import Phi3VImageProcessor
 
 __all__ = ["Phi3VProcessor"]
@@ -94,7 +94,8 @@ class Phi3VProcessor:
             input_ids = torch.tensor([ids])
             return BatchFeature({"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)})
         if image_order == "strict":
-            _check_tags(tags, len(images))
+            check_image_tags([(f"tag {k} of the prompt", n) for k, n in enumerate(tags, start=1)], len(images),
+                             "prompt")
         elif image_order == "official":
             if sorted(set(tags)) != list(range(1, len(images) + 1)) or len(tags) != len(images):
                 raise ChatFormatError(
@@ -147,22 +148,3 @@ class Phi3VProcessor:
 
     def __repr__(self) -> str:
         return f"Phi3VProcessor(num_crops={self.num_crops}, vocab={len(self.tokenizer)})"
-
-
-def _check_tags(tags: list[int], num_images: int) -> None:
-    seen = set()
-    for position, n in enumerate(tags, start=1):
-        if n in seen:
-            raise ChatFormatError(f"<|image_{n}|> appears twice; each image tag appears once")
-        if n != position:
-            raise ChatFormatError(
-                f"tag {position} in the prompt is <|image_{n}|> but <|image_{position}|> comes next: the model fills "
-                "image runs in order, so tags must be <|image_1|>, <|image_2|>, ... in increasing order "
-                "(the official code would silently misplace the images here)"
-            )
-        seen.add(n)
-    if len(tags) != num_images:
-        raise ChatFormatError(
-            f"the prompt has {len(tags)} image tag(s) but {num_images} image(s) were given; "
-            "put one <|image_N|> tag per image in the text"
-        )
