@@ -78,10 +78,11 @@ def test_a_head_attends_to_the_copied_name(tiny):
 
 def test_vision_model_reads_held_out_pictures_well_above_chance(vision):
     """Chance is about 15% (6 colours, 9 places, 4 bars, 7 values, 8 words). The shipped model
-    scores 49% (its model card); the 80% the project aims for needs more training."""
+    scores 70% (its model card): this guards that level; the 80% the project aims for is not
+    reached yet."""
     accuracy = evaluate.vision_accuracy(vision)
-    assert accuracy["all"] >= 0.40, accuracy
-    assert min(accuracy[f] for f in ("bars", "shapes", "words")) > 0.15, accuracy
+    assert accuracy["all"] >= 0.65, accuracy
+    assert min(accuracy[f] for f in ("bars", "shapes", "words")) > 0.5, accuracy
 
 
 def test_vision_attention_lands_on_the_asked_about_shape(vision):

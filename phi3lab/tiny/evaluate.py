@@ -56,14 +56,17 @@ def safety_rates(lab, split: str = "test") -> dict[str, float]:
 
 
 def vision_accuracy(lab, n: int = VISION_N, seed: int = 0) -> dict[str, float]:
-    """Exact-answer accuracy per picture family on held-out pictures."""
+    """Exact-answer accuracy on held-out pictures: per family, per kind of question
+    (``"bars: value"``...), and ``"all"``."""
     from phi3lab.tiny import vision_data
 
-    hits = collections.defaultdict(list)
+    hits, kinds = collections.defaultdict(list), collections.defaultdict(list)
     for ex in vision_data.examples(n, seed, "test"):
         answer = lab.chat(vision_data.messages(ex, with_answer=False), [ex.image], max_new_tokens=16, stream=False)
         hits[ex.family].append(answer.text == ex.answer)
+        kinds[vision_data.question_kind(ex)].append(answer.text == ex.answer)
     result = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
+    result |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
     result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return result
 

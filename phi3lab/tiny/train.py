@@ -1,7 +1,7 @@
 """Train the embedded tiny models from scratch, deterministically, on this kind of 2-core CPU.
 
-    python -m phi3lab.tiny.train text      # ~15 minutes: data/models/phi3lab-tiny
-    python -m phi3lab.tiny.train vision    # data/models/phi3lab-tiny-vision (starts from the text model)
+    python -m phi3lab.tiny.train text      # ~18 minutes: data/models/phi3lab-tiny
+    python -m phi3lab.tiny.train vision    # ~25 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
 
 Everything is seeded (data, initialisation, batch order) and the thread count is fixed, so a rerun
 gives the same weights on the same software.  Progress and loss are printed as training goes;
@@ -72,16 +72,25 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: int) -> float:
+def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: int,
+             lr_scale: dict[str, float] | None = None, check=None, check_every: int = 0) -> float:
     """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed.
 
-    Returns the start time (``time.perf_counter()``)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    ``lr_scale`` maps a parameter-name prefix to a multiplier of the learning rate (the rest get 1).
+    ``check(step)``, if given, runs every ``check_every`` steps (e.g. a quick held-out accuracy; it
+    must not draw random numbers, so the run stays the same with or without it).  Returns the start time (``time.perf_counter()``)."""
+    scales = lr_scale or {}
+    groups: dict[float, list] = {}
+    for name, param in model.named_parameters():
+        scale = next((v for k, v in scales.items() if name.startswith(k)), 1.0)
+        groups.setdefault(scale, []).append(param)
+    opt = torch.optim.AdamW([{"params": ps, "scale": s} for s, ps in groups.items()], lr=lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
     started, smooth = time.perf_counter(), None
     for step in range(steps):
         batch = next_batch()
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
+            group["lr"] = lr_at(step, steps, lr, warmup) * group["scale"]
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -91,6 +100,8 @@ def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: i
         if step % log_every == 0 or step == steps - 1:
             print(f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, warmup):.2e}  "
                   f"{time.perf_counter() - started:6.0f} s", flush=True)
+        if check is not None and check_every and (step + 1) % check_every == 0 and step + 1 < steps:
+            check(step + 1)
     return started
 
 
@@ -156,14 +167,24 @@ each harmful request with a benign twin, "ignore your instructions" jailbreaks a
 story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the probing
 notebooks). Held-out evaluation uses phrasing combinations that never occur in training."""
 VISION_ARCH = """`Phi3VForCausalLM` (phi3lab's native Phi-3-vision): the text model's language model (its trained weights
-as the starting point) with LongRoPE (short/long factors, 4,096 → 131,072 positions), a CLIP tower of 2 layers
-of width 64 (features from the second of 3 layers) at the real 336-pixel / 14-pixel-patch geometry, the real HD transform with `num_crops=1`
-(global view + one crop, 313 image tokens), 2×2 merge, `sub_GN`/`glb_GN` separators and the GELU projector;
-Phi-3-vision's chat template and processor rule (BOS after every image run)."""
+as the starting point) with LongRoPE (short/long factors, 4,096 → 131,072 positions), a CLIP tower of 3 layers
+of width 64 (features from the second, as Phi-3-vision takes the penultimate layer) at the real 336-pixel /
+14-pixel-patch geometry, the real HD transform with `num_crops=1` (global view + one crop, 313 image tokens),
+2×2 merge, `sub_GN`/`glb_GN` separators and the GELU projector; Phi-3-vision's chat template and processor
+rule (BOS after every image run)."""
 VISION_DATA = """Pictures drawn on the fly with PIL (`phi3lab.tiny.vision_data`, seed 0): one or two coloured shapes in a
 3×3 layout ("What colour is the triangle?", "Where is the red circle?"), bar charts of four bars A–D ("Which
 bar is tallest?", "What is the value of B?") and one of eight written words ("What word is written?"), in varied
-sizes and aspect ratios. Held-out pictures are drawn from other seeds."""
+sizes and aspect ratios. Each training picture comes with every question it answers, as one multi-turn
+conversation (the evaluated question first); words, one question per picture, are drawn twice as often.
+Held-out pictures are drawn from other seeds.
+
+Two aids to the tiny CLIP tower, which starts from scratch: its position embeddings start from a 2-D
+sine-cosine table (the default 0.02-std start is some 40× weaker than the patch contents), and a linear
+probe on the projected image tokens is trained beside the answers to read, for every 28-pixel cell, the
+renderer's ground truth of what is drawn there (colour, kind, letter, bar, value, place; weight 0.5). The
+probe is discarded: the checkpoint holds exactly Phi-3-vision's weights. AdamW, 2,200 steps of 8 pictures,
+learning rate 2e-3 (4e-3 for the vision tower and projector) with warm-up and cosine decay."""
 
 
 def write_card(which: str, out: Path, results: str, seconds: float) -> None:

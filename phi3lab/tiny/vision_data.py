@@ -10,6 +10,12 @@ notebooks can check *where* the model looks):
 
 Pictures vary in size and aspect ratio, so the HD transform pads them differently.  The test
 split draws new pictures (other seeds) with the same question phrasings.
+
+Each example also lists every other question its picture answers (``more``): training asks them
+all as one multi-turn conversation, which gives the vision tower several answers per picture.  And
+each carries a **part map**: a label image of the picture's size whose pixel value says which part
+(shape, bar, bar label, letter) is drawn there, with the parts' attributes (:data:`ATTRIBUTES`) —
+the renderer's own ground truth, which training uses as dense per-patch targets.
 """
 
 from __future__ import annotations
@@ -30,6 +36,17 @@ PLACES = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left"
 RGB = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30),
        "purple": (140, 60, 190), "orange": (245, 130, 20)}
 BARS = "ABCD"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+#: What a part map says about each part; value ``k`` (1-based) names ``ATTRIBUTES[name][k - 1]``, 0 is "none".
+ATTRIBUTES = {
+    "colour": COLOURS + ["black"],
+    "kind": SHAPES + ["bar", "letter"],
+    "letter": list(LETTERS),
+    "bar": list(BARS),
+    "value": [str(v) for v in range(1, 8)],
+    "place": list(PLACES.values()),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +58,36 @@ class VisionExample:
     question: str
     answer: str
     boxes: tuple[tuple[int, int, int, int], ...]
+    more: tuple[tuple[str, str], ...] = ()  # the picture's other (question, answer) pairs
+    parts: Image.Image | None = dataclasses.field(default=None, compare=False, repr=False)  # "L": part id, 0 = none
+    part_attributes: tuple[dict[str, int], ...] = ()  # part id k → part_attributes[k - 1]
+
+
+class _Parts:
+    """A label image drawn alongside a picture, and the attributes of each part drawn into it."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.image = Image.new("L", size, 0)
+        self.draw = ImageDraw.Draw(self.image)
+        self.attributes: list[dict[str, int]] = []
+
+    def add(self, **attrs: str) -> int:
+        self.attributes.append({k: ATTRIBUTES[k].index(v) + 1 for k, v in attrs.items()})
+        return len(self.attributes)
+
+    def letters(self, xy, text: str, font, anchor: str, **attrs: str) -> None:
+        """One part per character of ``text``, drawn exactly where ``draw.text(xy, text, font=font,
+        anchor=anchor)`` draws it: prefixes are rendered (anti-aliased, as in the picture, whose glyph
+        positions unhinted rendering keeps), longest first, and a pixel at least half covered takes
+        the prefix's last character's id."""
+        ids = [self.add(letter=ch.lower(), kind="letter", **attrs) for ch in text]
+        drawn = self.draw.textbbox(xy, text, font=font, anchor=anchor)
+        start = self.draw.textbbox((0, 0), text, font=font, anchor="l" + anchor[1])
+        origin = (drawn[0] - start[0], xy[1])  # where the pen starts, so every prefix lines up with the text
+        for k in range(len(text), 0, -1):
+            coverage = Image.new("L", self.image.size, 0)
+            ImageDraw.Draw(coverage).text(origin, text[:k], fill=255, font=font, anchor="l" + anchor[1])
+            self.image.paste(ids[k - 1], mask=coverage.point(lambda v: 255 if v >= 128 else 0))
 
 
 @lru_cache(maxsize=8)
@@ -73,7 +120,7 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
     cells = rng.sample(sorted(PLACES), rng.choice([1, 2]))
     kinds = rng.sample(SHAPES, len(cells))
     colours = rng.sample(COLOURS, len(cells))
-    boxes = []
+    boxes, parts = [], _Parts((w, h))
     for (r, c), shape, colour in zip(cells, kinds, colours):
         cw, ch = w / 3, h / 3
         size = int(min(cw, ch) * rng.uniform(0.6, 0.8))
@@ -81,14 +128,22 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
         y0 = int(r * ch + (ch - size) / 2 + rng.uniform(-4, 4))
         box = (x0, y0, x0 + size, y0 + size)
         _draw_shape(draw, shape, box, RGB[colour])
+        _draw_shape(parts.draw, shape, box, parts.add(colour=colour, kind=shape, place=PLACES[(r, c)]))
         boxes.append(box)
+    qas = [qa for s, c, cell in zip(kinds, colours, cells) for qa in _shape_questions(s, c, PLACES[cell])]
     k = rng.randrange(len(cells))
-    shape, colour, place, box = kinds[k], colours[k], PLACES[cells[k]], boxes[k]
-    if rng.random() < 0.5:
-        return VisionExample("shapes", image, f"What colour is the {shape}?", f"The {shape} is {colour}.", (box,))
-    q = "Where is the {c} {s}?"
-    return VisionExample("shapes", image, q.format(c=colour, s=shape), f"The {colour} {shape} is at the {place}.",
-                         (box,))
+    (question, answer), box = qas[2 * k + (rng.random() >= 0.5)], boxes[k]
+    return VisionExample("shapes", image, question, answer, (box,), _others(qas, question), parts.image,
+                         tuple(parts.attributes))
+
+
+def _shape_questions(shape: str, colour: str, place: str) -> list[tuple[str, str]]:
+    return [(f"What colour is the {shape}?", f"The {shape} is {colour}."),
+            (f"Where is the {colour} {shape}?", f"The {colour} {shape} is at the {place}.")]
+
+
+def _others(qas: list[tuple[str, str]], question: str) -> tuple[tuple[str, str], ...]:
+    return tuple(qa for qa in qas if qa[0] != question)
 
 
 def bars(rng: random.Random, split: str) -> VisionExample:
@@ -102,20 +157,27 @@ def bars(rng: random.Random, split: str) -> VisionExample:
     unit = (bottom - top) / 7
     slot = (w - left - 10) / 4
     draw.line([(left, top), (left, bottom), (w - 10, bottom)], fill=(0, 0, 0), width=2)
-    boxes = []
-    colour = RGB[rng.choice(COLOURS)]
+    boxes, parts = [], _Parts((w, h))
+    colour_name = rng.choice(COLOURS)
+    colour = RGB[colour_name]
     for i, (name, v) in enumerate(zip(BARS, values)):
         x0 = int(left + i * slot + slot * 0.2)
         x1 = int(left + (i + 1) * slot - slot * 0.2)
         y0 = int(bottom - v * unit)
         draw.rectangle((x0, y0, x1, bottom), fill=colour)
+        parts.draw.rectangle((x0, y0, x1, bottom), fill=parts.add(colour=colour_name, kind="bar", bar=name, value=str(v)))
         draw.text(((x0 + x1) / 2, bottom + 6), name, fill=(0, 0, 0), font=_font(22), anchor="mt")
+        parts.letters(((x0 + x1) / 2, bottom + 6), name, _font(22), "mt", colour="black", bar=name)
         boxes.append((x0, y0, x1, bottom))
     best = max(range(4), key=lambda i: values[i])
-    if values.count(values[best]) == 1 and rng.random() < 0.5:
-        return VisionExample("bars", image, "Which bar is tallest?", f"Bar {BARS[best]} is the tallest.", (boxes[best],))
+    unique = values.count(values[best]) == 1
+    qas = [(f"What is the value of {name}?", f"{name} is {v}.") for name, v in zip(BARS, values)]
+    qas += [("Which bar is tallest?", f"Bar {BARS[best]} is the tallest.")] if unique else []
+    maps = (parts.image, tuple(parts.attributes))
+    if unique and rng.random() < 0.5:
+        return VisionExample("bars", image, *qas[-1], (boxes[best],), _others(qas, qas[-1][0]), *maps)
     i = rng.randrange(4)
-    return VisionExample("bars", image, f"What is the value of {BARS[i]}?", f"{BARS[i]} is {values[i]}.", (boxes[i],))
+    return VisionExample("bars", image, *qas[i], (boxes[i],), _others(qas, qas[i][0]), *maps)
 
 
 def words(rng: random.Random, split: str) -> VisionExample:
@@ -123,12 +185,15 @@ def words(rng: random.Random, split: str) -> VisionExample:
     image = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     word = rng.choice(WORDS)
-    colour = (0, 0, 0) if rng.random() < 0.6 else RGB[rng.choice(COLOURS)]
+    colour_name = "black" if rng.random() < 0.6 else rng.choice(COLOURS)
     xy = (w / 2 + rng.uniform(-20, 20), h / 2 + rng.uniform(-20, 20))
-    font = _font(rng.randint(44, 60))
-    draw.text(xy, word, fill=colour, font=font, anchor="mm")
+    font = _font(rng.randint(56, 72))
+    draw.text(xy, word, fill=(0, 0, 0) if colour_name == "black" else RGB[colour_name], font=font, anchor="mm")
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
-    return VisionExample("words", image, "What word is written?", f"The word is {word}.", (box,))
+    parts = _Parts((w, h))
+    parts.letters(xy, word, font, "mm", colour=colour_name)
+    return VisionExample("words", image, "What word is written?", f"The word is {word}.", (box,), (), parts.image,
+                         tuple(parts.attributes))
 
 
 FAMILIES = {"shapes": shapes, "bars": bars, "words": words}
@@ -142,11 +207,37 @@ def examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExam
         yield FAMILIES[names[i % len(names)]](rng, split)
 
 
+def question_kind(example: VisionExample) -> str:
+    """``"bars: tallest"``, ``"bars: value"``, ``"shapes: colour"``, ``"shapes: where"`` or ``"words: word"``."""
+    kind = {"Which": "tallest", "What is": "value", "What colour": "colour", "Where": "where", "What word": "word"}
+    return f"{example.family}: " + next(v for k, v in kind.items() if example.question.startswith(k))
+
+
 def messages(example: VisionExample, with_answer: bool = True) -> list[dict]:
     out = [{"role": "user", "content": f"<|image_1|>\n{example.question}"}]
     if with_answer:
         out.append({"role": "assistant", "content": example.answer})
     return out
+
+
+def conversation(example: VisionExample, rng: random.Random) -> list[dict]:
+    """The example's question first, then every other question about the picture in a shuffled
+    order, each answered: one multi-turn conversation for training."""
+    more = list(example.more)
+    rng.shuffle(more)
+    out = messages(example)
+    for question, answer in more:
+        out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return out
+
+
+def training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
+    """``n`` training examples in a fixed family schedule (bars, shapes, words, words): a written word
+    is one question per picture where charts and shapes have four or five, so words come twice."""
+    rng = random.Random(f"vision-train-{seed}")
+    schedule = ["bars", "shapes", "words", "words"]
+    for i in range(n):
+        yield FAMILIES[schedule[i % len(schedule)]](rng, "train")
 
 
 def tokenizer_texts() -> Iterator[str]:
@@ -182,7 +273,11 @@ def scene(seed: int = 7, size: tuple[int, int] = (640, 420)) -> Image.Image:
 
 
 def sample_images() -> dict[str, Image.Image]:
-    """The pictures shipped in ``data/images`` (rebuilt exactly by this function)."""
+    """Sample pictures in the style of those shipped in ``data/images``.
+
+    ``chart.png`` and ``scene.jpg`` are rebuilt exactly; the shipped ``shapes.png`` (three shapes)
+    and ``word.png`` were drawn by an earlier version of the generators and are kept as they are,
+    so the notebooks' pictures stay put while the training data evolves."""
     rng = random.Random("samples")
     chart = bars(rng, "train")
     while "tallest" not in chart.answer:
