@@ -60,11 +60,21 @@ def vision_accuracy(lab, n: int = VISION_N, seed: int = 0) -> dict[str, float]:
     (``"bars: value"``...), and ``"all"``."""
     from phi3lab.tiny import vision_data
 
+    def answer(ex) -> str:
+        return lab.chat(vision_data.messages(ex, with_answer=False), [ex.image], max_new_tokens=16, stream=False).text
+
+    return score_vision(answer, n, seed)
+
+
+def score_vision(answer, n: int = VISION_N, seed: int = 0) -> dict[str, float]:
+    """:func:`vision_accuracy` for any ``answer(example) -> str`` (a loaded lab, or a model in training)."""
+    from phi3lab.tiny import vision_data
+
     hits, kinds = collections.defaultdict(list), collections.defaultdict(list)
     for ex in vision_data.examples(n, seed, "test"):
-        answer = lab.chat(vision_data.messages(ex, with_answer=False), [ex.image], max_new_tokens=16, stream=False)
-        hits[ex.family].append(answer.text == ex.answer)
-        kinds[vision_data.question_kind(ex)].append(answer.text == ex.answer)
+        right = answer(ex) == ex.answer
+        hits[ex.family].append(right)
+        kinds[vision_data.question_kind(ex)].append(right)
     result = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
     result |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
     result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())

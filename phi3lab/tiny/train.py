@@ -76,13 +76,16 @@ def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: i
              lr_scale: dict[str, float] | None = None, check=None, check_every: int = 0) -> float:
     """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed.
 
-    ``lr_scale`` maps a parameter-name prefix to a multiplier of the learning rate (the rest get 1).
+    ``lr_scale`` maps a piece of parameter name (``"model.vision_embed_tokens."``, found anywhere in
+    the name, so a wrapped model's parameters match too) to a multiplier of the learning rate (the rest
+    get 1).
     ``check(step)``, if given, runs every ``check_every`` steps (e.g. a quick held-out accuracy; it
-    must not draw random numbers, so the run stays the same with or without it).  Returns the start time (``time.perf_counter()``)."""
+    must not draw random numbers, so the run stays the same with or without it).
+    Returns the start time (``time.perf_counter()``)."""
     scales = lr_scale or {}
     groups: dict[float, list] = {}
     for name, param in model.named_parameters():
-        scale = next((v for k, v in scales.items() if name.startswith(k)), 1.0)
+        scale = next((v for k, v in scales.items() if k in name), 1.0)
         groups.setdefault(scale, []).append(param)
     opt = torch.optim.AdamW([{"params": ps, "scale": s} for s, ps in groups.items()], lr=lr, betas=(0.9, 0.98),
                             weight_decay=0.01)

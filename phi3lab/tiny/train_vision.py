@@ -130,7 +130,8 @@ class DenseProbe(torch.nn.Module):
         hidden = model.config.hidden_size
         self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in vision_data.ATTRIBUTES.values())
         self._tokens: list[torch.Tensor] = []
-        model.model.vision_embed_tokens.img_projection.register_forward_hook(lambda m, i, o: self._tokens.append(o))
+        self._hook = model.model.vision_embed_tokens.img_projection.register_forward_hook(
+            lambda m, i, o: self._tokens.append(o))
         from phi3lab.patches import image_tokens
 
         run = image_tokens(336, 336, NUM_CROPS)  # the crop view's cells, then the global view's, row by row
@@ -148,6 +149,11 @@ class DenseProbe(torch.nn.Module):
             return torch.nn.functional.cross_entropy(logits, target)
         total = torch.nn.functional.cross_entropy(logits, target, ignore_index=0, reduction="sum")
         return total / (target > 0).sum().clamp(min=1)
+
+    def detach(self) -> None:
+        """Unhook from the model (after training), leaving it as it was."""
+        self._hook.remove()
+        self._tokens.clear()
 
     def forward(self, cell_targets: torch.Tensor, **batch):
         self._tokens.clear()
@@ -204,24 +210,26 @@ def start_positions(model) -> None:
 
 
 def quick_accuracy(model, processor, n: int = 48, seed: int = 1) -> dict[str, float]:
-    """Greedy exact-answer accuracy per family on ``n`` held-out pictures (a progress check)."""
+    """Greedy exact-answer accuracy per family (and ``"all"``) on ``n`` held-out pictures: the
+    progress check, scored by :func:`phi3lab.tiny.evaluate.score_vision` on the model in training."""
+    from phi3lab.tiny.evaluate import score_vision
+
     end_id = tokenizer.special_id("<|end|>")
-    hits: dict[str, list[bool]] = {}
+
+    def answer(ex) -> str:
+        prompt = processor.tokenizer.apply_chat_template(vision_data.messages(ex, with_answer=False),
+                                                         tokenize=False, add_generation_prompt=True)
+        enc = processor(prompt, [ex.image])
+        enc = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+        out = model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=end_id,
+                             pad_token_id=build.pad_id())[0, enc["input_ids"].shape[1]:]
+        return processor.tokenizer.decode(out, skip_special_tokens=True).strip()
+
     model.eval()
     with torch.no_grad():
-        for ex in vision_data.examples(n, seed, "test"):
-            prompt = processor.tokenizer.apply_chat_template(vision_data.messages(ex, with_answer=False),
-                                                             tokenize=False, add_generation_prompt=True)
-            enc = processor(prompt, [ex.image])
-            enc = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
-            out = model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=end_id,
-                                 pad_token_id=build.pad_id())[0, enc["input_ids"].shape[1]:]
-            text = processor.tokenizer.decode(out, skip_special_tokens=True).strip()
-            hits.setdefault(ex.family, []).append(text == ex.answer)
+        scores = score_vision(answer, n, seed)
     model.train()
-    result = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
-    result["all"] = sum(sum(v) for v in hits.values()) / n
-    return result
+    return {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
 
 
 def train(out: Path, steps: int = 2200, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
@@ -262,9 +270,10 @@ def train(out: Path, steps: int = 2200, batch_size: int = 8, lr: float = 2e-3, s
               flush=True)
 
     trained = DenseProbe(model, dense_weight) if dense_weight else model
-    prefix = "model.model.vision_embed_tokens." if dense_weight else "model.vision_embed_tokens."
     started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
-                       lr_scale={prefix: vision_lr_scale}, check=check, check_every=400)
+                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=400)
+    if dense_weight:
+        trained.detach()
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)

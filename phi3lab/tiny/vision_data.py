@@ -34,7 +34,7 @@ WORDS = ["apple", "river", "cloud", "tiger", "house", "robot", "lemon", "music"]
 PLACES = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "centre",
           (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
 RGB = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30),
-       "purple": (140, 60, 190), "orange": (245, 130, 20)}
+       "purple": (140, 60, 190), "orange": (245, 130, 20), "black": (0, 0, 0)}  # black: words only
 BARS = "ABCD"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -76,10 +76,10 @@ class _Parts:
         return len(self.attributes)
 
     def letters(self, xy, text: str, font, anchor: str, **attrs: str) -> None:
-        """One part per character of ``text``, drawn exactly where ``draw.text(xy, text, font=font,
-        anchor=anchor)`` draws it: prefixes are rendered (anti-aliased, as in the picture, whose glyph
-        positions unhinted rendering keeps), longest first, and a pixel at least half covered takes
-        the prefix's last character's id."""
+        """One part per character of ``text``, where ``draw.text(xy, text, font=font, anchor=anchor)``
+        puts it in the picture.  Each prefix of ``text`` is rendered anti-aliased, as the picture is
+        (non-anti-aliased text is hinted and lands a few pixels off), longest first; a pixel at least
+        half covered takes the id of the prefix's last character."""
         ids = [self.add(letter=ch.lower(), kind="letter", **attrs) for ch in text]
         drawn = self.draw.textbbox(xy, text, font=font, anchor=anchor)
         start = self.draw.textbbox((0, 0), text, font=font, anchor="l" + anchor[1])
@@ -188,7 +188,7 @@ def words(rng: random.Random, split: str) -> VisionExample:
     colour_name = "black" if rng.random() < 0.6 else rng.choice(COLOURS)
     xy = (w / 2 + rng.uniform(-20, 20), h / 2 + rng.uniform(-20, 20))
     font = _font(rng.randint(56, 72))
-    draw.text(xy, word, fill=(0, 0, 0) if colour_name == "black" else RGB[colour_name], font=font, anchor="mm")
+    draw.text(xy, word, fill=RGB[colour_name], font=font, anchor="mm")
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
     parts = _Parts((w, h))
     parts.letters(xy, word, font, "mm", colour=colour_name)
