@@ -154,7 +154,8 @@ def test_generate_runs_the_vision_tower_once(fixture_dir, processor, model):
                                  max_new_tokens=4, do_sample=False, eos_token_id=[32007], pad_token_id=32000)
     finally:
         handle.remove()
-    assert calls == [17] and out.shape[1] == enc["input_ids"].shape[1] + 4
+    # once, on the 13 crops that hold pixels (global view + 3×4 grid), not the 4 of batch padding
+    assert enc["pixel_values"].shape[1] == 17 and calls == [13] and out.shape[1] == enc["input_ids"].shape[1] + 4
     with torch.no_grad():  # the first new token is the argmax of a plain forward pass
         logits = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"],
                        image_sizes=enc["image_sizes"]).logits

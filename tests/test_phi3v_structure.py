@@ -166,3 +166,45 @@ def test_resized_sizes_and_padding_box():
 def test_bad_sizes(args, match):
     with pytest.raises(ValueError, match=match):
         hd_layout(*args)
+
+
+def test_clip_sees_each_distinct_crop_once_and_sharing_changes_nothing():
+    """A picture that fits one crop has a global view made of the same pixels: CLIP runs on it
+    once.  Batch padding crops are not run at all.  The tokens are those of running every crop."""
+    from phi3lab.models.phi3_v.modeling import Phi3ImageEmbedding
+    from phi3lab.tiny.train_vision import vision_config
+
+    torch.manual_seed(0)
+    embed = Phi3ImageEmbedding(vision_config()).eval()
+    torch.nn.init.normal_(embed.sub_GN), torch.nn.init.normal_(embed.glb_GN)
+    single = torch.randn(3, 336, 336)
+    pixels = torch.zeros(2, 3, 3, 336, 336)
+    pixels[0, 0] = pixels[0, 1] = single  # 336×336: global view + 1 crop, then a padding crop
+    pixels[1] = torch.randn(3, 3, 336, 336)  # 336×672: global view + 2 crops
+    sizes = torch.tensor([[336, 336], [336, 672]])
+
+    crops, where = embed.views(pixels, [(1, 1), (1, 2)])
+    assert crops == [(0, 0), (1, 0), (1, 1), (1, 2)] and where == [[0, 0], [1, 2, 3]]
+    seen = []
+    hook = embed.img_processor.vision_model.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    with torch.no_grad():
+        shared = embed(pixels, sizes)
+    hook.remove()
+    assert seen == [4]
+
+    class EveryCrop(Phi3ImageEmbedding):  # the plain rule: every crop of the grid through CLIP
+        @staticmethod
+        def views(pixel_values, grids):
+            crops = [(i, c) for i, (r, k) in enumerate(grids) for c in range(1 + r * k)]
+            return crops, [[crops.index((i, c)) for c in range(1 + r * k)] for i, (r, k) in enumerate(grids)]
+
+    plain = EveryCrop(vision_config()).eval()
+    plain.load_state_dict(embed.state_dict())
+    with torch.no_grad():
+        reference = plain(pixels, sizes)
+    assert [t.shape for t in shared] == [t.shape for t in reference] == [(156 + 1 + 156, 128), (12 * 25 + 1 + 156, 128)]
+    for a, b in zip(shared, reference):
+        torch.testing.assert_close(a, b)
+
+    pixels[0, 1, 0, 0, 0] += 1  # not the same pixels (e.g. built by hand): both views run
+    assert embed.views(pixels, [(1, 1), (1, 2)])[1][0] == [0, 1]

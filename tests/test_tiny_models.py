@@ -76,13 +76,12 @@ def test_a_head_attends_to_the_copied_name(tiny):
     assert found >= len(names) - 1, f"a copying head found for {found} of {len(names)} names"
 
 
-def test_vision_model_reads_held_out_pictures_well_above_chance(vision):
-    """Chance is about 15% (6 colours, 9 places, 4 bars, 7 values, 8 words). The shipped model
-    scores 70% (its model card): this guards that level; the 80% the project aims for is not
-    reached yet."""
+def test_vision_model_answers_80_percent_of_held_out_pictures(vision):
+    """Chance is about 15% (6 colours, 9 places, 4 bars, 7 values, 8 words); the shipped model
+    scores 88.9% (its model card), every family well above half."""
     accuracy = evaluate.vision_accuracy(vision)
-    assert accuracy["all"] >= 0.65, accuracy
-    assert min(accuracy[f] for f in ("bars", "shapes", "words")) > 0.5, accuracy
+    assert accuracy["all"] >= 0.80, accuracy
+    assert min(accuracy[f] for f in ("bars", "shapes", "words")) > 0.6, accuracy
 
 
 def test_vision_attention_lands_on_the_asked_about_shape(vision):

@@ -49,6 +49,25 @@ def test_training_asks_every_question_about_a_picture_once():
     assert len(set(asked)) == len(asked) >= 4
 
 
+def test_training_never_asks_what_the_conversation_gave_away():
+    pictures = [e for e in vision_data.examples(60, 4, "test") if e.family == "shapes" and len(e.more) == 3]
+    dropped = 0
+    for ex in pictures:
+        conversation = vision_data.conversation(ex, random.Random(1))
+        assert conversation[:2] == vision_data.messages(ex)
+        said = ""
+        for m in conversation:
+            if m["role"] == "user" and m["content"].startswith("What colour"):
+                shape, colour = next(a for q, a in [(ex.question, ex.answer), *ex.more] if q == m["content"]
+                                     ).removeprefix("The ").rstrip(".").split(" is ")
+                assert f"{colour} {shape}" not in said  # "Where is the red circle?" never comes first
+            said += m["content"] + "\n"
+        asked = len(conversation) // 2
+        dropped += 4 - asked
+        assert asked == 4 - ex.question.startswith("Where")  # only the first question's colour is left out
+    assert 0 < dropped < len(pictures)
+
+
 def test_cell_targets_follow_the_hd_geometry():
     # a portrait picture: the HD transform scales it to 336 high and pads it left and right
     image = Image.new("RGB", (200, 400), "white")
@@ -123,7 +142,82 @@ def test_vision_training_is_deterministic_and_keeps_the_probe_out(tmp_path, caps
     runs = [train_vision.train(tmp_path / name, steps=2, batch_size=2) for name in ("a", "b")]
     a, b = (load_file(str(r / "model.safetensors")) for r in runs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not any("heads" in k for k in a)
+    assert not any("heads" in k for k in a)  # no read-out heads saved
     assert "step     1/2" in capsys.readouterr().out
     lab = phi3lab.load(runs[0], verbose=False)
     assert lab.spec.modality == "vision"
+
+
+def test_question_parts_name_what_each_question_is_about():
+    ex = next(e for e in vision_data.examples(30, 3, "test") if e.family == "shapes" and e.more)
+    for question, answer in [(ex.question, ex.answer), *ex.more]:
+        (part,) = vision_data.question_parts(ex, question)
+        described = decode(ex.part_attributes[part - 1])
+        assert described["kind"] in question and described["kind"] in answer
+        assert described["colour"] in answer or described["colour"] in question
+    chart = next(e for e in vision_data.examples(30, 3, "test") if e.family == "bars")
+    assert [decode(chart.part_attributes[k - 1])["bar"] for k in vision_data.question_parts(chart, "What is the value of C?")] == ["C"]
+    assert len(vision_data.question_parts(chart, "Which bar is tallest?")) == 4
+    word = next(e for e in vision_data.examples(30, 3, "test") if e.family == "words")
+    letters = vision_data.question_parts(word, word.question)
+    assert "".join(decode(word.part_attributes[k - 1])["letter"] for k in letters) in word.answer
+
+
+def _batch(tmp_path, n=2):
+    from phi3lab.models.phi3_v import Phi3VProcessor
+
+    processor = Phi3VProcessor.from_pretrained(train_vision.write_vision_files(tmp_path))
+    end, assistant = tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
+    items, examples = [], [e for e in vision_data.examples(12, 5, "test") if e.family == "shapes"][:n]
+    for ex in examples:
+        conversation = vision_data.conversation(ex, random.Random(0))
+        item = train_vision.encode(processor, conversation, ex.image, end, assistant)
+        parts = train_vision.cell_parts(ex)
+        item["cell_targets"] = train_vision.cell_targets(ex, parts)
+        item["route_queries"], item["route_targets"] = train_vision.route_targets(ex, conversation, item["turns"], parts)
+        items.append(item)
+    return examples, items, train_vision.collate(items, build.pad_id())
+
+
+def test_route_targets_point_answers_at_the_asked_about_shape(tmp_path):
+    from phi3lab.patches import image_tokens
+
+    examples, items, _ = _batch(tmp_path, n=1)
+    (ex,), (item,) = examples, items
+    queries, targets = item["route_queries"], item["route_targets"]
+    # the queries predict the answers' words: the next token of each is labelled, and is not <|end|>
+    following = item["labels"][queries + 1]
+    assert (following >= 0).all() and (following != tokenizer.special_id("<|end|>")).all()
+    assert len(queries) == int(((item["labels"] >= 0) & (item["labels"] != tokenizer.special_id("<|end|>"))).sum())
+    # the first answer (the evaluated question) looks at the cells of its shape, in both views
+    (part,) = vision_data.question_parts(ex, ex.question)
+    run = image_tokens(336, 336, 1)
+    cells = train_vision.cell_parts(ex)
+    expected = {k for k, t in enumerate(run) if t.kind in ("crop", "global") and cells[t.row * 12 + t.col] == part}
+    assert set(targets[0].nonzero()[:, 0].tolist()) == expected and len(expected) >= 4
+
+
+def test_training_losses_equal_their_definitions(tmp_path):
+    """The answer loss is the model's own loss; the routing loss is the eager attention of the
+    chosen head, renormalised over the picture, summed over the target tokens."""
+    from phi3lab.models.phi3_v import Phi3VForCausalLM
+
+    torch.manual_seed(0)
+    model = Phi3VForCausalLM(train_vision.vision_config()).eval()
+    _, _, batch = _batch(tmp_path)
+    aids = train_vision.TrainingAids(model, dense_weight=0.5, route_weight=0.2, route_layers=(1, 3), route_head=2)
+    with torch.no_grad():
+        out = aids(**batch)
+        aids.detach()
+        model.set_attn_implementation("eager")
+        plain = model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
+                      image_sizes=batch["image_sizes"], output_attentions=True)
+    torch.testing.assert_close(out["loss"], plain.loss + 0.5 * out["dense_loss"] + 0.2 * out["route_loss"])
+    rows, queries, targets = batch["route_rows"], batch["route_queries"], batch["route_targets"]
+    picture = model.model.image_positions(batch["input_ids"]).nonzero()[:, 1].reshape(2, -1)
+    expected = []
+    for layer in (1, 3):
+        weights = plain.attentions[layer][rows, 2, queries].gather(1, picture[rows])
+        expected.append(-((weights * targets).sum(1) / weights.sum(1)).log().mean())
+    torch.testing.assert_close(out["route_loss"], sum(expected) / 2)
+    assert not model.model.layers[1].self_attn._forward_pre_hooks  # detached

@@ -6,7 +6,8 @@
 Everything is seeded (data, initialisation, batch order) and the thread count is fixed, so a rerun
 gives the same weights on the same software.  Progress and loss are printed as training goes;
 the held-out accuracy is printed at the end (``python -m phi3lab.tiny.evaluate`` reports it again).
-The loss is taken on the assistant's answers (and their ``<|end|>``) only.
+The loss is taken on the assistant's answers (and their ``<|end|>``) only, plus the vision model's
+training aids (:class:`phi3lab.tiny.train_vision.TrainingAids`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: i
         batch = next_batch()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup) * group["scale"]
-        loss = model(**batch).loss
+        loss = model(**batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results = evaluate.report(out)
     print(results)
-    write_card(args.which, out, results, time.perf_counter() - started)
+    write_card(args.which, out, results, time.perf_counter() - started, args.steps)
 
 
 TEXT_ARCH = """`Phi3ForCausalLM` (transformers' own Phi-3): 4 layers, hidden 128, 4 heads of 32 (no GQA), MLP 384,
@@ -178,21 +179,29 @@ rule (BOS after every image run)."""
 VISION_DATA = """Pictures drawn on the fly with PIL (`phi3lab.tiny.vision_data`, seed 0): one or two coloured shapes in a
 3×3 layout ("What colour is the triangle?", "Where is the red circle?"), bar charts of four bars A–D ("Which
 bar is tallest?", "What is the value of B?") and one of eight written words ("What word is written?"), in varied
-sizes and aspect ratios. Each training picture comes with every question it answers, as one multi-turn
-conversation (the evaluated question first); words, one question per picture, are drawn twice as often.
-Held-out pictures are drawn from other seeds.
+sizes and aspect ratios. Each training picture comes with the questions it answers, as one multi-turn
+conversation: the evaluated question first, colours before places, and no question whose answer an earlier
+one named ("Where is the red circle?" gives the circle's colour away). Shapes and words are drawn twice as
+often as charts (bars, shapes, words, shapes, words). Held-out pictures are drawn from other seeds.
 
-Two aids to the tiny CLIP tower, which starts from scratch: its position embeddings start from a 2-D
-sine-cosine table (the default 0.02-std start is some 40× weaker than the patch contents), and a linear
-probe on the projected image tokens is trained beside the answers to read, for every 28-pixel cell, the
-renderer's ground truth of what is drawn there (colour, kind, letter, bar, value, place; weight 0.5). The
-probe is discarded: the checkpoint holds exactly Phi-3-vision's weights. AdamW, 2,200 steps of 8 pictures,
-learning rate 2e-3 (4e-3 for the vision tower and projector) with warm-up and cosine decay."""
+Three training aids, from the renderer's ground truth, all thrown away after training (the checkpoint
+holds exactly Phi-3-vision's weights): CLIP's position embeddings start from a 2-D sine-cosine table (the
+default 0.02-std start is some 40× weaker than the patch contents); linear read-outs on the projected image
+tokens learn, for every 28-pixel cell, what is drawn there (colour, kind, letter, bar, value, place, word;
+weight 0.5); and a routing loss asks head 0 of language-model layers 1–3, at the positions that predict an
+answer, to put its attention over the picture on the tokens covering the parts the question is about
+(weight 0.2). AdamW, {steps:,} steps of 8 pictures, learning rate 2e-3 (4e-3 for the vision tower and
+projector) with warm-up and cosine decay."""
 
 
-def write_card(which: str, out: Path, results: str, seconds: float) -> None:
-    title, arch, data = (("phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH, TEXT_DATA) if which == "text" else
-                         ("phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH, VISION_DATA))
+def write_card(which: str, out: Path, results: str, seconds: float, steps: int | None = None) -> None:
+    """The model card of a trained model; ``steps`` is the vision run's (default: the recipe's)."""
+    if which == "text":
+        title, arch, data = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH, TEXT_DATA
+    else:
+        from phi3lab.tiny.train_vision import STEPS
+
+        title, arch, data = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH, VISION_DATA.format(steps=steps or STEPS)
     build.write_card(out, title=title, architecture=arch, data=data,
                      command=f"python -m phi3lab.tiny.train {which}",
                      results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)")

@@ -8,10 +8,16 @@ Pictures and questions are drawn on the fly by :mod:`phi3lab.tiny.vision_data`; 
 is one multi-turn conversation asking everything it answers.
 
 The CLIP tower starts from scratch, which on its own takes thousands of steps to find "what is
-where"; two aids shorten that: position embeddings that start from a sine-cosine table
-(:func:`start_positions`) and a throw-away linear probe (:class:`DenseProbe`) that reads the
-renderer's per-cell ground truth from the projected image tokens.  Every 400 steps a quick
-held-out check prints the accuracy so far.
+where", and the language model must learn to find the asked-about object among 313 image tokens.
+Three aids shorten that, all from the renderer's ground truth and none of them in the checkpoint
+(:class:`TrainingAids`): position embeddings that start from a sine-cosine table
+(:func:`start_positions`), linear read-outs of every cell's part attributes from the projected
+image tokens, and a routing loss that points one attention head per layer, at the answer
+positions, at the tokens covering what the question is about.  Every 400 steps a quick held-out
+check prints the accuracy so far.
+
+Each step runs CLIP once per distinct crop (at ``num_crops=1`` the global view is the crop) and
+applies the output head only at the answer positions.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -29,6 +36,7 @@ from phi3lab.tiny.train import optimise
 
 THREADS = 2
 NUM_CROPS = 1
+STEPS = 3000
 TEMPLATE_VISION = (
     "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{- '<|assistant|>\n' -}}"
@@ -77,21 +85,25 @@ def write_vision_files(folder: Path) -> Path:
 
 def encode(processor, conversation: list[dict], image, end_id: int, assistant_id: int) -> dict:
     """Ids, pixels and labels of one conversation about one picture; the labels are every answer
-    and the ``<|end|>`` that closes it (the rest is -100)."""
+    and the ``<|end|>`` that closes it (the rest is -100).  ``turns`` holds each answer's span
+    ``(first, end)``: the positions of its first token and of its ``<|end|>``."""
     prompt = processor.tokenizer.apply_chat_template(conversation, tokenize=False)
     enc = processor(prompt, [image])
     ids = enc["input_ids"][0]
     labels = torch.full_like(ids, -100)
+    turns = []
     for start in (ids == assistant_id).nonzero()[:, 0].tolist():
         stop = start + 1 + int((ids[start + 1:] == end_id).nonzero()[0])
         labels[start + 1:stop + 1] = ids[start + 1:stop + 1]
-    return {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"][0], "image_sizes": enc["image_sizes"][0]}
+        turns.append((start + 1, stop))
+    return {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"][0],
+            "image_sizes": enc["image_sizes"][0], "turns": turns}
 
 
-def cell_targets(example: vision_data.VisionExample) -> torch.Tensor:
-    """``[144, len(ATTRIBUTES)]``: for each 28-pixel cell of the 336×336 canvas (one image token of
-    the crop view, and of the global view, which is the same canvas at ``num_crops=1``), the
-    attributes of the part covering most of it — 0 where no part covers at least 5% of the cell.
+def cell_parts(example: vision_data.VisionExample) -> torch.Tensor:
+    """``[144]``: for each 28-pixel cell of the 336×336 canvas (one image token of the crop view,
+    and of the global view, which is the same canvas at ``num_crops=1``), the id of the part
+    covering most of it — 0 where no part covers at least 5% of the cell.
 
     The part map goes through the HD geometry (resize, then pad) exactly as the pixels do."""
     import numpy as np
@@ -105,38 +117,105 @@ def cell_targets(example: vision_data.VisionExample) -> torch.Tensor:
     canvas = Image.new("L", layout.padded, 0)
     canvas.paste(example.parts.resize((right - left, bottom - top), Image.Resampling.NEAREST), (left, top))
     ids = np.asarray(canvas).reshape(12, 28, 12, 28).transpose(0, 2, 1, 3).reshape(144, 28 * 28)
-    table = np.zeros((len(example.part_attributes) + 1, len(vision_data.ATTRIBUTES)), dtype=np.int64)
-    for k, attrs in enumerate(example.part_attributes, start=1):
-        table[k] = [attrs.get(name, 0) for name in vision_data.ATTRIBUTES]
-    counts = np.stack([np.bincount(row, minlength=len(table)) for row in ids])
+    counts = np.stack([np.bincount(row, minlength=len(example.part_attributes) + 1) for row in ids])
     counts[:, 0] = 0
     best = counts.argmax(1)
     best[counts.max(1) < 0.05 * 28 * 28] = 0
-    return torch.from_numpy(table[best])
+    return torch.from_numpy(best)
 
 
-class DenseProbe(torch.nn.Module):
-    """Linear read-outs of the part attributes from the projected image tokens, trained beside the
-    answers and thrown away after training: dense targets that teach the tiny CLIP tower what is
-    where within a few hundred steps, instead of waiting for the answer loss alone to find it.
+def cell_targets(example: vision_data.VisionExample, parts: torch.Tensor | None = None) -> torch.Tensor:
+    """``[144, len(ATTRIBUTES)]``: the attributes of each cell's part (:func:`cell_parts`), 0 = none."""
+    table = torch.zeros((len(example.part_attributes) + 1, len(vision_data.ATTRIBUTES)), dtype=torch.long)
+    for k, attrs in enumerate(example.part_attributes, start=1):
+        table[k] = torch.tensor([attrs.get(name, 0) for name in vision_data.ATTRIBUTES])
+    return table[cell_parts(example) if parts is None else parts]
 
-    Wraps the model: ``forward(**batch)`` returns the model's output with ``loss`` = answer loss +
-    ``weight`` × the mean cross-entropy of the read-outs over the crop-view and global-view cells."""
 
-    def __init__(self, model, weight: float = 0.2):
+@lru_cache(maxsize=1)
+def _view_cells() -> torch.Tensor:
+    """Positions within the picture's 313 image tokens of the crop view's 144 cells, then the
+    global view's, row by row (the separators left out)."""
+    from phi3lab.patches import image_tokens
+
+    run = image_tokens(336, 336, NUM_CROPS)
+    return torch.tensor([t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"])
+
+
+def route_targets(example: vision_data.VisionExample, conversation: list[dict], turns: list[tuple[int, int]],
+                  parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each answer should look: ``(queries, targets)`` with ``queries`` the positions that
+    predict an answer's tokens (from ``<|assistant|>\\n`` up to the last word) and ``targets[i]``
+    the image tokens (of the picture's 313, both views) covering the parts its question asks about
+    (:func:`phi3lab.tiny.vision_data.question_parts`).  Answers whose parts cover no cell are left out."""
+    parts = cell_parts(example) if parts is None else parts
+    cells = _view_cells()
+    questions = [m["content"].removeprefix("<|image_1|>\n") for m in conversation if m["role"] == "user"]
+    queries, targets = [], []
+    for question, (first, end) in zip(questions, turns):
+        wanted = torch.isin(parts, torch.tensor(vision_data.question_parts(example, question)))
+        if not bool(wanted.any()):
+            continue
+        mask = torch.zeros(313, dtype=torch.bool)
+        mask[cells[torch.cat([wanted, wanted])]] = True
+        for q in range(first - 1, end - 1):
+            queries.append(q)
+            targets.append(mask)
+    return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, 313, dtype=torch.bool)
+
+
+def answer_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The causal-LM loss of ``model(..., labels=labels)`` (mean cross-entropy of every labelled next
+    token), with the output head applied only where a label follows: some 30 of a conversation's
+    ~400 positions, where the model's own loss would take the 2,064-way head over all of them."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
+class TrainingAids(torch.nn.Module):
+    """The model in training, with two aids that use the renderer's ground truth and are thrown away
+    after training (the checkpoint holds exactly Phi-3-vision's weights):
+
+    * **part read-outs** (``dense_weight``): linear heads that read every cell's part attributes
+      from the projected image tokens — dense targets that teach the tiny CLIP tower what is where
+      within a few hundred steps, instead of waiting for the answer loss alone to find it;
+    * **routing** (``route_weight``): head ``route_head`` of the language-model layers
+      ``route_layers``, at the positions that predict an answer, is asked to put its attention
+      over the picture's tokens on those covering the parts the question is about
+      (:func:`route_targets`) — the "find the triangle" step that the answer loss alone teaches
+      slowly.  It is the negative log of the attention mass on those tokens, renormalised over
+      the picture's tokens, so the head stays free to look at the question as well.
+
+    ``forward(**batch)`` returns ``loss`` = :func:`answer_loss` + ``dense_weight`` × the mean
+    cross-entropy of the read-outs + ``route_weight`` × the mean routing loss.  Call
+    :meth:`detach` after training to unhook it from the model."""
+
+    def __init__(self, model, dense_weight: float = 0.5, route_weight: float = 0.0,
+                 route_layers: tuple[int, ...] = (1, 2, 3), route_head: int = 0):
         super().__init__()
         self.model = model
-        self.weight = weight
+        self.dense_weight, self.route_weight = dense_weight, route_weight
+        self.route_layers, self.route_head = route_layers if route_weight else (), route_head
         hidden = model.config.hidden_size
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in vision_data.ATTRIBUTES.values())
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in vision_data.ATTRIBUTES.values()
+                                         ) if dense_weight else torch.nn.ModuleList()
         self._tokens: list[torch.Tensor] = []
-        self._hook = model.model.vision_embed_tokens.img_projection.register_forward_hook(
-            lambda m, i, o: self._tokens.append(o))
-        from phi3lab.patches import image_tokens
-
-        run = image_tokens(336, 336, NUM_CROPS)  # the crop view's cells, then the global view's, row by row
-        cells = [t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"]
-        self.register_buffer("cells", torch.tensor(cells), persistent=False)
+        self._qkv: dict[int, torch.Tensor] = {}
+        self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._hooks = []
+        if dense_weight:
+            self._hooks.append(model.model.vision_embed_tokens.img_projection.register_forward_hook(
+                lambda m, i, o: self._tokens.append(o)))
+        for layer in self.route_layers:
+            attn = model.model.layers[layer].self_attn
+            self._hooks.append(attn.qkv_proj.register_forward_hook(
+                lambda m, i, o, layer=layer: self._qkv.__setitem__(layer, o)))
+            self._hooks.append(attn.register_forward_pre_hook(
+                lambda m, args, kwargs, layer=layer: self._rope.__setitem__(layer, kwargs["position_embeddings"]),
+                with_kwargs=True))
+        self.register_buffer("cells", _view_cells(), persistent=False)
 
     KIND = list(vision_data.ATTRIBUTES).index("kind")
 
@@ -152,18 +231,53 @@ class DenseProbe(torch.nn.Module):
 
     def detach(self) -> None:
         """Unhook from the model (after training), leaving it as it was."""
-        self._hook.remove()
-        self._tokens.clear()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._tokens.clear(), self._qkv.clear(), self._rope.clear()
 
-    def forward(self, cell_targets: torch.Tensor, **batch):
-        self._tokens.clear()
-        out = self.model(**batch)
+    def dense_loss(self, cell_targets: torch.Tensor) -> torch.Tensor:
         tokens = torch.stack(self._tokens)[:, self.cells]  # [B, 288, hidden]
         targets = cell_targets.repeat(1, 2, 1)  # the same targets for both views
-        dense = sum(self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
-                    for j, head in enumerate(self.heads)) / len(self.heads)
-        out.loss = out.loss + self.weight * dense
-        out["dense_loss"] = dense.detach()
+        return sum(self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
+                   for j, head in enumerate(self.heads)) / len(self.heads)
+
+    def route_loss(self, input_ids: torch.Tensor, route_rows: torch.Tensor, route_queries: torch.Tensor,
+                   route_targets: torch.Tensor) -> torch.Tensor:
+        from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+        config = self.model.config
+        head_dim = config.hidden_size // config.num_attention_heads
+        q_at = slice(self.route_head * head_dim, (self.route_head + 1) * head_dim)
+        kv_head = self.route_head // (config.num_attention_heads // config.num_key_value_heads)
+        k_start = config.num_attention_heads * head_dim + kv_head * head_dim
+        assert bool((route_rows.diff() >= 0).all()), "route_rows must be in row order, as collate makes them"
+        starts = self.model.model.image_positions(input_ids).int().argmax(1).tolist()  # one picture a row
+        losses = []
+        for layer in self.route_layers:
+            qkv, (cos, sin) = self._qkv[layer], self._rope[layer]
+            q, k = apply_rotary_pos_emb(qkv[..., q_at].unsqueeze(1), qkv[..., k_start:k_start + head_dim].unsqueeze(1),
+                                        cos, sin)
+            q, k = q[:, 0], k[:, 0]  # [B, T, head_dim]
+            # row by row, with slices: indexing with repeated rows would sum gradients in a thread-dependent order
+            scores = torch.cat([q[row, route_queries[route_rows == row]] @ k[row, start:start + route_targets.shape[1]].T
+                                for row, start in enumerate(starts)]) * head_dim**-0.5
+            logp = scores.log_softmax(-1).masked_fill(~route_targets, float("-inf"))
+            losses.append(-logp.logsumexp(-1).mean())
+        return sum(losses) / len(losses)
+
+    def forward(self, input_ids, labels, pixel_values, image_sizes, cell_targets=None, route_rows=None,
+                route_queries=None, route_targets=None):
+        self._tokens.clear(), self._qkv.clear(), self._rope.clear()
+        hidden = self.model.model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
+                                  use_cache=False).last_hidden_state
+        out = {"loss": answer_loss(self.model, hidden, labels)}
+        if self.dense_weight:
+            out["dense_loss"] = self.dense_loss(cell_targets)
+            out["loss"] = out["loss"] + self.dense_weight * out["dense_loss"]
+        if self.route_weight and route_rows is not None and len(route_rows):
+            out["route_loss"] = self.route_loss(input_ids, route_rows, route_queries, route_targets)
+            out["loss"] = out["loss"] + self.route_weight * out["route_loss"]
         return out
 
 
@@ -178,6 +292,10 @@ def collate(items: list[dict], pad: int) -> dict:
              "image_sizes": torch.stack([x["image_sizes"] for x in items])}
     if all("cell_targets" in x for x in items):
         batch["cell_targets"] = torch.stack([x["cell_targets"] for x in items])
+    if all("route_queries" in x for x in items):
+        batch["route_rows"] = torch.cat([torch.full_like(x["route_queries"], row) for row, x in enumerate(items)])
+        batch["route_queries"] = torch.cat([x["route_queries"] for x in items])
+        batch["route_targets"] = torch.cat([x["route_targets"] for x in items])
     return batch
 
 
@@ -232,8 +350,9 @@ def quick_accuracy(model, processor, n: int = 48, seed: int = 1) -> dict[str, fl
     return {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
 
 
-def train(out: Path, steps: int = 2200, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
-          text_folder: Path | None = None, vision_lr_scale: float = 2.0, sincos: bool = True, dense_weight: float = 0.5) -> Path:
+def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
+          text_folder: Path | None = None, vision_lr_scale: float = 2.0, sincos: bool = True, dense_weight: float = 0.5,
+          route_weight: float = 0.2) -> Path:
     from safetensors.torch import load_file
 
     from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
@@ -260,8 +379,14 @@ def train(out: Path, steps: int = 2200, batch_size: int = 8, lr: float = 2e-3, s
     def next_batch():
         items = []
         for ex in (next(stream) for _ in range(batch_size)):
-            item = encode(processor, vision_data.conversation(ex, order), ex.image, end_id, assistant_id)
-            items.append(item | ({"cell_targets": cell_targets(ex)} if dense_weight else {}))
+            conversation = vision_data.conversation(ex, order)
+            item = encode(processor, conversation, ex.image, end_id, assistant_id)
+            parts = cell_parts(ex)
+            if dense_weight:
+                item["cell_targets"] = cell_targets(ex, parts)
+            if route_weight:
+                item["route_queries"], item["route_targets"] = route_targets(ex, conversation, item["turns"], parts)
+            items.append(item)
         return collate(items, build.pad_id())
 
     def check(step):
@@ -269,11 +394,10 @@ def train(out: Path, steps: int = 2200, batch_size: int = 8, lr: float = 2e-3, s
         print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
               flush=True)
 
-    trained = DenseProbe(model, dense_weight) if dense_weight else model
+    trained = TrainingAids(model, dense_weight, route_weight)
     started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
                        lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=400)
-    if dense_weight:
-        trained.detach()
+    trained.detach()
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)

@@ -46,6 +46,7 @@ ATTRIBUTES = {
     "bar": list(BARS),
     "value": [str(v) for v in range(1, 8)],
     "place": list(PLACES.values()),
+    "word": WORDS,
 }
 
 
@@ -191,7 +192,7 @@ def words(rng: random.Random, split: str) -> VisionExample:
     draw.text(xy, word, fill=RGB[colour_name], font=font, anchor="mm")
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
     parts = _Parts((w, h))
-    parts.letters(xy, word, font, "mm", colour=colour_name)
+    parts.letters(xy, word, font, "mm", colour=colour_name, word=word)
     return VisionExample("words", image, "What word is written?", f"The word is {word}.", (box,), (), parts.image,
                          tuple(parts.attributes))
 
@@ -213,6 +214,24 @@ def question_kind(example: VisionExample) -> str:
     return f"{example.family}: " + next(v for k, v in kind.items() if example.question.startswith(k))
 
 
+def question_parts(example: VisionExample, question: str) -> list[int]:
+    """The ids of the parts (in ``example.parts``) that ``question`` asks about: the named shape, the
+    named bar, every bar for "tallest", every letter for the word."""
+
+    def having(**wanted: str) -> list[int]:
+        codes = {k: ATTRIBUTES[k].index(v) + 1 for k, v in wanted.items()}
+        return [i for i, attrs in enumerate(example.part_attributes, start=1)
+                if all(attrs.get(k) == v for k, v in codes.items())]
+
+    if question.startswith("What word"):
+        return having(kind="letter")
+    if question.startswith("Which bar"):
+        return having(kind="bar")
+    if question.startswith("What is the value of "):
+        return having(kind="bar", bar=question.removeprefix("What is the value of ").rstrip("?"))
+    return having(kind=question.rstrip("?").split()[-1])  # "... the triangle?", "... the red circle?"
+
+
 def messages(example: VisionExample, with_answer: bool = True) -> list[dict]:
     out = [{"role": "user", "content": f"<|image_1|>\n{example.question}"}]
     if with_answer:
@@ -221,21 +240,31 @@ def messages(example: VisionExample, with_answer: bool = True) -> list[dict]:
 
 
 def conversation(example: VisionExample, rng: random.Random) -> list[dict]:
-    """The example's question first, then every other question about the picture in a shuffled
-    order, each answered: one multi-turn conversation for training."""
+    """The example's question first, then the picture's other questions in a shuffled order, each
+    answered: one multi-turn conversation for training.
+
+    No question is asked after the conversation has given its answer away: "Where is the red
+    circle?" names the circle's colour, so colour questions come before place questions, and the
+    circle's colour question is left out when the first question already named it."""
     more = list(example.more)
     rng.shuffle(more)
+    more.sort(key=lambda qa: not qa[0].startswith("What colour"))  # stable: the colours first
+    named = example.question.removeprefix("Where is the ").rstrip("?")  # "red circle", if a place question
     out = messages(example)
     for question, answer in more:
+        shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ", 1)  # "The circle is red."
+        if question.startswith("What colour") and f"{colour} {shape}" == named:
+            continue
         out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return out
 
 
 def training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
-    """``n`` training examples in a fixed family schedule (bars, shapes, words, words): a written word
-    is one question per picture where charts and shapes have four or five, so words come twice."""
+    """``n`` training examples in a fixed family schedule (bars, shapes, words, shapes, words): a
+    written word is one question per picture where charts and shapes have several, and shapes are
+    the hardest to read, so both come twice as often as charts."""
     rng = random.Random(f"vision-train-{seed}")
-    schedule = ["bars", "shapes", "words", "words"]
+    schedule = ["bars", "shapes", "words", "shapes", "words"]
     for i in range(n):
         yield FAMILIES[schedule[i % len(schedule)]](rng, "train")
 

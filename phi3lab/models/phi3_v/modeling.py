@@ -94,18 +94,37 @@ class Phi3ImageEmbedding(nn.Module):
         )
         self.grid = vision.image_size // vision.patch_size  # 24 patches per side
 
-    def crop_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[images, crops, 3, S, S]`` → 2×2-merged features ``[images, crops, 12, 12, 4C]``."""
-        n, crops = pixel_values.shape[:2]
+    def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, S, S]`` crops → 2×2-merged CLIP features ``[N, 12, 12, 4C]``."""
         trunk = self.img_processor.vision_model
         dtype = trunk.embeddings.patch_embedding.weight.dtype
-        hidden = trunk(pixel_values.flatten(0, 1).to(dtype), self.layer_idx)
+        hidden = trunk(crops.to(dtype), self.layer_idx)
         if self.type_feature == "patch":
             hidden = hidden[:, 1:]  # drop CLS
         g, c = self.grid, hidden.shape[-1]
         # [N, g, g, C] → [N, g/2, 2, g/2, 2, C] → [N, g/2, g/2, (dy, dx, C)]
-        merged = hidden.reshape(-1, g // 2, 2, g // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, g // 2, g // 2, 4 * c)
-        return merged.reshape(n, crops, g // 2, g // 2, 4 * c)
+        return hidden.reshape(-1, g // 2, 2, g // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, g // 2, g // 2, 4 * c)
+
+    @staticmethod
+    def views(pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[list[int]]]:
+        """Which crops CLIP must see: ``(crops, where)`` where ``crops`` lists ``(image, crop)`` pairs
+        to run and ``where[i]`` gives, for image ``i``'s global view and each sub-crop, its row in
+        that list.
+
+        Crops past an image's ``rows × cols`` grid are batch padding and are skipped; a picture that
+        fits a single crop has a global view made of the same pixels as the crop (the HD canvas is
+        already 336 × 336), so CLIP runs on it once and both views share the features."""
+        crops, where = [], []
+        for i, (rows, cols) in enumerate(grids):
+            rows_of_image = []
+            for c in range(1 + rows * cols):
+                if c == 1 and rows * cols == 1 and torch.equal(pixel_values[i, 1], pixel_values[i, 0]):
+                    rows_of_image.append(rows_of_image[0])
+                else:
+                    rows_of_image.append(len(crops))
+                    crops.append((i, c))
+            where.append(rows_of_image)
+        return crops, where
 
     def _with_row_ends(self, grid: torch.Tensor) -> torch.Tensor:
         """``[rows, cols, D]`` → ``[rows · (cols + 1), D]`` with ``sub_GN`` closing every row."""
@@ -114,14 +133,15 @@ class Phi3ImageEmbedding(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Projected image tokens, one ``[tokens_i, hidden]`` tensor per image."""
-        feats = self.crop_features(pixel_values)
         side = self.img_processor.vision_model.config.image_size
+        grids = [(int(h) // side, int(w) // side) for h, w in image_sizes.tolist()]
+        crops, where = self.views(pixel_values, grids)
+        feats = self.crop_features(torch.stack([pixel_values[i, c] for i, c in crops]))
         out = []
-        for i, (h, w) in enumerate(image_sizes.tolist()):
-            rows, cols = int(h) // side, int(w) // side
-            sub = feats[i, 1:1 + rows * cols].reshape(rows, cols, CELLS, CELLS, -1)
+        for (rows, cols), rows_of_image in zip(grids, where):
+            sub = feats[rows_of_image[1:]].reshape(rows, cols, CELLS, CELLS, -1)
             sub = sub.permute(0, 2, 1, 3, 4).reshape(rows * CELLS, cols * CELLS, -1)
-            glb = feats[i, 0]
+            glb = feats[rows_of_image[0]]
             tokens = torch.cat(
                 [self._with_row_ends(sub), self.glb_GN.reshape(1, -1).to(sub.dtype), self._with_row_ends(glb)]
             )
