@@ -12,7 +12,7 @@ where", and the language model must learn to find the asked-about object among 3
 Three aids shorten that, all from the renderer's ground truth and none of them in the checkpoint
 (:class:`TrainingAids`): position embeddings that start from a sine-cosine table
 (:func:`start_positions`), linear read-outs of every cell's part attributes from the projected
-image tokens, and a routing loss that points one attention head per layer, at the answer
+image tokens, and a routing loss that points head 0 of language-model layers 1–3, at the answer
 positions, at the tokens covering what the question is about.  Every 400 steps a quick held-out
 check prints the accuracy so far.
 
@@ -133,35 +133,36 @@ def cell_targets(example: vision_data.VisionExample, parts: torch.Tensor | None 
 
 
 @lru_cache(maxsize=1)
-def _view_cells() -> torch.Tensor:
-    """Positions within the picture's 313 image tokens of the crop view's 144 cells, then the
-    global view's, row by row (the separators left out)."""
+def _view_cells() -> tuple[torch.Tensor, int]:
+    """``(cells, length)``: the positions, within a picture's run of ``length`` (313) image tokens,
+    of the crop view's 144 cells, then the global view's, row by row (the separators left out)."""
     from phi3lab.patches import image_tokens
 
     run = image_tokens(336, 336, NUM_CROPS)
-    return torch.tensor([t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"])
+    cells = [t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"]
+    return torch.tensor(cells), len(run)
 
 
 def route_targets(example: vision_data.VisionExample, conversation: list[dict], turns: list[tuple[int, int]],
                   parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where each answer should look: ``(queries, targets)`` with ``queries`` the positions that
-    predict an answer's tokens (from ``<|assistant|>\\n`` up to the last word) and ``targets[i]``
-    the image tokens (of the picture's 313, both views) covering the parts its question asks about
+    """Where each answer should look: ``(queries, targets)`` with ``queries`` the positions whose
+    next token is one of an answer's (its ``<|end|>`` aside) and ``targets[i]`` the image tokens
+    (of the picture's 313, both views) covering the parts its question asks about
     (:func:`phi3lab.tiny.vision_data.question_parts`).  Answers whose parts cover no cell are left out."""
     parts = cell_parts(example) if parts is None else parts
-    cells = _view_cells()
+    cells, length = _view_cells()
     questions = [m["content"].removeprefix("<|image_1|>\n") for m in conversation if m["role"] == "user"]
     queries, targets = [], []
     for question, (first, end) in zip(questions, turns):
         wanted = torch.isin(parts, torch.tensor(vision_data.question_parts(example, question)))
         if not bool(wanted.any()):
             continue
-        mask = torch.zeros(313, dtype=torch.bool)
+        mask = torch.zeros(length, dtype=torch.bool)
         mask[cells[torch.cat([wanted, wanted])]] = True
         for q in range(first - 1, end - 1):
             queries.append(q)
             targets.append(mask)
-    return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, 313, dtype=torch.bool)
+    return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, length, dtype=torch.bool)
 
 
 def answer_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -215,7 +216,7 @@ class TrainingAids(torch.nn.Module):
             self._hooks.append(attn.register_forward_pre_hook(
                 lambda m, args, kwargs, layer=layer: self._rope.__setitem__(layer, kwargs["position_embeddings"]),
                 with_kwargs=True))
-        self.register_buffer("cells", _view_cells(), persistent=False)
+        self.register_buffer("cells", _view_cells()[0], persistent=False)
 
     KIND = list(vision_data.ATTRIBUTES).index("kind")
 
@@ -229,14 +230,20 @@ class TrainingAids(torch.nn.Module):
         total = torch.nn.functional.cross_entropy(logits, target, ignore_index=0, reduction="sum")
         return total / (target > 0).sum().clamp(min=1)
 
+    def _forget(self) -> None:
+        self._tokens.clear()
+        self._qkv.clear()
+        self._rope.clear()
+
     def detach(self) -> None:
         """Unhook from the model (after training), leaving it as it was."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self._tokens.clear(), self._qkv.clear(), self._rope.clear()
+        self._forget()
 
     def dense_loss(self, cell_targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the read-outs over the crop-view and global-view cells."""
         tokens = torch.stack(self._tokens)[:, self.cells]  # [B, 288, hidden]
         targets = cell_targets.repeat(1, 2, 1)  # the same targets for both views
         return sum(self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
@@ -244,6 +251,8 @@ class TrainingAids(torch.nn.Module):
 
     def route_loss(self, input_ids: torch.Tensor, route_rows: torch.Tensor, route_queries: torch.Tensor,
                    route_targets: torch.Tensor) -> torch.Tensor:
+        """Mean over the routed layers and the queries of −log(attention mass on the targets), the
+        head's attention renormalised over the picture's tokens (queries and keys after RoPE)."""
         from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
 
         config = self.model.config
@@ -268,7 +277,7 @@ class TrainingAids(torch.nn.Module):
 
     def forward(self, input_ids, labels, pixel_values, image_sizes, cell_targets=None, route_rows=None,
                 route_queries=None, route_targets=None):
-        self._tokens.clear(), self._qkv.clear(), self._rope.clear()
+        self._forget()
         hidden = self.model.model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
                                   use_cache=False).last_hidden_state
         out = {"loss": answer_loss(self.model, hidden, labels)}
