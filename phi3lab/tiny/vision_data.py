@@ -12,7 +12,8 @@ Pictures vary in size and aspect ratio, so the HD transform pads them differentl
 split draws new pictures (other seeds) with the same question phrasings.
 
 Each example also lists every other question its picture answers (``more``): training asks them
-all as one multi-turn conversation, which gives the vision tower several answers per picture.  And
+as one multi-turn conversation (:func:`conversation`), which gives the vision tower several answers
+per picture.  And
 each carries a **part map**: a label image of the picture's size whose pixel value says which part
 (shape, bar, bar label, letter) is drawn there, with the parts' attributes (:data:`ATTRIBUTES`) —
 the renderer's own ground truth, which training uses as dense per-patch targets.
@@ -252,9 +253,10 @@ def conversation(example: VisionExample, rng: random.Random) -> list[dict]:
     named = example.question.removeprefix("Where is the ").rstrip("?")  # "red circle", if a place question
     out = messages(example)
     for question, answer in more:
-        shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ", 1)  # "The circle is red."
-        if question.startswith("What colour") and f"{colour} {shape}" == named:
-            continue
+        if question.startswith("What colour"):
+            shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ")  # "The circle is red."
+            if f"{colour} {shape}" == named:
+                continue
         out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return out
 
