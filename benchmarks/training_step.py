@@ -25,16 +25,9 @@ from pathlib import Path
 import torch
 
 from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
-from phi3lab.models.phi3_v.modeling import Phi3ImageEmbedding
-from phi3lab.tiny import build, tokenizer, train_vision, vision_data
+from phi3lab.tiny import build, train_vision, vision_data
 
 REPEATS = 8
-
-
-def every_crop(pixel_values, grids):
-    """The plain rule: every crop of each image's grid goes through CLIP."""
-    crops = [(i, c) for i, (rows, cols) in enumerate(grids) for c in range(1 + rows * cols)]
-    return crops, [[crops.index((i, c)) for c in range(1 + rows * cols)] for i, (rows, cols) in enumerate(grids)]
 
 
 def main() -> None:
@@ -44,34 +37,29 @@ def main() -> None:
     processor = Phi3VProcessor.from_pretrained(folder)
     model = Phi3VForCausalLM(train_vision.vision_config()).train()
     model.set_attn_implementation("sdpa")
-    end, assistant = tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
     order = random.Random(0)
-    items = [train_vision.encode(processor, vision_data.conversation(ex, order), ex.image, end, assistant)
+    items = [train_vision.training_item(processor, ex, order, dense=False, route=False)
              for ex in vision_data.training_examples(8, 0)]
     batch = train_vision.collate(items, build.pad_id())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    shared_views = Phi3ImageEmbedding.views
 
-    def step(views, head_at_answers: bool) -> float:
-        Phi3ImageEmbedding.views = staticmethod(views)
-        try:
-            start = time.perf_counter()
-            if head_at_answers:
-                hidden = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                                     image_sizes=batch["image_sizes"], use_cache=False).last_hidden_state
-                loss = train_vision.answer_loss(model, hidden, batch["labels"])
-            else:
-                loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return time.perf_counter() - start
-        finally:
-            Phi3ImageEmbedding.views = staticmethod(shared_views)
+    def step(share_views: bool, head_at_answers: bool) -> float:
+        model.model.vision_embed_tokens.share_identical_views = share_views
+        start = time.perf_counter()
+        if head_at_answers:
+            hidden = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                                 image_sizes=batch["image_sizes"], use_cache=False).last_hidden_state
+            loss = train_vision.answer_loss(model, hidden, batch["labels"])
+        else:
+            loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
 
-    cases = [("(a) plain", lambda: step(every_crop, False)),
-             ("(b) CLIP once per crop", lambda: step(shared_views, False)),
-             ("(c) (b) + head at answers", lambda: step(shared_views, True))]
+    cases = [("(a) plain", lambda: step(False, False)),
+             ("(b) CLIP once per crop", lambda: step(True, False)),
+             ("(c) (b) + head at answers", lambda: step(True, True))]
     for _, fn in cases:  # warm-up
         fn()
     times = {name: [] for name, _ in cases}

@@ -192,14 +192,10 @@ def test_clip_sees_each_distinct_crop_once_and_sharing_changes_nothing():
     hook.remove()
     assert seen == [4]
 
-    class EveryCrop(Phi3ImageEmbedding):  # the plain rule: every crop of the grid through CLIP
-        @staticmethod
-        def views(pixel_values, grids):
-            crops = [(i, c) for i, (r, k) in enumerate(grids) for c in range(1 + r * k)]
-            return crops, [[crops.index((i, c)) for c in range(1 + r * k)] for i, (r, k) in enumerate(grids)]
-
-    plain = EveryCrop(vision_config()).eval()
+    plain = Phi3ImageEmbedding(vision_config()).eval()  # the plain rule: every crop of the grid through CLIP
     plain.load_state_dict(embed.state_dict())
+    plain.share_identical_views = False
+    assert plain.views(pixels, [(1, 1), (1, 2)], share=False)[1] == [[0, 1], [2, 3, 4]]
     with torch.no_grad():
         reference = plain(pixels, sizes)
     assert [t.shape for t in shared] == [t.shape for t in reference] == [(156 + 1 + 156, 128), (12 * 25 + 1 + 156, 128)]

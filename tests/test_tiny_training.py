@@ -167,15 +167,8 @@ def _batch(tmp_path, n=2):
     from phi3lab.models.phi3_v import Phi3VProcessor
 
     processor = Phi3VProcessor.from_pretrained(train_vision.write_vision_files(tmp_path))
-    end, assistant = tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
-    items, examples = [], [e for e in vision_data.examples(12, 5, "test") if e.family == "shapes"][:n]
-    for ex in examples:
-        conversation = vision_data.conversation(ex, random.Random(0))
-        item = train_vision.encode(processor, conversation, ex.image, end, assistant)
-        parts = train_vision.cell_parts(ex)
-        item["cell_targets"] = train_vision.cell_targets(ex, parts)
-        item["route_queries"], item["route_targets"] = train_vision.route_targets(ex, conversation, item["turns"], parts)
-        items.append(item)
+    examples = [e for e in vision_data.examples(12, 5, "test") if e.family == "shapes"][:n]
+    items = [train_vision.training_item(processor, ex, random.Random(0)) for ex in examples]
     return examples, items, train_vision.collate(items, build.pad_id())
 
 

@@ -290,6 +290,22 @@ class TrainingAids(torch.nn.Module):
         return out
 
 
+def training_item(processor, example: vision_data.VisionExample, rng: random.Random, dense: bool = True,
+                  route: bool = True) -> dict:
+    """One picture for training: its conversation (:func:`phi3lab.tiny.vision_data.conversation`,
+    turns shuffled by ``rng``) encoded by :func:`encode`, plus the targets of the read-outs
+    (``cell_targets``) and of the routing loss (``route_queries``, ``route_targets``)."""
+    conversation = vision_data.conversation(example, rng)
+    item = encode(processor, conversation, example.image, tokenizer.special_id("<|end|>"),
+                  tokenizer.special_id("<|assistant|>"))
+    parts = cell_parts(example)
+    if dense:
+        item["cell_targets"] = cell_targets(example, parts)
+    if route:
+        item["route_queries"], item["route_targets"] = route_targets(example, conversation, item["turns"], parts)
+    return item
+
+
 def collate(items: list[dict], pad: int) -> dict:
     width = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), width), pad, dtype=torch.long)
@@ -371,7 +387,6 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, 
     text_folder = text_folder or embedded_dir() / "phi3lab-tiny"
     write_vision_files(out)
     processor = Phi3VProcessor.from_pretrained(out)
-    end_id, assistant_id = tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
     model = Phi3VForCausalLM(vision_config())
     model.config._attn_implementation = "sdpa"
     text_weights = load_file(str(text_folder / "model.safetensors"))
@@ -386,16 +401,8 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, 
           f"{steps} steps of {batch_size} pictures drawn on the fly", flush=True)
 
     def next_batch():
-        items = []
-        for ex in (next(stream) for _ in range(batch_size)):
-            conversation = vision_data.conversation(ex, order)
-            item = encode(processor, conversation, ex.image, end_id, assistant_id)
-            parts = cell_parts(ex)
-            if dense_weight:
-                item["cell_targets"] = cell_targets(ex, parts)
-            if route_weight:
-                item["route_queries"], item["route_targets"] = route_targets(ex, conversation, item["turns"], parts)
-            items.append(item)
+        items = [training_item(processor, next(stream), order, bool(dense_weight), bool(route_weight))
+                 for _ in range(batch_size)]
         return collate(items, build.pad_id())
 
     def check(step):

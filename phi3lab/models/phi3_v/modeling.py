@@ -93,6 +93,7 @@ class Phi3ImageEmbedding(nn.Module):
             nn.Linear(dim, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, config.hidden_size)
         )
         self.grid = vision.image_size // vision.patch_size  # 24 patches per side
+        self.share_identical_views = True  # see views(); False runs CLIP on every crop of the grid
 
     def crop_features(self, crops: torch.Tensor) -> torch.Tensor:
         """``[N, 3, S, S]`` crops → 2×2-merged CLIP features ``[N, 12, 12, 4C]``."""
@@ -106,19 +107,20 @@ class Phi3ImageEmbedding(nn.Module):
         return hidden.reshape(-1, g // 2, 2, g // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, g // 2, g // 2, 4 * c)
 
     @staticmethod
-    def views(pixel_values: torch.Tensor, grids: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    def views(pixel_values: torch.Tensor, grids: list[tuple[int, int]],
+              share: bool = True) -> tuple[list[tuple[int, int]], list[list[int]]]:
         """Which crops CLIP must see: ``(crops, where)`` where ``crops`` lists ``(image, crop)`` pairs
         to run and ``where[i]`` gives, for image ``i``'s global view and each sub-crop, its row in
         that list.
 
-        Crops past an image's ``rows × cols`` grid are batch padding and are skipped; a picture that
-        fits a single crop has a global view made of the same pixels as the crop (the HD canvas is
-        already 336 × 336), so CLIP runs on it once and both views share the features."""
+        Crops past an image's ``rows × cols`` grid are batch padding and are skipped; with ``share``,
+        a picture that fits a single crop has a global view made of the same pixels as the crop (the
+        HD canvas is already 336 × 336), so CLIP runs on it once and both views share the features."""
         crops, where = [], []
         for i, (rows, cols) in enumerate(grids):
             rows_of_image = []
             for c in range(1 + rows * cols):
-                if c == 1 and rows * cols == 1 and torch.equal(pixel_values[i, 1], pixel_values[i, 0]):
+                if share and c == 1 and rows * cols == 1 and torch.equal(pixel_values[i, 1], pixel_values[i, 0]):
                     rows_of_image.append(rows_of_image[0])
                 else:
                     rows_of_image.append(len(crops))
@@ -135,7 +137,7 @@ class Phi3ImageEmbedding(nn.Module):
         """Projected image tokens, one ``[tokens_i, hidden]`` tensor per image."""
         side = self.img_processor.vision_model.config.image_size
         grids = [(int(h) // side, int(w) // side) for h, w in image_sizes.tolist()]
-        crops, where = self.views(pixel_values, grids)
+        crops, where = self.views(pixel_values, grids, self.share_identical_views)
         feats = self.crop_features(torch.stack([pixel_values[i, c] for i, c in crops]))
         out = []
         for (rows, cols), rows_of_image in zip(grids, where):
