@@ -2,11 +2,13 @@
 
 Fused kernels (sdpa, flash-attention) never materialise attention probabilities, and
 ``output_attentions=True`` needs eager attention and stores every layer's ``heads × N × N``
-matrix — tens of GB for one Phi-3-vision image.  :func:`capture` instead intercepts the query and
-key states that each chosen Phi-3 attention layer hands to its kernel (after RoPE, with the KV
-cache already concatenated), lets the kernel run as usual, and computes ``softmax(q·kᵀ/√d + mask)``
-only for the chosen layers, heads and query rows.  With the same mask the kernel used (causal,
-padding, sliding window), the result equals eager ``output_attentions`` (to float rounding).
+matrix — tens of GB for one Phi-3-vision image.  :func:`capture` instead puts forward hooks on
+the chosen layers' own modules: a pre-hook on ``self_attn`` takes the call's rotary tables, mask
+and KV cache, and a hook on its ``qkv_proj`` sees the exact projections, applies the same RoPE,
+joins the cached keys and computes ``softmax(q·kᵀ/√d + mask)`` only for the chosen heads and query
+rows, while the kernel runs as usual.  With the same mask the kernel used (causal, padding,
+sliding window), the result equals eager ``output_attentions`` (to float rounding).  Nothing
+global is patched: captures nest, repeat, and leave other models (and threads using them) alone.
 
     >>> import phi3lab
     >>> lab = phi3lab.load("tiny", verbose=False)
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -80,7 +83,11 @@ def check_budget(nbytes: int, budget: int, what: str, advice: str) -> None:
 def attention_layers(model) -> list[torch.nn.Module]:
     """The language model's self-attention modules, in layer order."""
     base = getattr(model, "model", model)
-    return [layer.self_attn for layer in base.layers]
+    layers = getattr(base, "layers", None)
+    if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+        raise TypeError(f"{type(model).__name__} has no Phi-3 decoder layers (model.layers[i].self_attn); "
+                        "pass a Phi-3 or Phi-3-vision causal LM such as lab.model")
+    return [layer.self_attn for layer in layers]
 
 
 def output_attentions_bytes(model, seq_len: int, batch: int = 1) -> int:
@@ -97,19 +104,54 @@ class _Record:
 
 
 def _select_rows(spec: QuerySpec, q_len: int) -> torch.Tensor:
-    """Row indices (within this call's queries) for a query spec."""
+    """Row indices (within this call's queries) for a query spec, checked against ``q_len``."""
     if callable(spec) and not isinstance(spec, str):
-        return torch.as_tensor(spec(torch.arange(q_len)), dtype=torch.long)
-    if spec == "last":
+        rows = torch.as_tensor(spec(torch.arange(q_len)), dtype=torch.long).reshape(-1)
+    elif spec == "last":
         return torch.tensor([q_len - 1])
-    if spec == "all":
+    elif spec == "all":
         return torch.arange(q_len)
-    if isinstance(spec, slice):
+    elif isinstance(spec, slice):
         return torch.arange(q_len)[spec]
-    if isinstance(spec, int):
-        spec = [spec]
-    rows = torch.as_tensor(list(spec), dtype=torch.long)
+    else:
+        rows = torch.as_tensor([spec] if isinstance(spec, int) else list(spec), dtype=torch.long)
+    bad = [int(r) for r in rows if not -q_len <= int(r) < q_len]
+    if bad:
+        raise IndexError(
+            f"query rows {bad} are out of range for a forward of {q_len} token(s); use rows in "
+            f"-{q_len}..{q_len - 1}, 'last' or 'all'"
+        )
     return torch.where(rows < 0, rows + q_len, rows)
+
+
+def _check_queries(queries) -> QuerySpec:
+    if isinstance(queries, str):
+        if queries not in ("last", "all"):
+            raise ValueError(f"queries={queries!r} is not a choice; use 'last', 'all', an int, a list of ints, "
+                             "a slice or a function of the row indices")
+        return queries
+    if isinstance(queries, bool):
+        raise TypeError("queries must be 'last', 'all', an int, a list of ints, a slice or a function, got a bool")
+    if isinstance(queries, int) or isinstance(queries, slice) or callable(queries):
+        return queries
+    if isinstance(queries, Iterable):
+        items = list(queries)
+        if not items or any(isinstance(q, bool) or not isinstance(q, int) for q in items):
+            raise TypeError(f"queries as a list must be a non-empty list of ints, got {queries!r}")
+        return items
+    raise TypeError(f"queries must be 'last', 'all', an int, a list of ints, a slice or a function, "
+                    f"got {type(queries).__name__}")
+
+
+def _index_list(value, n: int, name: str) -> list[int]:
+    """``value`` as a sorted list of distinct indices into ``n`` items (negatives count from the end)."""
+    items = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple, range)) else None
+    if items is None or not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+        raise TypeError(f"{name} must be an int or a non-empty list of ints, got {value!r}")
+    bad = [i for i in items if not -n <= i < n]
+    if bad:
+        raise IndexError(f"{name} {bad} do not exist; the model has {name} 0..{n - 1} (negative counts from the end)")
+    return sorted({i % n for i in items})
 
 
 class AttentionCapture:
@@ -118,11 +160,16 @@ class AttentionCapture:
     ``weights(layer)`` gives ``[batch, heads, rows, keys]`` probabilities for the captured query
     rows in the order they were computed (several ``generate`` steps stack along ``rows``; shorter
     key ranges of earlier steps are zero-padded), ``positions(layer)`` their absolute positions.
+    With ``keep_qk`` the rotated queries and keys of every position are kept too (per layer, of the
+    latest sequence), which :meth:`rollout_rows` uses to compute rollout without storing N×N maps.
     """
 
-    def __init__(self, layers: list[int], heads: list[int] | None, queries: QuerySpec, budget: int):
+    def __init__(self, layers: list[int], heads: list[int] | None, queries: QuerySpec, budget: int,
+                 keep_qk: bool = False):
         self.layers, self.heads, self.queries, self.budget = layers, heads, queries, budget
+        self.keep_qk = keep_qk
         self.records: dict[int, list[_Record]] = {i: [] for i in layers}
+        self.qk: dict[int, dict] = {}
         self.bytes = 0
         self._steps: dict[int, int] = {i: 0 for i in layers}
 
@@ -130,34 +177,56 @@ class AttentionCapture:
         rows = sum(r.weights.shape[2] for recs in self.records.values() for r in recs)
         return f"AttentionCapture(layers={self.layers}, {rows} rows, {_human(self.bytes)})"
 
-    def weights(self, layer: int) -> torch.Tensor:
+    def _records(self, layer: int) -> list[_Record]:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int, got {type(layer).__name__}")
+        if layer not in self.records:
+            raise KeyError(f"layer {layer} was not captured; captured layers: {self.layers} "
+                           "(pass layers=[...] or layers='all' to capture it)")
         recs = self.records[layer]
         if not recs:
-            raise KeyError(f"nothing was captured for layer {layer}; run the model inside the capture block")
+            raise RuntimeError(f"nothing was captured for layer {layer}: run the model inside the capture block")
+        return recs
+
+    def weights(self, layer: int) -> torch.Tensor:
+        recs = self._records(layer)
         keys = max(r.weights.shape[-1] for r in recs)
         padded = [torch.nn.functional.pad(r.weights, (0, keys - r.weights.shape[-1])) for r in recs]
         return torch.cat(padded, dim=2)
 
     def positions(self, layer: int) -> torch.Tensor:
-        return torch.cat([r.positions for r in self.records[layer]], dim=1)
+        return torch.cat([r.positions for r in self._records(layer)], dim=1)
 
     def stacked(self) -> torch.Tensor:
         """All captured layers as ``[layers, batch, heads, rows, keys]``."""
         return torch.stack([self.weights(i) for i in self.layers])
 
-    # -- called from inside the attention kernel wrapper --------------------------------------
+    # -- called from the hooks -------------------------------------------------------------------
 
-    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-               scaling: float, position_ids: torch.Tensor | None, groups: int) -> None:
-        batch, _, q_len, _ = query.shape
-        k_len = key.shape[2]
-        rows = _select_rows(self.queries, q_len).to(query.device)
-        heads = torch.as_tensor(self.heads, device=query.device) if self.heads is not None else None
-        n_heads = len(self.heads) if self.heads is not None else query.shape[1]
-        nbytes = 4 * batch * n_heads * len(rows) * k_len
+    def _reserve(self, nbytes: int) -> None:
         check_budget(self.bytes + nbytes, self.budget, "capturing these attention rows",
                      "capture fewer layers or heads, or fewer query rows (e.g. queries='last'), "
                      "or raise budget= if you know the memory is there")
+        self.bytes += nbytes
+
+    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+               scaling: float, position_ids: torch.Tensor | None, groups: int, past: int = 0,
+               sliding_window: int | None = None) -> None:
+        """Store softmax(q·kᵀ·scaling + mask) for the selected rows of one forward call.
+
+        ``query`` holds this call's rows ``[B, H, q_len, d]``, ``key`` every key the kernel sees
+        ``[B, H_kv, k_len, d]``; ``mask`` is the mask the kernel got (4-D additive or boolean,
+        2-D padding for flash-attention, or ``None`` for a causal kernel).
+        """
+        if self.keep_qk:
+            self._keep(layer, query, key, past, groups)
+        batch, _, q_len, _ = query.shape
+        k_len = key.shape[2]
+        # a decode step of generate has one new row: it is the answer's, whatever the prompt's selection
+        rows = (torch.tensor([0]) if past > 0 and q_len == 1 else _select_rows(self.queries, q_len)).to(query.device)
+        heads = torch.as_tensor(self.heads, device=query.device) if self.heads is not None else None
+        n_heads = len(self.heads) if self.heads is not None else query.shape[1]
+        self._reserve(4 * batch * n_heads * len(rows) * k_len)
         q = query[:, :, rows]
         if groups > 1:
             key = key.repeat_interleave(groups, dim=1)
@@ -165,100 +234,173 @@ class AttentionCapture:
             q, key = q[:, heads], key[:, heads]
         # q·kᵀ, mask and softmax in place: the stored map is the only full-size tensor made
         weights = torch.matmul(q.float(), key.float().transpose(-1, -2)).mul_(scaling)
-        if mask is not None:
+        absolute = k_len - q_len + rows
+        if mask is not None and mask.dim() == 4:
             m = mask[:, :, rows, :k_len] if mask.shape[2] == q_len else mask[..., :k_len]
             if m.dtype == torch.bool:
                 weights.masked_fill_(~m, float("-inf"))
             else:
                 weights.add_(m.float())
-            positions = (position_ids[:, rows] if position_ids is not None
-                         else (k_len - q_len + rows).expand(batch, -1))
-        else:  # the kernel ran with is_causal: keys up to each query's own position
-            absolute = k_len - q_len + rows
-            allowed = torch.arange(k_len, device=query.device)[None, :] <= absolute[:, None]
+        else:  # causal kernel (no mask, or flash-attention's 2-D padding mask)
+            keys = torch.arange(k_len, device=query.device)
+            allowed = keys[None, :] <= absolute[:, None]
+            if sliding_window:
+                allowed &= keys[None, :] > absolute[:, None] - sliding_window
             weights.masked_fill_(~allowed, float("-inf"))
-            positions = position_ids[:, rows] if position_ids is not None else absolute.expand(batch, -1)
+            if mask is not None:  # [B, k_len], 1 = a real token
+                weights.masked_fill_(~mask[:, None, None, -k_len:].bool(), float("-inf"))
+        positions = position_ids[:, rows] if position_ids is not None else absolute.expand(batch, -1)
         weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
         weights.div_(weights.sum(dim=-1, keepdim=True))
         self.records[layer].append(_Record(self._steps[layer], positions.cpu(), weights.cpu()))
         self._steps[layer] += 1
-        self.bytes += nbytes
+
+    def _keep(self, layer: int, query: torch.Tensor, key: torch.Tensor, past: int, groups: int) -> None:
+        """Append this call's rotated queries and new keys to the layer's sequence (reset at ``past == 0``)."""
+        new = query.shape[2]
+        self._reserve((query.numel() + key[:, :, -new:].numel()) * query.element_size())
+        store = self.qk.get(layer)
+        if store is None or past == 0:
+            store = self.qk[layer] = {"q": [], "k": [], "groups": groups}
+        store["q"].append(query.detach())
+        store["k"].append(key[:, :, -new:].detach())
+
+    def queries_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(q [B, H, T, d], k [B, H_kv, T, d], groups)`` kept for ``layer`` (needs ``keep_qk``)."""
+        if layer not in self.qk:
+            raise RuntimeError(f"no queries and keys were kept for layer {layer}; capture with keep_qk=True "
+                               "(lab.run_with_cache(..., rollout=True))")
+        store = self.qk[layer]
+        return torch.cat(store["q"], dim=2), torch.cat(store["k"], dim=2), store["groups"]
 
 
-def _wrap(kernel: Callable, modules: dict[int, int], cap: AttentionCapture) -> Callable:
-    @functools.wraps(kernel)
-    def capturing(module, query, key, value, attention_mask, *args, **kwargs):
-        layer = modules.get(id(module))
-        if layer is not None:
-            cap.record(layer, query, key, attention_mask, kwargs.get("scaling") or module.scaling,
-                       kwargs.get("position_ids"), getattr(module, "num_key_value_groups", 1))
-        return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+class _Hooks:
+    """Forward hooks on one model's attention modules that feed an :class:`AttentionCapture`.
 
-    return capturing
+    A pre-hook on each chosen ``self_attn`` takes the call's rotary tables, mask and cache; a
+    forward hook on its ``qkv_proj`` then sees the exact projections the layer computes, applies
+    the same RoPE, joins the cached keys (as the dynamic cache's ``update`` will) and records.
+    Nothing global is touched, so captures nest, repeat, and leave other models alone.
+    """
+
+    def __init__(self, modules: list[torch.nn.Module], layers: list[int], cap: AttentionCapture):
+        self.modules, self.layers, self.cap = modules, layers, cap
+        self.local = threading.local()
+        self.handles: list = []
+
+    def install(self) -> None:
+        for layer in self.layers:
+            attn = self.modules[layer]
+            self.handles.append(attn.register_forward_pre_hook(functools.partial(self._before, layer),
+                                                               with_kwargs=True))
+            self.handles.append(attn.qkv_proj.register_forward_hook(functools.partial(self._after, layer)))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _before(self, layer, module, args, kwargs):
+        self.local.__dict__[layer] = kwargs
+        return None
+
+    def _after(self, layer, proj, args, qkv):
+        from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
+
+        kwargs = self.local.__dict__.pop(layer, None)
+        if kwargs is None:
+            return None
+        attn = self.modules[layer]
+        q_dim = attn.config.num_attention_heads * attn.head_dim
+        kv_dim = attn.num_key_value_heads * attn.head_dim
+        shape = (*qkv.shape[:-1], -1, attn.head_dim)
+        with torch.no_grad():
+            query = qkv[..., :q_dim].view(shape).transpose(1, 2)
+            key = qkv[..., q_dim:q_dim + kv_dim].view(shape).transpose(1, 2)
+            cos, sin = kwargs["position_embeddings"]
+            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            past = _past_keys(kwargs.get("past_key_values"), attn.layer_idx)
+            if past is not None:
+                key = torch.cat([past, key], dim=2)
+            self.cap.record(layer, query, key, kwargs.get("attention_mask"), attn.scaling,
+                            kwargs.get("position_ids"), attn.num_key_value_groups,
+                            past=0 if past is None else past.shape[2],
+                            sliding_window=getattr(attn.config, "sliding_window", None))
+        return None
+
+
+def _past_keys(cache, layer_idx: int) -> torch.Tensor | None:
+    """Keys already in a dynamic KV cache for one layer (before this call adds its own)."""
+    if cache is None:
+        return None
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or layer_idx >= len(layers):
+        return None
+    entry = layers[layer_idx]
+    if not isinstance(entry, DynamicLayer):
+        raise NotImplementedError(
+            f"attention capture reads the keys of the dynamic KV cache; this generation uses "
+            f"{type(entry).__name__}. Generate with the default cache (no cache_implementation=...)"
+        )
+    if not entry.is_initialized or entry.keys is None or entry.keys.numel() == 0:
+        return None
+    return entry.keys
 
 
 class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Record attention probabilities of chosen layers, heads and query rows.
 
+    Hooks go on the model's own attention modules for the duration of the block (nothing global
+    is patched): captures nest, repeat, and other models running meanwhile are not affected.
+
     Args:
         model: a phi3lab or transformers Phi-3 / Phi-3-vision model (any attention kernel).
-        layers: layer indices, ``"all"`` (default) or one int.
-        heads: head indices or ``None`` for all heads.
+        layers: layer indices, ``"all"`` (default) or one int (negative counts from the end).
+        heads: head indices, one int, or ``None`` for all heads.
         queries: which query rows of each forward call: ``"last"`` (default; one row per
             ``generate`` step), ``"all"``, an int, a list of ints (negative counts from the end),
             a slice, or a function of the row indices.
         budget: bytes the maps may take; default a quarter of the free memory.
+        keep_qk: also keep every position's rotated queries and keys (for scalable rollout).
 
     Returns:
         An :class:`AttentionCapture` (from ``with capture(...) as cap``).
     """
 
-    def __init__(self, model, layers: Iterable[int] | int | str = "all", heads: Iterable[int] | None = None,
-                 queries: QuerySpec = "last", budget: int | None = None):
-        self.model = model
+    def __init__(self, model, layers: Iterable[int] | int | str = "all", heads: Iterable[int] | int | None = None,
+                 queries: QuerySpec = "last", budget: int | None = None, keep_qk: bool = False):
+        if not isinstance(model, torch.nn.Module):
+            hint = (" — this looks like a phi3lab Lab: pass lab.model, or use lab.run_with_cache(...)"
+                    if hasattr(model, "model") and hasattr(model, "processor") else "")
+            raise TypeError(f"capture takes a torch model, got {type(model).__name__}{hint}")
         modules = attention_layers(model)
-        if layers == "all":
+        if isinstance(layers, str):
+            if layers != "all":
+                raise ValueError(f"layers={layers!r} is not a choice; use 'all', an int (e.g. -1 for the last layer) "
+                                 "or a list of ints")
             layers = list(range(len(modules)))
-        elif isinstance(layers, int):
-            layers = [layers]
-        layers = [int(i) % len(modules) if -len(modules) <= int(i) < len(modules) else int(i) for i in layers]
-        bad = [i for i in layers if not 0 <= i < len(modules)]
-        if bad:
-            raise IndexError(f"layers {bad} do not exist; the model has layers 0..{len(modules) - 1}")
+        else:
+            layers = _index_list(layers, len(modules), "layers")
         n_heads = model.config.num_attention_heads
-        heads = None if heads is None else [int(h) for h in heads]
-        if heads is not None and any(not 0 <= h < n_heads for h in heads):
-            raise IndexError(f"heads {heads} out of range; the model has heads 0..{n_heads - 1}")
+        if heads is not None:
+            heads = _index_list(heads, n_heads, "heads")
+        queries = _check_queries(queries)
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+            raise TypeError(f"budget must be a number of bytes (an int ≥ 0) or None, got {budget!r}")
         device = next(model.parameters()).device
-        self.cap = AttentionCapture(layers, heads, queries, budget if budget is not None else memory_budget(device))
-        self._modules = {id(modules[i]): i for i in layers}
-        self._restore: Callable | None = None
+        self.model = model
+        self.cap = AttentionCapture(layers, heads, queries, budget if budget is not None else memory_budget(device),
+                                    keep_qk=bool(keep_qk))
+        self._hooks = _Hooks(modules, layers, self.cap)
 
     def __enter__(self) -> AttentionCapture:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        # Phi-3's attention asks this interface for its kernel on every call (eager included, as
-        # the default); wrapping what it returns sees the exact q/k/mask the kernel gets.
-        interface = ALL_ATTENTION_FUNCTIONS
-        original_get = interface.get_interface
-        modules, cap = self._modules, self.cap
-
-        def get_interface(name, default):
-            return _wrap(original_get(name, default), modules, cap)
-
-        interface.get_interface = get_interface
-
-        def restore():
-            if interface.__dict__.get("get_interface") is get_interface:
-                del interface.get_interface
-
-        self._restore = restore
+        self._hooks.install()
         return self.cap
 
     def __exit__(self, *exc) -> None:
-        if self._restore is not None:
-            self._restore()
-            self._restore = None
+        self._hooks.remove()
 
 
 def guard_output_attentions(model, budget: int | None = None):

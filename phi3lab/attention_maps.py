@@ -8,13 +8,14 @@ form so notebooks and tests can compare it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from phi3lab.patches import CELLS, hd_layout, image_tokens
 
-__all__ = ["rollout", "head_summary", "top_keys", "rows_text", "grid_text", "ImageHeat", "image_heat", "image_runs"]
+__all__ = ["rollout", "rollout_rows", "map_rows", "qk_rows", "head_summary", "top_keys", "rows_text", "grid_text", "ImageHeat", "image_heat", "image_runs"]
 
 
 def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -42,6 +43,71 @@ def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
         a = a / a.sum(-1, keepdim=True)
         result = a @ result
     return result.float()
+
+
+def rollout_rows(layer_rows: Sequence[Callable[[int, int], torch.Tensor]], rows: Sequence[int], n: int,
+                 residual: float = 0.5, chunk: int = 256) -> torch.Tensor:
+    """Rollout for a few query rows, as vector–matrix products from the top layer down.
+
+    The same numbers as ``rollout(maps)[rows]``, without any ``N × N`` matrix: ``v`` starts as the
+    one-hot rows and, for each layer from the last to the first, becomes
+    ``residual · v + (1 − residual) · v · A_l``, where the head-mean attention ``A_l`` is produced
+    ``chunk`` query rows at a time by ``layer_rows[l](start, stop)`` (``[stop − start, n]``).
+    Only rows up to the largest requested position are ever computed (attention is causal).
+
+    Args:
+        layer_rows: per layer (first to last), a function giving head-mean attention rows.
+        rows: the query positions to roll out (e.g. the answer's rows).
+        n: sequence length (keys).
+        residual: weight of the identity (skip connection) mixed into every layer.
+        chunk: query rows computed at once (bounds the working memory to ``heads × chunk × n``).
+
+    Returns:
+        ``[len(rows), n]``; each row sums to 1.
+    """
+    rows = [int(r) for r in rows]
+    if not rows or any(not 0 <= r < n for r in rows):
+        raise IndexError(f"rollout rows {rows} must be positions in 0..{n - 1}")
+    v = torch.zeros(len(rows), n, dtype=torch.float64)
+    v[torch.arange(len(rows)), torch.tensor(rows)] = 1.0
+    upto = max(rows) + 1
+    for get in reversed(list(layer_rows)):
+        mixed = residual * v
+        for start in range(0, upto, chunk):
+            stop = min(start + chunk, upto)
+            block = torch.nan_to_num(get(start, stop).double())  # [stop - start, n]
+            mixed += (1 - residual) * (v[:, start:stop] @ block)
+        v = mixed
+    return v.float()
+
+
+def map_rows(maps: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+    """A ``layer_rows`` entry for :func:`rollout_rows` from one stored map ``[heads, N, N]``."""
+    return lambda start, stop: maps[:, start:stop].float().mean(0)
+
+
+def qk_rows(query: torch.Tensor, key: torch.Tensor, scaling: float, groups: int = 1,
+            key_mask: torch.Tensor | None = None, sliding_window: int | None = None
+            ) -> Callable[[int, int], torch.Tensor]:
+    """A ``layer_rows`` entry from one layer's rotated queries ``[H, N, d]`` and keys ``[H_kv, N, d]``:
+    causal softmax attention for a block of query rows, averaged over heads."""
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=0)
+    n = key.shape[1]
+    keys = torch.arange(n)
+
+    def rows_of(start: int, stop: int) -> torch.Tensor:
+        scores = torch.matmul(query[:, start:stop].float(), key.float().transpose(-1, -2)).mul_(scaling)
+        position = torch.arange(start, stop)[:, None]
+        allowed = keys[None, :] <= position
+        if sliding_window:
+            allowed &= keys[None, :] > position - sliding_window
+        if key_mask is not None:
+            allowed &= key_mask.bool()[None, :n]
+        scores.masked_fill_(~allowed, float("-inf"))
+        return torch.softmax(scores, dim=-1).mean(0)
+
+    return rows_of
 
 
 def head_summary(weights: torch.Tensor, keys: slice | list[int] | torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from phi3lab.chat import as_messages, render, tokenize_prompt
+from phi3lab.chat import as_messages
 
 __all__ = ["ChatResult", "ChatSession", "chat", "chat_batch"]
 
@@ -101,17 +101,9 @@ def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float)
     return kwargs
 
 
-def encode(lab, messages: list[dict], images: Sequence = ()) -> dict:
-    """Model inputs for a validated conversation: ``input_ids`` and ``attention_mask`` (+ pixels)."""
-    vision = lab.spec.modality == "vision"
-    prompt = render(lab.tokenizer, messages, num_images=len(images), vision=vision)
-    if vision:
-        inputs = lab.processor(prompt, list(images) or None, return_tensors="pt")
-        keep = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
-        return {k: inputs[k].to(lab.model.device) for k in keep if k in inputs}
-    ids, _ = tokenize_prompt(lab.tokenizer, prompt)
-    input_ids = torch.tensor([ids], device=lab.model.device)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+def encode(lab, messages: list[dict], images: Sequence = ()):
+    """Model inputs for a conversation (see :meth:`phi3lab.Lab.encode`): an :class:`~phi3lab.inputs.Inputs`."""
+    return lab.encode(messages, list(images))
 
 
 def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,

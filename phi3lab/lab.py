@@ -95,14 +95,47 @@ class Lab:
         return render(self.tokenizer, conversation, add_generation_prompt=add_generation_prompt,
                       num_images=len(images), vision=self.spec.modality == "vision", **kwargs)
 
+    @property
+    def num_crops(self) -> int | None:
+        """The crop budget images get by default: the processor's own value (``None`` for text models).
+
+        Every counter reads it — :meth:`encode`, :meth:`chat`, :meth:`tokens`, :meth:`budget` — so
+        ``lab.processor.image_processor.num_crops = 4`` changes them all alike.
+        """
+        image_processor = getattr(self.processor, "image_processor", None)
+        return None if image_processor is None else int(image_processor.num_crops)
+
+    def encode(self, conversation, images: Sequence | None = None, *, num_crops: int | None = None, **kwargs):
+        """Validate, render and tokenize a conversation once: an :class:`~phi3lab.inputs.Inputs`.
+
+        ``model(**inputs)`` and ``model.generate(**inputs)`` take it as it is; it also carries the
+        token table and each image's HD layout and token span (see :mod:`phi3lab.inputs`).
+        """
+        from phi3lab.inputs import encode
+
+        return encode(self, conversation, images, num_crops=num_crops, **kwargs)
+
+    def run_with_cache(self, conversation, images: Sequence | None = None, **kwargs):
+        """Run the model with hooks and return ``(output, Cache)`` — see :func:`phi3lab.cache.run_with_cache`.
+
+        Keyword arguments: ``layers``, ``heads``, ``queries`` (default ``"all"``), ``max_new_tokens``
+        (0: one forward, returns logits; more: greedy generation, returns a ChatResult),
+        ``residual``, ``rollout``, ``budget``, ``num_crops``.
+        """
+        from phi3lab.cache import run_with_cache
+
+        return run_with_cache(self, conversation, images, **kwargs)
+
+    def _crops(self, num_crops: int | None) -> int:
+        return self.num_crops if num_crops is None else num_crops
+
     def tokens(self, conversation, *, images: Sequence = (), num_crops: int | None = None, **kwargs):
         """A :class:`~phi3lab.token_view.TokenTable` of what the model sees, role by role."""
         from phi3lab.budget import image_size
         from phi3lab.patches import num_image_tokens
         from phi3lab.token_view import token_table
 
-        crops = num_crops or self.spec.num_crops or 16
-        counts = [num_image_tokens(*image_size(im), crops) for im in images] or None
+        counts = [num_image_tokens(*image_size(im), self._crops(num_crops)) for im in images] or None
         return token_table(self.tokenizer, conversation, image_token_counts=counts,
                            vision=self.spec.modality == "vision", **kwargs)
 
@@ -110,7 +143,8 @@ class Lab:
         """Token counts (images from their sizes alone) against the context; flags LongRoPE."""
         from phi3lab.budget import token_budget
 
-        return token_budget(self.tokenizer, conversation, self.spec, images=images, num_crops=num_crops,
+        return token_budget(self.tokenizer, conversation, self.spec, images=images,
+                            num_crops=self._crops(num_crops) if images else None,
                             max_new_tokens=max_new_tokens, vision=self.spec.modality == "vision")
 
     def chat(self, conversation, images: Sequence | None = None, *, max_new_tokens: int = 128,

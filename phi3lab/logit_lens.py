@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-__all__ = ["LogitLens", "logit_lens"]
+__all__ = ["LogitLens", "logit_lens", "read_lens"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,13 +74,17 @@ def logit_lens(model, tokenizer, inputs: dict, position: int = -1, top_k: int = 
     hidden = torch.stack([h[0, position] for h in out.hidden_states])  # [layers + 1, hidden]
     # the last entry already went through the final norm in transformers' Phi-3; the others have not
     normed = torch.cat([base.norm(hidden[:-1]), hidden[-1:]])
-    probs = torch.softmax(model.lm_head(normed).float(), dim=-1)
-    top = probs.topk(top_k, dim=-1)
-    n = len(out.hidden_states)
-    names = ("embeddings", *(f"layer {i}" for i in range(n - 1)))
     seq = inputs["input_ids"].shape[1]
+    return read_lens(model, tokenizer, normed, position % seq, top_k)
+
+
+def read_lens(model, tokenizer, normed: torch.Tensor, position: int, top_k: int = 5) -> LogitLens:
+    """The :class:`LogitLens` of ``[embeddings + layers, hidden]`` states already passed through the final norm."""
+    probs = torch.softmax(model.lm_head(normed.to(model.lm_head.weight.dtype)).float(), dim=-1)
+    top = probs.topk(top_k, dim=-1)
+    names = ("embeddings", *(f"layer {i}" for i in range(normed.shape[0] - 1)))
     return LogitLens(
-        position=position % seq,
+        position=int(position),
         layers=names,
         tokens=tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in top.indices),
         probs=tuple(tuple(float(p) for p in row) for row in top.values),

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 from phi3lab.chat import render, tokenize_prompt
 
-__all__ = ["TokenRow", "TokenTable", "token_table", "SEGMENT_COLOURS"]
+__all__ = ["TokenRow", "TokenTable", "token_table", "label_tokens", "SEGMENT_COLOURS"]
 
 SEGMENT_COLOURS = {
     "system": "#e9d5ff",
@@ -150,6 +150,12 @@ def token_table(
     prompt = render(tok, conversation, add_generation_prompt=add_generation_prompt, num_images=n_images,
                     **render_kwargs)
     ids, spans = tokenize_prompt(tok, prompt, image_token_counts if n_images else None)
+    return label_tokens(tok, prompt, ids, spans)
+
+
+def label_tokens(tokenizer, prompt: str, ids: Sequence[int], spans: Sequence[tuple[int, int]]) -> TokenTable:
+    """Label already tokenized prompt ids (from :func:`phi3lab.chat.tokenize_prompt`) with their segments."""
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
     labels = _segments(prompt)
     special_ids = set(tok.all_special_ids) | {
         i for i, t in tok.added_tokens_decoder.items() if t.special

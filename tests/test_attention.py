@@ -125,12 +125,108 @@ def test_bad_layer_or_head(tiny):
         capture(tiny.model, heads=[9])
 
 
-def test_interface_is_restored(tiny):
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(layers=[1.7]), TypeError, "list of ints"),
+    (dict(layers="last"), ValueError, "'all', an int"),
+    (dict(layers=[]), TypeError, "non-empty"),
+    (dict(layers=True), TypeError, "int"),
+    (dict(heads="all"), TypeError, "heads must be"),
+    (dict(heads=[0.5]), TypeError, "heads must be"),
+    (dict(queries="first"), ValueError, "'last', 'all'"),
+    (dict(queries=[1.5]), TypeError, "list of ints"),
+    (dict(queries=None), TypeError, "queries must be"),
+    (dict(budget=-1), TypeError, "budget"),
+    (dict(budget="1GB"), TypeError, "budget"),
+])
+def test_arguments_are_checked_at_construction(tiny, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        capture(tiny.model, **kwargs)
+
+
+def test_capture_of_a_lab_or_a_non_model_says_what_to_pass(tiny):
+    with pytest.raises(TypeError, match="pass lab.model"):
+        capture(tiny)
+    with pytest.raises(TypeError, match="no Phi-3 decoder layers"):
+        capture(torch.nn.Linear(2, 2))
+
+
+def test_out_of_range_rows_and_missing_layers_are_named(tiny):
+    inputs = tiny.tokenizer([tiny.render("Hi")], return_tensors="pt")
+    n = inputs["input_ids"].shape[1]
+    with pytest.raises(IndexError, match=f"out of range for a forward of {n} token"):
+        with capture(tiny.model, layers=0, queries=[n + 5]), torch.no_grad():
+            tiny.model(**inputs)
+    with capture(tiny.model, layers=[0, 1]) as cap:
+        pass
+    with pytest.raises(RuntimeError, match="run the model inside the capture block"):
+        cap.stacked()
+    with capture(tiny.model, layers=[0, 1]) as cap, torch.no_grad():
+        tiny.model(**inputs)
+    with pytest.raises(KeyError, match=r"layer 3 was not captured; captured layers: \[0, 1\]"):
+        cap.weights(3)
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_are_the_models_own_and_removed(tiny):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    with capture(tiny.model):
-        assert "get_interface" in ALL_ATTENTION_FUNCTIONS.__dict__
-    assert "get_interface" not in ALL_ATTENTION_FUNCTIONS.__dict__
+    before, interface = _hook_count(tiny.model), dict(ALL_ATTENTION_FUNCTIONS.__dict__)
+    with capture(tiny.model, layers=[0, 2]):
+        assert _hook_count(tiny.model) == before + 4  # a pre-hook and a qkv hook per layer
+        assert dict(ALL_ATTENTION_FUNCTIONS.__dict__) == interface  # nothing global is patched
+    assert _hook_count(tiny.model) == before
+    with pytest.raises(ZeroDivisionError), capture(tiny.model):
+        1 / 0
+    assert _hook_count(tiny.model) == before  # removed on errors too
+
+
+def test_nested_and_repeated_captures_each_see_every_forward(tiny):
+    inputs = tiny.tokenizer([tiny.render("Spell the word apple.")], return_tensors="pt")
+    ref = eager_maps(tiny.model, **inputs)
+    with torch.no_grad(), capture(tiny.model, layers="all", queries="all") as outer:
+        with capture(tiny.model, layers=[1], queries="last") as inner:
+            tiny.model(**inputs)
+        tiny.model(**inputs)
+    assert inner.weights(1).shape[2] == 1 and outer.weights(1).shape[2] == 2 * inputs["input_ids"].shape[1]
+    torch.testing.assert_close(inner.weights(1), ref[1][:, :, -1:], atol=1e-5, rtol=0)
+    for _ in range(2):  # repeated use gives the same, fresh records
+        with capture(tiny.model, layers=[1], queries="all") as again, torch.no_grad():
+            tiny.model(**inputs)
+        torch.testing.assert_close(again.weights(1), ref[1], atol=1e-5, rtol=0)
+
+
+def test_a_capture_leaves_other_models_and_threads_alone(tiny):
+    import threading
+
+    torch.manual_seed(0)
+    config = Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                        pad_token_id=0, eos_token_id=1)
+    other = Phi3ForCausalLM(config).eval()
+    other.set_attn_implementation("sdpa")
+    ids = torch.randint(2, 100, (1, 12))
+    inputs = tiny.tokenizer([tiny.render("Hi")], return_tensors="pt")
+    results = {}
+
+    def run_other():
+        with capture(other, layers=[0], queries="all") as cap_other, torch.no_grad():
+            for _ in range(3):
+                other(input_ids=ids)
+        results["other"] = cap_other
+
+    with capture(tiny.model, layers=[0], queries="all") as cap, torch.no_grad():
+        thread = threading.Thread(target=run_other)
+        thread.start()
+        for _ in range(3):
+            tiny.model(**inputs)
+        thread.join()
+    assert cap.weights(0).shape[2] == 3 * inputs["input_ids"].shape[1]
+    assert results["other"].weights(0).shape[2] == 3 * 12
+    torch.testing.assert_close(results["other"].weights(0)[:, :, :12], eager_maps(other, input_ids=ids)[0],
+                               atol=1e-5, rtol=0)
 
 
 def test_output_attentions_is_checked_before_running(tiny):
