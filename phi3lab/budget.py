@@ -85,17 +85,35 @@ class Budget:
             )
         return out
 
-    def to_text(self) -> str:
+    def _rows(self) -> list[tuple[str, str]]:
         images = " + ".join(f"{n:,}" for n in self.image_tokens) or "0"
-        lines = [
-            f"text tokens    {self.text_tokens:,}",
-            f"image tokens   {images}",
-            f"prompt         {self.prompt_tokens:,}",
-            f"max new        {self.max_new_tokens:,}",
-            f"total          {self.total:,} of {self.context_length:,} ({100 * self.total / self.context_length:.1f}%)",
+        rows = [
+            ("text tokens", f"{self.text_tokens:,}"),
+            ("image tokens", images),
+            ("prompt", f"{self.prompt_tokens:,}"),
+            ("max new", f"{self.max_new_tokens:,}"),
+            ("total", f"{self.total:,} of {self.context_length:,} ({100 * self.total / self.context_length:.1f}%)"),
         ]
-        lines += [f"warning        {w}" for w in self.warnings()] or ["status         ok"]
-        return "\n".join(lines)
+        return rows + ([("warning", w) for w in self.warnings()] or [("status", "ok")])
+
+    def to_text(self) -> str:
+        return "\n".join(f"{name:<14} {value}" for name, value in self._rows())
+
+    def _repr_html_(self) -> str:
+        import html
+
+        cells = "".join(
+            f'<tr><th style="text-align:left;padding-right:1em;white-space:nowrap">{name}</th>'
+            f'<td style="text-align:left">{"⚠ " if name == "warning" else ""}{html.escape(value)}</td></tr>'
+            for name, value in self._rows()
+        )
+        return f"<table>{cells}</table>"
+
+    def __repr__(self) -> str:
+        parts = [f"{self.text_tokens:,} text"] + [f"{n:,} image" for n in self.image_tokens]
+        status = "; ".join(w.split(":")[0] for w in self.warnings()) or "fits"
+        return (f"<Budget {self.total:,} of {self.context_length:,} tokens: {' + '.join(parts)} + "
+                f"{self.max_new_tokens:,} new; {status}>")
 
     __str__ = to_text
 

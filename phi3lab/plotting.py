@@ -15,6 +15,8 @@ from phi3lab.token_view import SEGMENT_COLOURS, TokenTable
 
 __all__ = ["token_heatmap", "layer_head_grid", "rollout_map", "image_attention", "patch_layout"]
 
+SHARE = "share of attention"
+
 
 def _axes(ax, figsize):
     import matplotlib.pyplot as plt
@@ -30,10 +32,11 @@ def _label(table: TokenTable, i: int) -> str:
     row = table.rows[i]
     if row.segment == "image":
         return f"img{-row.id}"
-    return row.token.replace("▁", "·").replace("<0x0A>", "\\n")
+    return row.token.replace("<0x0A>", "\\n")
 
 
-def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels: int = 80, title: str | None = None):
+def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels: int = 80, title: str | None = None,
+                  colour_label: str = "attention weight"):
     """Query rows × keys heatmap with tick labels coloured by role segment.
 
     Args:
@@ -45,7 +48,8 @@ def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels:
     k = w.shape[1]
     rows = list(range(k - w.shape[0], k)) if rows is None else [int(r) for r in rows]
     fig, ax = _axes(ax, (min(14, 2 + 0.18 * k), min(10, 1.5 + 0.25 * len(rows))))
-    ax.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest")
+    image = ax.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, label=colour_label)
     step = max(1, k // max_labels)
     xs = list(range(0, k, step))
     ax.set_xticks(xs, [_label(table, i) if i < len(table) else "" for i in xs], rotation=90, fontsize=7)
@@ -69,50 +73,83 @@ def layer_head_grid(values, *, ax=None, title: str = "attention share per layer 
     ax.set_ylabel("layer")
     ax.set_xticks(range(v.shape[1]))
     ax.set_yticks(range(v.shape[0]))
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.colorbar(image, ax=ax, fraction=0.046, label=SHARE)
     ax.set_title(title)
     return fig, ax
 
 
 def rollout_map(matrix, table: TokenTable, *, ax=None):
     """The rollout matrix of :func:`phi3lab.attention_maps.rollout`, labelled like a heatmap."""
-    return token_heatmap(matrix, table, rows=range(matrix.shape[0]), ax=ax, title="attention rollout")
+    return token_heatmap(matrix, table, rows=range(matrix.shape[0]), ax=ax, title="attention rollout",
+                         colour_label="rolled-out attention")
 
 
-def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float = 0.55, title: str | None = None):
-    """Overlay an :class:`~phi3lab.attention_maps.ImageHeat` view on the original picture."""
+def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float = 0.75, vmax: float | None = None,
+                    cmap: str = "magma_r", title: str | None = None):
+    """Overlay an :class:`~phi3lab.attention_maps.ImageHeat` view on the original picture.
+
+    The picture keeps its colours; the heat is drawn on top, transparent where a cell has no
+    attention and up to ``alpha`` opaque at ``vmax`` (default: the strongest cell), with a colour
+    bar of each cell's share of the attention row.  Pass the same ``vmax`` to compare two views.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
     fig, ax = _axes(ax, (6, 6 * image.height / image.width))
-    ax.imshow(image)
     pixels = heat.to_pixels(view)
-    ax.imshow(pixels, cmap="inferno", alpha=alpha, extent=(0, image.width, image.height, 0),
-              vmin=0, vmax=max(float(pixels.max()), 1e-9), interpolation="nearest")
-    ax.set_axis_off()
+    ramp = colormaps[cmap](np.linspace(0, 1, 256))
+    ramp[:, 3] = np.linspace(0, alpha, 256)  # no attention: transparent, so the picture shows through
+    extent = (0, image.width, image.height, 0)
+    ax.imshow(image, extent=extent)
+    overlay = ax.imshow(pixels, cmap=ListedColormap(ramp), extent=extent, interpolation="nearest",
+                        vmin=0, vmax=vmax or max(float(pixels.max()), 1e-9))
+    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=f"{SHARE} per cell")
+    ax.set_xticks([])  # no ticks, but keep the frame: it shows where a white picture ends
+    ax.set_yticks([])
     ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
     return fig, ax
 
 
 def patch_layout(image, num_crops: int = 16, *, ax=None):
-    """The picture with its HD crops and 28-px merged-patch cells drawn on the padded canvas."""
-    from matplotlib.patches import Rectangle
+    """The picture as the HD transform lays it out: resized into its box on the padded canvas,
+    the white padding hatched, with the 336-px crops (red) and the 28-px merged-patch cells, one
+    image token each (grey)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch, Rectangle
 
     layout = hd_layout(image.width, image.height, num_crops)
     w, h = layout.padded
-    fig, ax = _axes(ax, (6, 6 * h / w))
-    ax.add_patch(Rectangle((0, 0), w, h, facecolor="white", edgecolor="none"))
     left, top, right, bottom = layout.pad_box
-    ax.imshow(image, extent=(left, right, bottom, top))
+    fig, ax = _axes(ax, (6, 6 * h / w))
+    padding = dict(facecolor="white", edgecolor="#cbd5e1", hatch="//")
+    ax.add_patch(Rectangle((0, 0), w, h, lw=0, zorder=0, **padding))
+    ax.imshow(image, extent=(left, right, bottom, top), zorder=1)
     for x in range(0, w + 1, CELL):
-        ax.axvline(x, color="#94a3b8", lw=0.3)
+        ax.axvline(x, color="#94a3b8", lw=0.3, zorder=2)
     for y in range(0, h + 1, CELL):
-        ax.axhline(y, color="#94a3b8", lw=0.3)
+        ax.axhline(y, color="#94a3b8", lw=0.3, zorder=2)
+    ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="#2563eb", lw=1.5,
+                           ls="--", zorder=3))
     rows, cols = layout.grid
     for r in range(rows):
         for c in range(cols):
-            ax.add_patch(Rectangle((c * CROP, r * CROP), CROP, CROP, fill=False, edgecolor="#dc2626", lw=2))
-            ax.text(c * CROP + 8, r * CROP + 24, f"crop {r * cols + c + 1}", color="#dc2626", fontsize=8)
+            ax.add_patch(Rectangle((c * CROP, r * CROP), CROP, CROP, fill=False, edgecolor="#dc2626", lw=2, zorder=4))
+            ax.text(c * CROP + 8, r * CROP + 8, f"crop {r * cols + c + 1}", color="#dc2626", fontsize=8, va="top",
+                    zorder=5, bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1))
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
+    ax.set_xticks(range(0, w + 1, CROP))
+    ax.set_yticks(range(0, h + 1, CROP))
+    box = f"the picture, resized to {right - left}×{bottom - top}"
+    handles = [
+        Line2D([], [], color="#2563eb", lw=1.5, ls="--", label=box),
+        Line2D([], [], color="#dc2626", lw=2, label=f"{CROP}×{CROP} crop"),
+        Line2D([], [], color="#94a3b8", lw=1, label=f"{CELL}×{CELL} cell = 1 image token"),
+    ]
+    if (right - left, bottom - top) != (w, h):
+        handles.insert(1, Patch(label="white padding", **padding))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8, frameon=False)
     tokens = num_image_tokens(image.width, image.height, num_crops)
-    ax.set_title(f"{image.width}×{image.height} → {w}×{h} canvas, {rows}×{cols} crops + global view = {tokens} tokens",
-                 fontsize=9)
+    ax.set_title(f"{image.width}×{image.height} on a {w}×{h} canvas: {rows}×{cols} crops + global view = "
+                 f"{tokens} tokens", fontsize=9)
     return fig, ax

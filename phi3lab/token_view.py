@@ -35,6 +35,7 @@ SEGMENT_COLOURS = {
     "special": "#d1d5db",
     "separator": "#f3f4f6",
 }
+CHIP_TEXT = "#111827"  # dark text on every pastel chip, whatever the page's theme
 _TURN = re.compile(r"<\|(system|user|assistant)\|>\n(.*?)(?=<\|end\|>|<\|assistant\|>|\Z)", re.S)
 
 
@@ -93,23 +94,20 @@ class TokenTable:
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        """Coloured token chips with id and segment on hover; self-contained, no scripts."""
+        """Coloured token chips with id and segment on hover; self-contained, no scripts.
+
+        Every chip sets its own dark text on its pastel background, so it reads the same in
+        light and dark themes; pieces are shown as the vocabulary has them (``▁`` is the space).
+        """
         chips = []
         for i, j, r in self._runs():
             label = self.prompt[r.start:r.end] if r.segment == "image" else r.token
             if r.segment == "image":
                 label = f"{label} ×{j - i + 1}"
-            label = html.escape(label.replace("▁", "·").replace("<0x0A>", "\\n"))
-            title = html.escape(f"#{i}" + (f"-{j}" if j > i else "") + f" id {r.id} · {r.segment}")
-            chips.append(
-                f'<span title="{title}" style="background:{SEGMENT_COLOURS[r.segment]};border-radius:3px;'
-                f'padding:1px 3px;margin:1px;display:inline-block;font-family:monospace">{label}</span>'
-            )
-        legend = " ".join(
-            f'<span style="background:{c};padding:1px 4px;border-radius:3px">{s} {n}</span>'
-            for s, c in SEGMENT_COLOURS.items()
-            if (n := self.counts().get(s))
-        )
+            title = f"#{i}" + (f"-{j}" if j > i else "") + f" id {r.id} · {r.segment}"
+            chips.append(_chip(label.replace("<0x0A>", "\\n"), r.segment, title, "padding:1px 3px;margin:1px;"
+                               "display:inline-block;font-family:monospace;white-space:pre"))
+        legend = " ".join(_chip(f"{s} {n}", s) for s in SEGMENT_COLOURS if (n := self.counts().get(s)))
         return f'<div style="line-height:1.9">{"".join(chips)}</div><div style="font-size:85%">{legend}</div>'
 
     def _repr_html_(self) -> str:
@@ -117,6 +115,12 @@ class TokenTable:
 
     def __str__(self) -> str:
         return self.to_text()
+
+
+def _chip(text: str, segment: str, title: str | None = None, style: str = "padding:1px 4px;") -> str:
+    hover = f' title="{html.escape(title)}"' if title else ""
+    return (f'<span{hover} style="background:{SEGMENT_COLOURS[segment]};color:{CHIP_TEXT};border-radius:3px;'
+            f'box-shadow:inset 0 0 0 1px rgba(0,0,0,0.15);{style}">{html.escape(text)}</span>')
 
 
 def _segments(prompt: str) -> list[str]:

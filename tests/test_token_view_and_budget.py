@@ -44,6 +44,21 @@ def test_token_table_on_embedded_model(tiny):
     assert table._repr_html_().startswith("<div")
 
 
+def test_token_chips_read_in_dark_themes_and_show_the_space_piece(tiny):
+    import re
+
+    from phi3lab.token_view import CHIP_TEXT, SEGMENT_COLOURS
+
+    table = tiny.tokens("What is 2 plus 3?")
+    spans = re.findall(r'<span[^>]*style="([^"]*)"[^>]*>([^<]*)</span>', table.to_html())
+    assert len(spans) == len(table) + len(table.counts())  # one chip per token, one per legend entry
+    for style, _ in spans:  # an explicit dark text colour on a pastel background, never the theme's colour
+        assert f"color:{CHIP_TEXT}" in style
+        assert re.search(r"background:(#[0-9a-f]{6})", style)[1] in SEGMENT_COLOURS.values()
+    pieces = [text for _, text in spans[:len(table)]]
+    assert pieces[:3] == ["&lt;|user|&gt;", "▁", "\\n"] and "▁is" in pieces and "·" not in "".join(pieces)
+
+
 def test_budget_two_images_cross_longrope(real_tokenizer):
     msgs = [{"role": "user", "content": "<|image_1|>\n<|image_2|>\nCompare the two images."}]
     budget = token_budget(real_tokenizer, msgs, VISION, images=[(1344, 1344), (800, 600)])
@@ -69,6 +84,17 @@ def test_budget_on_4k_model_has_no_longrope(real_tokenizer):
     budget = token_budget(real_tokenizer, "hello " * 5000, MINI_4K, max_new_tokens=10)
     assert not budget.fits and not budget.prompt_crosses_longrope
     assert "over the context" in budget.to_text()
+
+
+def test_budget_displays_as_a_table_and_a_one_line_repr():
+    b = Budget(text_tokens=25, image_tokens=(2509, 1921), max_new_tokens=256, context_length=131072, long_context=True)
+    assert repr(b) == "<Budget 4,711 of 131,072 tokens: 25 text + 2,509 image + 1,921 image + 256 new; LongRoPE switch>"
+    html = b._repr_html_()
+    assert html.startswith("<table>") and html.count("<tr>") == len(str(b).splitlines()) == 6
+    assert ">image tokens</th><td" in html and ">2,509 + 1,921</td>" in html
+    assert "⚠ LongRoPE switch: the prompt has 4,455 tokens &gt; 4,096" in html
+    ok = Budget(text_tokens=12, image_tokens=(), max_new_tokens=0, context_length=4096, long_context=False)
+    assert repr(ok) == "<Budget 12 of 4,096 tokens: 12 text + 0 new; fits>" and ">status</th>" in ok._repr_html_()
 
 
 def test_image_size_reads_header_only(tmp_path):

@@ -89,6 +89,63 @@ def test_every_view_draws(tiny):
         plt.close(fig)
 
 
+def _pixel(ax, x: float, y: float) -> tuple[int, int, int]:
+    """RGB of the drawn figure at data point (x, y)."""
+    fig = ax.figure
+    fig.canvas.draw()
+    px, py = ax.transData.transform((x, y))
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    return tuple(int(v) for v in rgba[rgba.shape[0] - 1 - int(py), int(px), :3])
+
+
+def test_patch_layout_shows_the_picture_in_its_box_over_white_padding():
+    import matplotlib.pyplot as plt
+
+    from phi3lab.patches import CELL, hd_layout
+
+    image = Image.new("RGB", (640, 420), (200, 30, 30))
+    fig, ax = plotting.patch_layout(image, 16)
+    left, top, right, bottom = hd_layout(640, 420, 16).pad_box
+    inside = _pixel(ax, left + 5.5 * CELL, top + 4.5 * CELL)  # a cell's middle, away from the grid lines
+    assert abs(inside[0] - 200) < 25 and inside[1] < 60, f"picture box drawn as {inside}, not the picture's red"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == [f"the picture, resized to {right - left}×{bottom - top}", "white padding"]
+    plt.close(fig)
+    fig, ax = plotting.patch_layout(Image.new("RGB", (336, 336)), 1)  # no padding, no padding entry
+    assert "white padding" not in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_image_attention_keeps_the_picture_and_has_a_colour_scale():
+    import matplotlib.pyplot as plt
+
+    image = Image.new("RGB", (336, 336), (30, 90, 200))
+    n = num_image_tokens(336, 336, 1)
+    row = torch.zeros(n)
+    row[0] = 1.0  # all attention on the crop's first cell (top left)
+    fig, ax = plotting.image_attention(image, image_heat(row, 0, 336, 336, 1), "crops")
+    assert _pixel(ax, 300, 300) == (30, 90, 200), "a cell without attention must show the picture unchanged"
+    hot = _pixel(ax, 14, 14)
+    assert hot != (30, 90, 200) and sum(hot) < sum((30, 90, 200)), "the attended cell must be drawn over"
+    colourbar = fig.axes[-1]
+    assert colourbar is not ax and colourbar.get_ylabel() == "share of attention per cell"
+    plt.close(fig)
+
+
+def test_heatmaps_have_labelled_colour_bars_and_show_the_space_piece(tiny):
+    import matplotlib.pyplot as plt
+
+    table = tiny.tokens("My name is Ada.")
+    fig, ax = plotting.token_heatmap(torch.rand(3, len(table)), table)
+    assert [a.get_ylabel() for a in fig.axes] == ["query", "attention weight"]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert "▁" in ticks and "·" not in "".join(ticks)
+    plt.close(fig)
+    fig, ax = plotting.layer_head_grid(torch.rand(2, 4))
+    assert fig.axes[-1].get_ylabel() == "share of attention"
+    plt.close(fig)
+
+
 def test_text_forms_of_heatmap_and_grid(tiny):
     from phi3lab.attention_maps import grid_text, rows_text
 
