@@ -53,7 +53,8 @@ def rollout_rows(layer_rows: Sequence[Callable[[int, int], torch.Tensor]], rows:
     one-hot rows and, for each layer from the last to the first, becomes
     ``residual · v + (1 − residual) · v · A_l``, where the head-mean attention ``A_l`` is produced
     ``chunk`` query rows at a time by ``layer_rows[l](start, stop)`` (``[stop − start, n]``).
-    Only rows up to the largest requested position are ever computed (attention is causal).
+    Only rows that carry mass are ever computed: up to the largest requested position (attention is
+    causal), and in the top layer only the blocks holding the requested rows.
 
     Args:
         layer_rows: per layer (first to last), a function giving head-mean attention rows.
@@ -75,6 +76,8 @@ def rollout_rows(layer_rows: Sequence[Callable[[int, int], torch.Tensor]], rows:
         mixed = residual * v
         for start in range(0, upto, chunk):
             stop = min(start + chunk, upto)
+            if not bool(v[:, start:stop].any()):
+                continue  # no mass on these rows yet (the top layer starts from the chosen rows only)
             block = torch.nan_to_num(get(start, stop).double())  # [stop - start, n]
             mixed += (1 - residual) * (v[:, start:stop] @ block)
         v = mixed
