@@ -294,10 +294,12 @@ class Cache:
         labels = self.tokens
         last = self.layers[-1]
         weights = self.attention(last)[0].mean(0)  # [rows, keys]
-        for r in self.answer_rows:
+        predicted = tok.convert_ids_to_tokens(list(self.answer_ids)) if self.answer_ids else []
+        for k, r in enumerate(self.answer_rows):
             position = self.positions[r]
             tops = ", ".join(f"{t!r}@{i} {w:.2f}" for i, t, w in top_keys(weights[r], labels, top))
-            lines.append(f"row {position:>4} {labels[position]!r:<14} layer {last} → {tops}")
+            then = f" predicts {predicted[k]!r:<10}" if k < len(predicted) else ""
+            lines.append(f"row {position:>4} {labels[position]!r:<14}{then} layer {last} looks at {tops}")
         return "\n".join(lines)
 
     __str__ = to_text
