@@ -3,9 +3,11 @@
     python3 tasks.py notebooks              # all of them
     python3 tasks.py notebooks 00_quickstart.ipynb
 
-Each notebook is run top to bottom in a fresh kernel, with the environment CI uses, and its
-code's fingerprint is stored in ``metadata.phi3lab.source_hash`` so that a test can tell when
-code changed without the outputs being refreshed.  Volatile metadata is stripped.
+Each notebook is run top to bottom in a fresh kernel, with the environment CI uses and Jupyter's
+inline matplotlib backend (whatever ``MPLBACKEND`` the caller set), so the stored notebooks hold
+their figures; a streamed answer is stored as one output.  The code's fingerprint is stored in
+``metadata.phi3lab.source_hash`` so that a test can tell when code changed without the outputs
+being refreshed.  Volatile metadata is stripped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+INLINE = "module://matplotlib_inline.backend_inline"  # figures become image/png outputs
 
 
 def source_hash(nb) -> str:
@@ -29,10 +32,11 @@ def source_hash(nb) -> str:
 
 def refresh(path: Path) -> None:
     import nbformat
-    from nbconvert.preprocessors import ExecutePreprocessor
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor, ExecutePreprocessor
 
     nb = nbformat.read(path, as_version=4)
     ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(HERE)}})
+    CoalesceStreamsPreprocessor().preprocess(nb, {})  # a streamed answer: one output, not one per token
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata.setdefault("phi3lab", {})["source_hash"] = source_hash(nb)
@@ -45,6 +49,7 @@ def main(argv: list[str]) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["MPLBACKEND"] = INLINE  # not setdefault: a non-display backend (Agg) would drop every figure
     paths = [HERE / a for a in argv] if argv else sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
     for path in paths:
         refresh(path)

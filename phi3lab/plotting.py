@@ -19,13 +19,20 @@ SHARE = "share of attention"
 
 
 def _axes(ax, figsize):
+    """The caller's axes, or a new figure laid out so colour bars and legends fit."""
     import matplotlib.pyplot as plt
 
     if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     else:
         fig = ax.figure
     return fig, ax
+
+
+def _picture_size(width: int, height: int, longest: float = 6.0) -> tuple[float, float]:
+    """A figure size in inches with the picture's aspect ratio and its longer side ``longest``."""
+    scale = longest / max(width, height)
+    return width * scale, height * scale
 
 
 def _label(table: TokenTable, i: int) -> str:
@@ -95,7 +102,7 @@ def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float =
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    fig, ax = _axes(ax, (6, 6 * image.height / image.width))
+    fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
     pixels = heat.to_pixels(view)
     ramp = colormaps[cmap](np.linspace(0, 1, 256))
     ramp[:, 3] = np.linspace(0, alpha, 256)  # no attention: transparent, so the picture shows through
@@ -120,7 +127,7 @@ def patch_layout(image, num_crops: int = 16, *, ax=None):
     layout = hd_layout(image.width, image.height, num_crops)
     w, h = layout.padded
     left, top, right, bottom = layout.pad_box
-    fig, ax = _axes(ax, (6, 6 * h / w))
+    fig, ax = _axes(ax, _picture_size(w, h))
     padding = dict(facecolor="white", edgecolor="#cbd5e1", hatch="//")
     ax.add_patch(Rectangle((0, 0), w, h, lw=0, zorder=0, **padding))
     ax.imshow(image, extent=(left, right, bottom, top), zorder=1)
@@ -148,8 +155,9 @@ def patch_layout(image, num_crops: int = 16, *, ax=None):
     ]
     if (right - left, bottom - top) != (w, h):
         handles.insert(1, Patch(label="white padding", **padding))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8, frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2 if w >= h else 1, fontsize=8,
+              frameon=False)
     tokens = num_image_tokens(image.width, image.height, num_crops)
-    ax.set_title(f"{image.width}×{image.height} on a {w}×{h} canvas: {rows}×{cols} crops + global view = "
-                 f"{tokens} tokens", fontsize=9)
+    ax.set_title(f"{image.width}×{image.height} on a {w}×{h} canvas\n{rows}×{cols} crops + global view = {tokens} tokens",
+                 fontsize=9)
     return fig, ax

@@ -1,6 +1,7 @@
 """The committed notebooks were executed after their code last changed (see notebooks/refresh.py)."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,6 +12,8 @@ PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 spec = importlib.util.spec_from_file_location("refresh", NOTEBOOKS / "refresh.py")
 refresh = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(refresh)
+DRAWS = re.compile(r"\b(plt|plotting)\.\w+\(")  # a cell that calls matplotlib or phi3lab.plotting
+MIN_FIGURES = {"02_vision_analysis.ipynb": 4}  # the pictures (one figure), two HD layouts, the attention
 
 
 def test_there_are_notebooks():
@@ -73,12 +76,30 @@ def test_a_changed_token_count_fails_nbval(tmp_path, stored, expected_rc):
     assert _run_nbval(tmp_path) == expected_rc
 
 
+def _figures(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", ()))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_every_drawing_cell_stored_its_figure(path):
+    """The refresh ran with a display backend: each cell that draws holds an image/png."""
+    nb = nbformat.read(path, as_version=4)
+    drawing = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and DRAWS.search(c.source)]
+    blank = [i for i in drawing if not _figures(nb.cells[i])]
+    assert not blank, f"{path.name}: cells {blank} draw but stored no figure; run `python3 tasks.py notebooks`"
+
+
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
 def test_renders_to_html_with_figures(path):
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(path, as_version=4)
     html, _ = HTMLExporter().from_notebook_node(nb)
-    figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    figures = sum(_figures(c) for c in nb.cells if c.cell_type == "code")
+    assert figures >= MIN_FIGURES.get(path.name, 0), f"{path.name}: {figures} figures stored"
     assert html.count("data:image/png;base64") >= figures
     assert nb.cells[0].source.splitlines()[0][2:] in html
+
+
+def test_figure_minimums_name_real_notebooks():
+    assert set(MIN_FIGURES) <= {p.name for p in PATHS}
