@@ -56,7 +56,7 @@ def _torch_requirement() -> str:
 
 def _fingerprint() -> str:
     h = hashlib.sha256()
-    for name in ("pyproject.toml", "tasks.py"):
+    for name in ("pyproject.toml", "setup.py", "tasks.py"):  # what decides the install
         h.update((ROOT / name).read_bytes())
     h.update(_torch_requirement().encode())
     h.update(sys.version.encode())

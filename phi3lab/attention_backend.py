@@ -13,18 +13,20 @@ phi3lab decides from capability probes (:mod:`phi3lab.hardware`) instead:
   instead, without switching the whole model to eager.)
 
 An explicit request is honoured when the machine can run it; an impossible one raises
-:class:`AttentionRequestError` saying what to do instead.
+:class:`AttentionRequestError` saying what to do instead.  :func:`hardware_report` puts the
+machine's probes and the choice for each dtype side by side.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import platform
 
 import torch
 
-from phi3lab.hardware import Probes, probe
+from phi3lab.hardware import HardwareReport, Probes, probe
 
-__all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "parse_dtype"]
+__all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "parse_dtype", "hardware_report"]
 
 IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 _HALF = (torch.float16, torch.bfloat16)
@@ -231,3 +233,30 @@ def _explicit(attn: str, dev: str, dt: torch.dtype, need_weights: bool, probes: 
             "upgrade torch or use attn='eager'"
         )
     return AttentionChoice(attn, dt, dev, f"requested explicitly (attn={attn!r})")
+
+
+def hardware_report(probes: Probes | None = None) -> HardwareReport:
+    """Summarise this machine and what attention phi3lab would pick for each dtype.
+
+    Examples:
+        >>> from phi3lab.hardware import Probes
+        >>> print(hardware_report(Probes()).to_text().splitlines()[-3])
+          float32   sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
+    """
+    import transformers
+
+    probes = probes or probe()
+    selections = []
+    for name in ("float32", "float16", "bfloat16"):
+        try:
+            choice = select_attention(dtype=name, probes=probes)
+            selections.append((name, choice.summary()))
+        except AttentionRequestError as exc:
+            selections.append((name, f"refused — {exc}"))
+    return HardwareReport(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        probes=probes,
+        selections=tuple(selections),
+    )

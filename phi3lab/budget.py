@@ -14,11 +14,9 @@ from collections.abc import Sequence
 
 from phi3lab.chat import render, tokenize_prompt
 from phi3lab.patches import num_image_tokens
-from phi3lab.registry import ModelSpec
+from phi3lab.registry import LONGROPE_SWITCH, ModelSpec
 
 __all__ = ["Budget", "token_budget", "image_size", "LONGROPE_SWITCH"]
-
-LONGROPE_SWITCH = 4096  # original_max_position_embeddings of every Phi-3 128K model
 
 
 def image_size(image) -> tuple[int, int]:

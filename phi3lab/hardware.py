@@ -6,19 +6,20 @@ compute capability, does the GPU do bf16, does ``flash_attn`` import, is Apple M
 torch have ``scaled_dot_product_attention``).  Because the record is plain data, tests build one by
 hand to simulate any machine: a V100 without flash-attn, an H100 with it, a Mac, a laptop CPU.
 
-:func:`hardware_report` is the human-readable summary a notebook prints first.
+:class:`HardwareReport` is the human-readable summary a notebook prints first; it is made by
+:func:`phi3lab.hardware_report` (in :mod:`phi3lab.attention_backend`, which adds the attention
+choice for each dtype — this module knows nothing of attention, so nothing here imports it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import platform
 from functools import lru_cache
 
 import torch
 
-__all__ = ["Probes", "probe", "hardware_report", "HardwareReport"]
+__all__ = ["Probes", "probe", "HardwareReport"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,32 +134,3 @@ class HardwareReport:
 
     def _repr_pretty_(self, printer, cycle):  # IPython shows the text form
         printer.text(self.to_text())
-
-
-def hardware_report(probes: Probes | None = None) -> HardwareReport:
-    """Summarise this machine and what attention phi3lab would pick for each dtype.
-
-    Examples:
-        >>> from phi3lab.hardware import Probes
-        >>> print(hardware_report(Probes()).to_text().splitlines()[-3])
-          float32   sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
-    """
-    import transformers
-
-    from phi3lab.attention_backend import AttentionRequestError, select_attention
-
-    probes = probes or probe()
-    selections = []
-    for name in ("float32", "float16", "bfloat16"):
-        try:
-            choice = select_attention(dtype=name, probes=probes)
-            selections.append((name, choice.summary()))
-        except AttentionRequestError as exc:
-            selections.append((name, f"refused — {exc}"))
-    return HardwareReport(
-        python=platform.python_version(),
-        torch=torch.__version__,
-        transformers=transformers.__version__,
-        probes=probes,
-        selections=tuple(selections),
-    )

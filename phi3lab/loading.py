@@ -25,8 +25,7 @@ import torch
 from phi3lab.attention_backend import AttentionChoice, select_attention
 from phi3lab.lab import Lab
 from phi3lab.paths import embedded_dir
-from phi3lab.registry import KNOWN_MODELS, ModelSpec, spec_from_folder, suggest
-from phi3lab.tiny import EMBEDDED
+from phi3lab.registry import EMBEDDED, KNOWN_MODELS, ModelSpec, spec_from_folder, suggest
 
 __all__ = ["load", "resolve", "ModelNotFoundError", "ModelNotAvailableError", "DEFAULT_MODEL"]
 

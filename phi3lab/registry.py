@@ -14,7 +14,24 @@ import difflib
 import json
 from pathlib import Path
 
-__all__ = ["ModelSpec", "KNOWN_MODELS", "lookup", "spec_from_folder", "suggest"]
+from phi3lab.models.phi3_v.hd import DEFAULT_NUM_CROPS
+
+__all__ = ["ModelSpec", "KNOWN_MODELS", "EMBEDDED", "ORIGINAL_CONTEXT", "LONGROPE_SWITCH", "lookup",
+           "spec_from_folder", "suggest"]
+
+ORIGINAL_CONTEXT = 4096
+"""Phi-3's pre-training context: the 4K models' length, and every 128K model's
+``original_max_position_embeddings`` (PHI3_SPEC.md §1.1, §2.2)."""
+LONGROPE_SWITCH = ORIGINAL_CONTEXT
+"""Past this many tokens a 128K model's LongRoPE uses its long factors for the whole sequence."""
+
+EMBEDDED = {
+    "phi3lab-tiny": "phi3lab-tiny",
+    "tiny": "phi3lab-tiny",
+    "phi3lab-tiny-vision": "phi3lab-tiny-vision",
+    "tiny-vision": "phi3lab-tiny-vision",
+}
+"""The embedded tiny models (``data/models``): every accepted name → its folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +65,7 @@ class ModelSpec:
     @property
     def long_context(self) -> bool:
         """True for 128K models, whose LongRoPE switches factors past 4,096 tokens."""
-        return self.context_length > 4096
+        return self.context_length > LONGROPE_SWITCH
 
 
 MINI_STOPS = (32000, 32001, 32007)  # <|endoftext|>, <|assistant|>, <|end|>
@@ -57,14 +74,14 @@ VISION_STOPS = (32007, 32000)  # <|end|>, <|endoftext|>
 KNOWN_MODELS: dict[str, ModelSpec] = {
     spec.name.lower(): spec
     for spec in (
-        ModelSpec("microsoft/Phi-3-mini-4k-instruct", "phi3", "text", 4096, MINI_STOPS,
+        ModelSpec("microsoft/Phi-3-mini-4k-instruct", "phi3", "text", ORIGINAL_CONTEXT, MINI_STOPS,
                   parameters=3_821_079_552, note="April 2024 release, updated July 2024 (system role)"),
         ModelSpec("microsoft/Phi-3-mini-128k-instruct", "phi3", "text", 131072, MINI_STOPS,
                   parameters=3_821_079_552, note="LongRoPE: long factors past 4,096 tokens"),
         ModelSpec("microsoft/Phi-3.5-mini-instruct", "phi3.5", "text", 131072, MINI_STOPS,
                   parameters=3_821_079_552, note="LongRoPE: long factors past 4,096 tokens"),
         ModelSpec("microsoft/Phi-3-vision-128k-instruct", "phi3", "vision", 131072, VISION_STOPS,
-                  parameters=4_146_621_440, num_crops=16, note="HD transform, 16 crops by default"),
+                  parameters=4_146_621_440, num_crops=DEFAULT_NUM_CROPS, note="HD transform, 16 crops by default"),
         ModelSpec("microsoft/Phi-3.5-vision-instruct", "phi3.5", "vision", 131072, VISION_STOPS,
                   parameters=4_146_621_440, num_crops=4,
                   note="num_crops 4 for several images, 16 for one (model card)"),
@@ -116,7 +133,7 @@ def spec_from_folder(folder: Path, name: str, *, embedded: bool = False) -> Mode
         name=name,
         family=family,
         modality=modality,
-        context_length=int(config.get("max_position_embeddings", 4096)),
+        context_length=int(config.get("max_position_embeddings", ORIGINAL_CONTEXT)),
         stop_ids=tuple(stops),
         recommended_dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
         num_crops=num_crops,

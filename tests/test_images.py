@@ -8,6 +8,7 @@ from PIL import Image
 
 from phi3lab.images import ImageInputError, open_image, to_rgb
 from phi3lab.models.phi3_v import Phi3VImageProcessor
+from phi3lab.paths import data_dir
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,48 @@ def test_white_padding_and_zero_slots(proc):
     white = [(1 - m) / s for m, s in zip(proc.image_mean, proc.image_std)]
     np.testing.assert_allclose(pixels[1, :, 0, 0].numpy(), white, atol=1e-4)  # first crop's top row is padding
     assert float(pixels[13:].abs().max()) == 0.0  # slots 13-16 are empty
+
+
+# --- the shipped sample pictures ----------------------------------------------------------------------
+
+
+def test_sample_image_opens_a_shipped_picture():
+    from phi3lab import sample_image
+    from phi3lab.images import sample_image_names
+
+    assert sample_image_names() == ["chart.png", "scene.jpg", "shapes.png", "word.png"]
+    image = sample_image()
+    assert image.mode == "RGB" and image.size == (332, 368)
+    shipped = open_image(data_dir() / "images" / "chart.png")
+    np.testing.assert_array_equal(np.asarray(sample_image("chart.png")), np.asarray(shipped))
+
+
+def test_an_unknown_sample_image_lists_the_shipped_ones():
+    from phi3lab import sample_image
+
+    with pytest.raises(ImageInputError, match=r"no sample image named 'shape.png'; the shipped ones are 'chart.png', "
+                                              r"'scene.jpg', 'shapes.png', 'word.png'.*open_image\(path\)"):
+        sample_image("shape.png")
+
+
+def test_sample_images_follow_the_data_folder(monkeypatch, tmp_path):
+    from phi3lab import sample_image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (7, 5), "red").save(tmp_path / "images" / "mine.png")
+    monkeypatch.setenv("PHI3LAB_DATA", str(tmp_path))
+    assert sample_image("mine.png").size == (7, 5)
+    with pytest.raises(ImageInputError, match="the shipped ones are 'mine.png'"):
+        sample_image()
+
+
+def test_data_dir_prefers_an_installed_copy_then_the_checkout(monkeypatch, tmp_path):
+    from phi3lab import paths
+
+    monkeypatch.delenv("PHI3LAB_DATA", raising=False)
+    assert paths.data_dir() == paths.ROOT / "data"  # a checkout: phi3lab/_data does not exist
+    (tmp_path / "_data").mkdir()
+    monkeypatch.setattr(paths, "PACKAGE", tmp_path)  # as in a wheel: phi3lab/_data beside the modules
+    assert paths.data_dir() == tmp_path / "_data" and paths.embedded_dir() == tmp_path / "_data" / "models"
+    monkeypatch.setenv("PHI3LAB_DATA", str(tmp_path / "elsewhere"))
+    assert paths.data_dir() == tmp_path / "elsewhere"

@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 
 import phi3lab  # noqa: F401  registers phi3_v
-from phi3lab.chat import ChatFormatError
-from phi3lab.models.phi3_v import ImageOrderError
+from phi3lab.models.phi3_v import ChatFormatError, ImageOrderError  # the processor's own prompt rule
 
 CASES = ["palette_1200x300", "photo_640x480", "portrait_200x1500", "text_multiturn", "two_images_swapped"]
 

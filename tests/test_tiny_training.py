@@ -1,5 +1,6 @@
 """The training code of the embedded models: its data, targets and determinism (short runs only)."""
 
+import json
 import random
 
 import numpy as np
@@ -8,7 +9,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from phi3lab.tiny import build, tokenizer, train, train_vision, vision_data
+from phi3lab.paths import embedded_dir
+from phi3lab.tiny import build, optim, tokenizer, train_vision, vision_data
 
 ATTR = list(vision_data.ATTRIBUTES)
 
@@ -117,7 +119,7 @@ def _text_run(check=None):
     gen = torch.Generator().manual_seed(1)
     batches = [{"input_ids": (ids := torch.randint(0, 2000, (2, 12), generator=gen)), "labels": ids} for _ in range(4)]
     stream = iter(batches)
-    train.optimise(model, lambda: next(stream), 4, 1e-3, warmup=2, log_every=100,
+    optim.optimise(model, lambda: next(stream), 4, 1e-3, warmup=2, log_every=100,
                    lr_scale={"model.embed_tokens.": 0.0}, check=check, check_every=2)
     return model
 
@@ -214,3 +216,13 @@ def test_training_losses_equal_their_definitions(tmp_path):
         expected.append(-((weights * targets).sum(1) / weights.sum(1)).log().mean())
     torch.testing.assert_close(out["route_loss"], sum(expected) / 2)
     assert not model.model.layers[1].self_attn._forward_pre_hooks  # detached
+
+
+def test_special_ids_are_the_frozen_tokenizers_and_a_retrain_keeps_the_image_id():
+    frozen = tokenizer.load()
+    for token in ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|image|>"):
+        assert tokenizer.special_id(token) == frozen.token_to_id(token), token
+    shipped = json.loads((embedded_dir() / "phi3lab-tiny-vision" / "config.json").read_text())
+    assert train_vision.vision_config().image_token_id == shipped["image_token_id"] == frozen.token_to_id("<|image|>")
+    with pytest.raises(KeyError, match="not a special token"):
+        tokenizer.special_id("<|image_1|>")

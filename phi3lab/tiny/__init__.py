@@ -9,13 +9,10 @@ same code path as a real checkpoint (``config.json``, ``tokenizer.json``, ``toke
 * :mod:`phi3lab.tiny.vision_data` — synthetic pictures (shapes, bar charts, words) and questions.
 * :mod:`phi3lab.tiny.tokenizer` — the project's own small BPE tokenizer with Phi-3's special tokens.
 * :mod:`phi3lab.tiny.build` — the folders' configs, tokenizer files and model cards.
+* :mod:`phi3lab.tiny.optim` — the optimiser loop both trainings share.
 * :mod:`phi3lab.tiny.train` — ``python -m phi3lab.tiny.train text|vision`` rebuilds a model.
 * :mod:`phi3lab.tiny.evaluate` — ``python -m phi3lab.tiny.evaluate`` reports held-out accuracy.
-"""
 
-EMBEDDED = {
-    "phi3lab-tiny": "phi3lab-tiny",
-    "tiny": "phi3lab-tiny",
-    "phi3lab-tiny-vision": "phi3lab-tiny-vision",
-    "tiny-vision": "phi3lab-tiny-vision",
-}
+None of this is imported by ``import phi3lab`` or ``phi3lab.load("tiny")``: loading reads the
+folders like any checkpoint, and the embedded names live in :data:`phi3lab.registry.EMBEDDED`.
+"""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig, Phi3Config
 
+from phi3lab.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import tokenizer
 
 TEMPLATE_JULY_2024 = (
@@ -36,8 +37,8 @@ def text_config() -> Phi3Config:
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
+        max_position_embeddings=ORIGINAL_CONTEXT,
+        original_max_position_embeddings=ORIGINAL_CONTEXT,
         sliding_window=2047,
         bos_token_id=1,
         eos_token_id=eot,
@@ -80,7 +81,7 @@ def write_text_files(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text_config().save_pretrained(folder)
     GenerationConfig(bos_token_id=1, eos_token_id=stop_ids(), pad_token_id=pad_id(), do_sample=False).save_pretrained(folder)
-    write_tokenizer(folder, add_bos=False, template=TEMPLATE_JULY_2024, max_length=4096)
+    write_tokenizer(folder, add_bos=False, template=TEMPLATE_JULY_2024, max_length=ORIGINAL_CONTEXT)
     return folder
 
 

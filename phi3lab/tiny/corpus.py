@@ -226,17 +226,3 @@ def safety_prompts(split: str = "test") -> list[dict]:
         rows += [{"category": category, "kind": "jailbreak-complied", "prompt": j.format(t=t)}
                  for t in harmful for j in JAILBREAK_COMPLIED]
     return rows
-
-
-def tokenizer_texts(n: int = 4000, seed: int = 0) -> Iterator[str]:
-    """Plain texts to train the tokenizer on: every message of both splits plus vision phrasings."""
-    for split in ("train", "test"):
-        for _, messages in conversations(n, seed, split):
-            for m in messages:
-                yield m["content"]
-                yield "\n" + m["content"]  # as it follows a role token in a rendered chat
-    for row in safety_prompts("train") + safety_prompts("test"):
-        yield row["prompt"]
-    from phi3lab.tiny import vision_data
-
-    yield from vision_data.tokenizer_texts()

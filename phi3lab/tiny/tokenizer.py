@@ -13,13 +13,16 @@ handles real Phi-3 tokenizers is exercised by the tiny models too:
   changes its ids;
 * the chat special tokens sit right after the base vocabulary in Phi-3's order, so each has the
   same offset from the base size as in Phi-3 (``<|endoftext|>`` = base = 2000, ``<|end|>`` = base + 7,
-  ``<|user|>`` = base + 10, ``<|image|>`` = base + 44), with Phi-3-vision's ``rstrip`` flags.
+  ``<|user|>`` = base + 10), with Phi-3-vision's ``rstrip`` flags — except ``<|image|>``: Phi-3's
+  offset is 44, but the tokenizers library numbers added tokens without gaps, so it is base + 11
+  (2011).  :func:`special_id` reads the ids from the frozen file, never from :data:`SPECIALS`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
@@ -119,24 +122,48 @@ def load(add_bos: bool = False) -> Tokenizer:
     return with_bos(Tokenizer.from_file(str(path())), add_bos)
 
 
+def training_texts(n: int = 4000, seed: int = 0) -> Iterable[str]:
+    """Plain texts to train the tokenizer on: every message of both splits of the chat corpus, the
+    safety prompts, and the vision questions and answers."""
+    from phi3lab.tiny import corpus, vision_data
+
+    for split in ("train", "test"):
+        for _, messages in corpus.conversations(n, seed, split):
+            for m in messages:
+                yield m["content"]
+                yield "\n" + m["content"]  # as it follows a role token in a rendered chat
+    for row in corpus.safety_prompts("train") + corpus.safety_prompts("test"):
+        yield row["prompt"]
+    yield from vision_data.tokenizer_texts()
+
+
 def main() -> None:
     """``python -m phi3lab.tiny.tokenizer``: retrain the tokenizer from the corpus into data/tokenizer.
 
     Every id changes with it, so both embedded models must be retrained afterwards.
     """
-    from phi3lab.tiny import corpus
-
     path().parent.mkdir(parents=True, exist_ok=True)
-    train(corpus.tokenizer_texts(), add_bos=False).save(str(path()))
+    train(training_texts(), add_bos=False).save(str(path()))
+    _added_ids.cache_clear()
     print(f"wrote {path()}; retrain the embedded models: python -m phi3lab.tiny.train text, then vision")
 
 
 def special_id(token: str) -> int:
-    """The id of a chat special token in the embedded tokenizer."""
-    for off, (tok, _) in SPECIALS.items():
-        if tok == token:
-            return BASE_VOCAB + off
-    raise KeyError(token)
+    """The id of a special token in the frozen tokenizer, as ``data/tokenizer/tokenizer.json`` numbers it.
+
+    Examples:
+        >>> special_id("<|end|>"), special_id("<|image|>")
+        (2007, 2011)
+    """
+    ids = _added_ids(str(path()))
+    if token not in ids:
+        raise KeyError(f"{token!r} is not a special token of {path()}; it has {', '.join(sorted(ids))}")
+    return ids[token]
+
+
+@lru_cache(maxsize=4)
+def _added_ids(file: str) -> dict[str, int]:
+    return {t["content"]: int(t["id"]) for t in json.loads(Path(file).read_text())["added_tokens"]}
 
 
 if __name__ == "__main__":

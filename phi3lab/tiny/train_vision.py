@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from phi3lab.models.phi3_v.hd import CELLS, CLIP_MEAN, CLIP_STD
 from phi3lab.paths import embedded_dir
+from phi3lab.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import build, tokenizer, vision_data
-from phi3lab.tiny.train import optimise
+from phi3lab.tiny.optim import optimise
 
 THREADS = 2
 NUM_CROPS = 1
@@ -53,13 +55,14 @@ def vision_config():
     for key in ("rope_parameters", "transformers_version", "model_type", "architectures", "dtype"):
         text.pop(key, None)
     return Phi3VConfig(
-        **text | dict(max_position_embeddings=131072, original_max_position_embeddings=4096, sliding_window=131072),
+        **text | dict(max_position_embeddings=131072, original_max_position_embeddings=ORIGINAL_CONTEXT,
+                      sliding_window=131072),
         rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i / half for i in range(half)],
                       "long_factor": [1.0 + 7.0 * i / half for i in range(half)]},
         embd_layer={"embedding_cls": "image", "hd_transform_order": "sub_glb", "projection_cls": "mlp",
                     "use_hd_transform": True, "with_learnable_separator": True},
         img_processor={"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
-                       "image_dim_out": 64, "num_img_tokens": 144,
+                       "image_dim_out": 64, "num_img_tokens": CELLS * CELLS,
                        "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                                          "num_hidden_layers": 3, "image_size": 336, "patch_size": 14,
                                          "num_channels": 3, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
@@ -77,9 +80,9 @@ def write_vision_files(folder: Path) -> Path:
     GenerationConfig(bos_token_id=1, eos_token_id=stops, pad_token_id=build.pad_id(), do_sample=False).save_pretrained(folder)
     build.write_tokenizer(folder, add_bos=True, template=TEMPLATE_VISION, max_length=131072)
     (folder / "preprocessor_config.json").write_text(json.dumps({
-        "num_crops": NUM_CROPS, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "image_processor_type": "Phi3VImageProcessor",
-        "processor_class": "Phi3VProcessor", "num_img_tokens": 144}, indent=2) + "\n")
+        "num_crops": NUM_CROPS, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+        "image_processor_type": "Phi3VImageProcessor", "processor_class": "Phi3VProcessor",
+        "num_img_tokens": CELLS * CELLS}, indent=2) + "\n")
     return folder
 
 

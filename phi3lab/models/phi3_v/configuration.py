@@ -10,6 +10,8 @@ model) and are CLIP ViT-L/14-336's otherwise, as the official code hard-codes th
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig, Phi3Config
 
@@ -61,10 +63,15 @@ class Phi3VConfig(Phi3Config):
         image_order: ``"strict"`` (default) refuses image runs out of tag order; ``"official"``
             fills runs with images in order regardless, reproducing the official model exactly —
             including its misplacement of swapped tags (for parity checks only).
+
+    ``Phi3VConfig.on_first_instance`` holds functions called once, after the first config is made
+    (then forgotten): :mod:`phi3lab.models` registers the model class with
+    ``AutoModelForCausalLM`` there, so its import cost is paid only by those who build a model.
     """
 
     model_type = "phi3_v"
     sub_configs_defaults = {}
+    on_first_instance: ClassVar[list] = []
 
     embd_layer: dict | None = None
     img_processor: dict | None = None
@@ -93,6 +100,8 @@ class Phi3VConfig(Phi3Config):
         if "rope_scaling" in kwargs:
             kwargs["rope_scaling"] = _su_to_longrope(kwargs["rope_scaling"], factor)
         super().__post_init__(**kwargs)
+        while Phi3VConfig.on_first_instance:
+            Phi3VConfig.on_first_instance.pop(0)()
 
     @property
     def sub_configs(self):  # keep the CLIP config's attention implementation in step with ours

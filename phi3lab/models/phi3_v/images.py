@@ -12,7 +12,9 @@ What happens to each kind of input (the processor calls :func:`to_rgb` on every 
   the type's range (PIL's own conversion would clip everything above 255 to white);
 * **numpy arrays** ``H×W``, ``H×W×1``, ``H×W×3`` or ``H×W×4``, uint8 (or floats in 0..1);
 * sizes: any image of at least 1×1 pixel; aspect ratios too extreme for ``num_crops`` are
-  refused by :func:`phi3lab.patches.hd_layout`.
+  refused by :func:`phi3lab.models.phi3_v.hd.hd_layout`.
+
+:mod:`phi3lab.images` re-exports these names, with the pictures phi3lab ships.
 """
 
 from __future__ import annotations

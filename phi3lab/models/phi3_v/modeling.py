@@ -36,10 +36,9 @@ from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbedd
 from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
 
 from phi3lab.models.phi3_v.configuration import Phi3VConfig
+from phi3lab.models.phi3_v.hd import CELLS
 
 __all__ = ["Phi3VForCausalLM", "Phi3VModel", "Phi3ImageEmbedding", "ImageOrderError"]
-
-CELLS = 12  # merged patches per crop side
 
 
 class ImageOrderError(ValueError):
@@ -133,10 +132,46 @@ class Phi3ImageEmbedding(nn.Module):
         ends = self.sub_GN.reshape(1, 1, -1).expand(grid.shape[0], 1, -1).to(grid.dtype)
         return torch.cat([grid, ends], dim=1).reshape(-1, grid.shape[-1])
 
+    def grids(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[tuple[int, int]]:
+        """Each image's ``(rows, cols)`` of crops from ``image_sizes``, checked against ``pixel_values``.
+
+        Raises:
+            ValueError: shapes that do not belong together, or a canvas that is not a multiple of
+                the crop size or needs more crops than ``pixel_values`` holds; the message says
+                to pass the processor's own ``pixel_values`` and ``image_sizes`` together.
+        """
+        side = self.img_processor.vision_model.config.image_size
+        fix = "pass the pixel_values and image_sizes that the processor returned together"
+        sizes = torch.as_tensor(image_sizes)
+        if pixel_values.dim() != 5 or tuple(pixel_values.shape[2:]) != (3, side, side):
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}, but the model takes "
+                f"[images, num_crops + 1, 3, {side}, {side}]; {fix}"
+            )
+        if sizes.dim() != 2 or sizes.shape != (pixel_values.shape[0], 2):
+            raise ValueError(
+                f"image_sizes has shape {tuple(sizes.shape)}, but pixel_values holds {pixel_values.shape[0]} "
+                f"image(s), so it must be [{pixel_values.shape[0]}, 2] (one (height, width) per image); {fix}"
+            )
+        slots = pixel_values.shape[1] - 1
+        grids = []
+        for i, (h, w) in enumerate(sizes.tolist()):
+            if h < side or w < side or h % side or w % side:
+                raise ValueError(
+                    f"image_sizes[{i}] is ({h}, {w}), not a padded HD canvas (both sides multiples of {side}); {fix}"
+                )
+            rows, cols = int(h) // side, int(w) // side
+            if rows * cols > slots:
+                raise ValueError(
+                    f"image_sizes[{i}] is ({h}, {w}): {rows}×{cols} = {rows * cols} crops, but pixel_values has "
+                    f"only {slots} crop slot(s) per image; {fix}"
+                )
+            grids.append((rows, cols))
+        return grids
+
     def forward(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Projected image tokens, one ``[tokens_i, hidden]`` tensor per image."""
-        side = self.img_processor.vision_model.config.image_size
-        grids = [(int(h) // side, int(w) // side) for h, w in image_sizes.tolist()]
+        grids = self.grids(pixel_values, image_sizes)
         crops, where = self.views(pixel_values, grids, self.share_identical_views)
         feats = self.crop_features(torch.stack([pixel_values[i, c] for i, c in crops]))
         out = []
@@ -192,6 +227,13 @@ class Phi3VModel(_VisionInit, Phi3Model):
         is_image = self.image_positions(input_ids)
         embeds = self.embed_tokens(torch.where(is_image, torch.zeros_like(input_ids), input_ids))
         if not bool(is_image.any()):
+            if pixel_values is not None:
+                raise ValueError(
+                    "pixel_values were given but input_ids has no image positions (ids < 0, or "
+                    f"config.image_token_id = {self.config.image_token_id}), so the pictures would be ignored; build "
+                    "input_ids with the processor from a prompt with <|image_N|> tags, and check that "
+                    "config.image_token_id is the tokenizer's <|image|> id when using image_ids='token'"
+                )
             return embeds
         if pixel_values is None or image_sizes is None:
             raise ValueError(

@@ -1,0 +1,12 @@
+"""Packages for setuptools: every ``phi3lab*`` package, plus ``data/`` shipped as ``phi3lab._data``.
+
+Everything else (metadata, dependencies, package data) is in ``pyproject.toml``; this file exists
+only because ``pyproject.toml`` cannot combine package discovery with one mapped folder.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    packages=[*find_packages(include=["phi3lab", "phi3lab.*"]), "phi3lab._data"],
+    package_dir={"phi3lab._data": "data"},
+)

@@ -1,0 +1,202 @@
+"""phi3lab's layers: no import cycles, a Phi-3-vision package that stands alone, one home per
+fact, a light ``import phi3lab``, and training code kept out of the runtime."""
+
+import ast
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import phi3lab
+from phi3lab import patches, registry
+from phi3lab.models.phi3_v import hd
+from phi3lab.paths import embedded_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "phi3lab"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The phi3lab modules a file imports, at any level (module, function or class body)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {name for name in found if name in MODULES}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as ``[a, b, ..., a]``, or ``None`` when it is acyclic."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_cycles_among_phi3lab_modules():
+    """Function-level imports count too: a cycle hidden in a function is still a cycle of layers."""
+    graph = {name: imports_of(path) - {name} for name, path in MODULES.items()}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
+
+
+def test_phi3v_imports_nothing_from_the_rest_of_phi3lab():
+    outside = {name: sorted(m for m in imports_of(path) if not m.startswith("phi3lab.models.phi3_v"))
+               for name, path in MODULES.items() if name.startswith("phi3lab.models.phi3_v")}
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+STANDALONE = r"""
+import importlib, json, pkgutil, sys
+import phi3lab.models.phi3_v as pkg
+for info in pkgutil.iter_modules(pkg.__path__):
+    importlib.import_module(f"{pkg.__name__}.{info.name}")
+pkg.register()
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("phi3lab"))))
+"""
+
+
+def test_phi3v_stands_alone_in_a_fresh_process():
+    out = subprocess.run([sys.executable, "-c", STANDALONE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "phi3lab.models.phi3_v.modeling" in loaded  # every submodule was imported
+    outside = [m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.")]
+    assert outside == []
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+HEAVY = ["matplotlib", "captum", "phi3lab.models.phi3_v.modeling", "transformers.modeling_utils",
+         "transformers.models.phi3.modeling_phi3", "transformers.image_processing_utils", "transformers.processing_utils"]
+
+
+def test_import_phi3lab_loads_no_training_plotting_or_model_code():
+    loaded = _modules_after("import phi3lab")
+    assert sorted(m for m in loaded if m in HEAVY or m.startswith("phi3lab.tiny")) == []
+    assert sorted(m for m in loaded if m.startswith("phi3lab")) == [
+        "phi3lab", "phi3lab.models", "phi3lab.models.phi3_v", "phi3lab.models.phi3_v.configuration"]
+
+
+def test_loading_the_tiny_models_imports_no_training_code():
+    loaded = _modules_after('import phi3lab\nphi3lab.load("tiny", verbose=False)\nphi3lab.load("tiny-vision", verbose=False)')
+    assert "phi3lab.models.phi3_v.modeling" in loaded  # the vision model did load
+    assert sorted(m for m in loaded if m.startswith("phi3lab.tiny") or m == "matplotlib") == []
+
+
+def test_public_names_resolve_on_first_use():
+    assert set(phi3lab.__all__) <= set(dir(phi3lab))
+    for name in phi3lab.__all__:
+        assert getattr(phi3lab, name) is not None
+    assert phi3lab.hardware_report.__module__ == "phi3lab.attention_backend"
+    assert phi3lab.patches is patches  # a submodule, as after an eager import
+    with pytest.raises(AttributeError, match="no attribute 'lod'"):
+        phi3lab.lod
+
+
+AUTO = r"""
+{before}
+import phi3lab
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoProcessor
+folder = {folder!r}
+print(type(AutoConfig.from_pretrained(folder)).__name__, type(AutoImageProcessor.from_pretrained(folder)).__name__,
+      type(AutoProcessor.from_pretrained(folder)).__name__, type(AutoModelForCausalLM.from_pretrained(folder)).__name__)
+"""
+
+
+@pytest.mark.parametrize("before", ["", "from transformers import AutoProcessor, AutoModelForCausalLM, Phi3Config"],
+                         ids=["phi3lab first", "transformers first"])
+def test_auto_classes_find_phi3_v_whatever_the_import_order(before):
+    code = AUTO.format(before=before, folder=str(embedded_dir() / "phi3lab-tiny-vision"))
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning:phi3lab.models", "-c", code],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-4:] == ["Phi3VConfig", "Phi3VImageProcessor", "Phi3VProcessor", "Phi3VForCausalLM"]
+
+
+# --- one home per fact ----------------------------------------------------------------------------------
+
+
+def test_hd_facts_live_in_phi3_v_and_are_imported_everywhere_else():
+    from phi3lab.models.phi3_v import image_processing, modeling
+
+    assert (patches.CROP, patches.CELLS) == (hd.CROP, hd.CELLS) == (336, 12)
+    assert patches.hd_layout is hd.hd_layout and patches.num_image_tokens is hd.num_image_tokens
+    assert image_processing.CLIP_MEAN is hd.CLIP_MEAN and image_processing.CLIP_STD is hd.CLIP_STD
+    assert modeling.CELLS is hd.CELLS
+    assert registry.lookup("microsoft/Phi-3-vision-128k-instruct").num_crops == hd.DEFAULT_NUM_CROPS
+    for fn in (patches.hd_layout, patches.num_image_tokens, patches.image_tokens, patches.crop_boxes):
+        assert inspect.signature(fn).parameters["num_crops"].default == hd.DEFAULT_NUM_CROPS, fn.__name__
+
+
+def test_the_processor_counts_tokens_with_the_one_formula():
+    from PIL import Image
+
+    from phi3lab.models.phi3_v import Phi3VImageProcessor
+
+    processor = Phi3VImageProcessor()
+    for size, crops in [((336, 336), 1), ((800, 600), 4), ((50, 800), 8), ((1000, 200), 16)]:
+        _, (h, w), tokens = processor.transform(Image.new("RGB", size), crops)
+        assert tokens == hd.tokens_for_grid(h // hd.CROP, w // hd.CROP) == hd.num_image_tokens(*size, crops)
+
+
+def test_the_embedded_vision_model_ships_the_clip_statistics():
+    config = json.loads((embedded_dir() / "phi3lab-tiny-vision" / "preprocessor_config.json").read_text())
+    assert tuple(config["image_mean"]) == hd.CLIP_MEAN and tuple(config["image_std"]) == hd.CLIP_STD
+
+
+def test_clip_statistics_are_written_down_once():
+    """The CLIP numbers are distinctive enough to search for: only hd.py may spell them out."""
+    spelled = {name for name, path in MODULES.items()
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and node.value in (*hd.CLIP_MEAN, *hd.CLIP_STD)}
+    assert spelled == {"phi3lab.models.phi3_v.hd"}
+
+
+def test_the_longrope_switch_has_one_home():
+    from phi3lab import budget
+
+    assert budget.LONGROPE_SWITCH is registry.LONGROPE_SWITCH == registry.ORIGINAL_CONTEXT == 4096
+    mini = registry.lookup("microsoft/Phi-3-mini-128k-instruct")
+    assert mini.long_context and not registry.lookup("microsoft/Phi-3-mini-4k-instruct").long_context
+    config = json.loads((embedded_dir() / "phi3lab-tiny-vision" / "config.json").read_text())
+    assert config["original_max_position_embeddings"] == registry.ORIGINAL_CONTEXT
