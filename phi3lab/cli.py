@@ -2,11 +2,18 @@
 
     phi3lab info [--model NAME]              hardware report and attention choice (and the model's info)
     phi3lab chat "What is 2 plus 3?" [--model NAME] [--image PATH ...] [--max-new-tokens N]
+
+Errors never show a traceback: a problem with the arguments, the model files or the prompt prints
+one ``phi3lab: error: ...`` line that says what to do and exits with 2; an unexpected error prints
+its type and message and exits with 1 (``PHI3LAB_TRACEBACK=1`` re-raises it to show where).  When
+the reader of the output goes away (``phi3lab info | head -1``) the command ends quietly with 141,
+the exit status of a process stopped by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["main"]
@@ -28,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--max-new-tokens", type=int, default=128)
     chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--special-tokens", choices=("refuse", "allow", "escape"), default="refuse",
+                      help="control-token strings such as <|end|> typed in the prompt: refuse them (default), "
+                           "allow them as control tokens, or escape them as plain text")
     chat.add_argument("--device", default="auto")
     chat.add_argument("--dtype", default="auto")
     chat.add_argument("--attn", default="auto")
@@ -36,10 +46,42 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the command; returns the exit status (0 ok, 1 unexpected error, 2 usage or input error)."""
+    try:
+        return _run(_parser().parse_args(argv))
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except Exception as exc:  # the last line of defence: a message, not a traceback
+        if os.environ.get("PHI3LAB_TRACEBACK"):
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc} (set PHI3LAB_TRACEBACK=1 to see where it happened)")
+        return 1
+
+
+def _say(message: str) -> None:
+    try:
+        print(f"phi3lab: {message}", file=sys.stderr)
+    except (OSError, ValueError):  # stderr closed as well: nothing left to tell
+        pass
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. captured by a test)
+        pass
+
+
+def _run(args: argparse.Namespace) -> int:
     import phi3lab
-    from phi3lab.attention_backend import AttentionRequestError
-    from phi3lab.chat import ChatFormatError
+    from phi3lab.generation import chat
 
     try:
         if args.command == "info":
@@ -62,13 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}
         ]
-        result = lab.chat(messages, images, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+        result = chat(lab, messages, images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                      special_tokens=args.special_tokens)
         if args.stats:
             print(result.stats(), file=sys.stderr)
         return 0
-    except (phi3lab.ModelNotFoundError, phi3lab.ModelNotAvailableError, AttentionRequestError,
-            ChatFormatError, ValueError) as exc:
-        print(f"phi3lab: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        raise
+    except (ValueError, OSError, MemoryError) as exc:
+        # ModelNotFoundError, ModelNotAvailableError, ModelFilesError, NotEnoughMemoryError,
+        # AttentionRequestError, ChatFormatError, ContextOverflowError, ImageInputError and bad values
+        _say(f"error: {exc}")
         return 2
 
 

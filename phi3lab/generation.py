@@ -18,9 +18,20 @@ from collections.abc import Sequence
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from phi3lab.chat import as_messages
+from phi3lab.chat import ChatFormatError, as_messages, special_tokens_policy
+from phi3lab.validation import (
+    check_bool,
+    check_context,
+    check_float,
+    check_int,
+    check_seed,
+    check_sequence,
+    check_text,
+)
 
-__all__ = ["ChatResult", "ChatSession", "chat", "chat_batch"]
+__all__ = ["ChatResult", "ChatSession", "chat", "chat_batch", "MIN_TEMPERATURE"]
+
+MIN_TEMPERATURE = 1e-3  # below this, logits / temperature can overflow to inf and sampling fails
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +98,16 @@ class _Streamer(BaseStreamer):
 
 
 def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    temperature = check_float("temperature", temperature)
+    top_p = check_float("top_p", top_p)
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature ≥ 0 and 0 < top_p ≤ 1, got temperature={temperature}, top_p={top_p}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(
+            f"temperature={temperature} is too small to sample with (logits / temperature overflow); "
+            f"use temperature=0 for greedy decoding, or at least {MIN_TEMPERATURE}"
+        )
     stops = list(lab.spec.stop_ids)
     pad = lab.tokenizer.pad_token_id if lab.tokenizer.pad_token_id is not None else stops[0]
     kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=pad, do_sample=temperature > 0)
@@ -104,6 +121,18 @@ def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float)
 def encode(lab, messages: list[dict], images: Sequence = ()):
     """Model inputs for a conversation (see :meth:`phi3lab.Lab.encode`): an :class:`~phi3lab.inputs.Inputs`."""
     return lab.encode(messages, list(images))
+
+
+def _images(images) -> list:
+    if images is None:
+        return []
+    return check_sequence("images", images, item="pictures, one per <|image_N|> tag",
+                          example="images=[picture] (a PIL image, a numpy array or a file path)")
+
+
+def _check_fits(lab, input_ids: torch.Tensor, max_new_tokens: int, what: str = "the prompt") -> None:
+    check_context(int(input_ids.shape[-1]), max_new_tokens, lab.spec.context_length, what=what,
+                  image_tokens=int((input_ids < 0).sum()))
 
 
 def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
@@ -143,13 +172,27 @@ def chat(
     top_p: float = 1.0,
     stream: bool = True,
     seed: int | None = None,
+    special_tokens: str = "refuse",
 ) -> ChatResult:
-    """Answer a conversation (a string or HF messages); see :meth:`phi3lab.Lab.chat`."""
-    images = list(images or ())
+    """Answer a conversation (a string or HF messages); see :meth:`phi3lab.Lab.chat`.
+
+    ``special_tokens`` says what happens to control-token strings typed in the content
+    (``"refuse"``, ``"allow"`` or ``"escape"``, see :func:`phi3lab.chat.render`).  A prompt that
+    with ``max_new_tokens`` would not fit the context is refused before anything runs
+    (:class:`~phi3lab.validation.ContextOverflowError`).
+    """
+    images = _images(images)
+    if images and lab.spec.modality != "vision":  # before the pictures are read
+        raise ChatFormatError(f"{len(images)} image(s) were given, but {lab.spec.name} is a text-only model; "
+                              "load a vision model such as 'tiny-vision'")
     messages = as_messages(conversation)
     kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
+    stream = check_bool("stream", stream)
+    seed = check_seed(seed)
     started = time.perf_counter()
-    inputs = encode(lab, messages, images)
+    with special_tokens_policy(special_tokens):
+        inputs = encode(lab, messages, images)
+    _check_fits(lab, inputs["input_ids"], kwargs["max_new_tokens"])
     streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream)
     if seed is not None:
         torch.manual_seed(seed)
@@ -168,16 +211,27 @@ def chat_batch(
     max_new_tokens: int = 128,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    special_tokens: str = "refuse",
 ) -> list[ChatResult]:
-    """Answer several text conversations in one left-padded batch (no streaming)."""
+    """Answer several text conversations in one left-padded batch (no streaming).
+
+    ``conversations`` is a list: ``chat_batch(["Hi", "What is 2 plus 3?"])``; each item is a
+    string or HF messages.  The longest prompt plus ``max_new_tokens`` must fit the context.
+    """
     if lab.spec.modality == "vision":
         raise NotImplementedError("batched chat takes text prompts; call lab.chat() per image prompt")
+    conversations = check_sequence("conversations", conversations, item="conversations",
+                                   example="chat_batch(['What is 2 plus 3?', 'Hi']), or lab.chat() for one")
     if not conversations:
-        raise ValueError("chat_batch needs at least one conversation")
+        raise ValueError("chat_batch needs at least one conversation, e.g. chat_batch(['What is 2 plus 3?'])")
     kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
     started = time.perf_counter()
     all_messages = [as_messages(c) for c in conversations]
-    encoded = [encode(lab, m)["input_ids"][0].tolist() for m in all_messages]
+    with special_tokens_policy(special_tokens):
+        encoded = [encode(lab, m)["input_ids"][0].tolist() for m in all_messages]
+    longest = max(range(len(encoded)), key=lambda row: len(encoded[row]))
+    _check_fits(lab, torch.tensor(encoded[longest]), kwargs["max_new_tokens"],
+                what="the prompt" if len(encoded) == 1 else f"prompt {longest} of the batch (the longest)")
     width = max(len(ids) for ids in encoded)
     pad = kwargs["pad_token_id"]
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=lab.model.device)
@@ -202,14 +256,20 @@ class ChatSession:
     """
 
     def __init__(self, lab, system: str | None = None):
+        if system is not None:
+            check_text("system", system)
         self.lab = lab
         self.history: list[dict] = [{"role": "system", "content": system}] if system else []
         self.images: list = []
         self.results: list[ChatResult] = []
 
     def chat(self, text: str, images: Sequence | None = None, **kwargs) -> ChatResult:
-        """Add a user turn (and its images), answer it, and keep both in the history."""
-        new_images = list(images or ())
+        """Add a user turn (and its images), answer it, and keep both in the history.
+
+        Nothing is kept when the turn fails (a refused prompt, a prompt over the context).
+        """
+        check_text("text", text)
+        new_images = _images(images)
         result = chat(self.lab, [*self.history, {"role": "user", "content": text}], [*self.images, *new_images],
                       **kwargs)
         self.images += new_images

@@ -44,3 +44,10 @@ def test_errors_are_one_clear_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("phi3lab: error: ") and message in err
+
+
+def test_chat_can_escape_typed_special_tokens(capsys):
+    assert main(["chat", "Say <|end|>", "--max-new-tokens", "3"]) == 2
+    assert "special_tokens='escape'" in capsys.readouterr().err
+    assert main(["chat", "Say <|end|>", "--max-new-tokens", "3", "--special-tokens", "escape"]) == 0
+    assert capsys.readouterr().out.strip()

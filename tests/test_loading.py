@@ -113,3 +113,44 @@ def test_hub_revision_is_honoured(tiny_folder):
     assert lab.spec.stop_ids == (2000, 2001, 2007)  # read from its generation_config.json
     with pytest.raises(ModelNotAvailableError):
         phi3lab.load("someone/phi3-finetune", revision="v2", verbose=False)
+
+
+# --- the file checks accept every honest layout ----------------------------------------------------
+
+
+def test_sharded_weights_with_an_index_load(tmp_path, tiny_folder):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(tiny_folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for name, part in zip(names, (keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        save_file({k: tensors[k] for k in part}, folder / name)
+    weight_map = {k: names[i >= len(keys) // 2] for i, k in enumerate(keys)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    lab = phi3lab.load(folder, verbose=False)
+    assert lab.chat("What is 2 plus 3?", max_new_tokens=8, stream=False).text == "2 plus 3 is 5."
+
+
+def test_pytorch_bin_weights_load(tmp_path, tiny_folder):
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin"
+    shutil.copytree(tiny_folder, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    lab = phi3lab.load(folder, verbose=False)
+    assert lab.chat("What is 2 plus 3?", max_new_tokens=8, stream=False).text == "2 plus 3 is 5."
+
+
+def test_bad_sources_are_value_errors_too():
+    for source in ("", "tinny"):
+        with pytest.raises(ValueError):
+            phi3lab.load(source)
+    with pytest.raises(ModelNotFoundError, match="use '.' for the current folder"):
+        phi3lab.load("")
