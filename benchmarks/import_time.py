@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-REPEATS = 7
+REPEATS = 9
 BASELINE = "import torch, transformers"
 PHI3LAB = "import phi3lab"
 GOAL = 1.2

@@ -14,9 +14,8 @@ transformers load when a name needs them; ``benchmarks/import_time.py`` measures
 
 from __future__ import annotations
 
-import importlib
-
 import phi3lab.models  # noqa: F401  registers phi3_v with the Auto classes as transformers loads them
+from phi3lab._lazy import lazy_attributes as _lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -36,21 +35,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    if not name.startswith("_"):  # a submodule, as `phi3lab.plotting` after a plain `import phi3lab`
-        try:
-            return importlib.import_module(f"phi3lab.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"phi3lab.{name}":
-                raise
-    raise AttributeError(f"module 'phi3lab' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = _lazy_attributes(__name__, _EXPORTS, submodules=True)

@@ -81,21 +81,27 @@ def test_phi3v_imports_nothing_from_the_rest_of_phi3lab():
 
 
 STANDALONE = r"""
-import importlib, json, pkgutil, sys
+import importlib, json, pkgutil, sys, types
+for name, folder in (("phi3lab", {package!r}), ("phi3lab.models", {package!r} + "/models")):
+    stub = types.ModuleType(name)  # bare parents: phi3lab's own __init__ files do not run
+    stub.__path__ = [folder]
+    sys.modules[name] = stub
 import phi3lab.models.phi3_v as pkg
 for info in pkgutil.iter_modules(pkg.__path__):
-    importlib.import_module(f"{pkg.__name__}.{info.name}")
+    importlib.import_module(f"{{pkg.__name__}}.{{info.name}}")
 pkg.register()
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("phi3lab"))))
 """
 
 
 def test_phi3v_stands_alone_in_a_fresh_process():
-    out = subprocess.run([sys.executable, "-c", STANDALONE], capture_output=True, text=True, timeout=300)
+    """Imported under bare parent packages, phi3_v pulls in no other phi3lab module, and registers."""
+    code = STANDALONE.format(package=str(PACKAGE))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert "phi3lab.models.phi3_v.modeling" in loaded  # every submodule was imported
-    outside = [m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.")]
+    outside = [m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.phi3_v")]
     assert outside == []
 
 
@@ -114,7 +120,7 @@ def test_import_phi3lab_loads_no_training_plotting_or_model_code():
     loaded = _modules_after("import phi3lab")
     assert sorted(m for m in loaded if m in HEAVY or m.startswith("phi3lab.tiny")) == []
     assert sorted(m for m in loaded if m.startswith("phi3lab")) == [
-        "phi3lab", "phi3lab.models", "phi3lab.models.phi3_v", "phi3lab.models.phi3_v.configuration"]
+        "phi3lab", "phi3lab._lazy", "phi3lab.models", "phi3lab.models.phi3_v", "phi3lab.models.phi3_v.configuration"]
 
 
 def test_loading_the_tiny_models_imports_no_training_code():
