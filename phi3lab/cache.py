@@ -361,7 +361,11 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TypeError(f"max_new_tokens must be an int ≥ 0 (0 runs one forward), got {max_new_tokens!r}")
+    from phi3lab.validation import check_context
+
     inputs = lab.encode(conversation, images, num_crops=num_crops, **render_kwargs)
+    check_context(inputs.num_tokens, max_new_tokens, lab.spec.context_length,
+                  image_tokens=sum(im.num_tokens for im in inputs.images))
     model = lab.model
     probe = capture(model, layers=layers, heads=heads, queries=queries, budget=budget, keep_qk=rollout)
     cap_layers = probe.cap.layers

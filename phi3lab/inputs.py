@@ -157,17 +157,18 @@ def encode(lab, conversation, images: Sequence | None = None, *, num_crops: int 
     """
     from phi3lab.images import to_rgb
     from phi3lab.token_view import label_tokens
+    from phi3lab.validation import check_sequence
 
-    if images is not None and not isinstance(images, (list, tuple)):
-        raise TypeError(
-            f"images must be a list of pictures (one per <|image_N|> tag), got {type(images).__name__}; "
-            "wrap a single picture as images=[picture]"
-        )
-    images = [to_rgb(im) for im in images or ()]
+    if images is not None:
+        images = check_sequence("images", images, item="pictures, one per <|image_N|> tag",
+                                example="images=[picture] (a PIL image, a numpy array or a file path)")
+    images = list(images or ())
     vision = lab.spec.modality == "vision"
     messages = as_messages(conversation)
+    # validated (roles, tags, image count, text-only models) before a single picture is read
     prompt = render(lab.tokenizer, messages, add_generation_prompt=add_generation_prompt, num_images=len(images),
                     vision=vision, **render_kwargs)
+    images = [to_rgb(im) for im in images]
     device = lab.model.device
     tensors: dict = {}
     counts = None

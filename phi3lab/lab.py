@@ -135,20 +135,32 @@ class Lab:
         from phi3lab.patches import num_image_tokens
         from phi3lab.token_view import token_table
 
+        from phi3lab.validation import check_sequence
+
+        images = check_sequence("images", images, item="pictures or (width, height) sizes",
+                                example="images=[picture] or images=[(1920, 1080)]")
         counts = [num_image_tokens(*image_size(im), self._crops(num_crops)) for im in images] or None
         return token_table(self.tokenizer, conversation, image_token_counts=counts,
                            vision=self.spec.modality == "vision", **kwargs)
 
-    def budget(self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0):
-        """Token counts (images from their sizes alone) against the context; flags LongRoPE."""
-        from phi3lab.budget import token_budget
+    def budget(self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0,
+               **kwargs):
+        """Token counts (images from their sizes alone) against the context; flags LongRoPE.
 
+        Extra keyword arguments go to :func:`phi3lab.chat.render` (``fold_system_prompt``, ``special_tokens``).
+        """
+        from phi3lab.budget import token_budget
+        from phi3lab.validation import check_sequence
+
+        images = check_sequence("images", images, item="pictures or (width, height) sizes",
+                                example="images=[picture] or images=[(1920, 1080)]")
         return token_budget(self.tokenizer, conversation, self.spec, images=images,
                             num_crops=self._crops(num_crops) if images else None,
-                            max_new_tokens=max_new_tokens, vision=self.spec.modality == "vision")
+                            max_new_tokens=max_new_tokens, vision=self.spec.modality == "vision", **kwargs)
 
     def chat(self, conversation, images: Sequence | None = None, *, max_new_tokens: int = 128,
-             temperature: float = 0.0, top_p: float = 1.0, stream: bool = True, seed: int | None = None):
+             temperature: float = 0.0, top_p: float = 1.0, stream: bool = True, seed: int | None = None,
+             special_tokens: str = "refuse"):
         """Answer a conversation, streaming the text as it is produced.
 
         Args:
@@ -159,6 +171,9 @@ class Lab:
             top_p: nucleus sampling mass when ``temperature > 0``.
             stream: print the answer while it is generated.
             seed: seed for sampling.
+            special_tokens: control-token strings typed in the content (``<|end|>``, ``<|user|>``...):
+                ``"refuse"`` (default, a clear error), ``"allow"`` (the official behaviour: they become
+                control tokens, e.g. to probe forged turns) or ``"escape"`` (they reach the model as text).
 
         Returns:
             A :class:`~phi3lab.generation.ChatResult` (text, ids, counts, timings).
@@ -166,7 +181,7 @@ class Lab:
         from phi3lab.generation import chat
 
         return chat(self, conversation, images, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=top_p, stream=stream, seed=seed)
+                    top_p=top_p, stream=stream, seed=seed, special_tokens=special_tokens)
 
     def chat_batch(self, conversations: Sequence, **kwargs):
         """Answer several text conversations at once (left padding); returns a list of results."""

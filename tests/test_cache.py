@@ -80,7 +80,7 @@ def test_image_index_errors_are_clear(tiny, vision, picture):
         tiny.encode("Hi").image(0)
     with pytest.raises(IndexError, match="has 1 image"):
         vision.encode(QUESTION, [picture]).image(1)
-    with pytest.raises(TypeError, match="wrap a single picture as images=\\[picture\\]"):
+    with pytest.raises(TypeError, match="images must be a list of pictures.*images=\\[picture\\]"):
         vision.encode(QUESTION, picture)
 
 
