@@ -1,7 +1,7 @@
 // AttentionExplorer: token strip with heat, aggregation switch, layer × head thumbnails.
 // State in (from Python): items, roles, palette, layers, heads, heat, vmax, thumbs, thumb_bins,
 // thumb_peaks, info, error. State out: row (hover/click), pinned, agg, focus.
-import { h, bytes, heatRGB, paintChip, colourBar, tokenText, debounce, isStatic, staticNote, errorLine, toggles } from "./common.js";
+import { h, mount, bytes, heatRGB, paintChip, colourBar, tokenText, debounce, isStatic, staticNote, errorLine, toggles } from "./common.js";
 
 function render({ model, el }) {
   const frozen = isStatic(model);
@@ -109,7 +109,7 @@ function render({ model, el }) {
   paintStrip();
   paintGrid();
 
-  el.replaceChildren(
+  mount(el,
     h("div", { class: "phi3lab-toolbar" }, aggs.bar, allButton, focusLabel),
     frozen ? staticNote() : null,
     errorLine(model),

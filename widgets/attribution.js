@@ -1,7 +1,7 @@
 // AttributionView: the prompt's words and turns coloured by score, pictures with their score map,
 // and the target tokens to switch between. State in: labels, targets, segments, pictures, colours,
 // scores, scale, maps, map_scale, info, error. State out: token (-1: the whole answer).
-import { h, bytes, tokenText, isStatic, staticNote, errorLine } from "./common.js";
+import { h, mount, bytes, tokenText, isStatic, staticNote, errorLine } from "./common.js";
 
 function render({ model, el }) {
   const frozen = isStatic(model);
@@ -79,7 +79,7 @@ function render({ model, el }) {
   for (const name of ["scores", "maps", "token", "info"]) model.on(`change:${name}`, paint);
   paint();
 
-  el.replaceChildren(
+  mount(el,
     h("div", { class: "phi3lab-toolbar" }, h("span", { class: "phi3lab-muted" }, `${model.get("method")} · target:`), targets),
     frozen ? staticNote() : null,
     errorLine(model),

@@ -1,7 +1,7 @@
 // ChatWidget: messages, streaming answer, stop, system prompt, temperature, image upload.
 // State in: model_name, vision, messages, pending, busy, error; both ways: system, temperature,
 // max_new_tokens. Messages out: send, stop, reset, image, clear_images. Messages in: delta.
-import { h, isStatic, staticNote, errorLine } from "./common.js";
+import { h, mount, isStatic, staticNote, errorLine } from "./common.js";
 
 function render({ model, el }) {
   const frozen = isStatic(model);
@@ -100,7 +100,7 @@ function render({ model, el }) {
 
   drawMessages();
   drawControls();
-  el.replaceChildren(
+  mount(el,
     h("div", { class: "phi3lab-settings" },
       h("span", { class: "phi3lab-muted" }, model.get("model_name")), system, temperatureValue, temperature,
       h("label", { class: "phi3lab-muted" }, "max tokens ", maxTokens), newChat),

@@ -107,6 +107,11 @@ export function staticNote() {
     "Saved view: the values shown when the notebook ran. Open the notebook with a kernel to explore.");
 }
 
+// Fill the widget's element, leaving out the children that are null (e.g. no static note).
+export function mount(el, ...children) {
+  el.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
+}
+
 // A line that shows the widget's `error` trait whenever Python sets it.
 export function errorLine(model) {
   const line = h("div", { class: "phi3lab-error", role: "alert" });

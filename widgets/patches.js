@@ -1,7 +1,7 @@
 // PatchExplorer: the picture in its HD canvas, crops view and global view, heat per cell.
 // State in: picture, geometry, crop_pos, global_pos, targets, layers, sources, palette,
 // heat_crops, heat_global, vmax_crops, vmax_global, info, error. State out: target, source, layer.
-import { h, bytes, uint32s, heatRGB, colourBar, format, tokenText, isStatic, staticNote, errorLine, toggles } from "./common.js";
+import { h, mount, bytes, uint32s, heatRGB, colourBar, format, tokenText, isStatic, staticNote, errorLine, toggles } from "./common.js";
 
 const SIDE = 360; // display pixels of the canvas' longer side, per view
 
@@ -148,7 +148,7 @@ function render({ model, el }) {
   for (const name of ["heat_crops", "heat_global", "target", "source", "layer", "info"]) model.on(`change:${name}`, refresh);
   refresh();
 
-  el.replaceChildren(
+  mount(el,
     h("div", { class: "phi3lab-toolbar" }, h("span", { class: "phi3lab-muted" }, `image ${geo.image}: ${geo.width} × ${geo.height}, num_crops ${geo.num_crops}`), sources.bar, layerSelect),
     frozen ? staticNote() : null,
     errorLine(model),
