@@ -5,16 +5,18 @@ After ``import phi3lab``, ``AutoConfig``, ``AutoModelForCausalLM``, ``AutoImageP
 "phi3_v"``) with ``trust_remote_code=False``: the ``auto_map`` entries naming remote files are
 never followed.
 
-Each registration needs its class, and importing the model and processor classes (with
-transformers' modules behind them) takes seconds, so only the config is registered at once (it
-costs what importing torch and transformers costs anyway).  The rest waits for the first moment
-it can be needed, using :mod:`phi3lab.models.phi3_v`'s ``register_*`` functions:
+Each registration needs its class, and importing the classes (with transformers' model index
+behind them) takes seconds, so nothing is registered at import.  Each of
+:mod:`phi3lab.models.phi3_v`'s ``register_*`` functions runs at the first moment it can be needed:
 
-* the model class, when the first :class:`~phi3lab.models.phi3_v.Phi3VConfig` is made (every
-  ``AutoModelForCausalLM`` call builds or reads the config before it looks the model up);
-* the image processor and the processor, right after transformers' own ``image_processing_auto``
-  and ``processing_auto`` modules are imported — by anyone, in any order — or at once when they
-  were imported before phi3lab (these Auto classes find processors by name, with no config made).
+* the config, image processor and processor: as soon as transformers' own ``configuration_auto``,
+  ``image_processing_auto`` or ``processing_auto`` module has been imported — by anyone, in any
+  order, or before phi3lab — and no transformers (or phi3_v) module is still half-imported.
+  transformers imports its Auto modules from inside its own config classes, so registering
+  in the middle of such an import would meet half-built modules; waiting for the outermost
+  import to finish is what makes this safe;
+* the model class: when the first :class:`~phi3lab.models.phi3_v.Phi3VConfig` is made (every
+  ``AutoModelForCausalLM`` call has the config before it looks the model up).
 
 :func:`register` does all of it immediately.
 """
@@ -31,11 +33,14 @@ __all__ = ["Phi3VConfig", "Phi3VForCausalLM", "Phi3VImageProcessor", "Phi3VProce
 
 #: transformers' module of an Auto class → the phi3_v function that registers phi3_v with it
 AUTO_MODULES = {
+    "transformers.models.auto.configuration_auto": "register_config",  # then the model, on the first config
     "transformers.models.auto.image_processing_auto": "register_image_processor",
     "transformers.models.auto.processing_auto": "register_processor",
 }
+_WATCHED = ("transformers.", "phi3lab.models.phi3_v.")  # the modules a registration imports
 _pending = dict(AUTO_MODULES)
-_queue: list[str] = []
+_importing = 0  # watched modules whose code is running right now
+_registering = False
 
 
 def __getattr__(name: str):
@@ -47,26 +52,32 @@ def __getattr__(name: str):
 def _call(function: str) -> None:
     try:
         getattr(phi3_v, function)()
+        if function == "register_config":
+            from phi3lab.models.phi3_v.configuration import Phi3VConfig
+
+            Phi3VConfig.on_first_instance.append(lambda: _call("register_model"))
     except Exception as exc:  # never break someone else's import or config; say how to finish by hand
         warnings.warn(f"phi3lab could not run phi3_v.{function}() ({type(exc).__name__}: {exc}); call "
                       "phi3lab.models.register() before using the transformers Auto classes", stacklevel=3)
 
 
-def _run(module_name: str) -> None:
-    """Run the registration waiting for ``module_name``; one started inside another waits for it."""
-    if module_name in _pending:
-        _queue.append(_pending.pop(module_name))
-    if len(_queue) != 1:
-        return  # nothing to do, or an outer call is running and will take it
-    while _queue:
-        _call(_queue[0])
-        _queue.pop(0)
+def _settle() -> None:
+    """Run the registrations whose Auto module is loaded, unless a watched import is under way."""
+    global _registering
+    if _registering or _importing:
+        return
+    _registering = True
+    try:
+        while ready := [name for name in _pending if name in sys.modules]:
+            _call(_pending.pop(ready[0]))
+    finally:
+        _registering = False
     if not _pending and _FINDER in sys.meta_path:
         sys.meta_path.remove(_FINDER)
 
 
-class _ThenRegister(importlib.abc.Loader):
-    """A module's own loader, followed by the registration that waits for that module."""
+class _Counted(importlib.abc.Loader):
+    """A watched module's own loader, counting the imports under way, then settling."""
 
     def __init__(self, loader):
         self._loader = loader
@@ -75,18 +86,23 @@ class _ThenRegister(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        _run(module.__name__)
+        global _importing
+        _importing += 1
+        try:
+            self._loader.exec_module(module)
+        finally:
+            _importing -= 1
+        _settle()
 
     def __getattr__(self, name):  # get_source, get_resource_reader, ... as the real loader answers
         return getattr(self._loader, name)
 
 
-class _AutoModuleFinder(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader that the other finders give for an awaited module."""
+class _WatchFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader the other finders give for a watched module."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in _pending:
+        if not _pending or not fullname.startswith(_WATCHED):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -94,16 +110,12 @@ class _AutoModuleFinder(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _ThenRegister(spec.loader)
+                    spec.loader = _Counted(spec.loader)
                 return spec
         return None
 
 
-_FINDER = _AutoModuleFinder()
-
-
-def _register_model_on_first_config() -> None:
-    _call("register_model")
+_FINDER = _WatchFinder()
 
 
 def register() -> None:
@@ -115,15 +127,8 @@ def register() -> None:
 
 
 def _install() -> None:
-    from phi3lab.models.phi3_v.configuration import Phi3VConfig
-
-    phi3_v.register_config()
-    Phi3VConfig.on_first_instance.append(_register_model_on_first_config)
-    for module_name in list(_pending):
-        if module_name in sys.modules:
-            _run(module_name)
-    if _pending and _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+    sys.meta_path.insert(0, _FINDER)
+    _settle()  # for Auto modules imported before phi3lab
 
 
 _install()
