@@ -253,14 +253,19 @@ def check_readable(page):
         assert _contrast(fg, bg) >= 4.5, (fg, bg)
 
 
+def open_and_check(watch, url):
+    """Open a notebook, run every cell, and check every widget renders and reacts."""
+    watch.page.goto(url)
+    _run_all(watch.page)
+    check_widgets(watch.page)
+    return watch.page
+
+
 def test_browser_jupyterlab_light_and_dark(browser, jupyter):
     base, token = jupyter
     watch = Watch(browser)
-    page = watch.page
     try:
-        page.goto(f"{base}/lab/tree/lab.ipynb?token={token}")
-        _run_all(page)
-        check_widgets(page)
+        page = open_and_check(watch, f"{base}/lab/tree/lab.ipynb?token={token}")
         check_readable(page)
         _shot(page, "lab-light")
         page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
@@ -289,12 +294,8 @@ def test_browser_notebook7(browser, jupyter):
     base, token = jupyter
     baseline = _app_errors(browser, f"{base}/notebooks/blank.ipynb?token={token}")
     watch = Watch(browser)
-    page = watch.page
     try:
-        page.goto(f"{base}/notebooks/notebook7.ipynb?token={token}")
-        _run_all(page)
-        check_widgets(page)
-        _shot(page, "notebook7")
+        _shot(open_and_check(watch, f"{base}/notebooks/notebook7.ipynb?token={token}"), "notebook7")
         watch.check(baseline)  # Notebook 7 logs a couple of its own errors on every notebook page
     finally:
         watch.close()

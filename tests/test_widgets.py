@@ -26,9 +26,9 @@ def vision():
 
 @pytest.fixture(scope="module")
 def picture():
-    from phi3lab.paths import data_dir
+    import phi3lab
 
-    return Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
+    return phi3lab.sample_image("shapes.png")
 
 
 @pytest.fixture(scope="module")

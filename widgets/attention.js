@@ -18,11 +18,14 @@ function render({ model, el }) {
   };
 
   // --- toolbar: aggregation, focus, what is shown ------------------------------------------
-  const aggs = toggles(["mean", "max", "rollout"], () => model.get("agg"), (agg) => send({ agg }), frozen);
+  const info = h("div", { class: "phi3lab-info" });
+  const aggs = toggles(["mean", "max", "rollout"], () => model.get("agg"), (agg) => {
+    if (agg === "rollout" && model.get("agg") !== "rollout") info.textContent = "computing rollout (once, for every row)…";
+    send({ agg });
+  }, frozen);
   const focusLabel = h("span", { class: "phi3lab-muted" });
   const allButton = h("button", { type: "button", class: "phi3lab-button", disabled: frozen,
     onclick: () => send({ focus: [-1, -1] }) }, "all heads");
-  const info = h("div", { class: "phi3lab-info" });
   const bar = h("div", { class: "phi3lab-colourbar-slot" });
 
   // --- strip ----------------------------------------------------------------------------------

@@ -131,7 +131,10 @@ function render({ model, el }) {
   const targets = model.get("targets").map(([label, row], i) =>
     h("span", { class: "phi3lab-chip phi3lab-selectable", title: `answer token ${i} (row ${row})`,
       dataset: { target: String(i) }, onclick: frozen ? undefined : () => send({ target: i }) }, tokenText(label)));
-  const sources = toggles(model.get("sources"), () => model.get("source"), (source) => send({ source }), frozen);
+  const sources = toggles(model.get("sources"), () => model.get("source"), (source) => {
+    if (source === "rollout" && model.get("source") !== "rollout") info.textContent = "computing rollout (once, for every answer token)…";
+    send({ source });
+  }, frozen);
   const layerSelect = h("select", { disabled: frozen, onchange: (e) => send({ layer: Number(e.target.value) }) },
     h("option", { value: "-1" }, "all layers"),
     model.get("layers").map((layer) => h("option", { value: String(layer) }, `layer ${layer}`)));

@@ -40,7 +40,7 @@ from phi3lab.widgets._base import (
 __all__ = ["AttentionView", "AttentionExplorer", "strip_items", "AGGREGATIONS", "THUMB_VALUES"]
 
 AGGREGATIONS = ("mean", "max", "rollout")
-THUMB_VALUES = 32768  # at most this many thumbnail cells per row (32 layers × 32 heads × 32 bins)
+THUMB_VALUES = 16384  # at most this many thumbnail cells per row (32 layers × 32 heads × 16 bins)
 ROLES = {**SEGMENT_COLOURS, "answer": SEGMENT_COLOURS["assistant"]}
 
 
@@ -111,13 +111,12 @@ class AttentionView:
             raise ValueError(f"layers {missing or chosen} were not captured; this cache holds layers "
                              f"{list(cache.layers)}. Run lab.run_with_cache(..., layers='all') or pick from those")
         self.layers = chosen
-        self.heads = list(cache.heads) if cache.heads is not None else list(
-            range(cache.attention(chosen[0]).shape[1]))
         self.items, self.chip_of_key = strip_items(cache)
         self.rows = sorted({item[2] for item in self.items if item[2] >= 0})
         # one copy of only the selectable rows: [rows, layers, heads, keys]
         per_layer = [cache.attention(layer)[0][:, self.rows].float().numpy() for layer in chosen]  # [heads, rows, keys]
         self._weights = np.ascontiguousarray(np.stack(per_layer).transpose(2, 0, 1, 3))
+        self.heads = list(cache.heads) if cache.heads is not None else list(range(self._weights.shape[2]))
         order = np.argsort(self.chip_of_key, kind="stable")
         self._order, self._bounds = order, np.searchsorted(self.chip_of_key[order], np.arange(len(self.items)))
         self._rollout: dict[int, np.ndarray] | None = None
