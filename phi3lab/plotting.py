@@ -161,3 +161,113 @@ def patch_layout(image, num_crops: int = 16, *, ax=None):
     ax.set_title(f"{image.width}×{image.height} on a {w}×{h} canvas\n{rows}×{cols} crops + global view = {tokens} tokens",
                  fontsize=9)
     return fig, ax
+
+
+# --- attributions (phi3lab.attribution) --------------------------------------------------------
+
+ATTRIBUTION = "attribution (Δ log p)"
+
+
+def _symmetric(values) -> float:
+    return max(float(np.abs(np.asarray(values)).max()) if np.size(values) else 0.0, 1e-9)
+
+
+def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, cmap: str = "RdBu_r"):
+    """An :class:`~phi3lab.attribution.Attribution` as text heat: the prompt turn by turn, each
+    unit's text on the colour of its score (red supports the target, blue works against it)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    values = attr.row(token).numpy()
+    norm, colours = Normalize(-_symmetric(values), _symmetric(values)), colormaps[cmap]
+    fig, ax = _axes(ax, (9, 3))
+    ax.set_axis_off()
+    fig.colorbar(ScalarMappable(norm, colours), ax=ax, fraction=0.03, pad=0.01, label=ATTRIBUTION)
+    width_pt = ax.get_window_extent().width * 72 / fig.dpi  # after the colour bar took its share
+    columns = max(20, int(width_pt / (0.61 * fontsize)))  # monospace characters per line
+    y = 0.0
+    for role, pieces in attr.segments():
+        ax.text(0, y, f"{role}:", family="monospace", fontsize=fontsize, color="#6b7280", va="top")
+        x, space = len(role) + 2, False
+        for text, i in pieces:
+            space = space or text[:1].isspace()
+            text = " ".join(text.split())
+            if not text:
+                continue
+            x += space
+            if x + len(text) > columns:
+                x, y = len(role) + 2, y + 1
+            space = False
+            if i is not None:
+                face = colours(norm(values[i]))
+            else:
+                face = SEGMENT_COLOURS["image"] if text.startswith("[image") else "none"
+            dark = i is not None and abs(norm(values[i]) - 0.5) > 0.35
+            ax.text(x, y, text, family="monospace", fontsize=fontsize, va="top", color="white" if dark else "black",
+                    bbox=dict(facecolor=face, edgecolor="none", pad=1.5))
+            x += len(text) + 0.3
+        y += 1.5
+    ax.set_xlim(0, columns)
+    ax.set_ylim(max(y, 6), -0.5)
+    ax.set_title(f"{attr.method} over {' + '.join(attr.kinds)}: {attr.token_name(token)} of {attr.target_text!r}",
+                 fontsize=9)
+    return fig, ax
+
+
+def attribution_heatmap(attr, *, ax=None, cmap: str = "RdBu_r"):
+    """Target tokens × units scores of an :class:`~phi3lab.attribution.Attribution`, centred at 0."""
+    scores = attr.scores.numpy()
+    fig, ax = _axes(ax, (min(14, 2 + 0.35 * scores.shape[1]), 1.5 + 0.3 * scores.shape[0]))
+    scale = _symmetric(scores)
+    image = ax.imshow(scores, cmap=cmap, vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(attr.units)), [u.label for u in attr.units], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(attr.target_tokens)), attr.target_tokens, fontsize=7)
+    ax.set_xlabel("unit")
+    ax.set_ylabel("target token")
+    fig.colorbar(image, ax=ax, fraction=0.046, label=ATTRIBUTION)
+    ax.set_title(f"{attr.method}: target token × unit")
+    return fig, ax
+
+
+def attribution_image(attr, image: int = 0, token=None, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r",
+                      title: str | None = None):
+    """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`: clear where a unit
+    scores 0, up to ``alpha`` opaque at the largest |score|, with a colour bar."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    picture = attr.inputs.image(image).image
+    heat = attr.image_map(image, token)
+    scale = _symmetric(heat)
+    ramp = colormaps[cmap](np.linspace(0, 1, 256))
+    ramp[:, 3] = np.abs(np.linspace(-alpha, alpha, 256))  # 0 in the middle: the picture shows through
+    fig, ax = _axes(ax, (5, 5 * picture.height / picture.width))
+    extent = (0, picture.width, picture.height, 0)
+    ax.imshow(picture, extent=extent)
+    overlay = ax.imshow(heat, cmap=ListedColormap(ramp), vmin=-scale, vmax=scale, extent=extent,
+                        interpolation="nearest")
+    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=ATTRIBUTION)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{attr.method} on image {image + 1} ({' + '.join(attr.kinds)})", fontsize=9)
+    return fig, ax
+
+
+def faithfulness_curves(curves, *, ax=None, title: str | None = None):
+    """Deletion or insertion :class:`~phi3lab.attribution.Curve` s on one axes, areas in the legend."""
+    fig, ax = _axes(ax, (6, 3.5))
+    for curve in curves:
+        style = dict(color="#9ca3af", ls="--") if curve.method == "random" else {}
+        ax.plot(curve.fractions, curve.log_probs, marker=".", label=f"{curve.method} (area {curve.area:.2f})",
+                **style)
+    kinds = {c.kind for c in curves}
+    ax.set_xlabel("share of units " + ("removed" if kinds == {"deletion"} else "inserted" if kinds == {"insertion"}
+                                        else "removed / inserted"))
+    ax.set_ylabel("log p(target)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{' and '.join(sorted(kinds))} curves", fontsize=9)
+    return fig, ax
+
+
+__all__ += ["attribution_text", "attribution_heatmap", "attribution_image", "faithfulness_curves"]
