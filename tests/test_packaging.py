@@ -34,6 +34,7 @@ def _source_copy(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(ROOT / "phi3lab", dest / "phi3lab", ignore=ignore)
     shutil.copytree(ROOT / "data", dest / "data", ignore=ignore)
+    shutil.copytree(ROOT / "widgets", dest / "widgets", ignore=ignore)
     return dest
 
 
@@ -50,9 +51,10 @@ def test_built_wheel_loads_tiny_and_tiny_vision_outside_the_checkout(tmp_path):
     for shipped in ("phi3lab/_data/models/phi3lab-tiny/model.safetensors",
                     "phi3lab/_data/models/phi3lab-tiny-vision/preprocessor_config.json",
                     "phi3lab/_data/tokenizer/tokenizer.json", "phi3lab/_data/images/shapes.png",
-                    "phi3lab/models/phi3_v/modeling.py", "phi3lab/tiny/train.py"):
+                    "phi3lab/models/phi3_v/modeling.py", "phi3lab/tiny/train.py",
+                    "phi3lab/widgets/_front/attention.js", "phi3lab/widgets/_front/phi3lab.css"):
         assert shipped in names, f"{shipped} is not in the wheel"
-    assert not [n for n in names if n.startswith(("tests/", "notebooks/", "data/"))]
+    assert not [n for n in names if n.startswith(("tests/", "notebooks/", "data/", "widgets/"))]
 
     target = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(target), str(wheel)],
