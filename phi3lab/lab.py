@@ -126,6 +126,12 @@ class Lab:
 
         return run_with_cache(self, conversation, images, **kwargs)
 
+    def attribute(self, conversation, images: Sequence | None = None, **kwargs):
+        """Which words, turns or image regions the answer came from — see :func:`phi3lab.attribution.attribute`."""
+        from phi3lab.attribution import attribute
+
+        return attribute(self, conversation, images, **kwargs)
+
     def _crops(self, num_crops: int | None) -> int:
         return self.num_crops if num_crops is None else num_crops
 
