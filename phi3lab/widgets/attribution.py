@@ -1,12 +1,15 @@
 """AttributionView: an attribution's words, turns and picture regions coloured by score, per target token.
 
-    >>> import phi3lab
-    >>> from phi3lab.attribution import attribute
+    >>> import types, torch
     >>> from phi3lab.widgets import AttributionView
-    >>> lab = phi3lab.load("tiny", verbose=False)
-    >>> view = AttributionView(attribute(lab, "What is 2 plus 3?", units="words"))
-    >>> view.token, len(view.targets) > 1
-    (-1, True)
+    >>> words = [types.SimpleNamespace(label=w, image=None) for w in ("What", "is", "2", "plus", "3?")]
+    >>> view = AttributionView(types.SimpleNamespace(units=words, target_tokens=["▁5", "<|end|>"],
+    ...                                              scores=torch.tensor([[0, 0, 0.9, 0.1, 0.8], [0, 0, 0, 0, 0.1]])))
+    >>> view.token, view.targets, view.info
+    (-1, ['▁5', '<|end|>'], 'the whole answer: red supports it, blue works against it · scale ±0.9')
+
+``AttributionView(phi3lab.attribution.attribute(lab, conversation, images, units=[...]))`` is the usual
+way in.
 
 It reads any object with this protocol (what :func:`phi3lab.attribution.attribute` returns):
 
