@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from phi3lab.chat import render, tokenize_prompt
-from phi3lab.patches import num_image_tokens
+from phi3lab.patches import DEFAULT_NUM_CROPS, num_image_tokens
 from phi3lab.registry import LONGROPE_SWITCH, ModelSpec
 
 __all__ = ["Budget", "token_budget", "image_size", "LONGROPE_SWITCH"]
@@ -127,7 +127,7 @@ def token_budget(
     **render_kwargs,
 ) -> Budget:
     """Count a conversation's tokens (images from their sizes) against ``spec``'s context."""
-    crops = num_crops or spec.num_crops or 16
+    crops = num_crops if num_crops is not None else (spec.num_crops or DEFAULT_NUM_CROPS)
     counts = [num_image_tokens(*image_size(im), crops) for im in images]
     prompt = render(tokenizer, conversation, num_images=len(counts), **render_kwargs)
     ids, _ = tokenize_prompt(tokenizer, prompt, counts or None)

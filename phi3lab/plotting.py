@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from phi3lab.patches import CELL, CROP, hd_layout, num_image_tokens
+from phi3lab.patches import CELL, CROP, DEFAULT_NUM_CROPS, hd_layout, num_image_tokens
 from phi3lab.token_view import SEGMENT_COLOURS, TokenTable
 
 __all__ = ["token_heatmap", "layer_head_grid", "rollout_map", "image_attention", "patch_layout"]
@@ -117,7 +117,7 @@ def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float =
     return fig, ax
 
 
-def patch_layout(image, num_crops: int = 16, *, ax=None):
+def patch_layout(image, num_crops: int = DEFAULT_NUM_CROPS, *, ax=None):
     """The picture as the HD transform lays it out: resized into its box on the padded canvas,
     the white padding hatched, with the 336-px crops (red) and the 28-px merged-patch cells, one
     image token each (grey)."""

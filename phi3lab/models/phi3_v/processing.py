@@ -86,6 +86,11 @@ class Phi3VProcessor:
                 any order of the tags 1..n, as the official processor does (parity checks only:
                 the model then needs ``config.image_order = "official"`` and misplaces features
                 exactly as the official model does).
+
+        Returns:
+            A ``BatchFeature`` holding exactly the model's inputs (``input_ids``, ``attention_mask``
+            and, with images, ``pixel_values`` and ``image_sizes``), so ``model.generate(**out)``
+            works; the tokens per image are the attribute ``out.num_img_tokens``.
         """
         if not isinstance(text, str):
             raise TypeError(
@@ -132,13 +137,15 @@ class Phi3VProcessor:
         input_ids = torch.tensor([ids])
         if image_ids == "token":
             input_ids = torch.where(input_ids < 0, torch.full_like(input_ids, self.image_token_id), input_ids)
-        return as_batch({
+        batch = as_batch({
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "pixel_values": pixels["pixel_values"],
             "image_sizes": pixels["image_sizes"],
-            "num_img_tokens": pixels["num_img_tokens"],
         }, return_tensors)
+        # an attribute, not a key: the mapping holds exactly what forward/generate take
+        batch.num_img_tokens = list(pixels["num_img_tokens"])
+        return batch
 
     @staticmethod
     def collate(encodings: list[BatchFeature], pad_token_id: int) -> BatchFeature:
