@@ -89,7 +89,6 @@ def _env() -> dict:
     env["VIRTUAL_ENV"] = str(VENV)
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TQDM_DISABLE", "1")
-    env.setdefault("MPLBACKEND", "Agg")
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return env
 
@@ -97,7 +96,6 @@ def _env() -> dict:
 def lab(argv: list[str]) -> None:
     setup()
     env = _env()
-    env.pop("MPLBACKEND", None)  # let the notebook pick the inline backend
     _say("starting JupyterLab on notebooks/ (embedded tiny model by default); open the URL below")
     args = [PY, "-m", "jupyter", "lab", "--no-browser", f"--notebook-dir={ROOT / 'notebooks'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
