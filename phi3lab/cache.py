@@ -101,6 +101,12 @@ class Cache:
         self._residuals = residuals
         self.answer_ids = tuple(int(i) for i in answer_ids)
         self._rollout_ready = rollout_ready
+        self._maps: dict[int, torch.Tensor] = {}
+
+    @property
+    def lab(self):
+        """The :class:`~phi3lab.Lab` that ran (model, tokenizer, spec)."""
+        return self._lab
 
     # --- what was run --------------------------------------------------------------------------
 
@@ -152,8 +158,11 @@ class Cache:
     # --- attention -----------------------------------------------------------------------------
 
     def attention(self, layer: int) -> torch.Tensor:
-        """``[batch, heads, rows, keys]`` attention probabilities of a captured layer."""
-        return self.capture.weights(self._layer(layer))
+        """``[batch, heads, rows, keys]`` attention probabilities of a captured layer (assembled once)."""
+        layer = self._layer(layer)
+        if layer not in self._maps:
+            self._maps[layer] = self.capture.weights(layer)
+        return self._maps[layer]
 
     def _layer(self, layer: int) -> int:
         n = self._lab.model.config.num_hidden_layers
@@ -167,7 +176,8 @@ class Cache:
         """Attention averaged over layers, heads and rows: one ``[keys]`` row (batch row 0)."""
         chosen = self.layers if layers is None else [self._layer(i) for i in
                                                      ([layers] if isinstance(layers, int) else layers)]
-        stacked = torch.stack([self.attention(i)[0] for i in chosen])  # [layers, heads, rows, keys]
+        rows = self._rows(rows)
+        stacked = torch.stack([self.attention(i)[0][:, rows] for i in chosen])  # [layers, heads, rows, keys]
         if heads is not None:
             head_list = [heads] if isinstance(heads, int) else list(heads)
             if self.heads is not None:
@@ -176,7 +186,7 @@ class Cache:
                     raise KeyError(f"heads {missing} were not captured; captured heads: {self.heads}")
                 head_list = [self.heads.index(h) for h in head_list]
             stacked = stacked[:, head_list]
-        return stacked[:, :, self._rows(rows)].mean(dim=(0, 1, 2))
+        return stacked.mean(dim=(0, 1, 2))
 
     def head_shares(self, keys, rows="answer") -> torch.Tensor:
         """``[layers, heads]``: share of each captured head's attention on ``keys`` (positions, a

@@ -25,6 +25,22 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def vision():
+    """The embedded Phi-3-vision model (tests that change its settings restore them)."""
+    import phi3lab
+
+    return phi3lab.load("tiny-vision", verbose=False)
+
+
+@pytest.fixture(scope="session")
+def picture():
+    """The shipped picture with three shapes."""
+    import phi3lab
+
+    return phi3lab.sample_image("shapes.png")
+
+
+@pytest.fixture(scope="session")
 def reference():
     """../shared/reference, or a skip that says why (a user's clone does not have it)."""
     path = reference_dir()

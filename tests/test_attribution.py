@@ -26,13 +26,6 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def vision():
-    import phi3lab
-
-    return phi3lab.load("tiny-vision", verbose=False)
-
-
-@pytest.fixture(scope="module")
 def star():
     """A held-out picture whose one question the embedded vision model answers right: the star's colour."""
     from phi3lab.tiny import vision_data

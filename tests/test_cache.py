@@ -5,23 +5,12 @@ import contextlib
 import pytest
 import torch
 
-import phi3lab
 from phi3lab.attention import AttentionBudgetError, capture
 from phi3lab.attention_maps import image_heat, rollout
 from phi3lab.inputs import Inputs
 from phi3lab.logit_lens import logit_lens
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
-
-
-@pytest.fixture(scope="module")
-def vision():
-    return phi3lab.load("tiny-vision", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def picture():
-    return phi3lab.sample_image("shapes.png")
 
 
 @contextlib.contextmanager

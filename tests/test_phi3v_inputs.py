@@ -29,11 +29,6 @@ def model():
     return Phi3VForCausalLM.from_pretrained(FOLDER).eval()
 
 
-@pytest.fixture(scope="module")
-def picture():
-    return phi3lab.sample_image("shapes.png")
-
-
 # --- num_crops ------------------------------------------------------------------------------------------
 
 

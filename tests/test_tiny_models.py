@@ -1,11 +1,10 @@
 """The embedded tiny models answer, refuse, and look where they should (held-out data only)."""
 
 import contextlib
+
 import numpy as np
-import pytest
 import torch
 
-import phi3lab
 from phi3lab.paths import embedded_dir
 from phi3lab.patches import image_tokens, overlap
 from phi3lab.tiny import evaluate, vision_data
@@ -20,11 +19,6 @@ def eager(model):
         yield model
     finally:
         model.set_attn_implementation(before)
-
-
-@pytest.fixture(scope="module")
-def vision():
-    return phi3lab.load("tiny-vision", verbose=False)
 
 
 def test_folders_have_the_layout_of_real_checkpoints():

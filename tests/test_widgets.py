@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import re
 
 import numpy as np
@@ -11,24 +10,10 @@ import torch
 from PIL import Image
 
 from phi3lab.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
-from phi3lab.widgets._base import MessageLog, module_source, state_bytes, stylesheet, u8
+from phi3lab.widgets._base import MessageLog, module_source, state_bytes, stylesheet
 from phi3lab.widgets.attention import strip_items
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
-
-
-@pytest.fixture(scope="module")
-def vision():
-    import phi3lab
-
-    return phi3lab.load("tiny-vision", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def picture():
-    import phi3lab
-
-    return phi3lab.sample_image("shapes.png")
 
 
 @pytest.fixture(scope="module")
