@@ -6,6 +6,8 @@
     python3 tasks.py notebooks  re-execute every notebook in place (refresh outputs)
     python3 tasks.py bench      run the benchmarks in benchmarks/
     python3 tasks.py setup      only set up .venv
+    python3 tasks.py serve      set up .venv-vllm (vLLM) and serve the tiny model on 127.0.0.1:8011
+                                (--model DIR|HUB_ID, --port P, --enforce-eager, --setup-only)
 
 Set-up lives in ``.venv/`` at the repository root.  It is idempotent: a stamp file records a hash
 of everything that decides what is installed, and a second run with nothing changed returns in
@@ -138,8 +140,14 @@ def bench(argv: list[str]) -> None:
         _run(PY, script, env=_env())
 
 
+def serve(argv: list[str]) -> None:
+    """vLLM in its own venv (.venv-vllm; it pins its own torch and transformers): see phi3lab/serve.py."""
+    script = ROOT / "phi3lab" / "serve.py"  # standard library only: runs before .venv exists
+    os.execv(sys.executable, [sys.executable, str(script), *argv])
+
+
 def main(argv: list[str]) -> None:
-    tasks = {"lab": lab, "test": test, "notebooks": notebooks, "bench": bench}
+    tasks = {"lab": lab, "test": test, "notebooks": notebooks, "bench": bench, "serve": serve}
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

