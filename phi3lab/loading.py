@@ -43,6 +43,7 @@ __all__ = [
     "ModelFilesError",
     "NotEnoughMemoryError",
     "DEFAULT_MODEL",
+    "plan_device_map",
 ]
 
 DEFAULT_MODEL = "tiny"
@@ -235,6 +236,8 @@ def load(
     revision: str | None = None,
     need_weights: bool = False,
     verbose: bool = True,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
 ) -> Lab:
     """Load a model and its tokenizer or processor with a hardware-aware attention choice.
 
@@ -247,6 +250,12 @@ def load(
             between Phi-3-mini revisions.
         need_weights: the model will be run with ``output_attentions=True`` (forces eager).
         verbose: print one line saying what was loaded and the attention choice.
+        device_map: ``"auto"`` (or ``"balanced"``, ``"sequential"``) spreads a real checkpoint over every
+            GPU, then the CPU, whole decoder layers at a time (accelerate; see :func:`plan_device_map`);
+            a dict of module name → device is used as it is.  ``None`` (the default) puts the whole
+            model on ``device``.
+        max_memory: with ``device_map``, the memory each device may take, e.g. ``{0: "20GiB", 1: "20GiB",
+            "cpu": "64GiB"}`` (default: what accelerate measures).
 
     Returns:
         A :class:`~phi3lab.lab.Lab` with ``.model``, ``.processor``, ``.attention``, ``.spec``
@@ -269,11 +278,14 @@ def load(
     spec: ModelSpec = spec_from_folder(folder, name, embedded=kind == "embedded")
     config = files.config()
     files.check_weights(config)
-    files.check_memory(choice)
+    if device_map is None:
+        files.check_memory(choice)  # one device must hold it all; a device map spreads it instead
+    elif not isinstance(device_map, dict):
+        device_map = plan_device_map(config, choice.dtype, strategy=device_map, max_memory=max_memory)
     if verbose and kind != "embedded":
         print(f"phi3lab: loading {name} from {folder} to {choice.device} in {choice.dtype_name} ({choice.impl})…")
     with _quiet_progress(kind == "embedded"):  # a bar for a 5 MB model is noise; keep it for real ones
-        model = files.model(config, choice)
+        model = files.model(config, choice, device_map)
     model.eval()
     from phi3lab.attention import guard_output_attentions
 
@@ -550,17 +562,19 @@ class _Files:
 
     # --- building ------------------------------------------------------------------------------
 
-    def model(self, config, choice: AttentionChoice):
+    def model(self, config, choice: AttentionChoice, device_map: dict | None = None):
         import torch
         from transformers import AutoModelForCausalLM
 
         kwargs = dict(config=config, dtype=choice.dtype, attn_implementation=choice.impl, trust_remote_code=False,
                       output_loading_info=True)
-        if choice.device.startswith("cuda"):
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        elif choice.device.startswith("cuda"):
             kwargs["device_map"] = choice.device
         try:
             model, info = AutoModelForCausalLM.from_pretrained(self.folder, **kwargs)
-            if not choice.device.startswith("cuda"):
+            if device_map is None and not choice.device.startswith("cuda"):
                 model = model.to(choice.device)
         except (MemoryError, torch.OutOfMemoryError) as exc:
             raise NotEnoughMemoryError(
@@ -594,6 +608,43 @@ class _Files:
                                                "(config.json vocab_size): the tokenizer is from another model",
                              "use the tokenizer files that came with the checkpoint, or " + self.fix())
         return processor
+
+
+_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def plan_device_map(config, dtype: torch.dtype = torch.bfloat16, *, strategy: str = "auto",
+                    max_memory: dict | None = None) -> dict[str, int | str]:
+    """Where each module of the model ``config`` describes goes: module name → GPU index, ``"cpu"`` or ``"disk"``.
+
+    The model is described on the meta device (nothing is allocated) and accelerate fills the GPUs in
+    order, then the CPU, never splitting a decoder layer (``_no_split_modules``) or a vision encoder
+    layer; the tied embedding and ``lm_head`` are kept together.  ``"auto"``/``"balanced"`` spread the
+    layers evenly over the GPUs, ``"sequential"`` fills the first GPU first.
+
+        >>> from transformers import AutoConfig
+        >>> config = AutoConfig.from_pretrained(embedded_dir() / "phi3lab-tiny")
+        >>> plan = plan_device_map(config, max_memory={0: "2MiB", 1: "2MiB", "cpu": "1GiB"})
+        >>> sorted(set(plan.values()), key=str)
+        [0, 1]
+    """
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+    from transformers import AutoModelForCausalLM
+
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"device_map must be one of {_STRATEGIES}, a dict of module name → device, or None; "
+                         f"got {strategy!r}")
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+    no_split = set(getattr(skeleton, "_no_split_modules", None) or [])
+    no_split |= {type(m).__name__ for m in skeleton.modules() if type(m).__name__.endswith("EncoderLayer")}
+    if strategy != "sequential":
+        max_memory = get_balanced_memory(skeleton, max_memory=max_memory, no_split_module_classes=sorted(no_split),
+                                         dtype=dtype, low_zero=strategy == "balanced_low_0")
+    skeleton.tie_weights()
+    return dict(infer_auto_device_map(skeleton, max_memory=max_memory, no_split_module_classes=sorted(no_split),
+                                      dtype=dtype))
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:

@@ -17,8 +17,9 @@ def _norm(req: str) -> tuple[str, str]:
 def pyproject_requirements() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        reqs += extra
+    for name, extra in project["optional-dependencies"].items():
+        if name != "gpu":  # flash-attn needs CUDA: it lives in environment-gpu.yml (tests/test_endpoint_scale.py)
+            reqs += extra
     return dict(_norm(r) for r in reqs)
 
 

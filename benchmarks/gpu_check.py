@@ -1,0 +1,132 @@
+"""GPU readiness: decode speed of a Phi-3-mini-sized model against the memory-bandwidth bound.
+
+    python3 tasks.py bench benchmarks/gpu_check.py
+
+On a CUDA machine it builds a Phi-3-mini-4k-sized model (3.8 B parameters, random weights, bf16,
+nothing downloaded) on GPU 0 and measures, for batch 1 and a 128-token prompt:
+
+* the memory bandwidth the GPU really gives (a device-to-device copy of 2 GiB), and from it the
+  bound on decode speed: every new token reads every weight once, so tokens/s ≤ bandwidth / weight bytes;
+* greedy decode tokens/s through ``generate`` under sdpa and, where ``flash_attn`` imports,
+  flash_attention_2 (the time of 257 new tokens minus the time of 1, so prefill is left out);
+* the overhead of phi3lab's attention capture during decode (:func:`phi3lab.attention.capture`,
+  the last row of every layer, all heads; and one layer) against the plain decode.
+
+On a machine without a CUDA GPU it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+NEW_TOKENS = 256
+PROMPT = 128
+REPEATS = 3
+
+
+def mini_config(attn: str):
+    from transformers import Phi3Config
+
+    config = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+                        num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
+                        tie_word_embeddings=False, pad_token_id=32000, eos_token_id=32000)
+    config._attn_implementation = attn
+    return config
+
+
+def bandwidth(torch) -> float:
+    """Bytes per second of a device-to-device copy (read + write), best of 5."""
+    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")  # 1 GiB read, 1 GiB written
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        dst.copy_(src)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    del src, dst
+    return 2 * 2**30 / best
+
+
+def timed_generate(torch, model, ids, new_tokens: int) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False, pad_token_id=32000)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def decode_rate(torch, model, ids, context=None) -> float:
+    """New tokens per second after the first (median of REPEATS)."""
+    import contextlib
+
+    rates = []
+    for _ in range(REPEATS):
+        with context() if context else contextlib.nullcontext():
+            one = timed_generate(torch, model, ids, 1)
+        with context() if context else contextlib.nullcontext():
+            many = timed_generate(torch, model, ids, NEW_TOKENS + 1)
+        rates.append(NEW_TOKENS / (many - one))
+    return statistics.median(rates)
+
+
+def main() -> int:
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: torch is not installed; nothing to measure")
+        return 0
+    if not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+              "nothing to measure — run it on an NVIDIA machine")
+        return 0
+    from transformers import Phi3ForCausalLM
+
+    from phi3lab.attention import capture
+    from phi3lab.hardware import probe
+
+    props = torch.cuda.get_device_properties(0)
+    kernels = ["sdpa"]
+    try:
+        import flash_attn  # noqa: F401
+
+        kernels.append("flash_attention_2")
+    except ImportError:
+        pass
+    bw = bandwidth(torch)
+    print(f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}; "
+          f"torch {torch.__version__}; measured copy bandwidth {bw / 1e12:.2f} TB/s; phi3lab probes: {probe()}")
+    torch.manual_seed(0)
+    ids = torch.randint(0, 32000, (1, PROMPT), device="cuda")
+    rows = []
+    for attn in kernels:
+        with torch.device("cuda"):
+            model = Phi3ForCausalLM(mini_config(attn)).to(torch.bfloat16).eval()
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bound = bw / weight_bytes
+        with torch.inference_mode():
+            timed_generate(torch, model, ids, 8)  # warm-up
+            plain = decode_rate(torch, model, ids)
+            last_rows = decode_rate(torch, model, ids, lambda: capture(model, queries="last"))
+            one_layer = decode_rate(torch, model, ids, lambda: capture(model, layers=[16], queries="last"))
+        rows.append((attn, plain, bound, last_rows, one_layer))
+        print(f"{attn:18s} decode {plain:7.1f} tokens/s = {plain / bound:5.1%} of the bound {bound:7.1f} "
+              f"({weight_bytes / 1e9:.2f} GB of bf16 weights); with capture of every layer's last row "
+              f"{last_rows:7.1f} tokens/s ({plain / last_rows:.2f}x), of one layer {one_layer:7.1f} "
+              f"({plain / one_layer:.2f}x)")
+        del model
+        torch.cuda.empty_cache()
+    if len(rows) == 2:
+        print(f"flash_attention_2 vs sdpa decode: {rows[1][1] / rows[0][1]:.2f}x")
+    else:
+        print("flash_attn is not installed (pip install -e '.[gpu]'); sdpa only")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
