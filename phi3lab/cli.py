@@ -2,6 +2,7 @@
 
     phi3lab info [--model NAME]              hardware report and attention choice (and the model's info)
     phi3lab chat "What is 2 plus 3?" [--model NAME] [--image PATH ...] [--max-new-tokens N]
+    phi3lab probe --model tiny --out results.jsonl   a resumable safety sweep and its report (phi3lab.safety.cli)
 
 Errors never show a traceback: a problem with the arguments, the model files or the prompt prints
 one ``phi3lab: error: ...`` line that says what to do and exits with 2; an unexpected error prints
@@ -42,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--dtype", default="auto")
     chat.add_argument("--attn", default="auto")
     chat.add_argument("--stats", action="store_true", help="print token counts and speed after the answer")
+    from phi3lab.safety.cli import add_probe_command
+
+    add_probe_command(sub)
     return parser
 
 
@@ -92,6 +96,10 @@ def _run(args: argparse.Namespace) -> int:
                 lab = phi3lab.load(args.model, device=args.device, dtype=args.dtype, attn=args.attn, verbose=False)
                 print("\n" + lab.info())
             return 0
+        if args.command == "probe":
+            from phi3lab.safety.cli import run_probe
+
+            return run_probe(args)
         lab = phi3lab.load(args.model, device=args.device, dtype=args.dtype, attn=args.attn, verbose=False)
         prompt = args.prompt
         images = []
