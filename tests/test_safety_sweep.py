@@ -211,9 +211,15 @@ def test_real_behaviours_are_not_sent_under_ci_to_a_model_that_could_answer(stub
     assert len(results) == 200 and {r["probe_set"] for r in results.rows} == {"harmbench"}
 
 
-def test_bad_targets_and_settings():
+def test_bad_targets_and_settings(tiny, stub):
     with pytest.raises(TypeError, match="needs name, settings and answer"):
         sweep(object(), "tiny", out="unused.jsonl")
+    with pytest.raises(TypeError, match="are a LabTarget's"):
+        sweep(stub(), "tiny", out="unused.jsonl", max_new_tokens=8)
+    with pytest.raises(ValueError, match="special_tokens must be one of"):
+        LabTarget(tiny, special_tokens="maybe")
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer"):
+        LabTarget(tiny, max_new_tokens=2.5)
 
 
 def test_cli_probe_runs_resumes_and_reports(tmp_path, capsys):

@@ -354,7 +354,7 @@ def _text_kl(lab, direction: RefusalDirection, conversations, answers, batch_siz
         with direction.ablate(lab.model, index=first):
             edited = lab.model(**inputs, use_cache=False).logits.double()
         p, q = torch.log_softmax(base, -1), torch.log_softmax(edited, -1)
-        kl = (p.exp() * (p - q)).sum(-1)
+        kl = (p.exp() * (p - q)).sum(-1).cpu()
         keep = torch.arange(width)[None, :] >= first[:, None]
         total += float(kl[keep].sum())
         count += int(keep.sum())

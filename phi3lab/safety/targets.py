@@ -67,6 +67,9 @@ class LabTarget:
                  special_tokens: str = "allow"):
         from phi3lab.chat import SPECIAL_TOKEN_MODES
 
+        if lab.spec.modality == "vision":
+            raise ValueError(f"{lab.spec.name} is a vision model; sweeps answer text conversations in batches — "
+                             "load a text Phi-3 (e.g. 'tiny' or 'microsoft/Phi-3-mini-4k-instruct')")
         if special_tokens not in SPECIAL_TOKEN_MODES:
             raise ValueError(f"special_tokens must be one of {SPECIAL_TOKEN_MODES}, got {special_tokens!r}")
         self.lab = lab
