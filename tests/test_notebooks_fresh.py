@@ -13,7 +13,11 @@ spec = importlib.util.spec_from_file_location("refresh", NOTEBOOKS / "refresh.py
 refresh = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(refresh)
 DRAWS = re.compile(r"\b(plt|plotting)\.\w+\(")  # a cell that calls matplotlib or phi3lab.plotting
-MIN_FIGURES = {"02_vision_analysis.ipynb": 4}  # the pictures (one figure), two HD layouts, the attention
+MIN_FIGURES = {  # figures each notebook must have stored
+    "02_vision_analysis.ipynb": 5,  # the pictures, two HD layouts, attention on the picture, rollout
+    "03_interpretability.ipynb": 8,
+    "04_safety_probing.ipynb": 3,
+}
 
 
 def test_there_are_notebooks():
