@@ -154,6 +154,16 @@ def _index_list(value, n: int, name: str) -> list[int]:
     return sorted({i % n for i in items})
 
 
+def choose_layers(layers, n: int) -> list[int]:
+    """``"all"``, an int or a list of ints (negatives from the end) as sorted layer indices of ``n``."""
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers={layers!r} is not a choice; use 'all', an int (e.g. -1 for the last layer) "
+                             "or a list of ints")
+        return list(range(n))
+    return _index_list(layers, n, "layers")
+
+
 class AttentionCapture:
     """The recorded attention of one :func:`capture` block.
 
@@ -376,13 +386,7 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
                     if hasattr(model, "model") and hasattr(model, "processor") else "")
             raise TypeError(f"capture takes a torch model, got {type(model).__name__}{hint}")
         modules = attention_layers(model)
-        if isinstance(layers, str):
-            if layers != "all":
-                raise ValueError(f"layers={layers!r} is not a choice; use 'all', an int (e.g. -1 for the last layer) "
-                                 "or a list of ints")
-            layers = list(range(len(modules)))
-        else:
-            layers = _index_list(layers, len(modules), "layers")
+        layers = choose_layers(layers, len(modules))
         n_heads = model.config.num_attention_heads
         if heads is not None:
             heads = _index_list(heads, n_heads, "heads")

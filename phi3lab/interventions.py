@@ -26,32 +26,18 @@ Returning ``None`` leaves the tensor as it was, so the same hooks also record.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
+
+from phi3lab.attention import attention_layers, choose_layers
 
 __all__ = ["edit_residual", "edit_heads", "project_out"]
 
 
 def _layers(model) -> list[torch.nn.Module]:
-    from phi3lab.attention import attention_layers
-
     attention_layers(model)  # checks that this is a Phi-3 decoder and says what to pass otherwise
     return list(getattr(model, "model", model).layers)
-
-
-def _chosen(layers, n: int) -> list[int]:
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers={layers!r} is not a choice; use 'all', an int or a list of ints")
-        return list(range(n))
-    items = [layers] if isinstance(layers, int) else list(layers) if isinstance(layers, Iterable) else None
-    if items is None or not items or any(isinstance(i, bool) or not isinstance(i, int) for i in items):
-        raise TypeError(f"layers must be 'all', an int or a non-empty list of ints, got {layers!r}")
-    bad = [i for i in items if not -n <= i < n]
-    if bad:
-        raise IndexError(f"layers {bad} do not exist; the model has layers 0..{n - 1}")
-    return sorted({i % n for i in items})
 
 
 class _Edit:
@@ -88,7 +74,7 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
         if where not in ("input", "output"):
             raise ValueError(f"where must be 'input' or 'output', got {where!r}")
         modules = _layers(model)
-        for i in _chosen(layers, len(modules)):
+        for i in choose_layers(layers, len(modules)):
             if where == "input":
                 self.handles.append(modules[i].register_forward_pre_hook(
                     functools.partial(self._before, fn, i), with_kwargs=True))
@@ -127,7 +113,7 @@ class edit_heads(_Edit):  # noqa: N801 - a context manager
         super().__init__()
         _check(fn)
         modules = _layers(model)
-        for i in _chosen(layers, len(modules)):
+        for i in choose_layers(layers, len(modules)):
             attn = modules[i].self_attn
             self.handles.append(attn.o_proj.register_forward_pre_hook(
                 functools.partial(self._before, fn, i, attn.head_dim)))

@@ -1,7 +1,5 @@
 """The inspection core: lab.encode -> Inputs, lab.run_with_cache -> Cache, on the embedded models."""
 
-import contextlib
-
 import pytest
 import torch
 
@@ -9,18 +7,9 @@ from phi3lab.attention import AttentionBudgetError, capture
 from phi3lab.attention_maps import image_heat, rollout
 from phi3lab.inputs import Inputs
 from phi3lab.logit_lens import logit_lens
+from test_attention import eager
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
-
-
-@contextlib.contextmanager
-def eager(model):
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 def eager_outputs(model, inputs):

@@ -21,6 +21,8 @@ import hashlib
 import math
 from collections import Counter
 
+from phi3lab.safety.results import Results, read_results
+
 __all__ = ["Report", "report", "wilson", "redact"]
 
 
@@ -57,8 +59,6 @@ class Report:
     """
 
     def __init__(self, results, reveal: bool = False):
-        from phi3lab.safety.results import Results, read_results
-
         self.results = results if isinstance(results, Results) else read_results(results)
         self.reveal = bool(reveal)
         self.rows = self.results.rows

@@ -97,12 +97,6 @@ class Results:
                          "reason": getattr(v, "reason", "")})
         return Results(rows, self.path, self.problems)
 
-    def report(self, **kwargs):
-        """A :class:`~phi3lab.safety.report.Report` of these rows."""
-        from phi3lab.safety.report import Report
-
-        return Report(self, **kwargs)
-
     def __repr__(self) -> str:
         where = f" from {self.path.name}" if self.path else ""
         extra = f", {len(self.problems)} skipped line(s)" if self.problems else ""
