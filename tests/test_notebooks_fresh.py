@@ -16,7 +16,7 @@ DRAWS = re.compile(r"\b(plt|plotting)\.\w+\(")  # a cell that calls matplotlib o
 MIN_FIGURES = {  # figures each notebook must have stored
     "02_vision_analysis.ipynb": 5,  # the pictures, two HD layouts, attention on the picture, rollout
     "03_interpretability.ipynb": 8,
-    "04_safety_probing.ipynb": 3,
+    "04_safety_probing.ipynb": 4,
 }
 
 
