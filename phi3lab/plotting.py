@@ -99,22 +99,30 @@ def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float =
     attention and up to ``alpha`` opaque at ``vmax`` (default: the strongest cell), with a colour
     bar of each cell's share of the attention row.  Pass the same ``vmax`` to compare two views.
     """
+    fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
+    pixels = heat.to_pixels(view)
+    # no attention: transparent, so the picture shows through
+    _overlay(fig, ax, image, pixels, cmap, np.linspace(0, alpha, 256), 0,
+             vmax or max(float(pixels.max()), 1e-9), f"{SHARE} per cell")
+    ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
+    return fig, ax
+
+
+def _overlay(fig, ax, picture, values, cmap: str, alphas: np.ndarray, vmin: float, vmax: float, label: str):
+    """The picture in its own colours with ``values`` (picture-sized) on top, each colour of ``cmap``
+    as opaque as ``alphas`` says (256 steps), and a labelled colour bar; no ticks, but the frame
+    stays, so a white picture's edge shows."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
 
-    fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
-    pixels = heat.to_pixels(view)
     ramp = colormaps[cmap](np.linspace(0, 1, 256))
-    ramp[:, 3] = np.linspace(0, alpha, 256)  # no attention: transparent, so the picture shows through
-    extent = (0, image.width, image.height, 0)
-    ax.imshow(image, extent=extent)
-    overlay = ax.imshow(pixels, cmap=ListedColormap(ramp), extent=extent, interpolation="nearest",
-                        vmin=0, vmax=vmax or max(float(pixels.max()), 1e-9))
-    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=f"{SHARE} per cell")
-    ax.set_xticks([])  # no ticks, but keep the frame: it shows where a white picture ends
+    ramp[:, 3] = alphas
+    extent = (0, picture.width, picture.height, 0)
+    ax.imshow(picture, extent=extent)
+    shown = ax.imshow(values, cmap=ListedColormap(ramp), extent=extent, interpolation="nearest", vmin=vmin, vmax=vmax)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=label)
+    ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
-    return fig, ax
 
 
 def patch_layout(image, num_crops: int = DEFAULT_NUM_CROPS, *, ax=None):
@@ -234,22 +242,12 @@ def attribution_image(attr, image: int = 0, token=None, *, ax=None, alpha: float
                       title: str | None = None):
     """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`: clear where a unit
     scores 0, up to ``alpha`` opaque at the largest |score|, with a colour bar."""
-    from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
-
     picture = attr.inputs.image(image).image
     heat = attr.image_map(image, token)
     scale = _symmetric(heat)
-    ramp = colormaps[cmap](np.linspace(0, 1, 256))
-    ramp[:, 3] = np.abs(np.linspace(-alpha, alpha, 256))  # 0 in the middle: the picture shows through
     fig, ax = _axes(ax, (5, 5 * picture.height / picture.width))
-    extent = (0, picture.width, picture.height, 0)
-    ax.imshow(picture, extent=extent)
-    overlay = ax.imshow(heat, cmap=ListedColormap(ramp), vmin=-scale, vmax=scale, extent=extent,
-                        interpolation="nearest")
-    fig.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=ATTRIBUTION)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    # 0 in the middle of the diverging scale: the picture shows through
+    _overlay(fig, ax, picture, heat, cmap, np.abs(np.linspace(-alpha, alpha, 256)), -scale, scale, ATTRIBUTION)
     ax.set_title(title or f"{attr.method} on image {image + 1} ({' + '.join(attr.kinds)})", fontsize=9)
     return fig, ax
 
