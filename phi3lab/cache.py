@@ -23,7 +23,9 @@ Everything is estimated before the run and refused above the memory budget, with
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
 from collections.abc import Sequence
 
 import torch
@@ -387,25 +389,17 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
                  "capture fewer layers or heads, queries='last', residual=False or rollout=False, a shorter "
                  "prompt, or pass budget= if you know the memory is there")
     keeper = _Residuals(model, probe.cap.queries) if residual else None
-    with torch.inference_mode(), probe as cap:
-        if keeper is not None:
-            keeper.__enter__()
-        try:
-            if max_new_tokens == 0:
-                output = model(**inputs, use_cache=False).logits
-                answer: list[int] = []
-            else:
-                import time
-
-                kwargs = _generate_kwargs(lab, max_new_tokens, 0.0, 1.0)
-                started = time.perf_counter()
-                out = model.generate(**inputs, **kwargs)
-                ended = time.perf_counter()
-                new_ids = [int(i) for i in out[0, inputs.num_tokens:]]
-                output = _finish(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
-                answer = list(output.token_ids)
-        finally:
-            if keeper is not None:
-                keeper.__exit__()
+    with torch.inference_mode(), probe as cap, keeper or contextlib.nullcontext():
+        if max_new_tokens == 0:
+            output = model(**inputs, use_cache=False).logits
+            answer: list[int] = []
+        else:
+            kwargs = _generate_kwargs(lab, max_new_tokens, 0.0, 1.0)
+            started = time.perf_counter()
+            out = model.generate(**inputs, **kwargs)
+            ended = time.perf_counter()
+            new_ids = [int(i) for i in out[0, inputs.num_tokens:]]
+            output = _finish(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
+            answer = list(output.token_ids)
     return output, Cache(lab, inputs, cap, keeper, answer, rollout_ready=rollout)
 
