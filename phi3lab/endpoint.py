@@ -11,7 +11,9 @@ there unchanged, resumable as any other::
     fleet = Endpoint(["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"], model="microsoft/Phi-3-mini-4k-instruct")
 
 Each ``answer`` call sends its conversations as ``POST {base_url}/chat/completions`` requests,
-``concurrency`` of them in flight, spread round-robin over the base URLs.  A request that gets a
+``concurrency`` of them in flight, spread round-robin over the base URLs, over HTTP/1.1 connections
+kept alive between requests (one TCP — and for ``https`` one TLS — set-up per worker, not per
+request; :meth:`Endpoint.close` closes them).  A request that gets a
 429 or 5xx, times out (no byte for ``timeout`` seconds) or cannot connect is retried with
 exponential back-off (``Retry-After`` honoured, capped), on the next base URL; when the retries run
 out the call raises :class:`EndpointUnavailableError` (the server is down) or
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import io
 import itertools
 import json
@@ -42,6 +45,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -184,7 +188,8 @@ class Endpoint:
         self._next = itertools.count()
         self._lock = threading.Lock()
         self._answers: dict[str, str] = {}
-        self.stats = {"requests": 0, "retries": 0, "failures": 0}
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}  # kept-alive connections per base URL
+        self.stats = {"requests": 0, "retries": 0, "failures": 0, "connections": 0}
 
     # --- one request ----------------------------------------------------------------------------
 
@@ -208,13 +213,54 @@ class Endpoint:
         with self._lock:
             return self.base_urls[next(self._next) % len(self.base_urls)]
 
+    def _connect(self, url: str) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle kept-alive connection to ``url`` (``reused=True``), or a new one."""
+        with self._lock:
+            idle = self._idle.get(url)
+            if idle:
+                return idle.pop(), True
+            self.stats["connections"] += 1
+        parts = urllib.parse.urlsplit(url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        return kind(parts.hostname, parts.port, timeout=self.timeout), False
+
     def _post(self, url: str, body: bytes) -> tuple[int, bytes, dict]:
-        request = urllib.request.Request(url + "/chat/completions", data=body, headers=self._headers(), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                return reply.status, reply.read(), dict(reply.headers)
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read() or b"", dict(exc.headers or {})
+        """POST ``body`` to ``url``/chat/completions over a kept-alive connection (one TCP and TLS set-up
+        per worker, not per request).  A reused connection that the server had closed while idle is
+        replaced at once, without counting as a retry; any other failure closes the connection and
+        propagates to :meth:`_ask`."""
+        path = urllib.parse.urlsplit(url).path + "/chat/completions"
+        while True:
+            conn, reused = self._connect(url)
+            try:
+                conn.request("POST", path, body=body, headers=self._headers())
+                reply = conn.getresponse()
+                raw = reply.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if reused:
+                    continue  # the server closed it while it sat idle: open a fresh one
+                raise ConnectionError(f"the server closed the connection ({exc or type(exc).__name__})") from None
+            except http.client.HTTPException as exc:
+                conn.close()
+                raise ConnectionError(f"the server broke off the HTTP exchange ({type(exc).__name__}: {exc})") from None
+            except BaseException:
+                conn.close()
+                raise
+            if reply.will_close:
+                conn.close()
+            else:
+                with self._lock:
+                    self._idle.setdefault(url, []).append(conn)
+            return reply.status, raw, dict(reply.headers)
+
+    def close(self) -> None:
+        """Close the kept-alive connections (they are also closed when the endpoint is garbage-collected)."""
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.close()
 
     def _parse(self, url: str, status: int, raw: bytes) -> str:
         shown = raw[:200].decode("utf-8", "replace")

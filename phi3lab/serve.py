@@ -174,9 +174,10 @@ class Server:
         return self.root + "/v1"
 
     def command(self) -> list[str]:
-        """The project's own command, ``python3 tasks.py serve --model M --port P [--enforce-eager]``."""
+        """The project's own command, ``python3 tasks.py serve --model M --port P [--enforce-eager]``, without
+        the per-request access log (``--disable-uvicorn-access-log``, passed through to vLLM)."""
         cmd = [sys.executable, str(ROOT / "tasks.py"), "serve", "--model", self.model, "--port", str(self.port)]
-        return cmd + (["--enforce-eager"] if self.enforce_eager else [])
+        return cmd + (["--enforce-eager"] if self.enforce_eager else []) + ["--disable-uvicorn-access-log"]
 
     def start(self) -> "Server":
         cmd = self.command()

@@ -42,7 +42,8 @@ class FakeServer:
 
     ``mode``: ``ok``, ``slow`` (sleeps ``delay`` before answering), ``500``, ``429-once`` (429 with
     Retry-After on each conversation's first try, then ok), ``garbage`` (not JSON), ``nochoices``
-    (JSON without choices), ``die-after`` (answers ``limit`` requests, then shuts down).
+    (JSON without choices), ``die-after`` (answers ``limit`` requests, then shuts down), ``drop-idle``
+    (closes each connection after its answer without saying so, as servers with a short keep-alive do).
     """
 
     def __init__(self, mode: str = "ok", *, port: int = 0, delay: float = 0.0, limit: int = 10**9):
@@ -51,6 +52,8 @@ class FakeServer:
         self.in_flight = self.peak = 0
         self.lock = threading.Lock()
         self.seen: set[str] = set()
+        self.connections: set = set()  # open client connections (Endpoint keeps them alive between requests)
+        self.opened = 0  # connections accepted so far
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +61,17 @@ class FakeServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with owner.lock:
+                    owner.connections.add(self.connection)
+                    owner.opened += 1
+
+            def finish(self):
+                with owner.lock:
+                    owner.connections.discard(self.connection)
+                super().finish()
 
             def _send(self, status: int, body: bytes, headers: dict | None = None):
                 self.send_response(status)
@@ -85,6 +99,8 @@ class FakeServer:
                         owner.in_flight -= 1
                 if reply is not None:  # sent after leaving the count, so the next request is not counted twice
                     self._send(*reply)
+                if owner.mode == "drop-idle":
+                    self.close_connection = True  # no "Connection: close" header: the client finds out on reuse
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
@@ -124,8 +140,18 @@ class FakeServer:
         return 200, json.dumps(answer).encode(), None
 
     def stop(self) -> None:
+        """Stop as a dead server would: no new connections, and every kept-alive one cut."""
+        import socket
+
         self.httpd.shutdown()
         self.httpd.server_close()
+        with self.lock:
+            open_now = list(self.connections)
+        for conn in open_now:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture
@@ -166,6 +192,26 @@ def test_answers_in_order_with_bounded_concurrency(server):
     assert body["model"] == "fake-phi3" and body["temperature"] == 0.0 and body["max_tokens"] == 64
     assert "seed" not in body
     assert target.check() == ["fake-phi3"]
+
+
+def test_connections_kept_alive_between_requests(server):
+    s = server(delay=0.01)
+    target = fast(s.url, concurrency=4)
+    texts = [f"question {i}" for i in range(40)]
+    for _ in range(2):  # two answer calls: the second reuses the first's connections
+        target.answer(convs(*texts))
+        texts = [t + "?" for t in texts]
+    assert len(s.requests) == 80
+    assert s.opened <= 4 and target.stats["connections"] == s.opened
+    target.close()
+
+
+def test_connection_closed_while_idle_is_replaced_without_a_retry(server):
+    s = server("drop-idle")
+    target = fast(s.url, concurrency=1, retries=0)  # a stale connection must not use up the only try
+    texts = [f"question {i}" for i in range(5)]
+    assert target.answer(convs(*texts)) == [f"Sure. {t}" for t in texts]
+    assert target.stats["retries"] == 0 and s.opened == 5
 
 
 def test_protocol_and_settings():
