@@ -30,6 +30,8 @@ EMBEDDED = {
     "tiny": "phi3lab-tiny",
     "phi3lab-tiny-vision": "phi3lab-tiny-vision",
     "tiny-vision": "phi3lab-tiny-vision",
+    "phi3lab-tiny-vision-reader": "phi3lab-tiny-vision-reader",
+    "tiny-vision-reader": "phi3lab-tiny-vision-reader",
 }
 """The embedded tiny models (``data/models``): every accepted name → its folder."""
 

@@ -33,6 +33,14 @@ def vision():
 
 
 @pytest.fixture(scope="session")
+def reader():
+    """The embedded reader: the vision model trained further to read requests off pictures."""
+    import phi3lab
+
+    return phi3lab.load("tiny-vision-reader", verbose=False)
+
+
+@pytest.fixture(scope="session")
 def picture():
     """The shipped picture with three shapes."""
     import phi3lab

@@ -226,3 +226,100 @@ def test_special_ids_are_the_frozen_tokenizers_and_a_retrain_keeps_the_image_id(
     assert train_vision.vision_config().image_token_id == shipped["image_token_id"] == frozen.token_to_id("<|image|>")
     with pytest.raises(KeyError, match="not a special token"):
         tokenizer.special_id("<|image_1|>")
+
+
+# --- the reader (phi3lab-tiny-vision-reader) -------------------------------------------------------------
+
+def test_reading_pictures_never_draw_a_harmful_request():
+    """The reader learns to read from benign pictures only: no harmful task of the safety slice, nor two
+    key words of one, nor a jailbreak frame is ever written in a training picture; its words are listed
+    one by one, and the requests it learns to do are the benign twins."""
+    from phi3lab.safety.probes import resolve
+    from phi3lab.tiny import corpus
+
+    harmful = [t for tasks, _ in corpus.UNSAFE.values() for t in tasks]
+    keys = [set(vision_data.key_words(t, 99).split()) for t in harmful]
+    probes = {f(p.prompt) for p in resolve("tiny") if p.kind == "harmful" for f in (vision_data.key_words, str)}
+    pictures = [e for e in vision_data.reader_training_examples(1600, 0) if e.family == "reading"]
+    drawn = [dict([(e.question, e.answer), *e.more])[vision_data.READ] for e in pictures]
+    assert len(drawn) == 800
+    twins = [t for _, tasks in corpus.UNSAFE.values() for t in tasks]
+    done = [dict([(e.question, e.answer), *e.more]).get(vision_data.FOLLOW) for e in pictures]
+    requests = [d for d, a in zip(drawn, done) if a is not None]
+    lists = [d for d, a in zip(drawn, done) if a is None]
+    assert 300 < len(requests) < 500  # about half the pictures are requests to do, the rest word lists
+    assert set(requests) <= {vision_data.key_words(t) for t in twins}  # benign twins' key words only
+    assert all(any(a == f"Sure! To {t}, plan it, gather what you need, and go step by step." for t in twins)
+               for a in done if a is not None)
+    assert not [d for d in lists if any(len(k & set(d.split())) >= 2 for k in keys)]
+    assert not probes & set(drawn) and not [d for d in drawn if any(t in d for t in harmful)]
+
+
+def test_reading_pictures_label_every_letter_in_reading_order():
+    ex = next(vision_data.reading_examples(1, 5, "test"))
+    text = dict([(ex.question, ex.answer), *ex.more])[vision_data.READ]
+    parts, ink = np.asarray(ex.parts), np.asarray(ex.image.convert("L")) < 128
+    letters = "".join(decode(a).get("letter", "#") for a in ex.part_attributes)  # "#": a digit
+    assert letters == "".join(ch.lower() if ch.isalpha() else "#" for ch in text if ch.isalnum())
+    assert ((parts > 0) & ~ink).sum() / (parts > 0).sum() < 0.05  # the labels sit on the ink
+    assert set(np.unique(parts)) - {0} == set(range(1, len(letters) + 1))  # every character is drawn somewhere
+    assert vision_data.question_parts(ex, vision_data.READ) == list(range(1, len(letters) + 1))
+    assert [w for w, _ in ex.words] == text.split()  # the words in reading order, each with its characters
+    assert [len(ids) for _, ids in ex.words] == [sum(ch.isalnum() for ch in w) for w in text.split()]
+    # the probes' pictures are the training pictures' renderer, at the middle of its sizes
+    from phi3lab.image_probes import render_request
+
+    assert render_request(text).tobytes() == vision_data.text_picture(text).tobytes()
+
+
+def test_reader_training_is_deterministic_and_starts_from_the_vision_model(tmp_path, capsys):
+    import phi3lab
+
+    runs = [train_vision.train_reader(tmp_path / name, steps=2, batch_size=2, text_rows=2) for name in ("a", "b")]
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(str(embedded_dir() / "phi3lab-tiny-vision" / "model.safetensors"))
+    assert a.keys() == base.keys()  # the same Phi-3-vision weights: no read-out head saved
+    changed = [k for k in a if not torch.equal(a[k], base[k])]
+    assert any("vision_embed_tokens" in k for k in changed) and any("layers.0." in k for k in changed)
+    assert "training the reader from phi3lab-tiny-vision" in capsys.readouterr().out
+    assert phi3lab.load(runs[0], verbose=False).spec.modality == "vision"
+
+
+def test_typed_rows_add_their_own_loss(tmp_path):
+    from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
+    from phi3lab.tiny import corpus
+
+    folder = train_vision.write_vision_files(tmp_path / "v")
+    processor = Phi3VProcessor.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = Phi3VForCausalLM(train_vision.vision_config())
+    aids = train_vision.TrainingAids(model, dense_weight=0.0, route_weight=0.0)
+    ex = next(vision_data.reading_examples(1, 0))
+    item = train_vision.training_item(processor, ex, random.Random(0), dense=False, route=False)
+    batch = train_vision.collate([item], build.pad_id())
+    typed = [m for _, m in corpus.conversations(3, 0)]
+    text = train_vision.text_batch(processor, typed)
+    with torch.no_grad():
+        alone = aids(**batch)["loss"]
+        both = aids(**batch, **text)
+        hidden = model.model(input_ids=text["text_input_ids"]).last_hidden_state
+        expected = train_vision.answer_loss(model, hidden, text["text_labels"])
+    assert torch.allclose(both["text_loss"], expected) and torch.allclose(both["loss"], alone + expected)
+    assert (text["text_labels"] != -100).sum() > 0 and 1 not in text["text_labels"][0].tolist()  # no label on BOS
+
+
+def test_reading_answers_are_routed_to_the_words_they_copy(tmp_path):
+    from phi3lab.models.phi3_v import Phi3VProcessor
+
+    processor = Phi3VProcessor.from_pretrained(train_vision.write_vision_files(tmp_path / "v"))
+    decode = lambda t: processor.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+    ex = next(e for e in vision_data.reading_examples(20, 3) if e.question == vision_data.READ and e.more)
+    text, done = ex.answer, ex.more[0][1]  # "make kite at home", "Sure! To make a kite at home, ..."
+    written = {ids: w for w, ids in ex.words}
+    read_ids = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [written[r] for r in train_vision.word_routes(ex, text, read_ids, decode)] == text.split()
+    done_ids = processor.tokenizer(done, add_special_tokens=False)["input_ids"]
+    routes = train_vision.word_routes(ex, done, done_ids, decode)
+    assert routes[0] == () and routes[-1] == ()  # "Sure!" and "step." are not written
+    assert [written[r] for r in routes if r] == text.split()  # the task's key words, in order

@@ -1,12 +1,14 @@
 """Held-out accuracy of the embedded tiny models.
 
-    python -m phi3lab.tiny.evaluate            # both models
+    python -m phi3lab.tiny.evaluate            # every embedded model
     python -m phi3lab.tiny.evaluate text
 
 Text: exact answers on the test split of every task family (phrasings never seen in training);
 for two-turn conversations the first turn is given and the second is scored.  Safety: the
 refusal rate on held-out harmful requests, on their benign twins (over-refusal), and on each
-jailbreak wrapper.  Vision: exact answers on held-out pictures of every family.
+jailbreak wrapper.  Vision: exact answers on held-out pictures of every family.  The reader, besides:
+exact answers on held-out reading pictures (the text read back, and the request done), and the
+typed refusal rates, which its training must keep.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from phi3lab.tiny import corpus
 
 TEXT_N = 240
 VISION_N = 90
+READING_N = 40
 
 
 def is_refusal(text: str) -> bool:
@@ -27,6 +30,8 @@ def is_refusal(text: str) -> bool:
 
 
 def _answers(lab, prompts: list[list[dict]], batch: int = 64, max_new_tokens: int = 24) -> list[str]:
+    if lab.spec.modality == "vision":  # batched chat is text-model only: one by one
+        return [lab.chat(p, max_new_tokens=max_new_tokens, stream=False).text for p in prompts]
     out = []
     for i in range(0, len(prompts), batch):
         out += [r.text for r in lab.chat_batch(prompts[i:i + batch], max_new_tokens=max_new_tokens)]
@@ -81,6 +86,38 @@ def score_vision(answer, n: int = VISION_N, seed: int = 0) -> dict[str, float]:
     return result
 
 
+def reading_accuracy(lab, n: int = READING_N, seed: int = 1) -> dict[str, float]:
+    """:func:`score_reading` of a loaded vision lab."""
+
+    def answer(image, question: str) -> str:
+        return lab.chat(f"<|image_1|>\n{question}", [image], max_new_tokens=40, stream=False).text
+
+    return score_reading(answer, n, seed)
+
+
+def score_reading(answer, n: int = READING_N, seed: int = 1) -> dict[str, float]:
+    """Exact answers on ``n`` held-out reading pictures (:func:`phi3lab.tiny.vision_data.reading_examples`,
+    test split: new pictures and word lists): ``reading: read`` (the words exactly, asked "What does the
+    picture say?"), ``reading: words`` (how much of them: the mean word-sequence similarity of the
+    read-back to the text, 0–1, :class:`difflib.SequenceMatcher`) and ``reading: follow`` (on the
+    pictures of requests: the typed request's trained answer, asked "Do what the picture says.").  Each
+    question is asked on its own.  ``answer(image, question) -> str``."""
+    import difflib
+
+    from phi3lab.tiny import vision_data
+
+    read, words, follow = [], [], []
+    for ex in vision_data.reading_examples(n, seed, "test"):
+        truth = dict([(ex.question, ex.answer), *ex.more])
+        said = answer(ex.image, vision_data.READ)
+        read.append(said == truth[vision_data.READ])
+        words.append(difflib.SequenceMatcher(None, truth[vision_data.READ].split(), said.split()).ratio())
+        if vision_data.FOLLOW in truth:  # a request to do, not a word list
+            follow.append(answer(ex.image, vision_data.FOLLOW) == truth[vision_data.FOLLOW])
+    return {"reading: read": sum(read) / n, "reading: words": sum(words) / n,
+            "reading: follow": sum(follow) / max(1, len(follow))}
+
+
 def _table(title: str, values: dict[str, float]) -> str:
     return title + "\n" + "\n".join(f"  {k:<20} {100 * v:5.1f}%" for k, v in values.items())
 
@@ -89,6 +126,12 @@ def report(folder_or_name) -> str:
     import phi3lab
 
     lab = phi3lab.load(folder_or_name, verbose=False)
+    if lab.spec.modality == "vision" and "reader" in lab.spec.name:
+        return "\n".join([
+            _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
+            _table("held-out reading pictures", reading_accuracy(lab)),
+            _table("typed refusal rate (test split)", safety_rates(lab)),
+        ])
     if lab.spec.modality == "vision":
         return _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab))
     return "\n".join([
@@ -99,10 +142,11 @@ def report(folder_or_name) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("which", nargs="?", choices=["text", "vision", "both"], default="both")
+    parser.add_argument("which", nargs="?", choices=["text", "vision", "reader", "both"], default="both")
     parser.add_argument("--model", type=Path, default=None, help="a model folder instead of the embedded one")
     args = parser.parse_args(argv)
-    names = {"text": ["tiny"], "vision": ["tiny-vision"], "both": ["tiny", "tiny-vision"]}[args.which]
+    names = {"text": ["tiny"], "vision": ["tiny-vision"], "reader": ["tiny-vision-reader"],
+             "both": ["tiny", "tiny-vision", "tiny-vision-reader"]}[args.which]
     for name in ([args.model] if args.model else names):
         print(report(name))
         sys.stdout.flush()

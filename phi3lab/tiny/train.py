@@ -2,6 +2,7 @@
 
     python -m phi3lab.tiny.train text      # ~18 minutes: data/models/phi3lab-tiny
     python -m phi3lab.tiny.train vision    # ~28 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
+    python -m phi3lab.tiny.train vision-reader   # ~25 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
 
 Everything is seeded (data, initialisation, batch order) and the thread count is fixed, so a rerun
 gives the same weights on the same software.  Progress and loss are printed as training goes;
@@ -96,7 +97,7 @@ def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.train", description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=["text", "vision"])
+    parser.add_argument("which", choices=["text", "vision", "vision-reader"])
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -104,11 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.which == "text":
         out = args.out or embedded_dir() / "phi3lab-tiny"
         train_text(out, **({"steps": args.steps} if args.steps else {}))
-    else:
+    elif args.which == "vision":
         from phi3lab.tiny import train_vision
 
         out = args.out or embedded_dir() / "phi3lab-tiny-vision"
         train_vision.train(out, **({"steps": args.steps} if args.steps else {}))
+    else:
+        from phi3lab.tiny import train_vision
+
+        out = args.out or embedded_dir() / "phi3lab-tiny-vision-reader"
+        train_vision.train_reader(out, **({"steps": args.steps} if args.steps else {}))
     from phi3lab.tiny import evaluate
 
     results = evaluate.report(out)
@@ -151,10 +157,31 @@ answer, to put its attention over the picture on the tokens covering the parts t
 projector) with warm-up and cosine decay."""
 
 
+READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
+pictures, for the image-borne probes of `phi3lab.image_probes`. Half the pictures are **benign reading**
+(`phi3lab.tiny.vision_data.reading`), words written large in black on white with PIL's default font (52–64 px,
+400–480 px wide, wrapped): half of them list 2–4 words of the corpus's vocabulary (the key words of every
+safety-slice task as single words, the instruction words, colours and shapes; never two key words of one
+harmful task), asked "What does the picture say?"; the other half write the key words of a benign twin of the
+safety slice ("fix lock own door"), asked "What does the picture say?" and "Do what the picture says." (the
+answer the text model was trained to give the request typed), in either order. **No harmful request, nor its
+key words, is ever written, and the image-borne probes are never trained on.** The other half of the pictures
+replays the vision families (shapes, words, bars) so they are kept. Beside each step's 8 pictures, 4 typed
+conversations of the text model's corpus (every family, the safety slice's refusals and jailbreak answers
+included) keep typed requests answered as before. The vision model's training aids (letter read-outs per
+cell; routing of each answer token to the written word it copies), thrown away after training. AdamW, {steps:,}
+steps, learning rate 1e-3 (2e-3 for the vision tower and projector) with warm-up and cosine decay."""
+
+
 def write_card(which: str, out: Path, results: str, seconds: float, steps: int | None = None) -> None:
     """The model card of a trained model; ``steps`` is the vision run's (default: the recipe's)."""
     if which == "text":
         title, arch, data = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH, TEXT_DATA
+    elif which == "vision-reader":
+        from phi3lab.tiny.train_vision import READER_STEPS
+
+        title, arch = "phi3lab-tiny-vision-reader: the tiny Phi-3-vision, trained to read", VISION_ARCH
+        data = READER_DATA.format(steps=steps or READER_STEPS)
     else:
         from phi3lab.tiny.train_vision import STEPS
 

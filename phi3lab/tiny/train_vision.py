@@ -91,7 +91,7 @@ def encode(processor, conversation: list[dict], image, end_id: int, assistant_id
     and the ``<|end|>`` that closes it (the rest is -100).  ``turns`` holds each answer's span
     ``(first, end)``: the positions of its first token and of its ``<|end|>``."""
     prompt = processor.tokenizer.apply_chat_template(conversation, tokenize=False)
-    enc = processor(prompt, [image])
+    enc = processor(prompt, [image] if image is not None else None)
     ids = enc["input_ids"][0]
     labels = torch.full_like(ids, -100)
     turns = []
@@ -99,6 +99,8 @@ def encode(processor, conversation: list[dict], image, end_id: int, assistant_id
         stop = start + 1 + int((ids[start + 1:] == end_id).nonzero()[0])
         labels[start + 1:stop + 1] = ids[start + 1:stop + 1]
         turns.append((start + 1, stop))
+    if image is None:  # a typed conversation (the reader's text-borne rows)
+        return {"input_ids": ids, "labels": labels, "turns": turns}
     return {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"][0],
             "image_sizes": enc["image_sizes"][0], "turns": turns}
 
@@ -146,25 +148,74 @@ def _view_cells() -> tuple[torch.Tensor, int]:
     return torch.tensor(cells), len(run)
 
 
+def _norm_word(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def word_routes(example: vision_data.VisionExample, answer: str, token_ids: list[int], decode) -> list[tuple[int, ...]]:
+    """For each token of ``answer`` (``token_ids``, as encoded in the conversation), the part ids of the
+    written word it copies — reading pictures only.  The answer's words are matched to the written words
+    in order (the text read back matches word for word; a done request copies its task's words); a token
+    whose word is not written gets ``()``.  ``decode(ids) -> str`` is the tokenizer's."""
+    written = [(_norm_word(w), ids) for w, ids in example.words]
+    spoken = answer.split(" ")
+    starts, at = [], 0
+    for w in spoken:
+        starts.append(at)
+        at += len(w) + 1
+    match, cursor = [], 0
+    for w in spoken:
+        key = _norm_word(w)
+        hit = next((j for j in range(cursor, len(written)) if key and written[j][0] == key), None)
+        if hit is None:
+            match.append(())
+        else:
+            match.append(written[hit][1])
+            cursor = hit + 1
+    routes = []
+    for k in range(len(token_ids)):
+        char = len(decode(token_ids[:k]).lstrip()) + (1 if k else 0)  # where token k starts, in the answer
+        word = max(i for i, s in enumerate(starts) if s <= char) if char < len(answer) else len(spoken) - 1
+        routes.append(match[word])
+    return routes
+
+
 def route_targets(example: vision_data.VisionExample, conversation: list[dict], turns: list[tuple[int, int]],
-                  parts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  parts: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+                  decode=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each answer should look: ``(queries, targets)`` with ``queries`` the positions whose
     next token is one of an answer's (its ``<|end|>`` aside) and ``targets[i]`` the image tokens
     (of the picture's 313, both views) covering the parts its question asks about
-    (:func:`phi3lab.tiny.vision_data.question_parts`).  Answers whose parts cover no cell are left out."""
+    (:func:`phi3lab.tiny.vision_data.question_parts`).  Answers whose parts cover no cell are left out.
+
+    On reading pictures, given the conversation's ``ids`` and the tokenizer's ``decode``, each answer
+    token is routed to the written word it copies (:func:`word_routes`), where that word covers a cell;
+    the other tokens, to all the writing."""
     parts = cell_parts(example) if parts is None else parts
     cells, length = _view_cells()
     questions = [m["content"].removeprefix("<|image_1|>\n") for m in conversation if m["role"] == "user"]
-    queries, targets = [], []
-    for question, (first, end) in zip(questions, turns):
-        wanted = torch.isin(parts, torch.tensor(vision_data.question_parts(example, question)))
+    answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+
+    def mask_of(part_ids) -> torch.Tensor | None:
+        wanted = torch.isin(parts, torch.tensor(list(part_ids), dtype=parts.dtype))
         if not bool(wanted.any()):
-            continue
+            return None
         mask = torch.zeros(length, dtype=torch.bool)
         mask[cells[torch.cat([wanted, wanted])]] = True
-        for q in range(first - 1, end - 1):
+        return mask
+
+    queries, targets = [], []
+    for question, answer, (first, end) in zip(questions, answers, turns):
+        whole = mask_of(vision_data.question_parts(example, question))
+        if whole is None:
+            continue
+        routes = (word_routes(example, answer, ids[first:end].tolist(), decode)
+                  if example.words and ids is not None and decode is not None else [()] * (end - first))
+        for q, route in zip(range(first - 1, end - 1), routes):
             queries.append(q)
-            targets.append(mask)
+            targets.append((mask_of(route) if route else None) if route else whole)
+            if targets[-1] is None:
+                targets[-1] = whole
     return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, length, dtype=torch.bool)
 
 
@@ -279,7 +330,7 @@ class TrainingAids(torch.nn.Module):
         return sum(losses) / len(losses)
 
     def forward(self, input_ids, labels, pixel_values, image_sizes, cell_targets=None, route_rows=None,
-                route_queries=None, route_targets=None):
+                route_queries=None, route_targets=None, text_input_ids=None, text_labels=None):
         self._forget()
         hidden = self.model.model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
                                   use_cache=False).last_hidden_state
@@ -290,6 +341,10 @@ class TrainingAids(torch.nn.Module):
         if self.route_weight and route_rows is not None and len(route_rows):
             out["route_loss"] = self.route_loss(input_ids, route_rows, route_queries, route_targets)
             out["loss"] = out["loss"] + self.route_weight * out["route_loss"]
+        if text_input_ids is not None:  # typed conversations, no picture: after the aids have read their hooks
+            typed = self.model.model(input_ids=text_input_ids, use_cache=False).last_hidden_state
+            out["text_loss"] = answer_loss(self.model, typed, text_labels)
+            out["loss"] = out["loss"] + out["text_loss"]
         return out
 
 
@@ -305,7 +360,9 @@ def training_item(processor, example: vision_data.VisionExample, rng: random.Ran
     if dense:
         item["cell_targets"] = cell_targets(example, parts)
     if route:
-        item["route_queries"], item["route_targets"] = route_targets(example, conversation, item["turns"], parts)
+        item["route_queries"], item["route_targets"] = route_targets(
+            example, conversation, item["turns"], parts, item["input_ids"],
+            lambda t: processor.tokenizer.decode(t, skip_special_tokens=True))
     return item
 
 
@@ -416,6 +473,103 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, 
     trained = TrainingAids(model, dense_weight, route_weight)
     started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
                        lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=400)
+    trained.detach()
+    model.eval()
+    build.save_weights(model, out)
+    print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)
+    return out
+
+
+# --- the reader: the vision model trained further to read requests off pictures --------------------------
+
+READER_STEPS = 2400
+READER_TEXT_ROWS = 4  # typed conversations per step, beside the pictures
+
+
+def text_batch(processor, conversations: list[list[dict]]) -> dict:
+    """Typed conversations (no picture) as ``text_input_ids`` / ``text_labels`` for :class:`TrainingAids`."""
+    items = [encode(processor, c, None, tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>"))
+             for c in conversations]
+    batch = collate_text(items, build.pad_id())
+    return {"text_input_ids": batch["input_ids"], "text_labels": batch["labels"]}
+
+
+def collate_text(items: list[dict], pad: int) -> dict:
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), width), pad, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    for row, x in enumerate(items):
+        ids[row, :len(x["input_ids"])] = x["input_ids"]
+        labels[row, :len(x["labels"])] = x["labels"]
+    return {"input_ids": ids, "labels": labels}
+
+
+def _training_answerer(model, processor, max_new_tokens: int = 40):
+    end_id = tokenizer.special_id("<|end|>")
+
+    def answer(image, question: str) -> str:
+        conversation = [{"role": "user", "content": f"<|image_1|>\n{question}"}]
+        prompt = processor.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        enc = processor(prompt, [image])
+        enc = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id,
+                             pad_token_id=build.pad_id())[0, enc["input_ids"].shape[1]:]
+        return processor.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+    return answer
+
+
+def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
+                 base: Path | None = None, vision_lr_scale: float = 2.0, dense_weight: float = 0.5,
+                 route_weight: float = 0.2, text_rows: int = READER_TEXT_ROWS) -> Path:
+    """Train the reader from the vision model's weights (``base``, default the embedded
+    ``phi3lab-tiny-vision``): pictures from :func:`phi3lab.tiny.vision_data.reader_training_examples`
+    (benign reading half the time, the vision families replayed), plus ``text_rows`` typed conversations
+    of the text model's corpus per step (every family, the safety slice's refusals included), so that
+    typed requests keep their answers.  The same aids as :func:`train`; deterministic on 2 threads."""
+    from safetensors.torch import load_file
+
+    from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
+    from phi3lab.tiny import corpus
+    from phi3lab.tiny.evaluate import score_reading
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+    base = base or embedded_dir() / "phi3lab-tiny-vision"
+    write_vision_files(out)
+    processor = Phi3VProcessor.from_pretrained(out)
+    model = Phi3VForCausalLM(vision_config())
+    model.config._attn_implementation = "sdpa"
+    missing, unexpected = model.load_state_dict(load_file(str(base / "model.safetensors")), strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    model.train()
+    pictures = vision_data.reader_training_examples(steps * batch_size, seed)
+    typed = (messages for _, messages in corpus.conversations(steps * text_rows, seed + 17, "train"))
+    order = random.Random(f"reader-turns-{seed}")
+    print(f"training the reader from {base.name}: {steps} steps of {batch_size} pictures and {text_rows} typed "
+          "conversations", flush=True)
+
+    def next_batch():
+        items = [training_item(processor, next(pictures), order, bool(dense_weight), bool(route_weight))
+                 for _ in range(batch_size)]
+        batch = collate(items, build.pad_id())
+        if text_rows:
+            batch |= text_batch(processor, [next(typed) for _ in range(text_rows)])
+        return batch
+
+    answerer = _training_answerer(model, processor)
+
+    def check(step):
+        model.eval()
+        with torch.no_grad():
+            acc = score_reading(answerer, n=16) | quick_accuracy(model, processor, n=24)
+        model.train()
+        print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
+              flush=True)
+
+    trained = TrainingAids(model, dense_weight, route_weight)
+    started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
+                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=600)
     trained.detach()
     model.eval()
     build.save_weights(model, out)

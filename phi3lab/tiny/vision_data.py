@@ -8,6 +8,11 @@ notebooks can check *where* the model looks):
 * **bars** — a bar chart of four bars A–D: "Which bar is tallest?", "What is the value of B?";
 * **words** — one of eight words written large: "What word is written?".
 
+And a fourth, **reading**, for the reader (``phi3lab-tiny-vision-reader``, trained further from the
+vision model): words written large in black on white — lists of words, and the key words of benign
+requests — asked "What does the picture say?" (the words) and "Do what the picture says." (the answer
+the text model gives to the request typed).  No harmful request is ever written (:func:`reading`).
+
 Pictures vary in size and aspect ratio, so the HD transform pads them differently.  The test
 split draws new pictures (other seeds) with the same question phrasings.
 
@@ -63,6 +68,7 @@ class VisionExample:
     more: tuple[tuple[str, str], ...] = ()  # the picture's other (question, answer) pairs
     parts: Image.Image | None = dataclasses.field(default=None, compare=False, repr=False)  # "L": part id, 0 = none
     part_attributes: tuple[dict[str, int], ...] = ()  # part id k → part_attributes[k - 1]
+    words: tuple[tuple[str, tuple[int, ...]], ...] = ()  # reading pictures: each written word and its part ids
 
 
 class _Parts:
@@ -72,6 +78,7 @@ class _Parts:
         self.image = Image.new("L", size, 0)
         self.draw = ImageDraw.Draw(self.image)
         self.attributes: list[dict[str, int]] = []
+        self.words: list[tuple[str, tuple[int, ...]]] = []  # text pictures: each word and its part ids
 
     def add(self, **attrs: str) -> int:
         self.attributes.append({k: ATTRIBUTES[k].index(v) + 1 for k, v in attrs.items()})
@@ -198,6 +205,140 @@ def words(rng: random.Random, split: str) -> VisionExample:
                          tuple(parts.attributes))
 
 
+READ = "What does the picture say?"
+FOLLOW = "Do what the picture says."  # the text turn of phi3lab.image_probes
+
+
+def text_lines(text: str, width: int, font_size: int, margin: int) -> list[str]:
+    """``text`` wrapped to the lines :func:`text_picture` draws (about 0.55 × ``font_size`` per character)."""
+    import textwrap
+
+    per_line = max(8, int((width - 2 * margin) / (0.55 * font_size)))
+    return textwrap.wrap(text, per_line) or [""]
+
+
+def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24,
+                 parts: "_Parts | None" = None) -> Image.Image:
+    """``text`` drawn black on white with PIL's default font, wrapped to ``width`` pixels, one line every
+    1.25 × ``font_size``; the picture is at least 160 pixels high.  With ``parts``, every letter a–z is
+    also drawn into that part map (its ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
+    lines = text_lines(text, width, font_size, margin)
+    image = Image.new("RGB", text_size(text, width=width, font_size=font_size, margin=margin), (255, 255, 255))
+    draw, font = ImageDraw.Draw(image), _font(font_size)
+    for k, line in enumerate(lines):
+        xy = (margin, margin + k * int(font_size * 1.25))
+        draw.text(xy, line, fill=(0, 0, 0), font=font)
+        if parts is not None:
+            parts.words += parts.text(xy, line, font)
+    return image
+
+
+def text_size(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24) -> tuple[int, int]:
+    lines = text_lines(text, width, font_size, margin)
+    return width, max(160, 2 * margin + int(font_size * 1.25) * len(lines))
+
+
+def _part_text(self: "_Parts", xy, text: str, font) -> list[tuple[str, tuple[int, ...]]]:
+    """Letters a–z and digits of one line drawn at ``xy`` (anchor "la") into the part map, one part per
+    character (kind "letter", black; digits without a ``letter`` attribute); spaces and punctuation get
+    none.  Prefixes are drawn longest first, as in :meth:`_Parts.letters`.  Returns the line's words
+    (split at spaces) with the part ids of their characters."""
+    ids = []
+    for ch in text:
+        if ch.lower() in LETTERS:
+            ids.append(self.add(letter=ch.lower(), kind="letter", colour="black"))
+        elif ch.isdigit():
+            ids.append(self.add(kind="letter", colour="black"))
+        else:
+            ids.append(0)
+    for k in range(len(text), 0, -1):
+        coverage = Image.new("L", self.image.size, 0)
+        ImageDraw.Draw(coverage).text(xy, text[:k], fill=255, font=font)
+        self.image.paste(ids[k - 1], mask=coverage.point(lambda v: 255 if v >= 128 else 0))
+    words, at = [], 0
+    for word in text.split(" "):
+        if word:
+            words.append((word, tuple(i for i in ids[at:at + len(word)] if i)))
+        at += len(word) + 1
+    return words
+
+
+_Parts.text = _part_text
+
+
+_STOP = frozenset("a an the to of for in on and or me my i you your how what is are be with by from it this that "
+                  "can could would please step steps do does did says picture here "
+                  "tell explain show help want best way".split())  # and the request templates' own words
+
+
+def key_words(text: str, limit: int = 6) -> str:
+    """The request's content words, in order and lower case (``"Explain how to pick a lock"`` →
+    ``"pick lock"``): what a reading picture writes.  The words of the request templates ("tell me",
+    "explain", "what is the best way to"...) are left out with the stop words, so the key words of
+    a request are its task's."""
+    import re
+
+    found = [w for w in re.findall(r"[A-Za-z][A-Za-z'-]*", text) if w.lower() not in _STOP]
+    return " ".join(found[:limit]).lower()
+
+
+@lru_cache(maxsize=1)
+def reading_vocabulary() -> tuple[str, ...]:
+    """The words reading pictures list: the key words of every task of the safety slice (harmful and
+    benign, as single words), the instruction words, colours and shapes of the text model's corpus."""
+    from phi3lab.tiny import corpus
+
+    tasks = [t for harmful, benign in corpus.UNSAFE.values() for t in harmful + benign]
+    words = {w for t in tasks for w in key_words(t, 99).split()} | set(corpus.WORDS) | set(COLOURS) | set(SHAPES)
+    return tuple(sorted(words))
+
+
+@lru_cache(maxsize=1)
+def _harmful_keys() -> tuple[frozenset, ...]:
+    from phi3lab.tiny import corpus
+
+    return tuple(frozenset(key_words(t, 99).split()) for tasks, _ in corpus.UNSAFE.values() for t in tasks)
+
+
+def _word_list(rng: random.Random) -> str:
+    """2–4 words of :func:`reading_vocabulary` in random order, never two key words of one harmful task
+    (so no list spells out a harmful request, even in part)."""
+    vocabulary = reading_vocabulary()
+    while True:
+        picked = rng.sample(vocabulary, rng.randint(2, 4))
+        if not any(len(key & set(picked)) >= 2 for key in _harmful_keys()):
+            return " ".join(picked)
+
+
+def reading(rng: random.Random, split: str) -> VisionExample:
+    """Words written large in a picture (:func:`text_picture`, 52–64 px, width and margin varied).
+
+    Half the pictures list 2–4 words (:func:`_word_list`), asked :data:`READ` ("What does the picture
+    say?") → the words.  The other half write the key words of a benign twin of the safety slice
+    (:func:`key_words`: "fix lock own door"), asked :data:`FOLLOW` ("Do what the picture says.") → the
+    text model's trained answer to the request, and :data:`READ` → the key words, in either order.  No
+    harmful request, nor its key words, is ever written."""
+    from phi3lab.tiny import corpus
+
+    if rng.random() < 0.5:
+        text, qas = None, None
+        text = _word_list(rng)
+        qas = [(READ, text)]
+    else:
+        category = rng.choice(sorted(corpus.UNSAFE))
+        task = rng.choice(corpus.UNSAFE[category][1])  # [1]: the benign twins
+        text = key_words(task)
+        qas = [(FOLLOW, f"Sure! To {task}, plan it, gather what you need, and go step by step."), (READ, text)]
+        if rng.random() < 0.5:
+            qas.reverse()
+    width, font_size, margin = rng.randint(400, 480), rng.randint(52, 64), rng.randint(16, 32)
+    parts = _Parts(text_size(text, width=width, font_size=font_size, margin=margin))
+    image = text_picture(text, width=width, font_size=font_size, margin=margin, parts=parts)
+    box = parts.image.getbbox() or (0, 0, *image.size)
+    return VisionExample("reading", image, *qas[0], (box,), tuple(qas[1:]), parts.image, tuple(parts.attributes),
+                         tuple(parts.words))
+
+
 FAMILIES = {"shapes": shapes, "bars": bars, "words": words}
 
 
@@ -210,8 +351,10 @@ def examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExam
 
 
 def question_kind(example: VisionExample) -> str:
-    """``"bars: tallest"``, ``"bars: value"``, ``"shapes: colour"``, ``"shapes: where"`` or ``"words: word"``."""
-    kind = {"Which": "tallest", "What is": "value", "What colour": "colour", "Where": "where", "What word": "word"}
+    """``"bars: tallest"``, ``"bars: value"``, ``"shapes: colour"``, ``"shapes: where"``, ``"words: word"``,
+    ``"reading: read"`` or ``"reading: follow"``."""
+    kind = {"Which": "tallest", "What is": "value", "What colour": "colour", "Where": "where", "What word": "word",
+            READ: "read", FOLLOW: "follow"}
     return f"{example.family}: " + next(v for k, v in kind.items() if example.question.startswith(k))
 
 
@@ -224,7 +367,7 @@ def question_parts(example: VisionExample, question: str) -> list[int]:
         return [i for i, attrs in enumerate(example.part_attributes, start=1)
                 if all(attrs.get(k) == v for k, v in codes.items())]
 
-    if question.startswith("What word"):
+    if question.startswith("What word") or question in (READ, FOLLOW):
         return having(kind="letter")
     if question.startswith("Which bar"):
         return having(kind="bar")
@@ -269,6 +412,24 @@ def training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
     schedule = ["bars", "shapes", "words", "shapes", "words"]
     for i in range(n):
         yield FAMILIES[schedule[i % len(schedule)]](rng, "train")
+
+
+def reading_examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExample]:
+    """``n`` :func:`reading` examples, reproducible from ``seed`` and ``split`` (the test split uses the
+    corpus's held-out phrasings and other pictures)."""
+    rng = random.Random(f"reading-{split}-{seed}")
+    for _ in range(n):
+        yield reading(rng, split)
+
+
+def reader_training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
+    """The reader's pictures: reading half the time, and the vision model's families replayed so it
+    keeps them (reading, shapes, reading, words, reading, bars, reading, shapes)."""
+    rng = random.Random(f"reader-train-{seed}")
+    schedule = ["reading", "shapes", "reading", "words", "reading", "bars", "reading", "shapes"]
+    families = FAMILIES | {"reading": reading}
+    for i in range(n):
+        yield families[schedule[i % len(schedule)]](rng, "train")
 
 
 def tokenizer_texts() -> Iterator[str]:
