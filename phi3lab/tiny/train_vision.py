@@ -367,14 +367,8 @@ def training_item(processor, example: vision_data.VisionExample, rng: random.Ran
 
 
 def collate(items: list[dict], pad: int) -> dict:
-    width = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), width), pad, dtype=torch.long)
-    labels = torch.full((len(items), width), -100, dtype=torch.long)
-    for row, x in enumerate(items):
-        ids[row, :len(x["input_ids"])] = x["input_ids"]
-        labels[row, :len(x["labels"])] = x["labels"]
-    batch = {"input_ids": ids, "labels": labels, "pixel_values": torch.stack([x["pixel_values"] for x in items]),
-             "image_sizes": torch.stack([x["image_sizes"] for x in items])}
+    batch = collate_text(items, pad) | {"pixel_values": torch.stack([x["pixel_values"] for x in items]),
+                                        "image_sizes": torch.stack([x["image_sizes"] for x in items])}
     if all("cell_targets" in x for x in items):
         batch["cell_targets"] = torch.stack([x["cell_targets"] for x in items])
     if all("route_queries" in x for x in items):
@@ -435,20 +429,26 @@ def quick_accuracy(model, processor, n: int = 48, seed: int = 1) -> dict[str, fl
     return {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
 
 
+def _new_model(out: Path, seed: int):
+    """``(processor, model)``: the files written to ``out`` and a freshly initialised model (seeded, 2 threads, sdpa)."""
+    from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
+
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+    write_vision_files(out)
+    processor = Phi3VProcessor.from_pretrained(out)
+    model = Phi3VForCausalLM(vision_config())
+    model.config._attn_implementation = "sdpa"
+    return processor, model
+
+
 def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
           text_folder: Path | None = None, vision_lr_scale: float = 2.0, sincos: bool = True, dense_weight: float = 0.5,
           route_weight: float = 0.2) -> Path:
     from safetensors.torch import load_file
 
-    from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
-
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(seed)
     text_folder = text_folder or embedded_dir() / "phi3lab-tiny"
-    write_vision_files(out)
-    processor = Phi3VProcessor.from_pretrained(out)
-    model = Phi3VForCausalLM(vision_config())
-    model.config._attn_implementation = "sdpa"
+    processor, model = _new_model(out, seed)
     text_weights = load_file(str(text_folder / "model.safetensors"))
     missing, unexpected = model.load_state_dict(text_weights, strict=False)
     assert not unexpected and all("vision_embed_tokens" in k for k in missing), (missing, unexpected)
@@ -470,9 +470,15 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, 
         print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
               flush=True)
 
+    return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 400)
+
+
+def _fit(model, out: Path, next_batch, steps: int, lr: float, vision_lr_scale: float, dense_weight: float,
+         route_weight: float, check, check_every: int) -> Path:
+    """Train ``model`` with the :class:`TrainingAids`, unhook them and save the weights to ``out``."""
     trained = TrainingAids(model, dense_weight, route_weight)
     started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
-                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=400)
+                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=check_every)
     trained.detach()
     model.eval()
     build.save_weights(model, out)
@@ -495,6 +501,7 @@ def text_batch(processor, conversations: list[list[dict]]) -> dict:
 
 
 def collate_text(items: list[dict], pad: int) -> dict:
+    """``input_ids`` (right-padded with ``pad``) and ``labels`` (-100 past each row's end)."""
     width = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), width), pad, dtype=torch.long)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
@@ -529,17 +536,11 @@ def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: 
     typed requests keep their answers.  The same aids as :func:`train`; deterministic on 2 threads."""
     from safetensors.torch import load_file
 
-    from phi3lab.models.phi3_v import Phi3VForCausalLM, Phi3VProcessor
     from phi3lab.tiny import corpus
     from phi3lab.tiny.evaluate import score_reading
 
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(seed)
     base = base or embedded_dir() / "phi3lab-tiny-vision"
-    write_vision_files(out)
-    processor = Phi3VProcessor.from_pretrained(out)
-    model = Phi3VForCausalLM(vision_config())
-    model.config._attn_implementation = "sdpa"
+    processor, model = _new_model(out, seed)
     missing, unexpected = model.load_state_dict(load_file(str(base / "model.safetensors")), strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     model.train()
@@ -567,14 +568,7 @@ def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: 
         print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
               flush=True)
 
-    trained = TrainingAids(model, dense_weight, route_weight)
-    started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
-                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=600)
-    trained.detach()
-    model.eval()
-    build.save_weights(model, out)
-    print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)
-    return out
+    return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 600)
 
 
 if __name__ == "__main__":
