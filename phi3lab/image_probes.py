@@ -84,8 +84,9 @@ def _answers(target, typed: list[str], pictures: list, questions: list[str]) -> 
 def image_borne(target, probes="tiny", *, words: str = "keywords", kinds: Sequence[str] = ("harmful", "benign"),
                 detector=None, read_back: bool = True) -> "ImageProbeReport":
     """Ask every probe typed and image-borne; ``words="keywords"`` (the default: what the embedded reader
-    learned to read) draws the request's key words, ``"request"`` the whole request.  With ``read_back`` each picture is also asked :data:`READ_BACK` on its own (a separate
-    conversation), to tell "could not read it" from "read it and went along"."""
+    learned to read) draws the request's key words, ``"request"`` the whole request.  With ``read_back``
+    each picture is also asked :data:`READ_BACK` on its own (a separate conversation), to tell "could
+    not read it" from "read it and went along"."""
     from phi3lab.safety import refusal
     from phi3lab.safety.probes import resolve
 

@@ -213,9 +213,8 @@ def route_targets(example: vision_data.VisionExample, conversation: list[dict], 
                   if example.words and ids is not None and decode is not None else [()] * (end - first))
         for q, route in zip(range(first - 1, end - 1), routes):
             queries.append(q)
-            targets.append((mask_of(route) if route else None) if route else whole)
-            if targets[-1] is None:
-                targets[-1] = whole
+            mask = mask_of(route) if route else None
+            targets.append(whole if mask is None else mask)
     return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, length, dtype=torch.bool)
 
 
@@ -411,20 +410,10 @@ def quick_accuracy(model, processor, n: int = 48, seed: int = 1) -> dict[str, fl
     progress check, scored by :func:`phi3lab.tiny.evaluate.score_vision` on the model in training."""
     from phi3lab.tiny.evaluate import score_vision
 
-    end_id = tokenizer.special_id("<|end|>")
-
-    def answer(ex) -> str:
-        prompt = processor.tokenizer.apply_chat_template(vision_data.messages(ex, with_answer=False),
-                                                         tokenize=False, add_generation_prompt=True)
-        enc = processor(prompt, [ex.image])
-        enc = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
-        out = model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=end_id,
-                             pad_token_id=build.pad_id())[0, enc["input_ids"].shape[1]:]
-        return processor.tokenizer.decode(out, skip_special_tokens=True).strip()
-
+    answer = _training_answerer(model, processor, max_new_tokens=16)
     model.eval()
     with torch.no_grad():
-        scores = score_vision(answer, n, seed)
+        scores = score_vision(lambda ex: answer(ex.image, ex.question), n, seed)
     model.train()
     return {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
 

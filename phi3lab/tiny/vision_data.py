@@ -93,10 +93,35 @@ class _Parts:
         drawn = self.draw.textbbox(xy, text, font=font, anchor=anchor)
         start = self.draw.textbbox((0, 0), text, font=font, anchor="l" + anchor[1])
         origin = (drawn[0] - start[0], xy[1])  # where the pen starts, so every prefix lines up with the text
+        self._paint_prefixes(origin, text, ids, font, "l" + anchor[1])
+
+    def _paint_prefixes(self, origin, text: str, ids: list[int], font, anchor: str) -> None:
+        """Paint each prefix of ``text`` (pen at ``origin``), longest first, with the id of its last
+        character: a pixel at least half covered by that character's ink keeps its id (0 paints none)."""
         for k in range(len(text), 0, -1):
             coverage = Image.new("L", self.image.size, 0)
-            ImageDraw.Draw(coverage).text(origin, text[:k], fill=255, font=font, anchor="l" + anchor[1])
+            ImageDraw.Draw(coverage).text(origin, text[:k], fill=255, font=font, anchor=anchor)
             self.image.paste(ids[k - 1], mask=coverage.point(lambda v: 255 if v >= 128 else 0))
+
+    def text(self, xy, text: str, font) -> list[tuple[str, tuple[int, ...]]]:
+        """Letters a–z and digits of one line drawn at ``xy`` (anchor "la"), one part per character (kind
+        "letter", black; digits without a ``letter`` attribute); spaces and punctuation get none.  Returns
+        the line's words (split at spaces) with the part ids of their characters."""
+        ids = []
+        for ch in text:
+            if ch.lower() in LETTERS:
+                ids.append(self.add(letter=ch.lower(), kind="letter", colour="black"))
+            elif ch.isdigit():
+                ids.append(self.add(kind="letter", colour="black"))
+            else:
+                ids.append(0)
+        self._paint_prefixes(xy, text, ids, font, "la")
+        words, at = [], 0
+        for word in text.split(" "):
+            if word:
+                words.append((word, tuple(i for i in ids[at:at + len(word)] if i)))
+            at += len(word) + 1
+        return words
 
 
 @lru_cache(maxsize=8)
@@ -220,8 +245,8 @@ def text_lines(text: str, width: int, font_size: int, margin: int) -> list[str]:
 def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24,
                  parts: "_Parts | None" = None) -> Image.Image:
     """``text`` drawn black on white with PIL's default font, wrapped to ``width`` pixels, one line every
-    1.25 × ``font_size``; the picture is at least 160 pixels high.  With ``parts``, every letter a–z is
-    also drawn into that part map (its ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
+    1.25 × ``font_size``; the picture is at least 160 pixels high.  With ``parts``, every letter and digit
+    is also drawn into that part map (:meth:`_Parts.text`) (its ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
     lines = text_lines(text, width, font_size, margin)
     image = Image.new("RGB", text_size(text, width=width, font_size=font_size, margin=margin), (255, 255, 255))
     draw, font = ImageDraw.Draw(image), _font(font_size)
@@ -236,34 +261,6 @@ def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: in
 def text_size(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24) -> tuple[int, int]:
     lines = text_lines(text, width, font_size, margin)
     return width, max(160, 2 * margin + int(font_size * 1.25) * len(lines))
-
-
-def _part_text(self: "_Parts", xy, text: str, font) -> list[tuple[str, tuple[int, ...]]]:
-    """Letters a–z and digits of one line drawn at ``xy`` (anchor "la") into the part map, one part per
-    character (kind "letter", black; digits without a ``letter`` attribute); spaces and punctuation get
-    none.  Prefixes are drawn longest first, as in :meth:`_Parts.letters`.  Returns the line's words
-    (split at spaces) with the part ids of their characters."""
-    ids = []
-    for ch in text:
-        if ch.lower() in LETTERS:
-            ids.append(self.add(letter=ch.lower(), kind="letter", colour="black"))
-        elif ch.isdigit():
-            ids.append(self.add(kind="letter", colour="black"))
-        else:
-            ids.append(0)
-    for k in range(len(text), 0, -1):
-        coverage = Image.new("L", self.image.size, 0)
-        ImageDraw.Draw(coverage).text(xy, text[:k], fill=255, font=font)
-        self.image.paste(ids[k - 1], mask=coverage.point(lambda v: 255 if v >= 128 else 0))
-    words, at = [], 0
-    for word in text.split(" "):
-        if word:
-            words.append((word, tuple(i for i in ids[at:at + len(word)] if i)))
-        at += len(word) + 1
-    return words
-
-
-_Parts.text = _part_text
 
 
 _STOP = frozenset("a an the to of for in on and or me my i you your how what is are be with by from it this that "
@@ -321,7 +318,6 @@ def reading(rng: random.Random, split: str) -> VisionExample:
     from phi3lab.tiny import corpus
 
     if rng.random() < 0.5:
-        text, qas = None, None
         text = _word_list(rng)
         qas = [(READ, text)]
     else:
