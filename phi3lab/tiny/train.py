@@ -2,7 +2,7 @@
 
     python -m phi3lab.tiny.train text      # ~18 minutes: data/models/phi3lab-tiny
     python -m phi3lab.tiny.train vision    # ~28 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
-    python -m phi3lab.tiny.train vision-reader   # ~25 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
+    python -m phi3lab.tiny.train vision-reader   # ~20 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
 
 Everything is seeded (data, initialisation, batch order) and the thread count is fixed, so a rerun
 gives the same weights on the same software.  Progress and loss are printed as training goes;
