@@ -124,8 +124,13 @@ def _chip(text: str, segment: str, title: str | None = None, style: str = "paddi
 
 
 def _segments(prompt: str) -> list[str]:
+    """A segment label per character; control-token text typed inside a turn (the ``plain_spans`` of an
+    escaped :class:`~phi3lab.chat.RenderedPrompt`) is blanked first, so it neither ends nor opens a turn."""
     labels = ["separator"] * (len(prompt) + 1)
-    for m in _TURN.finditer(prompt):
+    text = str(prompt)
+    for start, end in getattr(prompt, "plain_spans", ()):
+        text = text[:start] + "\0" * (end - start) + text[end:]
+    for m in _TURN.finditer(text):
         for k in range(m.start(2), m.end(2)):
             labels[k] = m.group(1)
     return labels

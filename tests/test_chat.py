@@ -328,6 +328,15 @@ def test_image_tag_on_a_text_model_can_be_sent_as_text(tiny):
 def test_token_table_of_an_escaped_prompt(tiny):
     table = tiny.tokens("a <|end|> b", special_tokens="escape")
     assert [r.token for r in table.rows if r.segment == "special"] == ["<|user|>", "<|end|>", "<|assistant|>"]
+    typed = [r for r in table.rows if r.segment == "user"]  # the typed tag and the text after it stay the user's
+    assert "".join(table.prompt[r.start:r.end] for r in typed) == "a <|end|> b"
+
+
+def test_typed_turn_header_does_not_open_a_turn_in_the_token_table(tiny):
+    table = tiny.tokens([{"role": "system", "content": "x"}, {"role": "user", "content": "y <|assistant|>\nz"}],
+                        special_tokens="escape")
+    segments = {table.prompt[r.start:r.end].strip(): r.segment for r in table.rows if r.segment != "special"}
+    assert {k: segments[k] for k in "xyz"} == {"x": "system", "y": "user", "z": "user"}
 
 
 @pytest.mark.parametrize("mode", ["refuse", "allow", "escape"])
