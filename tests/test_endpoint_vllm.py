@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,22 @@ def in_process(tmp_path_factory):
     return sweep(lab, out=tmp_path_factory.mktemp("inproc") / "results.jsonl", progress=False)
 
 
+def _group_names(group: int) -> list[str]:
+    """Names of the processes in a process group (Linux /proc)."""
+    names = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == group:
+            names.append(stat[stat.index("(") + 1:stat.rindex(")")])
+    return names
+
+
 def _target(server, **kwargs):
     return Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny", **kwargs)
 
@@ -49,6 +66,9 @@ def _rows(results):
 
 def test_server_serves_the_tiny_model(vllm):
     assert f"starting vLLM on {vllm.url}" in vllm.log.read_text()  # `python3 tasks.py serve` prints the URL
+    assert f"processes: {vllm.processes} (" in vllm.log.read_text()  # and the layout, with its reason
+    workers = [name for name in _group_names(vllm.process.pid) if "Worker" in name]
+    assert bool(workers) == (vllm.processes == "vllm")  # "one": the model runner lives in the engine core
     assert _target(vllm).check() == [serve.resolve_model("tiny")]
     assert _target(vllm, max_new_tokens=16).answer([[{"role": "user", "content": "What is 2 plus 3?"}]]) == [
         "2 plus 3 is 5."]
