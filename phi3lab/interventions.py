@@ -5,9 +5,10 @@ modules, installed for the duration of a ``with`` block, nothing global patched,
 and combine with :func:`phi3lab.attention.capture` and ``run_with_cache``.
 
 * :func:`edit_residual` — ``fn(layer, hidden) -> hidden | None`` on the residual stream, either
-  entering each chosen decoder layer (``where="input"``; layer 0's input is the embeddings) or
-  leaving it (``where="output"``).  Directional ablation, steering vectors and activation
-  patching of whole positions are one line each.
+  entering each chosen decoder layer (``where="input"``; layer 0's input is the embeddings),
+  between its attention and its MLP (``where="mid"``: after the attention output is added, before
+  ``post_attention_layernorm``) or leaving it (``where="output"``).  Directional ablation, steering
+  vectors and activation patching of whole positions are one line each.
 * :func:`edit_heads` — ``fn(layer, z) -> z | None`` on the per-head attention outputs
   ``z [batch, tokens, heads, head_dim]``, just before ``o_proj`` mixes them: zero-, mean- or
   activation-patch single heads.
@@ -32,7 +33,9 @@ import torch
 
 from phi3lab.attention import attention_layers, choose_layers
 
-__all__ = ["edit_residual", "edit_heads", "project_out"]
+__all__ = ["edit_residual", "edit_heads", "project_out", "WHERE"]
+
+WHERE = ("input", "mid", "output")  # the residual-stream sites of edit_residual
 
 
 def _layers(model) -> list[torch.nn.Module]:
@@ -65,21 +68,46 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
         model: a Phi-3 / Phi-3-vision causal LM (``lab.model``).
         fn: ``(layer, hidden [batch, tokens, hidden]) -> new hidden or None``.
         layers: ``"all"`` (default), an int or a list of ints.
-        where: ``"input"`` (before the layer; layer 0's input is the embeddings) or ``"output"``.
+        where: ``"input"`` (before the layer; layer 0's input is the embeddings), ``"mid"`` (between
+            the layer's attention and its MLP: what both the MLP and the rest of the residual stream
+            see, to float rounding) or ``"output"``.
     """
 
     def __init__(self, model, fn: Callable, layers="all", where: str = "input"):
         super().__init__()
         _check(fn)
-        if where not in ("input", "output"):
-            raise ValueError(f"where must be 'input' or 'output', got {where!r}")
+        if where not in WHERE:
+            raise ValueError(f"where must be one of {', '.join(map(repr, WHERE))}, got {where!r}")
         modules = _layers(model)
         for i in choose_layers(layers, len(modules)):
             if where == "input":
                 self.handles.append(modules[i].register_forward_pre_hook(
                     functools.partial(self._before, fn, i), with_kwargs=True))
+            elif where == "mid":
+                self._hook_mid(modules[i], fn, i)
             else:
                 self.handles.append(modules[i].register_forward_hook(functools.partial(self._after, fn, i)))
+
+    def _hook_mid(self, module, fn, layer: int) -> None:
+        """A Phi-3 layer adds ``resid_attn_dropout(attention)`` to the stream that entered its
+        ``input_layernorm``: hooks on both see the mid stream as ``entering + attention`` and hand
+        back ``fn(mid) − entering``, so the layer's own sum is the edited stream.  The entering stream
+        is read at the norm, after any ``where="input"`` edit of the same layer."""
+        added, norm = getattr(module, "resid_attn_dropout", None), getattr(module, "input_layernorm", None)
+        if not (isinstance(added, torch.nn.Module) and isinstance(norm, torch.nn.Module)):
+            raise TypeError(f"where='mid' needs a Phi-3 decoder layer (input_layernorm … resid_attn_dropout); "
+                            f"layer {layer} is a {type(module).__name__}: use where='input' or 'output'")
+        entering: list[torch.Tensor] = []
+
+        def keep(module, args):
+            entering[:] = [args[0]]
+
+        def edit(module, args, output):
+            new = fn(layer, entering[0] + output)
+            return None if new is None else new - entering[0]
+
+        self.handles.append(norm.register_forward_pre_hook(keep))
+        self.handles.append(added.register_forward_hook(edit))
 
     @staticmethod
     def _before(fn, layer, module, args, kwargs):

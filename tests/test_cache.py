@@ -239,12 +239,49 @@ def test_edit_residual_and_heads_change_the_run_and_are_removed(tiny):
         assert torch.equal(tiny.model(**inputs).logits, clean)  # everything removed
 
 
+def test_edit_residual_mid_is_the_stream_between_attention_and_mlp(tiny):
+    from phi3lab.interventions import edit_residual
+
+    inputs = tiny.encode("What is 2 plus 3?")
+    layer = tiny.model.model.layers[1]
+    normed = []  # what the MLP's norm is given: the mid stream
+    handle = layer.post_attention_layernorm.register_forward_pre_hook(lambda m, args: normed.append(args[0]))
+    try:
+        with torch.no_grad():
+            clean = tiny.model(**inputs).logits
+            mids = {}
+            with edit_residual(tiny.model, lambda i, h: mids.setdefault(i, h.clone()), where="mid"):
+                same = tiny.model(**inputs).logits
+            assert sorted(mids) == [0, 1, 2, 3] and torch.equal(same, clean)
+            torch.testing.assert_close(mids[1], normed[-1], atol=1e-6, rtol=0)
+            # a steering vector added at mid reaches the MLP and the rest of the stream
+            v = torch.randn(tiny.model.config.hidden_size)
+            outs = {}
+            with edit_residual(tiny.model, lambda i, h: h + v, layers=[1], where="mid"), \
+                    edit_residual(tiny.model, lambda i, h: outs.setdefault(i, h.clone()), layers=[1], where="output"):
+                steered = tiny.model(**inputs).logits
+            torch.testing.assert_close(normed[-1], mids[1] + v, atol=1e-5, rtol=0)
+            expected = mids[1] + v + layer.mlp(layer.post_attention_layernorm(mids[1] + v))
+            torch.testing.assert_close(outs[1], expected, atol=1e-5, rtol=0)
+            assert not torch.allclose(steered, clean)
+            # the stream entering the layer is read after an input edit of the same layer
+            seen = {}
+            with edit_residual(tiny.model, lambda i, h: seen.setdefault(i, h.clone()), layers=[1], where="mid"), \
+                    edit_residual(tiny.model, lambda i, h: h * 2, layers=[1], where="input"):
+                tiny.model(**inputs)
+            torch.testing.assert_close(seen[1], normed[-1], atol=1e-6, rtol=0)
+            assert not torch.allclose(seen[1], mids[1])
+        assert torch.equal(tiny.model(**inputs).logits, clean)  # everything removed
+    finally:
+        handle.remove()
+
+
 def test_edit_arguments_are_checked(tiny):
     from phi3lab.interventions import edit_heads, edit_residual
 
     with pytest.raises(TypeError, match="fn must be a function"):
         edit_residual(tiny.model, 3)
-    with pytest.raises(ValueError, match="'input' or 'output'"):
+    with pytest.raises(ValueError, match="one of 'input', 'mid', 'output', got 'middle'"):
         edit_residual(tiny.model, lambda *a: None, where="middle")
     with pytest.raises(IndexError, match="layers 0..3"):
         edit_heads(tiny.model, lambda *a: None, layers=[9])
