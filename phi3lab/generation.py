@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from phi3lab.chat import ChatFormatError, as_messages, special_tokens_policy
@@ -44,7 +46,8 @@ class ChatResult:
         prompt_tokens, new_tokens: token counts.
         time_to_first_token: seconds from the call to the first new token.
         tokens_per_second: new tokens per second of generation after the first.
-        finish_reason: ``"stop"`` (a stop id was produced) or ``"length"`` (max_new_tokens).
+        finish_reason: ``"stop"`` (a stop id was produced), ``"length"`` (max_new_tokens) or
+            ``"stopped"`` (the caller's ``stop`` event was set first).
         messages: the conversation with this answer appended.
     """
 
@@ -68,13 +71,14 @@ class ChatResult:
 
 
 class _Streamer(BaseStreamer):
-    """Prints decoded text as tokens arrive, and notes when the first one came."""
+    """Hands decoded text to ``on_text`` (and prints it with ``echo``) as tokens arrive, and notes when
+    the first one came; pieces are whole characters, without the stop tokens."""
 
-    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool):
-        self.tokenizer, self.stop_ids, self.echo = tokenizer, set(stop_ids), echo
+    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool, on_text: Callable[[str], None] | None = None):
+        self.tokenizer, self.stop_ids, self.echo, self.on_text = tokenizer, set(stop_ids), echo, on_text
         self.prompt_seen = False
         self.ids: list[int] = []
-        self.printed = ""
+        self.shown = ""
         self.first_token_at: float | None = None
 
     def put(self, value: torch.Tensor) -> None:
@@ -84,17 +88,30 @@ class _Streamer(BaseStreamer):
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.ids += [int(i) for i in value.reshape(-1)]
-        if self.echo:
+        if self.echo or self.on_text is not None:
             text = self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                sys.stdout.write(text[len(self.printed):])
-                sys.stdout.flush()
-                self.printed = text
+            if not text.endswith("\ufffd") and len(text) > len(self.shown):  # wait for a whole multi-byte character
+                piece, self.shown = text[len(self.shown):], text
+                if self.echo:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                if self.on_text is not None:
+                    self.on_text(piece)
 
     def end(self) -> None:
         if self.echo:
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends generation after the current token once ``event`` is set (e.g. from another thread)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
@@ -136,7 +153,7 @@ def _check_fits(lab, input_ids: torch.Tensor, max_new_tokens: int, what: str = "
 
 
 def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
-            first_at: float | None, ended: float) -> ChatResult:
+            first_at: float | None, ended: float, interrupted: bool = False) -> ChatResult:
     stops = set(lab.spec.stop_ids)
     pad = lab.tokenizer.pad_token_id
     # drop right padding that batched generation adds after a row has stopped
@@ -156,7 +173,7 @@ def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, s
         new_tokens=len(new_ids),
         time_to_first_token=first_at - started,
         tokens_per_second=speed,
-        finish_reason="stop" if stopped else "length",
+        finish_reason="stop" if stopped else "stopped" if interrupted else "length",
         messages=tuple([*messages, {"role": "assistant", "content": text}]),
     )
 
@@ -173,8 +190,14 @@ def chat(
     stream: bool = True,
     seed: int | None = None,
     special_tokens: str = "refuse",
+    on_text: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ChatResult:
     """Answer a conversation (a string or HF messages); see :meth:`phi3lab.Lab.chat`.
+
+    ``on_text(piece)`` is called with each new piece of the answer's text as it is produced (a widget,
+    a log); setting ``stop`` (a :class:`threading.Event`, from another thread) ends the answer after
+    the current token, with ``finish_reason="stopped"``.
 
     ``special_tokens`` says what happens to control-token strings typed in the content
     (``"refuse"``, ``"allow"`` or ``"escape"``, see :func:`phi3lab.chat.render`).  A prompt that
@@ -193,14 +216,21 @@ def chat(
     with special_tokens_policy(special_tokens):
         inputs = encode(lab, messages, images)
     _check_fits(lab, inputs["input_ids"], kwargs["max_new_tokens"])
-    streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream)
+    if on_text is not None and not callable(on_text):
+        raise TypeError(f"on_text must be a function of one string (each new piece of text), got {type(on_text).__name__}")
+    if stop is not None and not isinstance(stop, threading.Event):
+        raise TypeError(f"stop must be a threading.Event (set it to end the answer), got {type(stop).__name__}")
+    streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream, on_text=on_text)
+    if stop is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
     if seed is not None:
         torch.manual_seed(seed)
     out = lab.model.generate(**inputs, streamer=streamer, **kwargs)
     ended = time.perf_counter()
     prompt_len = inputs["input_ids"].shape[1]
     new_ids = [int(i) for i in out[0, prompt_len:]]
-    return _finish(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended)
+    return _finish(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended,
+                   interrupted=stop is not None and stop.is_set())
 
 
 @torch.inference_mode()

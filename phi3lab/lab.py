@@ -166,7 +166,7 @@ class Lab:
 
     def chat(self, conversation, images: Sequence | None = None, *, max_new_tokens: int = 128,
              temperature: float = 0.0, top_p: float = 1.0, stream: bool = True, seed: int | None = None,
-             special_tokens: str = "refuse"):
+             special_tokens: str = "refuse", on_text=None, stop=None):
         """Answer a conversation, streaming the text as it is produced.
 
         Args:
@@ -180,6 +180,9 @@ class Lab:
             special_tokens: control-token strings typed in the content (``<|end|>``, ``<|user|>``...):
                 ``"refuse"`` (default, a clear error), ``"allow"`` (the official behaviour: they become
                 control tokens, e.g. to probe forged turns) or ``"escape"`` (they reach the model as text).
+            on_text: called with each new piece of the answer's text as it is produced.
+            stop: a :class:`threading.Event`; setting it (from another thread) ends the answer after
+                the current token (``finish_reason="stopped"``).
 
         Returns:
             A :class:`~phi3lab.generation.ChatResult` (text, ids, counts, timings).
@@ -187,7 +190,8 @@ class Lab:
         from phi3lab.generation import chat
 
         return chat(self, conversation, images, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=top_p, stream=stream, seed=seed, special_tokens=special_tokens)
+                    top_p=top_p, stream=stream, seed=seed, special_tokens=special_tokens, on_text=on_text,
+                    stop=stop)
 
     def chat_batch(self, conversations: Sequence, **kwargs):
         """Answer several text conversations at once (left padding); returns a list of results."""

@@ -48,6 +48,30 @@ def test_streams_the_text(tiny, capsys):
     assert printed.strip() == result.text and printed.endswith("\n")
 
 
+def test_text_goes_to_on_text_piece_by_piece(tiny, capsys):
+    pieces = []
+    result = tiny.chat("Say the word apple twice.", max_new_tokens=12, stream=False, on_text=pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == result.text
+    assert capsys.readouterr().out == ""  # stream=False still prints nothing
+
+
+def test_a_set_stop_event_ends_the_answer(tiny):
+    import threading
+
+    stop = threading.Event()
+    full = tiny.chat("Tell me a long story about a dragon.", max_new_tokens=12, stream=False, stop=stop)
+    assert full.finish_reason != "stopped"
+    pieces = []
+    halted = tiny.chat("Tell me a long story about a dragon.", max_new_tokens=12, stream=False, stop=stop,
+                       on_text=lambda piece: (pieces.append(piece), stop.set()))
+    assert halted.finish_reason == "stopped" and halted.stats().endswith("stopped")
+    assert 1 <= halted.new_tokens <= 2 and halted.token_ids == full.token_ids[:halted.new_tokens]
+    with pytest.raises(TypeError, match="stop must be a threading.Event"):
+        tiny.chat("Hi", stream=False, stop=True)
+    with pytest.raises(TypeError, match="on_text must be a function"):
+        tiny.chat("Hi", stream=False, on_text="print")
+
+
 def test_stops_at_end_token(tiny, end_after, capsys):
     end_after(4)
     result = tiny.chat("My name is Ada. What is my name?", max_new_tokens=20)

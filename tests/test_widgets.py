@@ -198,7 +198,6 @@ def test_chat_streams_and_keeps_history_as_a_session_does(tiny):
 
 def test_chat_stop_ends_the_answer_early(tiny):
     box = ChatWidget(tiny, max_new_tokens=64)
-    box._tap.listener = None
     original = box.send
 
     def stop_after_first(content, buffers=None):

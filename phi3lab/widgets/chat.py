@@ -9,80 +9,27 @@
 
 Each turn goes through the session's own ``chat`` (same template, stop ids, validation and
 history as ``lab.session()``), on a worker thread so the kernel keeps reading the browser's
-messages: the stop button sets a flag that a stopping criterion checks after every token.  The
-tokens reach the browser as small ``delta`` messages while they are produced; the finished turn
-(with :meth:`~phi3lab.generation.ChatResult.stats`) lands in the ``messages`` trait, which is what
-a saved notebook keeps.
+messages: the stop button sets the ``stop`` event that ``chat`` checks after every token.  The
+tokens reach the browser (through ``chat``'s ``on_text``) as small ``delta`` messages while they
+are produced; the finished turn (with :meth:`~phi3lab.generation.ChatResult.stats`, which ends in
+``stopped`` when Stop ended it) lands in the ``messages`` trait, which is what a saved notebook keeps.
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import re
 import threading
 
-import torch
 import traitlets
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from phi3lab.widgets._base import PhiWidget, data_url
 
 __all__ = ["ChatWidget"]
 
 _TAG = re.compile(r"<\|image_\d+\|>")
-
-
-class _StopFlag(StoppingCriteria):
-    def __init__(self, flag: threading.Event):
-        self.flag = flag
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.flag.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class _Tee:
-    """A streamer that hands each new piece of text to ``listener`` and forwards to the original."""
-
-    def __init__(self, inner, tokenizer, stop_ids, listener):
-        self.inner, self.tokenizer, self.stop_ids, self.listener = inner, tokenizer, set(stop_ids), listener
-        self.prompt_seen, self.ids, self.shown = False, [], ""
-
-    def put(self, value):
-        if self.inner is not None:
-            self.inner.put(value)
-        if not self.prompt_seen:  # generate() hands over the prompt first
-            self.prompt_seen = True
-            return
-        self.ids += [int(i) for i in value.reshape(-1)]
-        text = self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
-        if not text.endswith("\ufffd") and len(text) > len(self.shown):  # whole characters only
-            self.listener(text[len(self.shown):])
-            self.shown = text
-
-    def end(self):
-        if self.inner is not None:
-            self.inner.end()
-
-
-class _TappedModel:
-    """The lab's model, with every ``generate`` call also streaming to the widget and stoppable."""
-
-    def __init__(self, model, lab):
-        self._model, self._lab = model, lab
-        self.listener = None
-        self.stop = threading.Event()
-
-    def generate(self, *args, **kwargs):
-        tee = _Tee(kwargs.pop("streamer", None), self._lab.tokenizer, self._lab.spec.stop_ids, self.listener or (lambda _: None))
-        criteria = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
-        criteria.append(_StopFlag(self.stop))
-        return self._model.generate(*args, streamer=tee, stopping_criteria=criteria, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
 
 
 class ChatWidget(PhiWidget):
@@ -114,8 +61,8 @@ class ChatWidget(PhiWidget):
 
         if not isinstance(lab, Lab):
             raise TypeError(f"ChatWidget takes the Lab of phi3lab.load(...), got {type(lab).__name__}")
-        self._tap = _TappedModel(lab.model, lab)
-        self._lab = dataclasses.replace(lab, model=self._tap)
+        self._lab = lab
+        self._stop = threading.Event()
         self._images: list = []
         self._worker: threading.Thread | None = None
         super().__init__(model_name=lab.spec.name, vision=lab.spec.modality == "vision", system=system or "",
@@ -150,7 +97,7 @@ class ChatWidget(PhiWidget):
 
     def stop(self) -> None:
         """Stop the answer being generated (the Stop button)."""
-        self._tap.stop.set()
+        self._stop.set()
 
     def reset(self) -> None:
         """Start a new conversation with the current system prompt (the New chat button)."""
@@ -184,27 +131,23 @@ class ChatWidget(PhiWidget):
         with self.hold_sync():
             self.error, self.busy, self.pending = "", True, []
             self.messages = [*self.messages, {"role": "user", "content": text, "images": thumbs}]
-        self._tap.stop.clear()
+        self._stop.clear()
         self._worker = threading.Thread(target=self._answer, args=(text, images), daemon=True)
         self._worker.start()
 
     def _answer(self, text: str, images: list) -> None:
-        self._tap.listener = lambda piece: self.send({"type": "delta", "text": piece})
         try:
             result = self.session.chat(text, images or None, stream=False, max_new_tokens=self.max_new_tokens,
-                                       temperature=self.temperature)
+                                       temperature=self.temperature, stop=self._stop,
+                                       on_text=lambda piece: self.send({"type": "delta", "text": piece}))
         except Exception as exc:  # a refused prompt, a prompt over the context: say so, keep nothing
             with self.hold_sync():
                 self.messages = self.messages[:-1]
                 self.error = f"{type(exc).__name__}: {exc}"
                 self.busy = False
             return
-        finally:
-            self._tap.listener = None
-        stopped = self._tap.stop.is_set() and result.finish_reason != "stop"
-        stats = result.stats() + (" · stopped" if stopped else "")
         with self.hold_sync():
-            self.messages = [*self.messages, {"role": "assistant", "content": result.text, "stats": stats}]
+            self.messages = [*self.messages, {"role": "assistant", "content": result.text, "stats": result.stats()}]
             self.busy = False
 
     def _msg_stop(self, content: dict) -> None:
