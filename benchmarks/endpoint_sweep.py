@@ -5,8 +5,9 @@
 
 The server is started with the project's own command (``python3 tasks.py serve --enforce-eager``,
 the tiny model on a free port of 127.0.0.1), once in the process layout ``auto`` picks here and once
-in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serve`); the last line is the default's.  Every sweep answers the default probes (``tiny`` and
-``over-refusal`` under every built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
+in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serve`); the last line is the
+default's.  Every sweep answers the default probes (``tiny`` and ``over-refusal`` under every
+built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
 endpoint's rows must equal the in-process rows (answer, verdict and reason).  Times are medians of
 ``REPEATS`` runs, each into a fresh results file.  Goal: ≥ 3× from 8 requests in flight over 1.
 Without the engine venv it says how to set it up and exits 0.

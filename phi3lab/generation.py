@@ -74,7 +74,8 @@ class _Streamer(BaseStreamer):
     """Hands decoded text to ``on_text`` (and prints it with ``echo``) as tokens arrive, and notes when
     the first one came; pieces are whole characters, without the stop tokens."""
 
-    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool, on_text: Callable[[str], None] | None = None):
+    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool,
+                 on_text: Callable[[str], None] | None = None):
         self.tokenizer, self.stop_ids, self.echo, self.on_text = tokenizer, set(stop_ids), echo, on_text
         self.prompt_seen = False
         self.ids: list[int] = []
@@ -212,14 +213,15 @@ def chat(
     kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
     stream = check_bool("stream", stream)
     seed = check_seed(seed)
+    if on_text is not None and not callable(on_text):
+        raise TypeError("on_text must be a function of one string (each new piece of text), "
+                        f"got {type(on_text).__name__}")
+    if stop is not None and not isinstance(stop, threading.Event):
+        raise TypeError(f"stop must be a threading.Event (set it to end the answer), got {type(stop).__name__}")
     started = time.perf_counter()
     with special_tokens_policy(special_tokens):
         inputs = encode(lab, messages, images)
     _check_fits(lab, inputs["input_ids"], kwargs["max_new_tokens"])
-    if on_text is not None and not callable(on_text):
-        raise TypeError(f"on_text must be a function of one string (each new piece of text), got {type(on_text).__name__}")
-    if stop is not None and not isinstance(stop, threading.Event):
-        raise TypeError(f"stop must be a threading.Event (set it to end the answer), got {type(stop).__name__}")
     streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream, on_text=on_text)
     if stop is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])

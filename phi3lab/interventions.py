@@ -33,9 +33,9 @@ import torch
 
 from phi3lab.attention import attention_layers, choose_layers
 
-__all__ = ["edit_residual", "edit_heads", "project_out", "WHERE"]
+__all__ = ["edit_residual", "edit_heads", "project_out"]
 
-WHERE = ("input", "mid", "output")  # the residual-stream sites of edit_residual
+_WHERE = ("input", "mid", "output")  # the residual-stream sites of edit_residual
 
 
 def _layers(model) -> list[torch.nn.Module]:
@@ -76,8 +76,8 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
     def __init__(self, model, fn: Callable, layers="all", where: str = "input"):
         super().__init__()
         _check(fn)
-        if where not in WHERE:
-            raise ValueError(f"where must be one of {', '.join(map(repr, WHERE))}, got {where!r}")
+        if where not in _WHERE:
+            raise ValueError(f"where must be one of {', '.join(map(repr, _WHERE))}, got {where!r}")
         modules = _layers(model)
         for i in choose_layers(layers, len(modules)):
             if where == "input":

@@ -113,7 +113,8 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def process_layout(processes: str = "auto", *, cores: int | None = None, nvidia: bool | None = None) -> tuple[str, str]:
+def process_layout(processes: str = "auto", *, cores: int | None = None,
+                   nvidia: bool | None = None) -> tuple[str, str]:
     """``("one" | "vllm", reason)``: where the model runner goes (see the module docstring)."""
     if processes not in PROCESS_LAYOUTS:
         raise ValueError(f"processes must be one of {', '.join(PROCESS_LAYOUTS)}, got {processes!r}")
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[phi3lab] engine ready: {py}")
         return 0
     layout, reason = process_layout(args.processes)
-    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra, layout=layout)
+    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra,
+                         layout=layout)
     print(f"[phi3lab] starting vLLM on http://127.0.0.1:{args.port}/v1 (model {resolve_model(args.model)})", flush=True)
     print(f"[phi3lab]   processes: {layout} ({reason})", flush=True)
     print(f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
