@@ -79,14 +79,18 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
         if where not in _WHERE:
             raise ValueError(f"where must be one of {', '.join(map(repr, _WHERE))}, got {where!r}")
         modules = _layers(model)
-        for i in choose_layers(layers, len(modules)):
-            if where == "input":
-                self.handles.append(modules[i].register_forward_pre_hook(
-                    functools.partial(self._before, fn, i), with_kwargs=True))
-            elif where == "mid":
-                self._hook_mid(modules[i], fn, i)
-            else:
-                self.handles.append(modules[i].register_forward_hook(functools.partial(self._after, fn, i)))
+        try:
+            for i in choose_layers(layers, len(modules)):
+                if where == "input":
+                    self.handles.append(modules[i].register_forward_pre_hook(
+                        functools.partial(self._before, fn, i), with_kwargs=True))
+                elif where == "mid":
+                    self._hook_mid(modules[i], fn, i)
+                else:
+                    self.handles.append(modules[i].register_forward_hook(functools.partial(self._after, fn, i)))
+        except BaseException:
+            self.__exit__()  # a layer that cannot take the edit: the hooks already placed go too
+            raise
 
     def _hook_mid(self, module, fn, layer: int) -> None:
         """A Phi-3 layer adds ``resid_attn_dropout(attention)`` to the stream that entered its

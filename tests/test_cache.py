@@ -288,3 +288,16 @@ def test_edit_arguments_are_checked(tiny):
     with pytest.raises(ValueError, match="must keep"), torch.no_grad():
         with edit_heads(tiny.model, lambda layer, z: z[:, :, :1], layers=0):
             tiny.model(**tiny.encode("Hi"))
+
+
+def test_mid_needs_a_phi3_decoder_layer(tiny, monkeypatch):
+    from phi3lab.interventions import edit_residual
+
+    def hooks():
+        return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in tiny.model.modules())
+
+    before = hooks()
+    monkeypatch.delattr(tiny.model.model.layers[2], "resid_attn_dropout")
+    with pytest.raises(TypeError, match="where='mid' needs a Phi-3 decoder layer.*layer 2.*'input' or 'output'"):
+        edit_residual(tiny.model, lambda *a: None, where="mid")  # layers 0 and 1 were hooked first
+    assert hooks() == before  # nothing left behind
