@@ -43,6 +43,8 @@ __all__ = [
     "output_attentions_bytes",
     "attention_layers",
     "guard_output_attentions",
+    "KernelKeys",
+    "kernel_keys",
 ]
 
 QuerySpec = str | int | slice | Sequence[int] | Callable[[torch.Tensor], torch.Tensor]
@@ -219,24 +221,29 @@ class AttentionCapture:
                      "or raise budget= if you know the memory is there")
         self.bytes += nbytes
 
-    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-               scaling: float, position_ids: torch.Tensor | None, groups: int, past: int = 0,
+    def record(self, layer: int, query: torch.Tensor, keys: "KernelKeys", mask: torch.Tensor | None,
+               scaling: float, position_ids: torch.Tensor | None, groups: int,
                sliding_window: int | None = None) -> None:
         """Store softmax(q·kᵀ·scaling + mask) for the selected rows of one forward call.
 
-        ``query`` holds this call's rows ``[B, H, q_len, d]``, ``key`` every key the kernel sees
-        ``[B, H_kv, k_len, d]``; ``mask`` is the mask the kernel got (4-D additive or boolean,
-        2-D padding for flash-attention, or ``None`` for a causal kernel).
+        ``query`` holds this call's rows ``[B, H, q_len, d]``; ``keys`` the keys the kernel sees
+        (a :class:`KernelKeys`: past and new, with each key's absolute position); ``mask`` is the mask
+        the kernel got (4-D additive or boolean over those keys, 2-D padding for flash-attention, or
+        ``None`` for a causal kernel).  Each row is stored over absolute key positions
+        ``0 … seen + q_len − 1``: keys a sliding-window cache no longer holds get weight 0 at their
+        own positions, never another token's.
         """
+        key = keys.keys
         if self.keep_qk:
-            self._keep(layer, query, key, past, groups)
+            self._keep(layer, query, key[:, :, -query.shape[2]:], keys.seen, groups)
         batch, _, q_len, _ = query.shape
         k_len = key.shape[2]
+        total = keys.seen + q_len  # absolute key positions 0 … total − 1
         # a decode step of generate has one new row: it is the answer's, whatever the prompt's selection
-        rows = (torch.tensor([0]) if past > 0 and q_len == 1 else _select_rows(self.queries, q_len)).to(query.device)
+        rows = (torch.tensor([0]) if keys.seen > 0 and q_len == 1 else _select_rows(self.queries, q_len)).to(query.device)
         heads = torch.as_tensor(self.heads, device=query.device) if self.heads is not None else None
         n_heads = len(self.heads) if self.heads is not None else query.shape[1]
-        self._reserve(4 * batch * n_heads * len(rows) * k_len)
+        self._reserve(4 * batch * n_heads * len(rows) * max(total, k_len))
         q = query[:, :, rows]
         if groups > 1:
             key = key.repeat_interleave(groups, dim=1)
@@ -244,36 +251,45 @@ class AttentionCapture:
             q, key = q[:, heads], key[:, heads]
         # q·kᵀ, mask and softmax in place: the stored map is the only full-size tensor made
         weights = torch.matmul(q.float(), key.float().transpose(-1, -2)).mul_(scaling)
-        absolute = k_len - q_len + rows
+        absolute = keys.seen + rows  # the rows' positions in the sequence (cache index)
+        key_pos = keys.positions.to(query.device)
         if mask is not None and mask.dim() == 4:
+            if mask.shape[-1] < k_len:
+                raise RuntimeError(f"attention capture: the kernel's mask covers {mask.shape[-1]} keys but the "
+                                   f"cache gives {k_len}; this cache layout is not supported")
             m = mask[:, :, rows, :k_len] if mask.shape[2] == q_len else mask[..., :k_len]
             if m.dtype == torch.bool:
                 weights.masked_fill_(~m, float("-inf"))
             else:
                 weights.add_(m.float())
         else:  # causal kernel (no mask, or flash-attention's 2-D padding mask)
-            keys = torch.arange(k_len, device=query.device)
-            allowed = keys[None, :] <= absolute[:, None]
+            allowed = (key_pos[None, :] <= absolute[:, None]) & (key_pos[None, :] >= 0)
             if sliding_window:
-                allowed &= keys[None, :] > absolute[:, None] - sliding_window
+                allowed &= key_pos[None, :] > absolute[:, None] - sliding_window
             weights.masked_fill_(~allowed, float("-inf"))
-            if mask is not None:  # [B, k_len], 1 = a real token
-                weights.masked_fill_(~mask[:, None, None, -k_len:].bool(), float("-inf"))
+            if mask is not None:  # [B, length], 1 = a real token, indexed by absolute position
+                padding = mask[:, key_pos.clamp(min=0)].bool() if mask.shape[-1] >= total else mask[:, -k_len:].bool()
+                weights.masked_fill_(~padding[:, None, None, :], float("-inf"))
         positions = position_ids[:, rows] if position_ids is not None else absolute.expand(batch, -1)
         weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
         weights.div_(weights.sum(dim=-1, keepdim=True))
-        self.records[layer].append(_Record(self._steps[layer], positions.cpu(), weights.cpu()))
+        valid = key_pos >= 0
+        if keys.offset == 0 and k_len == total and bool(valid.all()):
+            placed = weights
+        else:  # place each key's weight at its absolute position (sliding-window and static caches)
+            placed = weights.new_zeros(*weights.shape[:-1], total)
+            placed[..., key_pos[valid]] = weights[..., valid]
+        self.records[layer].append(_Record(self._steps[layer], positions.cpu(), placed.cpu()))
         self._steps[layer] += 1
 
-    def _keep(self, layer: int, query: torch.Tensor, key: torch.Tensor, past: int, groups: int) -> None:
-        """Append this call's rotated queries and new keys to the layer's sequence (reset at ``past == 0``)."""
-        new = query.shape[2]
-        self._reserve((query.numel() + key[:, :, -new:].numel()) * query.element_size())
+    def _keep(self, layer: int, query: torch.Tensor, new_keys: torch.Tensor, seen: int, groups: int) -> None:
+        """Append this call's rotated queries and new keys to the layer's sequence (reset when ``seen == 0``)."""
+        self._reserve((query.numel() + new_keys.numel()) * query.element_size())
         store = self.qk.get(layer)
-        if store is None or past == 0:
+        if store is None or seen == 0:
             store = self.qk[layer] = {"q": [], "k": [], "groups": groups}
         store["q"].append(query.detach())
-        store["k"].append(key[:, :, -new:].detach())
+        store["k"].append(new_keys.detach())
 
     def queries_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(q [B, H, T, d], k [B, H_kv, T, d], groups)`` kept for ``layer`` (needs ``keep_qk``)."""
@@ -329,34 +345,104 @@ class _Hooks:
             key = qkv[..., q_dim:q_dim + kv_dim].view(shape).transpose(1, 2)
             cos, sin = kwargs["position_embeddings"]
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            past = _past_keys(kwargs.get("past_key_values"), attn.layer_idx)
-            if past is not None:
-                key = torch.cat([past, key], dim=2)
-            self.cap.record(layer, query, key, kwargs.get("attention_mask"), attn.scaling,
+            keys = kernel_keys(kwargs.get("past_key_values"), attn.layer_idx, key)
+            self.cap.record(layer, query, keys, kwargs.get("attention_mask"), attn.scaling,
                             kwargs.get("position_ids"), attn.num_key_value_groups,
-                            past=0 if past is None else past.shape[2],
                             sliding_window=getattr(attn.config, "sliding_window", None))
         return None
 
 
-def _past_keys(cache, layer_idx: int) -> torch.Tensor | None:
-    """Keys already in a dynamic KV cache for one layer (before this call adds its own)."""
-    if cache is None:
-        return None
-    from transformers.cache_utils import DynamicLayer
+@dataclasses.dataclass(frozen=True)
+class KernelKeys:
+    """The keys an attention kernel sees in one call, and where each sits in the sequence.
 
-    layers = getattr(cache, "layers", None)
+    Attributes:
+        keys: ``[B, H_kv, k_len, d]``, in the order the kernel gets them (cached keys, then this call's).
+        positions: ``[k_len]`` absolute position of each key (its cache index), ``-1`` for a slot a
+            static cache has not filled yet.
+        seen: tokens the cache held before this call (the position of this call's first query).
+    """
+
+    keys: torch.Tensor
+    positions: torch.Tensor
+    seen: int
+
+    @property
+    def offset(self) -> int:
+        """Absolute position of the first key the kernel sees (above 0 once a sliding window has slid)."""
+        return int(self.positions[0])
+
+
+def kernel_keys(cache, layer_idx: int, new: torch.Tensor) -> KernelKeys:
+    """The keys ``cache.update(new, …)`` will hand the kernel for one layer, without changing the cache.
+
+    Mirrors each cache layer type of transformers 5: ``DynamicLayer`` (every past key),
+    ``DynamicSlidingWindowLayer`` (the last ``window − 1`` keys; their positions start where the window
+    has slid to), ``StaticLayer`` (a preallocated buffer, written at ``seen …``) and
+    ``StaticSlidingWindowLayer`` (a rolling buffer).  Other layer types (quantized caches, offloading
+    variants with other layouts) are refused with a clear error rather than read wrongly.
+    """
+    from transformers.cache_utils import (
+        DynamicLayer,
+        DynamicSlidingWindowLayer,
+        StaticLayer,
+        StaticSlidingWindowLayer,
+    )
+
+    q_len = new.shape[2]
+    device = new.device
+    layers = getattr(cache, "layers", None) if cache is not None else None
     if layers is None or layer_idx >= len(layers):
-        return None
+        return KernelKeys(new, torch.arange(q_len, device=device), 0)
     entry = layers[layer_idx]
-    if not isinstance(entry, DynamicLayer):
-        raise NotImplementedError(
-            f"attention capture reads the keys of the dynamic KV cache; this generation uses "
-            f"{type(entry).__name__}. Generate with the default cache (no cache_implementation=...)"
-        )
-    if not entry.is_initialized or entry.keys is None or entry.keys.numel() == 0:
-        return None
-    return entry.keys
+    ready = bool(getattr(entry, "is_initialized", False))
+    kind = type(entry)
+    if kind is DynamicLayer:
+        past = entry.keys if ready and entry.keys is not None and entry.keys.numel() else None
+        seen = 0 if past is None else past.shape[2]
+        keys = new if past is None else torch.cat([past, new], dim=2)
+        return KernelKeys(keys, torch.arange(seen + q_len, device=device), seen)
+    if kind is DynamicSlidingWindowLayer:
+        seen = int(entry.cumulative_length)
+        past = entry.keys if ready and entry.keys is not None and entry.keys.numel() else None
+        held = 0 if past is None else past.shape[2]
+        keys = new if past is None else torch.cat([past, new], dim=2)
+        positions = torch.arange(seen - held, seen + q_len, device=device)
+        if entry.record_past:  # the layer hands over only what the mask advertises
+            visible = entry.sliding_window - 1 + q_len
+            keys, positions = keys[:, :, -visible:], positions[-visible:]
+        return KernelKeys(keys, positions, seen)
+    if kind is StaticSlidingWindowLayer:
+        seen = int(entry.cumulative_length_int)
+        size = entry.max_cache_len
+        if ready and seen >= size:  # full: the oldest key drops out, the new ones follow
+            return KernelKeys(torch.cat([entry.keys[:, :, 1:], new], dim=2),
+                              torch.arange(seen - size + 1, seen + q_len, device=device), seen)
+        if seen + q_len > size:  # becoming full on this call
+            keys = new if seen == 0 else torch.cat([entry.keys[:, :, :seen], new], dim=2)
+            return KernelKeys(keys, torch.arange(seen + q_len, device=device), seen)
+        return _static_keys(entry, new, seen, size, ready)
+    if kind is StaticLayer:
+        seen = int(entry.cumulative_length) if ready else 0
+        return _static_keys(entry, new, seen, entry.max_cache_len, ready)
+    raise NotImplementedError(
+        f"attention capture reads the keys of transformers' dynamic, sliding-window and static caches; this "
+        f"forward uses {kind.__name__}. Generate with the default cache (no cache_implementation=..., no "
+        "quantized or offloaded cache)"
+    )
+
+
+def _static_keys(entry, new: torch.Tensor, seen: int, size: int, ready: bool) -> KernelKeys:
+    """A preallocated buffer of ``size`` slots with this call's keys written at ``seen …``."""
+    q_len = new.shape[2]
+    if ready:
+        buffer = entry.keys.clone()
+    else:
+        buffer = new.new_zeros(*new.shape[:2], size, new.shape[-1])
+    buffer[:, :, seen:seen + q_len] = new
+    positions = torch.arange(size, device=new.device)
+    positions[seen + q_len:] = -1  # slots not written yet: the kernel's mask hides them
+    return KernelKeys(buffer, positions, seen)
 
 
 class capture:  # noqa: N801 - used as a context manager, like torch.no_grad

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 __all__ = ["Scorer", "GradientForward"]
 
@@ -66,7 +67,11 @@ class Scorer:
         self.on_rows = None  # callback(number of rows) for a progress bar
         with torch.no_grad():
             self.embeds = _embed(model, self.ids, self.pixels, self.sizes)
-            out = model(inputs_embeds=self.embeds, use_cache=True, logits_to_keep=self.n_target)
+            # a cache without the config keeps every key, also past a sliding window (a windowed cache
+            # keeps only the last window − 1 keys, so a prefix cut from it would be the wrong keys);
+            # the model still masks by its window, so reused and fresh forwards see the same keys
+            out = model(inputs_embeds=self.embeds, past_key_values=DynamicCache(), use_cache=True,
+                        logits_to_keep=self.n_target)
             self.base = _log_probs(out.logits, self.target)  # [1, T]
             self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             baseline = torch.tensor([[baseline_id]], device=device)
@@ -80,12 +85,10 @@ class Scorer:
         return self.base[0]
 
     def _cache(self, p: int, batch: int):
-        from transformers import DynamicCache
-
         if p == 0:
             return None
         data = [(k[:, :, :p].expand(batch, -1, -1, -1), v[:, :, :p].expand(batch, -1, -1, -1)) for k, v in self.kv]
-        return DynamicCache(ddp_cache_data=data, config=self.model.config)
+        return DynamicCache(ddp_cache_data=data)  # every prefix key; the model's mask applies its window
 
     def _pixels(self, image: int, removed: list[int]) -> torch.Tensor:
         """``pixel_values`` of one image with the given units' pixels set to the baseline colour."""
