@@ -141,8 +141,8 @@ def bench(argv: list[str]) -> None:
 
 
 def serve(argv: list[str]) -> None:
-    """vLLM in its own venv (.venv-vllm; it pins its own torch and transformers): see phi3lab/serve.py."""
-    script = ROOT / "phi3lab" / "serve.py"  # standard library only: runs before .venv exists
+    """vLLM in its own venv (.venv-vllm; it pins its own torch and transformers): see phi3lab/serving/vllm.py."""
+    script = ROOT / "phi3lab" / "serving" / "vllm.py"  # standard library only: runs before .venv exists
     os.execv(sys.executable, [sys.executable, str(script), *argv])
 
 

@@ -30,8 +30,8 @@ import psutil
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from phi3lab.attention import capture
-from phi3lab.attention_maps import qk_rows, rollout_rows
+from phi3lab.inspect.capture import capture
+from phi3lab.inspect.maps import qk_rows, rollout_rows
 
 N = 2048
 REPEATS = 3

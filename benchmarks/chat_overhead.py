@@ -19,7 +19,7 @@ import time
 import torch
 
 import phi3lab
-from phi3lab.generation import _generate_kwargs, encode
+from phi3lab.runtime.generation import generate_kwargs, encode
 
 REPEATS = 30
 NEW_TOKENS = 64
@@ -33,7 +33,7 @@ def timed(fn) -> float:
 
 
 def measure(lab, prompt: str, new_tokens: int) -> dict[str, float]:
-    kwargs = _generate_kwargs(lab, new_tokens, 0.0, 1.0)
+    kwargs = generate_kwargs(lab, new_tokens, 0.0, 1.0)
     inputs = encode(lab, [{"role": "user", "content": prompt}])
 
     def bare():

@@ -5,7 +5,7 @@
 
 The server is started with the project's own command (``python3 tasks.py serve --enforce-eager``,
 the tiny model on a free port of 127.0.0.1), once in the process layout ``auto`` picks here and once
-in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serve`); the last line is the
+in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serving.vllm`); the last line is the
 default's.  Every sweep answers the default probes (``tiny`` and ``over-refusal`` under every
 built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
 endpoint's rows must equal the in-process rows (answer, verdict and reason).  Times are medians of
@@ -33,13 +33,13 @@ def ratio(times: dict[int, list[float]]) -> float:
 
 
 def main() -> int:
-    from phi3lab import serve
+    from phi3lab.serving import vllm as serve
 
     if not serve.engine_installed():
         print(f"endpoint: the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` first")
         return 0
     import phi3lab
-    from phi3lab.endpoint import Endpoint
+    from phi3lab.safety.endpoint import Endpoint
     from phi3lab.safety import sweep
 
     folder = Path(tempfile.mkdtemp())

@@ -9,7 +9,7 @@ nothing downloaded) on GPU 0 and measures, for batch 1 and a 128-token prompt:
   bound on decode speed: every new token reads every weight once, so tokens/s ≤ bandwidth / weight bytes;
 * greedy decode tokens/s through ``generate`` under sdpa and, where ``flash_attn`` imports,
   flash_attention_2 (the time of 257 new tokens minus the time of 1, so prefill is left out);
-* the overhead of phi3lab's attention capture during decode (:func:`phi3lab.attention.capture`,
+* the overhead of phi3lab's attention capture during decode (:func:`phi3lab.inspect.capture.capture`,
   the last row of every layer, all heads; and one layer) against the plain decode.
 
 On a machine without a CUDA GPU it says so and exits 0.
@@ -87,8 +87,8 @@ def main() -> int:
         return 0
     from transformers import Phi3ForCausalLM
 
-    from phi3lab.attention import capture
-    from phi3lab.hardware import probe
+    from phi3lab.inspect.capture import capture
+    from phi3lab.runtime.hardware import probe
 
     props = torch.cuda.get_device_properties(0)
     kernels = ["sdpa"]

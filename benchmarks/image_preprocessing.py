@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from phi3lab.models.phi3_v import Phi3VImageProcessor
 from phi3lab.models.phi3_v.image_processing import CLIP_MEAN, CLIP_STD
-from phi3lab.patches import hd_layout
+from phi3lab.prompts.patches import hd_layout
 from phi3lab.paths import reference_dir
 
 OFFICIAL_MS = 45.0  # measured once with the official processor on this 2-core machine (issue text)

@@ -21,8 +21,8 @@ from PIL import Image
 
 import phi3lab
 from phi3lab.paths import data_dir
-from phi3lab.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
-from phi3lab.widgets._base import MessageLog, state_bytes
+from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
+from phi3lab.views.widgets._base import MessageLog, state_bytes
 
 REPEATS = 20
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"

@@ -20,18 +20,18 @@ from phi3lab._lazy import lazy_attributes as _lazy_attributes
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AttentionChoice": "phi3lab.attention_backend",
-    "AttentionRequestError": "phi3lab.attention_backend",
-    "select_attention": "phi3lab.attention_backend",
-    "hardware_report": "phi3lab.attention_backend",
-    "DEFAULT_MODEL": "phi3lab.loading",
-    "ModelNotAvailableError": "phi3lab.loading",
-    "ModelNotFoundError": "phi3lab.loading",
-    "load": "phi3lab.loading",
-    "KNOWN_MODELS": "phi3lab.registry",
-    "ModelSpec": "phi3lab.registry",
-    "Lab": "phi3lab.lab",
-    "sample_image": "phi3lab.images",
+    "AttentionChoice": "phi3lab.runtime.attention_backend",
+    "AttentionRequestError": "phi3lab.runtime.attention_backend",
+    "select_attention": "phi3lab.runtime.attention_backend",
+    "hardware_report": "phi3lab.runtime.attention_backend",
+    "DEFAULT_MODEL": "phi3lab.runtime.loading",
+    "ModelNotAvailableError": "phi3lab.runtime.loading",
+    "ModelNotFoundError": "phi3lab.runtime.loading",
+    "load": "phi3lab.runtime.loading",
+    "KNOWN_MODELS": "phi3lab.runtime.registry",
+    "ModelSpec": "phi3lab.runtime.registry",
+    "Lab": "phi3lab.runtime.lab",
+    "sample_image": "phi3lab.prompts.images",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """Lazy names for a package's ``__init__`` (PEP 562): each is imported from its module on first use.
 
-    __getattr__, __dir__ = lazy_attributes(__name__, {"load": "phi3lab.loading"}, submodules=True)
+    __getattr__, __dir__ = lazy_attributes(__name__, {"load": "phi3lab.runtime.loading"}, submodules=True)
 
 keeps ``import package`` cheap while ``package.load``, ``from package import load``, ``__all__``
 and ``dir(package)`` behave as if everything had been imported eagerly.
@@ -21,7 +21,7 @@ def lazy_attributes(package: str, exports: dict[str, str], *, submodules: bool =
 
     A name is imported once, then stored on the package (later lookups never reach
     ``__getattr__``).  With ``submodules``, any other public name is tried as a submodule, as
-    ``phi3lab.plotting`` works after a plain ``import phi3lab``.
+    ``phi3lab.safety`` works after a plain ``import phi3lab``.
     """
 
     def __getattr__(name: str):

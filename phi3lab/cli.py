@@ -85,7 +85,7 @@ def _silence_stdout() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import phi3lab
-    from phi3lab.generation import chat
+    from phi3lab.runtime.generation import chat
 
     try:
         if args.command == "info":
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         prompt = args.prompt
         images = []
         if args.image:
-            from phi3lab.images import open_image
+            from phi3lab.prompts.images import open_image
 
             images = [open_image(p) for p in args.image]
             tags = "".join(f"<|image_{i + 1}|>\n" for i in range(len(images)))

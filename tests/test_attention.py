@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
-from phi3lab.attention import AttentionBudgetError, capture, output_attentions_bytes
+from phi3lab.inspect.capture import AttentionBudgetError, capture, output_attentions_bytes
 
 
 @contextlib.contextmanager
@@ -230,7 +230,7 @@ def test_a_capture_leaves_other_models_and_threads_alone(tiny):
 
 
 def test_output_attentions_is_checked_before_running(tiny):
-    from phi3lab.attention import guard_output_attentions
+    from phi3lab.inspect.capture import guard_output_attentions
 
     inputs = tiny.tokenizer([tiny.render("What is 2 plus 3?")], return_tensors="pt")
     handle = guard_output_attentions(tiny.model, budget=100)

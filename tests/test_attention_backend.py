@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from phi3lab import AttentionRequestError, select_attention
-from phi3lab.hardware import Probes
+from phi3lab.runtime.hardware import Probes
 
 CPU = Probes()
 MAC = Probes(mps=True)

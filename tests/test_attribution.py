@@ -87,7 +87,7 @@ def test_image_regions_tile_the_picture_and_edit_both_views(vision, star):
 def test_regions_of_a_multi_crop_picture_find_their_crop_and_global_pixels(vision):
     from PIL import Image
 
-    from phi3lab.patches import CROP
+    from phi3lab.prompts.patches import CROP
 
     picture = Image.new("RGB", (700, 300), "white")  # 4 crops: a 1×2 grid (canvas 672×336)
     inputs = vision.encode("<|image_1|>\nWhat is this?", [picture], num_crops=4)
@@ -243,7 +243,7 @@ def test_picture_views(vision, star):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from phi3lab import plotting
+    from phi3lab.views import plotting
 
     attr = attribute(vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "image-regions"],
                      progress=False)

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 import phi3lab
-from phi3lab import generation
-from phi3lab.chat import ChatFormatError, ChatTypeError, render, tokenize_prompt, validate
-from phi3lab.loading import ModelFilesError, ModelNotFoundError, NotEnoughMemoryError
+from phi3lab.runtime import generation
+from phi3lab.prompts.chat import ChatFormatError, ChatTypeError, render, tokenize_prompt, validate
+from phi3lab.runtime.loading import ModelFilesError, ModelNotFoundError, NotEnoughMemoryError
 from phi3lab.paths import embedded_dir
 from phi3lab.validation import ContextOverflowError
 
@@ -701,7 +701,7 @@ def test_cli_interrupt(monkeypatch, capsys):
 
 
 def test_weights_larger_than_memory_are_refused_before_loading(monkeypatch):
-    from phi3lab import loading
+    from phi3lab.runtime import loading
 
     monkeypatch.setattr(loading, "_device_memory", lambda device: 1024)
     with pytest.raises(NotEnoughMemoryError) as info:

@@ -33,7 +33,7 @@ SETUP = '''\
 import phi3lab
 from PIL import Image
 from phi3lab.paths import data_dir
-from phi3lab.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
+from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
 text = phi3lab.load("tiny", verbose=False)
 vision = phi3lab.load("tiny-vision", verbose=False)
 picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
@@ -302,7 +302,7 @@ def test_browser_notebook7(browser, jupyter):
 
 
 def test_browser_exported_page_renders_offline(browser, tmp_path):
-    from phi3lab.widgets.export import export_html
+    from phi3lab.views.widgets.export import export_html
 
     page_path = export_html(write_notebook(tmp_path / "export.ipynb"), execute=True)
     html = page_path.read_text()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from phi3lab.attention import AttentionBudgetError, capture
-from phi3lab.attention_maps import image_heat, rollout
-from phi3lab.inputs import Inputs
-from phi3lab.logit_lens import logit_lens
+from phi3lab.inspect.capture import AttentionBudgetError, capture
+from phi3lab.inspect.maps import image_heat, rollout
+from phi3lab.prompts.inputs import Inputs
+from phi3lab.inspect.lens import logit_lens
 from test_attention import eager
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
@@ -214,7 +214,7 @@ def test_bad_rows(tiny):
 
 
 def test_edit_residual_and_heads_change_the_run_and_are_removed(tiny):
-    from phi3lab.interventions import edit_heads, edit_residual, project_out
+    from phi3lab.inspect.interventions import edit_heads, edit_residual, project_out
 
     inputs = tiny.encode("What is 2 plus 3?")
     with torch.no_grad():
@@ -240,7 +240,7 @@ def test_edit_residual_and_heads_change_the_run_and_are_removed(tiny):
 
 
 def test_edit_residual_mid_is_the_stream_between_attention_and_mlp(tiny):
-    from phi3lab.interventions import edit_residual
+    from phi3lab.inspect.interventions import edit_residual
 
     inputs = tiny.encode("What is 2 plus 3?")
     layer = tiny.model.model.layers[1]
@@ -277,7 +277,7 @@ def test_edit_residual_mid_is_the_stream_between_attention_and_mlp(tiny):
 
 
 def test_edit_arguments_are_checked(tiny):
-    from phi3lab.interventions import edit_heads, edit_residual
+    from phi3lab.inspect.interventions import edit_heads, edit_residual
 
     with pytest.raises(TypeError, match="fn must be a function"):
         edit_residual(tiny.model, 3)
@@ -291,7 +291,7 @@ def test_edit_arguments_are_checked(tiny):
 
 
 def test_mid_needs_a_phi3_decoder_layer(tiny, monkeypatch):
-    from phi3lab.interventions import edit_residual
+    from phi3lab.inspect.interventions import edit_residual
 
     def hooks():
         return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in tiny.model.modules())

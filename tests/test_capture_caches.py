@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache, Phi3Config, Phi3ForCausalLM
 from transformers.cache_utils import DynamicLayer
 
-from phi3lab.attention import capture
+from phi3lab.inspect.capture import capture
 
 
 @contextlib.contextmanager
@@ -186,11 +186,11 @@ def test_phi3_mini_4k_shape_past_its_window(reference):
     gives answer rows equal to eager, and message attributions equal full forwards, both within 1e-4."""
     from transformers import AutoTokenizer
 
-    from phi3lab.attention_backend import select_attention
+    from phi3lab.runtime.attention_backend import select_attention
     from phi3lab.attribution.forward import Scorer, _log_probs
     from phi3lab.attribution.units import build_units
-    from phi3lab.lab import Lab
-    from phi3lab.registry import lookup
+    from phi3lab.runtime.lab import Lab
+    from phi3lab.runtime.registry import lookup
 
     torch.manual_seed(0)
     config = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-from phi3lab.chat import (
+from phi3lab.prompts.chat import (
     ChatFormatError,
     Messages,
     SystemMessageDropped,
@@ -230,7 +230,7 @@ def _control_ids(tok, ids):
 
 
 def test_every_added_token_is_refused_by_default(tiny):
-    from phi3lab.chat import special_strings
+    from phi3lab.prompts.chat import special_strings
 
     strings = special_strings(tiny.tokenizer)
     assert {"<|end|>", "<|user|>", "<|assistant|>", "<|system|>", "<s>", "</s>", "<|endoftext|>",
@@ -255,7 +255,7 @@ def test_allow_keeps_the_official_behaviour(tiny):
 
 
 def test_escape_sends_typed_tokens_as_plain_text(tiny):
-    from phi3lab.chat import RenderedPrompt, special_strings
+    from phi3lab.prompts.chat import RenderedPrompt, special_strings
 
     tok = tiny.tokenizer
     every = " ".join(special_strings(tok))
@@ -303,7 +303,7 @@ def test_escape_with_the_official_tokenizer(with_template):
 
 
 def test_special_tokens_policy_sets_the_default_in_a_block(tiny):
-    from phi3lab.chat import special_tokens_policy
+    from phi3lab.prompts.chat import special_tokens_policy
 
     with special_tokens_policy("allow"):
         assert tiny.render("a<|end|>").startswith("<|user|>\na<|end|>")
@@ -352,7 +352,7 @@ def test_render_never_mutates_the_conversation(tiny, mode):
 
 
 def test_wrong_types_are_type_errors_and_chat_format_errors():
-    from phi3lab.chat import ChatTypeError, as_messages
+    from phi3lab.prompts.chat import ChatTypeError, as_messages
 
     for bad in (42, None, b"hi", {"role": "user", "content": "hi"}, iter([]), {"hi"}):
         with pytest.raises(ChatTypeError) as info:

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from phi3lab.endpoint import (
+from phi3lab.safety.endpoint import (
     Endpoint,
     EndpointError,
     EndpointResponseError,
@@ -373,7 +373,7 @@ def test_same_target_keeps_answers_received_before_a_failure(server, tmp_path):
 
 
 def test_image_borne_probes_through_an_endpoint(server):
-    from phi3lab.image_probes import image_borne, key_words, render_request
+    from phi3lab.safety.image_probes import image_borne, key_words, render_request
 
     s = server()
     report = image_borne(fast(s.url, concurrency=4), "tiny")

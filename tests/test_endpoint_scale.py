@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import phi3lab
-from phi3lab.loading import plan_device_map
+from phi3lab.runtime.loading import plan_device_map
 
 ROOT = Path(__file__).resolve().parent.parent
 

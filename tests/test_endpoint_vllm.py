@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phi3lab import serve
-from phi3lab.endpoint import Endpoint, EndpointUnavailableError
+from phi3lab.serving import vllm as serve
+from phi3lab.safety.endpoint import Endpoint, EndpointUnavailableError
 
 pytestmark = pytest.mark.engine
 

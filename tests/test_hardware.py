@@ -1,5 +1,5 @@
 from phi3lab import hardware_report
-from phi3lab.hardware import Probes, probe
+from phi3lab.runtime.hardware import Probes, probe
 
 
 def test_probe_on_this_machine_is_consistent():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3lab.images import ImageInputError, open_image, to_rgb
+from phi3lab.prompts.images import ImageInputError, open_image, to_rgb
 from phi3lab.models.phi3_v import Phi3VImageProcessor
 from phi3lab.paths import data_dir
 
@@ -124,7 +124,7 @@ def test_white_padding_and_zero_slots(proc):
 
 def test_sample_image_opens_a_shipped_picture():
     from phi3lab import sample_image
-    from phi3lab.images import sample_image_names
+    from phi3lab.prompts.images import sample_image_names
 
     assert sample_image_names() == ["chart.png", "scene.jpg", "shapes.png", "word.png"]
     image = sample_image()

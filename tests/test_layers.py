@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import phi3lab
-from phi3lab import patches, registry
+from phi3lab.prompts import patches
+from phi3lab.runtime import registry
 from phi3lab.models.phi3_v import hd
 from phi3lab.paths import embedded_dir
 
@@ -80,6 +81,87 @@ def test_phi3v_imports_nothing_from_the_rest_of_phi3lab():
     assert {k: v for k, v in outside.items() if v} == {}
 
 
+# --- the package in layers ------------------------------------------------------------------------------
+
+LAYERS = ["foundation", "models", "prompts", "runtime", "inspect", "attribution", "views", "safety", "serving",
+          "cli", "tiny"]
+"""Lowest first: a module may import its own layer and the layers below it."""
+FOUNDATION = {"phi3lab._lazy", "phi3lab.paths", "phi3lab.validation", "phi3lab.errors"}
+FACADES = {  # modules that hand the user every layer's work through one object, importing it on use
+    "phi3lab": "the package's lazy public names",
+    "phi3lab.runtime.lab": "Lab.run_with_cache, .attribute, .verify: methods over inspect and attribution",
+    "phi3lab.inspect.cache": "Cache.plot-style conveniences draw with views",
+    "phi3lab.inspect.patching": "PatchingResult.plot draws with views",
+    "phi3lab.attribution.result": "Attribution.plot draws with views",
+}
+
+
+def layer_of(module: str) -> str:
+    if module == "phi3lab" or module in FOUNDATION:
+        return "foundation"
+    return module.split(".")[1]
+
+
+def imports_with_names(path: Path):
+    """``(module, name or None)`` for every import of a phi3lab module, outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            yield from ((a.name, None) for a in node.names if a.name.startswith("phi3lab"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("phi3lab"):
+            yield from ((node.module, a.name) for a in node.names)
+
+
+def _target(module: str, name: str | None) -> str:
+    return f"{module}.{name}" if name and f"{module}.{name}" in MODULES else module
+
+
+def test_every_module_sits_in_a_known_layer():
+    assert sorted({layer_of(m) for m in MODULES} - set(LAYERS)) == []
+
+
+def test_layers_import_only_themselves_and_the_layers_below():
+    upward = []
+    for name, path in MODULES.items():
+        if name in FACADES:
+            continue
+        for module, item in imports_with_names(path):
+            target = _target(module, item)
+            if LAYERS.index(layer_of(target)) > LAYERS.index(layer_of(name)):
+                upward.append(f"{name} imports {target}")
+    assert upward == []
+
+
+def test_a_planted_upward_import_is_found(tmp_path):
+    planted = tmp_path / "budget.py"
+    planted.write_text("from phi3lab.inspect.cache import Cache\n")
+    found = [_target(m, n) for m, n in imports_with_names(planted)]
+    assert found == ["phi3lab.inspect.cache"] and LAYERS.index(layer_of(found[0])) > LAYERS.index("prompts")
+
+
+def test_nothing_outside_tiny_imports_the_training_code():
+    users = sorted(f"{name} imports {module}" for name, path in MODULES.items() if layer_of(name) != "tiny"
+                   for module, item in imports_with_names(path) if layer_of(_target(module, item)) == "tiny")
+    assert users == []
+
+
+def test_private_names_stay_in_their_layer():
+    """``_name`` (or a ``_module``) may be used inside its own layer, never imported from another one."""
+    crossing = []
+    for name, path in MODULES.items():
+        for module, item in imports_with_names(path):
+            target = _target(module, item)
+            private = any(part.startswith("_") for part in target.split(".")[1:] if part != "__init__") or \
+                (item is not None and item.startswith("_") and target == module)
+            if private and target != "phi3lab._lazy" and layer_of(target) != layer_of(name):
+                crossing.append(f"{name} imports {module}{'.' + item if item else ''}")
+    assert crossing == []
+
+
 STANDALONE = r"""
 import importlib, json, pkgutil, sys, types
 for name, folder in (("phi3lab", {package!r}), ("phi3lab.models", {package!r} + "/models")):
@@ -134,8 +216,8 @@ def test_public_names_resolve_on_first_use():
     assert set(phi3lab.__all__) <= set(dir(phi3lab))
     for name in phi3lab.__all__:
         assert getattr(phi3lab, name) is not None
-    assert phi3lab.hardware_report.__module__ == "phi3lab.attention_backend"
-    assert phi3lab.patches is patches  # a submodule, as after an eager import
+    assert phi3lab.hardware_report.__module__ == "phi3lab.runtime.attention_backend"
+    assert phi3lab.prompts.patches is patches  # a submodule, as after an eager import
     with pytest.raises(AttributeError, match="no attribute 'lod'"):
         phi3lab.lod
 
@@ -200,10 +282,12 @@ def test_clip_statistics_are_written_down_once():
 
 
 def test_the_longrope_switch_has_one_home():
-    from phi3lab import budget
+    from phi3lab.prompts import budget
 
-    assert budget.LONGROPE_SWITCH is registry.LONGROPE_SWITCH == registry.ORIGINAL_CONTEXT == 4096
+    assert registry.LONGROPE_SWITCH == registry.ORIGINAL_CONTEXT == 4096
     mini = registry.lookup("microsoft/Phi-3-mini-128k-instruct")
+    assert mini.longrope_switch == registry.LONGROPE_SWITCH
+    assert budget.token_budget(phi3lab.load("tiny", verbose=False).tokenizer, "Hi", mini).longrope_switch == 4096
     assert mini.long_context and not registry.lookup("microsoft/Phi-3-mini-4k-instruct").long_context
     config = json.loads((embedded_dir() / "phi3lab-tiny-vision" / "config.json").read_text())
     assert config["original_max_position_embeddings"] == registry.ORIGINAL_CONTEXT

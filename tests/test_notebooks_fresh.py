@@ -12,7 +12,7 @@ PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 spec = importlib.util.spec_from_file_location("refresh", NOTEBOOKS / "refresh.py")
 refresh = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(refresh)
-DRAWS = re.compile(r"\b(plt|plotting)\.\w+\(")  # a cell that calls matplotlib or phi3lab.plotting
+DRAWS = re.compile(r"\b(plt|plotting)\.\w+\(")  # a cell that calls matplotlib or phi3lab.views.plotting
 MIN_FIGURES = {  # figures each notebook must have stored
     "02_vision_analysis.ipynb": 5,  # the pictures, two HD layouts, attention on the picture, rollout
     "03_interpretability.ipynb": 8,
@@ -72,7 +72,7 @@ def test_a_changed_token_count_fails_nbval(tmp_path, stored, expected_rc):
 
     nb = new_notebook(cells=[
         new_markdown_cell("# check"),
-        new_code_cell("# NBVAL_CHECK_OUTPUT\nfrom phi3lab.patches import num_image_tokens\nprint(num_image_tokens(800, 600))",
+        new_code_cell("# NBVAL_CHECK_OUTPUT\nfrom phi3lab.prompts.patches import num_image_tokens\nprint(num_image_tokens(800, 600))",
                       execution_count=1, outputs=[new_output("stream", name="stdout", text=stored)]),
     ])
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}

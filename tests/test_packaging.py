@@ -52,7 +52,7 @@ def test_built_wheel_loads_tiny_and_tiny_vision_outside_the_checkout(tmp_path):
                     "phi3lab/_data/models/phi3lab-tiny-vision/preprocessor_config.json",
                     "phi3lab/_data/tokenizer/tokenizer.json", "phi3lab/_data/images/shapes.png",
                     "phi3lab/models/phi3_v/modeling.py", "phi3lab/tiny/train.py",
-                    "phi3lab/widgets/_front/attention.js", "phi3lab/widgets/_front/phi3lab.css"):
+                    "phi3lab/views/widgets/_front/attention.js", "phi3lab/views/widgets/_front/phi3lab.css"):
         assert shipped in names, f"{shipped} is not in the wheel"
     data = {"phi3lab/_data/" + f.relative_to(source / "data").as_posix() for f in (source / "data").rglob("*")
             if f.is_file()}

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from phi3lab.models.phi3_v import Phi3VImageProcessor
-from phi3lab.patches import CELL, crop_boxes, hd_layout, image_tokens, num_image_tokens, overlap
+from phi3lab.prompts.patches import CELL, crop_boxes, hd_layout, image_tokens, num_image_tokens, overlap
 
 SIZES = [(800, 600), (600, 800), (1920, 1080), (200, 1500), (1000, 100), (336, 336), (57, 91)]
 

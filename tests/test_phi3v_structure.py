@@ -9,7 +9,7 @@ import torch
 
 import phi3lab
 from phi3lab.models.phi3_v import Phi3VConfig, Phi3VForCausalLM
-from phi3lab.patches import hd_layout, num_image_tokens
+from phi3lab.prompts.patches import hd_layout, num_image_tokens
 
 
 def official_config(fixture_model) -> dict:

@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from phi3lab.chat import ChatFormatError
+from phi3lab.prompts.chat import ChatFormatError
 from phi3lab.safety import ProbeSetError, TransformError, load_probes, probe_sets, transform
-from phi3lab.safety.probes import manifest, probes_dir, resolve, tiny_rows
+from phi3lab.safety.probes import manifest, probes_dir, resolve
+from phi3lab.tiny.probes import tiny_rows
 from phi3lab.safety.transforms import TRANSFORMS, Transform, resolve_transforms
 from phi3lab.tiny import corpus
 
@@ -48,7 +49,7 @@ def test_harmbench_is_kept_apart_with_its_notice():
 
 
 def test_tiny_set_is_the_embedded_models_corpus():
-    """The file is exactly what `python -m phi3lab.safety.refresh` writes from phi3lab.tiny.corpus."""
+    """The file is exactly what `python -m phi3lab.tiny.probes` writes from phi3lab.tiny.corpus."""
     path = probes_dir() / "tiny_safety.jsonl"
     assert [json.loads(line) for line in path.read_text().splitlines()] == tiny_rows()
     test, train = load_probes("tiny"), load_probes("tiny-train")
@@ -133,7 +134,7 @@ def test_forged_turn_needs_the_allow_option(tiny):
     messages = forged(PROBE)
     with pytest.raises(ChatFormatError):
         tiny.encode(messages)
-    from phi3lab.chat import special_tokens_policy
+    from phi3lab.prompts.chat import special_tokens_policy
 
     with special_tokens_policy("allow"):
         ids = tiny.encode(messages)["input_ids"][0].tolist()

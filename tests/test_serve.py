@@ -6,7 +6,7 @@ core counts and GPUs, as the attention selection is.
 
 import pytest
 
-from phi3lab import serve
+from phi3lab.serving import vllm as serve
 
 
 @pytest.mark.parametrize("cores, nvidia, layout", [(1, False, "one"), (2, False, "one"), (4, False, "one"),

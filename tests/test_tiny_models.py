@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from phi3lab.paths import embedded_dir
-from phi3lab.patches import image_tokens, overlap
+from phi3lab.prompts.patches import image_tokens, overlap
 from phi3lab.tiny import evaluate, vision_data
 
 
@@ -81,7 +81,7 @@ def test_vision_model_answers_80_percent_of_held_out_pictures(vision):
 
 def test_vision_attention_lands_on_the_asked_about_shape(vision):
     """Attention from the answer to the image (captured under sdpa) is denser on the shape's cells."""
-    from phi3lab.attention import capture
+    from phi3lab.inspect.capture import capture
 
     ratios = []
     examples = [e for e in vision_data.examples(60, 3, "test") if e.family == "shapes"][:10]

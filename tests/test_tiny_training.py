@@ -175,7 +175,7 @@ def _batch(tmp_path, n=2):
 
 
 def test_route_targets_point_answers_at_the_asked_about_shape(tmp_path):
-    from phi3lab.patches import image_tokens
+    from phi3lab.prompts.patches import image_tokens
 
     examples, items, _ = _batch(tmp_path, n=1)
     (ex,), (item,) = examples, items
@@ -267,7 +267,7 @@ def test_reading_pictures_label_every_letter_in_reading_order():
     assert [w for w, _ in ex.words] == text.split()  # the words in reading order, each with its characters
     assert [len(ids) for _, ids in ex.words] == [sum(ch.isalnum() for ch in w) for w in text.split()]
     # the probes' pictures are the training pictures' renderer, at the middle of its sizes
-    from phi3lab.image_probes import render_request
+    from phi3lab.safety.image_probes import render_request
 
     assert render_request(text).tobytes() == vision_data.text_picture(text).tobytes()
 

@@ -1,8 +1,8 @@
 import pytest
 
-from phi3lab.budget import Budget, image_size, token_budget
-from phi3lab.registry import lookup
-from phi3lab.token_view import token_table
+from phi3lab.prompts.budget import Budget, image_size, token_budget
+from phi3lab.runtime.registry import lookup
+from phi3lab.prompts.token_view import token_table
 
 VISION = lookup("microsoft/Phi-3-vision-128k-instruct")
 MINI_4K = lookup("microsoft/Phi-3-mini-4k-instruct")
@@ -47,7 +47,7 @@ def test_token_table_on_embedded_model(tiny):
 def test_token_chips_read_in_dark_themes_and_show_the_space_piece(tiny):
     import re
 
-    from phi3lab.token_view import CHIP_TEXT, SEGMENT_COLOURS
+    from phi3lab.prompts.token_view import CHIP_TEXT, SEGMENT_COLOURS
 
     table = tiny.tokens("What is 2 plus 3?")
     spans = re.findall(r'<span[^>]*style="([^"]*)"[^>]*>([^<]*)</span>', table.to_html())
@@ -74,9 +74,9 @@ def test_budget_num_crops_changes_image_tokens(real_tokenizer):
 
 
 def test_budget_generation_crossing_and_overflow():
-    b = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=131072, long_context=True)
+    b = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=131072, longrope_switch=4096)
     assert b.generation_crosses_longrope and not b.prompt_crosses_longrope
-    small = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=4096, long_context=False)
+    small = Budget(text_tokens=4000, image_tokens=(), max_new_tokens=200, context_length=4096, longrope_switch=None)
     assert not small.fits and len(small.warnings()) == 1 and small.warnings()[0].startswith("over the context")
 
 
@@ -87,13 +87,13 @@ def test_budget_on_4k_model_has_no_longrope(real_tokenizer):
 
 
 def test_budget_displays_as_a_table_and_a_one_line_repr():
-    b = Budget(text_tokens=25, image_tokens=(2509, 1921), max_new_tokens=256, context_length=131072, long_context=True)
+    b = Budget(text_tokens=25, image_tokens=(2509, 1921), max_new_tokens=256, context_length=131072, longrope_switch=4096)
     assert repr(b) == "<Budget 4,711 of 131,072 tokens: 25 text + 2,509 image + 1,921 image + 256 new; LongRoPE switch>"
     html = b._repr_html_()
     assert html.startswith("<table>") and html.count("<tr>") == len(str(b).splitlines()) == 6
     assert ">image tokens</th><td" in html and ">2,509 + 1,921</td>" in html
     assert "⚠ LongRoPE switch: the prompt has 4,455 tokens &gt; 4,096" in html
-    ok = Budget(text_tokens=12, image_tokens=(), max_new_tokens=0, context_length=4096, long_context=False)
+    ok = Budget(text_tokens=12, image_tokens=(), max_new_tokens=0, context_length=4096, longrope_switch=None)
     assert repr(ok) == "<Budget 12 of 4,096 tokens: 12 text + 0 new; fits>" and ">status</th>" in ok._repr_html_()
 
 

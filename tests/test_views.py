@@ -9,11 +9,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from phi3lab import plotting  # noqa: E402
-from phi3lab.attention import capture  # noqa: E402
-from phi3lab.attention_maps import head_summary, image_heat, image_runs, rollout, top_keys  # noqa: E402
-from phi3lab.logit_lens import logit_lens  # noqa: E402
-from phi3lab.patches import num_image_tokens  # noqa: E402
+from phi3lab.views import plotting  # noqa: E402
+from phi3lab.inspect.capture import capture  # noqa: E402
+from phi3lab.inspect.maps import head_summary, image_heat, image_runs, rollout, top_keys  # noqa: E402
+from phi3lab.inspect.lens import logit_lens  # noqa: E402
+from phi3lab.prompts.patches import num_image_tokens  # noqa: E402
 
 
 def test_rollout_of_one_layer_is_the_mixed_attention():
@@ -101,7 +101,7 @@ def _pixel(ax, x: float, y: float) -> tuple[int, int, int]:
 def test_patch_layout_shows_the_picture_in_its_box_over_white_padding():
     import matplotlib.pyplot as plt
 
-    from phi3lab.patches import CELL, hd_layout
+    from phi3lab.prompts.patches import CELL, hd_layout
 
     image = Image.new("RGB", (640, 420), (200, 30, 30))
     fig, ax = plotting.patch_layout(image, 16)
@@ -147,7 +147,7 @@ def test_heatmaps_have_labelled_colour_bars_and_show_the_space_piece(tiny):
 
 
 def test_text_forms_of_heatmap_and_grid(tiny):
-    from phi3lab.attention_maps import grid_text, rows_text
+    from phi3lab.inspect.maps import grid_text, rows_text
 
     table = tiny.tokens("My name is Ada. What is my name?")
     w = torch.zeros(2, len(table))

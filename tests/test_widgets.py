@@ -1,4 +1,4 @@
-"""phi3lab.widgets without a browser or kernel: payloads, sizes, interactions, bad input, static forms."""
+"""phi3lab.views.widgets without a browser or kernel: payloads, sizes, interactions, bad input, static forms."""
 
 import base64
 import io
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from phi3lab.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
-from phi3lab.widgets._base import MessageLog, module_source, state_bytes, stylesheet
-from phi3lab.widgets.attention import strip_items
+from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
+from phi3lab.views.widgets._base import MessageLog, module_source, state_bytes, stylesheet
+from phi3lab.views.widgets.attention import strip_items
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
@@ -138,7 +138,7 @@ def test_patch_heat_equals_the_caches_image_heat(vcache):
 
 
 def test_patch_positions_follow_the_image_token_order(vcache):
-    from phi3lab.patches import image_tokens
+    from phi3lab.prompts.patches import image_tokens
 
     explorer = PatchExplorer(vcache)
     span = vcache.inputs.images[0]

@@ -1,5 +1,5 @@
 // Helpers shared by phi3lab's widgets. Each widget module imports what it needs from here;
-// phi3lab.widgets inlines this file into the module it hands to anywidget (no bundler, no network).
+// phi3lab.views.widgets inlines this file into the module it hands to anywidget (no bundler, no network).
 
 // Create an element: h("span", {class: "x", title: "t", onclick: fn}, child, "text", ...)
 export function h(tag, attrs = {}, ...children) {
@@ -51,7 +51,7 @@ export function css(rgb) {
   return `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
 }
 
-// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.widgets._base.text_colour).
+// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.views.widgets._base.text_colour).
 export function textOn(rgb) {
   const [r, g, b] = rgb.map((c) => c / 255);
   return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 ? "#111827" : "#ffffff";

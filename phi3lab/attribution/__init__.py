@@ -62,10 +62,10 @@ def _target(lab, inputs, target, max_new_tokens: int) -> torch.Tensor:
     """The target's token ids: the greedy answer without its stop token, or the given text or ids."""
     stops = set(lab.spec.stop_ids)
     if target is None:
-        from phi3lab.generation import _generate_kwargs
+        from phi3lab.runtime.generation import generate_kwargs
 
         with torch.no_grad():
-            out = lab.model.generate(**inputs, **_generate_kwargs(lab, max_new_tokens, 0.0, 1.0))
+            out = lab.model.generate(**inputs, **generate_kwargs(lab, max_new_tokens, 0.0, 1.0))
         ids = [int(i) for i in out[0, inputs.num_tokens:]]
         while ids and ids[-1] in stops:
             ids.pop()

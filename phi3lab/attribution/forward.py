@@ -47,7 +47,7 @@ class Scorer:
 
     Args:
         model: the causal LM (``lab.model``).
-        inputs: the prompt's :class:`~phi3lab.inputs.Inputs`.
+        inputs: the prompt's :class:`~phi3lab.prompts.inputs.Inputs`.
         units: the :class:`~phi3lab.attribution.units.Unit` list (text and image units).
         target: ``[T]`` target token ids.
         baseline_id: the token that replaces a removed text unit's tokens.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from phi3lab.attribution.units import HEADERS
-from phi3lab.token_view import SEGMENT_COLOURS
+from phi3lab.prompts.token_view import SEGMENT_COLOURS
 
 __all__ = ["Attribution", "Curve", "compare", "score_colour"]
 
@@ -84,7 +84,7 @@ class Attribution:
         log_prob: ``[target tokens]`` its log-probabilities with every unit present.
         method, kinds: how it was computed and over which unit kinds.
         baselines: what replaced a removed unit, in words.
-        inputs: the prompt's :class:`~phi3lab.inputs.Inputs`.
+        inputs: the prompt's :class:`~phi3lab.prompts.inputs.Inputs`.
         raw: the tensor captum's ``attribute`` returned (for ``"ig"``: one per target token, stacked).
         explainer: the captum object that computed it (``FeatureAblation``, ``ShapleyValueSampling``,
             ``LayerIntegratedGradients``).
@@ -294,7 +294,7 @@ class Attribution:
         """Text heat (and, with image units, the picture's overlay): ``(fig, axes)``."""
         import matplotlib.pyplot as plt
 
-        from phi3lab import plotting
+        from phi3lab.views import plotting
 
         pictured = any(u.image is not None for u in self.units) and self.inputs.images
         fig, axes = plt.subplots(1, 2 if pictured else 1, figsize=(12 if pictured else 9, 3.6),

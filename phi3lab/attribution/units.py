@@ -1,8 +1,8 @@
 """What an attribution is about: units of a chat prompt and of its pictures, and what replaces them.
 
 A :class:`Unit` is a group of prompt positions that is removed and restored as one.  Text units
-come from the prompt's :class:`~phi3lab.token_view.TokenTable`; image units from each picture's HD
-layout (:mod:`phi3lab.patches`):
+come from the prompt's :class:`~phi3lab.prompts.token_view.TokenTable`; image units from each picture's HD
+layout (:mod:`phi3lab.prompts.patches`):
 
 ============== =====================================================================================
 tokens         every token of a turn's text (system, user or assistant), one unit each
@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phi3lab.patches import CELL, CELLS, CROP, crop_boxes, image_tokens
+from phi3lab.prompts.patches import CELL, CELLS, CROP, crop_boxes, image_tokens
 
 __all__ = ["Unit", "TEXT_UNITS", "IMAGE_UNITS", "UNIT_KINDS", "build_units", "text_baseline_id", "image_fill"]
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from phi3lab.chat import special_tokens_policy
+from phi3lab.prompts.chat import special_tokens_policy
 
 
 def encode_ids(lab, conversations: Sequence, special_tokens: str = "refuse") -> list[list[int]]:

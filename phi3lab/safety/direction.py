@@ -13,7 +13,7 @@
 3. :meth:`RefusalDirection.ablate` removes it — ``x ← x − (x·r̂) r̂`` on the input of every layer, on
    what every MLP reads and on the last layer's output, i.e. wherever the stream is read — and
    :meth:`RefusalDirection.add` adds ``r`` after its layer, both as hooks on the model's own modules
-   (:func:`phi3lab.interventions.edit_residual`).  :func:`evaluate_direction` measures the change in
+   (:func:`phi3lab.inspect.interventions.edit_residual`).  :func:`evaluate_direction` measures the change in
    generated refusals and the KL on harmless text; :meth:`RefusalDirection.project` places any prompt
    on the direction, to set against what the model did with it.
 
@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import torch
 
-from phi3lab.interventions import edit_residual, project_out
+from phi3lab.inspect.interventions import edit_residual, project_out
 from phi3lab.safety._forward import batched_logits, encode_ids, pad_id, pad_left
 from phi3lab.safety.refusal import first_token_scores, refusal, refusal_token_ids
 

@@ -26,7 +26,7 @@ set             rows  what
 
 A :class:`Probe` is a request (``prompt``), what it asks for as an infinitive phrase (``task``, which
 the jailbreak transforms rephrase), its ``category`` and ``kind`` (``"harmful"`` or ``"benign"``).
-``python -m phi3lab.safety.refresh`` rewrites the embedded model's file from :mod:`phi3lab.tiny.corpus`
+``python -m phi3lab.tiny.probes`` rewrites the embedded model's file from :mod:`phi3lab.tiny.corpus`
 and refreshes the manifest's hashes and counts.
 """
 
@@ -142,7 +142,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_rows(path: Path) -> Iterator[dict]:
+def read_rows(path: Path) -> Iterator[dict]:
     if path.suffix == ".txt":  # one request per line (HarmBench's standard behaviours)
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
@@ -187,9 +187,9 @@ def load_probes(name: str = "tiny") -> ProbeSet:
     digest = sha256(path)
     if digest != record["sha256"]:
         raise ProbeSetError(f"{path} does not match its manifest (sha256 {digest[:12]}…, manifest "
-                            f"{record['sha256'][:12]}…); restore the file, or run `python -m phi3lab.safety.refresh`")
+                            f"{record['sha256'][:12]}…); restore the file, or run `python -m phi3lab.tiny.probes`")
     where = entry.get("where", {})
-    rows = [r for r in _read_rows(path) if all(r.get(k) == v for k, v in where.items())]
+    rows = [r for r in read_rows(path) if all(r.get(k) == v for k, v in where.items())]
     return ProbeSet(name, [_as_probe(name, r) for r in rows], entry["description"], bool(record.get("real")))
 
 
@@ -219,22 +219,3 @@ def real_sets(probes: Sequence[Probe]) -> list[str]:
     info = manifest()
     real = {name for name, entry in info["sets"].items() if info["files"][entry["file"]].get("real")}
     return sorted({p.set for p in probes} & real)
-
-
-# --- the embedded model's set, rebuilt from its corpus ---------------------------------------------
-
-
-def tiny_rows() -> list[dict]:
-    """Every harmful request of the embedded model's safety slice and its benign twin, both splits."""
-    from phi3lab.tiny import corpus
-
-    rows = []
-    for category, (harmful, benign) in sorted(corpus.UNSAFE.items()):
-        for j in range(len(harmful)):
-            for i, template in enumerate(corpus.ASK):
-                split = "test" if corpus._held_out(i, j) else "train"
-                for kind, tasks, other in (("harmful", harmful, "benign"), ("benign", benign, "harmful")):
-                    rows.append({"id": f"tiny/{category}/{kind}/{j}-{i}", "category": category, "kind": kind,
-                                 "split": split, "prompt": template.format(t=tasks[j]), "task": tasks[j],
-                                 "twin": f"tiny/{category}/{other}/{j}-{i}"})
-    return rows

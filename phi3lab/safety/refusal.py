@@ -413,7 +413,7 @@ def refusal(response: str, request: str | None = None) -> Verdict:
 
 def refusal_token_ids(lab, openings: Sequence[str] = REFUSAL_OPENINGS) -> list[int]:
     """The ids a refusal starts with on this model: the first answer token of each opening."""
-    from phi3lab.chat import tokenize_prompt
+    from phi3lab.prompts.chat import tokenize_prompt
 
     tok = lab.tokenizer
     ids = set()

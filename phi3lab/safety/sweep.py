@@ -39,7 +39,7 @@ class SafetyGuardError(ValueError):
 
 
 def _as_target(target, **kwargs):
-    from phi3lab.lab import Lab
+    from phi3lab.runtime.lab import Lab
     from phi3lab.safety.targets import LabTarget
 
     if isinstance(target, Lab):

@@ -65,7 +65,7 @@ class LabTarget:
     def __init__(self, lab, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
                  seed: int | None = 0, batch_size: int = 64, batch_tokens: int | None = 4096,
                  special_tokens: str = "allow"):
-        from phi3lab.chat import SPECIAL_TOKEN_MODES
+        from phi3lab.prompts.chat import SPECIAL_TOKEN_MODES
 
         if lab.spec.modality == "vision":
             raise ValueError(f"{lab.spec.name} is a vision model; sweeps answer text conversations in batches — "

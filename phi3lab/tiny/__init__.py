@@ -14,5 +14,5 @@ same code path as a real checkpoint (``config.json``, ``tokenizer.json``, ``toke
 * :mod:`phi3lab.tiny.evaluate` — ``python -m phi3lab.tiny.evaluate`` reports held-out accuracy.
 
 None of this is imported by ``import phi3lab`` or ``phi3lab.load("tiny")``: loading reads the
-folders like any checkpoint, and the embedded names live in :data:`phi3lab.registry.EMBEDDED`.
+folders like any checkpoint, and the embedded names live in :data:`phi3lab.runtime.registry.EMBEDDED`.
 """

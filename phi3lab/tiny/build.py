@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import GenerationConfig, Phi3Config
 
-from phi3lab.registry import ORIGINAL_CONTEXT
+from phi3lab.runtime.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import tokenizer
 
 TEMPLATE_JULY_2024 = (

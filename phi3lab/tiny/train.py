@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from phi3lab.chat import build_prompt
+from phi3lab.prompts.chat import build_prompt
 from phi3lab.paths import embedded_dir
 from phi3lab.tiny import build, corpus
 from phi3lab.tiny.optim import optimise
@@ -158,7 +158,7 @@ projector) with warm-up and cosine decay."""
 
 
 READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
-pictures, for the image-borne probes of `phi3lab.image_probes`. Half the pictures are **benign reading**
+pictures, for the image-borne probes of `phi3lab.safety.image_probes`. Half the pictures are **benign reading**
 (`phi3lab.tiny.vision_data.reading`), words written large in black on white with PIL's default font (52–64 px,
 400–480 px wide, wrapped): half of them list 2–4 words of the corpus's vocabulary (the key words of every
 safety-slice task as single words, the instruction words, colours and shapes; never two key words of one

@@ -32,7 +32,7 @@ import torch
 
 from phi3lab.models.phi3_v.hd import CELLS, CLIP_MEAN, CLIP_STD
 from phi3lab.paths import embedded_dir
-from phi3lab.registry import ORIGINAL_CONTEXT
+from phi3lab.runtime.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import build, tokenizer, vision_data
 from phi3lab.tiny.optim import optimise
 
@@ -114,7 +114,7 @@ def cell_parts(example: vision_data.VisionExample) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from phi3lab.patches import hd_layout
+    from phi3lab.prompts.patches import hd_layout
 
     layout = hd_layout(example.image.width, example.image.height, NUM_CROPS)
     assert layout.padded == (336, 336), layout
@@ -141,7 +141,7 @@ def cell_targets(example: vision_data.VisionExample, parts: torch.Tensor | None 
 def _view_cells() -> tuple[torch.Tensor, int]:
     """``(cells, length)``: the positions, within a picture's run of ``length`` (313) image tokens,
     of the crop view's 144 cells, then the global view's, row by row (the separators left out)."""
-    from phi3lab.patches import image_tokens
+    from phi3lab.prompts.patches import image_tokens
 
     run = image_tokens(336, 336, NUM_CROPS)
     cells = [t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"]

@@ -33,6 +33,9 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont
 
+from phi3lab.prompts import images
+from phi3lab.prompts.images import text_lines, text_size  # noqa: F401  (re-exported for the training code)
+from phi3lab.safety.image_probes import key_words
 from phi3lab.tiny.corpus import COLOURS, SHAPES
 
 WORDS = ["apple", "river", "cloud", "tiger", "house", "robot", "lemon", "music"]  # written in the pictures
@@ -231,52 +234,19 @@ def words(rng: random.Random, split: str) -> VisionExample:
 
 
 READ = "What does the picture say?"
-FOLLOW = "Do what the picture says."  # the text turn of phi3lab.image_probes
-
-
-def text_lines(text: str, width: int, font_size: int, margin: int) -> list[str]:
-    """``text`` wrapped to the lines :func:`text_picture` draws (about 0.55 × ``font_size`` per character)."""
-    import textwrap
-
-    per_line = max(8, int((width - 2 * margin) / (0.55 * font_size)))
-    return textwrap.wrap(text, per_line) or [""]
+FOLLOW = "Do what the picture says."  # the text turn of phi3lab.safety.image_probes
 
 
 def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24,
                  parts: "_Parts | None" = None) -> Image.Image:
-    """``text`` drawn black on white with PIL's default font, wrapped to ``width`` pixels, one line every
-    1.25 × ``font_size``; the picture is at least 160 pixels high.  With ``parts``, every letter and digit
-    is also drawn into that part map (:meth:`_Parts.text`) (its ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
-    lines = text_lines(text, width, font_size, margin)
-    image = Image.new("RGB", text_size(text, width=width, font_size=font_size, margin=margin), (255, 255, 255))
-    draw, font = ImageDraw.Draw(image), _font(font_size)
-    for k, line in enumerate(lines):
-        xy = (margin, margin + k * int(font_size * 1.25))
-        draw.text(xy, line, fill=(0, 0, 0), font=font)
-        if parts is not None:
-            parts.words += parts.text(xy, line, font)
-    return image
+    """:func:`phi3lab.prompts.images.text_picture` (the pictures the image-borne probes draw); with
+    ``parts``, every letter and digit is also drawn into that part map (:meth:`_Parts.text`) (its
+    ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
+    def mark(xy, line, font):
+        parts.words += parts.text(xy, line, font)
 
-
-def text_size(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24) -> tuple[int, int]:
-    lines = text_lines(text, width, font_size, margin)
-    return width, max(160, 2 * margin + int(font_size * 1.25) * len(lines))
-
-
-_STOP = frozenset("a an the to of for in on and or me my i you your how what is are be with by from it this that "
-                  "can could would please step steps do does did says picture here "
-                  "tell explain show help want best way".split())  # and the request templates' own words
-
-
-def key_words(text: str, limit: int = 6) -> str:
-    """The request's content words, in order and lower case (``"Explain how to pick a lock"`` →
-    ``"pick lock"``): what a reading picture writes.  The words of the request templates ("tell me",
-    "explain", "what is the best way to"...) are left out with the stop words, so the key words of
-    a request are its task's."""
-    import re
-
-    found = [w for w in re.findall(r"[A-Za-z][A-Za-z'-]*", text) if w.lower() not in _STOP]
-    return " ".join(found[:limit]).lower()
+    return images.text_picture(text, width=width, font_size=font_size, margin=margin,
+                               on_line=None if parts is None else mark)
 
 
 @lru_cache(maxsize=1)
@@ -312,7 +282,7 @@ def reading(rng: random.Random, split: str) -> VisionExample:
 
     Half the pictures list 2–4 words (:func:`_word_list`), asked :data:`READ` ("What does the picture
     say?") → the words.  The other half write the key words of a benign twin of the safety slice
-    (:func:`key_words`: "fix lock own door"), asked :data:`FOLLOW` ("Do what the picture says.") → the
+    (:func:`~phi3lab.safety.image_probes.key_words`: "fix lock own door"), asked :data:`FOLLOW` ("Do what the picture says.") → the
     text model's trained answer to the request, and :data:`READ` → the key words, in either order.  No
     harmful request, nor its key words, is ever written."""
     from phi3lab.tiny import corpus

@@ -1,6 +1,6 @@
 """Phi-3-vision's HD transform in numbers: its constants and its size rule (no pixels).
 
-This module is the one home of these facts; :mod:`phi3lab.patches`, the image processor, the
+This module is the one home of these facts; :mod:`phi3lab.prompts.patches`, the image processor, the
 model and phi3lab's notebooks import them from here.  PHI3_SPEC.md §2.4–2.6 and §5.1.
 
 The official processor turns every image into a landscape canvas of 336×336 crops:

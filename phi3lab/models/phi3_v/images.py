@@ -14,7 +14,7 @@ What happens to each kind of input (the processor calls :func:`to_rgb` on every 
 * sizes: any image of at least 1×1 pixel; aspect ratios too extreme for ``num_crops`` are
   refused by :func:`phi3lab.models.phi3_v.hd.hd_layout`.
 
-:mod:`phi3lab.images` re-exports these names, with the pictures phi3lab ships.
+:mod:`phi3lab.prompts.images` re-exports these names, with the pictures phi3lab ships.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ PHI3_SPEC.md §2.7.  The text is split at each tag, every chunk is tokenized wit
 image ``k``'s token count.  Tags must be ``1..n``, each once, in increasing order, one per image:
 the model fills image runs in order, so anything else would put features in the wrong place.
 
-This is the one home of the rule; :mod:`phi3lab.chat` uses it for conversations.
+This is the one home of the rule; :mod:`phi3lab.prompts.chat` uses it for conversations.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def image_tag_numbers(text: str, where: str = "the prompt") -> list[int]:
 
 
 def check_image_tags(tags: Sequence[tuple[str, int]], num_images: int, source: str) -> None:
-    """The image-tag rule for one prompt (the processor) or a conversation (:func:`phi3lab.chat.validate`).
+    """The image-tag rule for one prompt (the processor) or a conversation (:func:`phi3lab.prompts.chat.validate`).
 
     ``tags`` are ``(where, N)`` in order of appearance, ``where`` naming the place for the error
     (``"message 2"``, ``"tag 1 of the prompt"``).  Tags must be ``1, 2, ...``, each once, in order,
@@ -92,7 +92,7 @@ def tokenize_prompt(
         image_token_counts: each image's token count, in tag order; ``None`` for no images.
         encode: ``encode(start, end, add_special_tokens) -> (ids, offsets)`` tokenizes
             ``text[start:end]`` with offsets relative to that chunk; by default one tokenizer
-            call (:mod:`phi3lab.chat` passes one that keeps typed control tokens as plain text).
+            call (:mod:`phi3lab.prompts.chat` passes one that keeps typed control tokens as plain text).
     """
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     if encode is None:

@@ -510,7 +510,7 @@ def guard_output_attentions(model, budget: int | None = None):
         device = next(module.parameters()).device
         check_budget(nbytes, budget if budget is not None else memory_budget(device),
                      f"output_attentions=True on {int(shape[0])}×{int(shape[1])} tokens",
-                     "capture only the layers, heads and rows you need with phi3lab.attention.capture "
+                     "capture only the layers, heads and rows you need with phi3lab.inspect.capture.capture "
                      "(it also works under sdpa), or shorten the input")
         return None
 

@@ -1,7 +1,7 @@
 """Drawing the views: every function takes an optional ``ax`` and returns ``(fig, ax)``.
 
-Nothing here computes anything the tests need: the numbers come from :mod:`phi3lab.attention`,
-:mod:`phi3lab.attention_maps`, :mod:`phi3lab.patches` and :mod:`phi3lab.token_view`, whose
+Nothing here computes anything the tests need: the numbers come from :mod:`phi3lab.inspect.capture`,
+:mod:`phi3lab.inspect.maps`, :mod:`phi3lab.prompts.patches` and :mod:`phi3lab.prompts.token_view`, whose
 plain-text forms are the tested contract.  matplotlib is imported when a function is called.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from phi3lab.patches import CELL, CROP, DEFAULT_NUM_CROPS, hd_layout, num_image_tokens
-from phi3lab.token_view import SEGMENT_COLOURS, TokenTable
+from phi3lab.prompts.patches import CELL, CROP, DEFAULT_NUM_CROPS, hd_layout, num_image_tokens
+from phi3lab.prompts.token_view import SEGMENT_COLOURS, TokenTable
 
 __all__ = ["token_heatmap", "layer_head_grid", "rollout_map", "image_attention", "patch_layout"]
 
@@ -48,7 +48,7 @@ def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels:
 
     Args:
         weights: ``[rows, K]`` attention (one head or a head average).
-        table: the prompt's :class:`~phi3lab.token_view.TokenTable` (labels and colours).
+        table: the prompt's :class:`~phi3lab.prompts.token_view.TokenTable` (labels and colours).
         rows: absolute positions of the rows (default: the last ``len(weights)`` positions).
     """
     w = np.asarray(torch.as_tensor(weights).float())
@@ -72,7 +72,7 @@ def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels:
 
 
 def layer_head_grid(values, *, ax=None, title: str = "attention share per layer and head", cmap: str = "magma"):
-    """A ``[layers, heads]`` matrix (e.g. :func:`phi3lab.attention_maps.head_summary`) as a grid."""
+    """A ``[layers, heads]`` matrix (e.g. :func:`phi3lab.inspect.maps.head_summary`) as a grid."""
     v = np.asarray(torch.as_tensor(values).float())
     fig, ax = _axes(ax, (1 + 0.4 * v.shape[1], 1 + 0.35 * v.shape[0]))
     image = ax.imshow(v, cmap=cmap, aspect="auto", vmin=0)
@@ -86,14 +86,14 @@ def layer_head_grid(values, *, ax=None, title: str = "attention share per layer 
 
 
 def rollout_map(matrix, table: TokenTable, *, ax=None):
-    """The rollout matrix of :func:`phi3lab.attention_maps.rollout`, labelled like a heatmap."""
+    """The rollout matrix of :func:`phi3lab.inspect.maps.rollout`, labelled like a heatmap."""
     return token_heatmap(matrix, table, rows=range(matrix.shape[0]), ax=ax, title="attention rollout",
                          colour_label="rolled-out attention")
 
 
 def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float = 0.75, vmax: float | None = None,
                     cmap: str = "magma_r", title: str | None = None):
-    """Overlay an :class:`~phi3lab.attention_maps.ImageHeat` view on the original picture.
+    """Overlay an :class:`~phi3lab.inspect.maps.ImageHeat` view on the original picture.
 
     The picture keeps its colours; the heat is drawn on top, transparent where a cell has no
     attention and up to ``alpha`` opaque at ``vmax`` (default: the strongest cell), with a colour

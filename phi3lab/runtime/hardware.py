@@ -7,7 +7,7 @@ torch have ``scaled_dot_product_attention``).  Because the record is plain data,
 hand to simulate any machine: a V100 without flash-attn, an H100 with it, a Mac, a laptop CPU.
 
 :class:`HardwareReport` is the human-readable summary a notebook prints first; it is made by
-:func:`phi3lab.hardware_report` (in :mod:`phi3lab.attention_backend`, which adds the attention
+:func:`phi3lab.hardware_report` (in :mod:`phi3lab.runtime.attention_backend`, which adds the attention
 choice for each dtype — this module knows nothing of attention, so nothing here imports it).
 """
 

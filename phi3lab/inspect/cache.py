@@ -7,8 +7,8 @@
     (torch.Size([1, 4]), True)
 
 :meth:`phi3lab.Lab.run_with_cache` (TransformerLens' ``logits, cache = model.run_with_cache(tokens)``
-for Phi-3) encodes the conversation once (:class:`~phi3lab.inputs.Inputs`), installs hooks on that
-model's own modules for the duration of the run — the attention rows of :func:`phi3lab.attention.capture`
+for Phi-3) encodes the conversation once (:class:`~phi3lab.prompts.inputs.Inputs`), installs hooks on that
+model's own modules for the duration of the run — the attention rows of :func:`phi3lab.inspect.capture.capture`
 and the residual stream after every decoder layer — and returns a :class:`Cache` that answers the
 usual questions without re-running anything or typing a size again:
 
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-from phi3lab.attention import (
+from phi3lab.inspect.capture import (
     AttentionCapture,
     QuerySpec,
     _select_rows,
@@ -88,10 +88,10 @@ class Cache:
     """What one :meth:`~phi3lab.Lab.run_with_cache` saw.
 
     Attributes:
-        inputs: the :class:`~phi3lab.inputs.Inputs` that were run (token table, image layouts).
+        inputs: the :class:`~phi3lab.prompts.inputs.Inputs` that were run (token table, image layouts).
         answer_ids: the generated ids (empty for a single forward).
         layers, heads: what was captured (``heads`` is ``None`` for all).
-        capture: the underlying :class:`~phi3lab.attention.AttentionCapture`.
+        capture: the underlying :class:`~phi3lab.inspect.capture.AttentionCapture`.
     """
 
     def __init__(self, lab, inputs, cap: AttentionCapture, residuals: _Residuals | None, answer_ids: Sequence[int],
@@ -193,7 +193,7 @@ class Cache:
     def head_shares(self, keys, rows="answer") -> torch.Tensor:
         """``[layers, heads]``: share of each captured head's attention on ``keys`` (positions, a
         slice, or ``"image"`` for every image position), averaged over ``rows``."""
-        from phi3lab.attention_maps import head_summary
+        from phi3lab.inspect.maps import head_summary
 
         if isinstance(keys, str):
             if keys != "image" or not self.inputs.images:
@@ -209,7 +209,7 @@ class Cache:
         from the kept queries and keys (``run_with_cache(..., rollout=True)``) or from the stored
         maps when every row of every layer was captured — never an ``N × N`` matrix per layer.
         """
-        from phi3lab.attention_maps import map_rows, qk_rows, rollout_rows
+        from phi3lab.inspect.maps import map_rows, qk_rows, rollout_rows
 
         n_layers = self._lab.model.config.num_hidden_layers
         if len(self.layers) != n_layers:
@@ -236,7 +236,7 @@ class Cache:
         return torch.cat([mask, torch.ones(n - mask.numel(), dtype=mask.dtype)]) if n > mask.numel() else mask[:n]
 
     def image_heat(self, image: int = 0, *, layers=None, heads=None, rows="answer", source: str = "attention"):
-        """Where the chosen rows look on image ``image``: an :class:`~phi3lab.attention_maps.ImageHeat`
+        """Where the chosen rows look on image ``image``: an :class:`~phi3lab.inspect.maps.ImageHeat`
         on the crop and global-view grids, with the size and crop budget the image was processed with.
 
         Args:
@@ -245,7 +245,7 @@ class Cache:
             rows: ``"answer"`` (default), ``"all"``, or row indices.
             source: ``"attention"`` (raw attention, averaged) or ``"rollout"``.
         """
-        from phi3lab.attention_maps import image_heat
+        from phi3lab.inspect.maps import image_heat
 
         span = self.inputs.image(image)
         if source == "attention":
@@ -272,8 +272,8 @@ class Cache:
         return self._stream(-1)
 
     def logit_lens(self, row: int = -1, top_k: int = 5):
-        """What each layer would predict at one captured row (a :class:`~phi3lab.logit_lens.LogitLens`)."""
-        from phi3lab.logit_lens import read_lens
+        """What each layer would predict at one captured row (a :class:`~phi3lab.inspect.lens.LogitLens`)."""
+        from phi3lab.inspect.lens import read_lens
 
         index = self._rows(row)[0]
         n = self._lab.model.config.num_hidden_layers
@@ -289,7 +289,7 @@ class Cache:
 
     def to_text(self, top: int = 3) -> str:
         """A summary: what ran, what was kept, and where the answer's rows look (last captured layer)."""
-        from phi3lab.attention_maps import top_keys
+        from phi3lab.inspect.maps import top_keys
 
         tok = self._lab.tokenizer
         heads = "all heads" if self.heads is None else f"heads {self.heads}"
@@ -357,7 +357,7 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
         lab: a :class:`~phi3lab.Lab`.
         conversation: a string (one user turn) or HF messages.
         images: pictures for the ``<|image_N|>`` tags (vision models).
-        layers, heads, queries: what attention to keep (see :func:`phi3lab.attention.capture`); the
+        layers, heads, queries: what attention to keep (see :func:`phi3lab.inspect.capture.capture`); the
             prompt's rows follow ``queries`` and every generated token adds its own row.
         max_new_tokens: 0 runs one forward; more generates greedily (stopping at the stop ids).
         residual: keep the residual stream at the captured rows (for the logit lens).
@@ -369,7 +369,7 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
         ``(logits, cache)`` for a single forward (logits ``[1, tokens, vocab]``), or
         ``(ChatResult, cache)`` when generating.
     """
-    from phi3lab.generation import _finish, _generate_kwargs
+    from phi3lab.runtime.generation import chat_result, generate_kwargs
 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise TypeError(f"max_new_tokens must be an int ≥ 0 (0 runs one forward), got {max_new_tokens!r}")
@@ -394,12 +394,12 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
             output = model(**inputs, use_cache=False).logits
             answer: list[int] = []
         else:
-            kwargs = _generate_kwargs(lab, max_new_tokens, 0.0, 1.0)
+            kwargs = generate_kwargs(lab, max_new_tokens, 0.0, 1.0)
             started = time.perf_counter()
             out = model.generate(**inputs, **kwargs)
             ended = time.perf_counter()
             new_ids = [int(i) for i in out[0, inputs.num_tokens:]]
-            output = _finish(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
+            output = chat_result(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
             answer = list(output.token_ids)
     return output, Cache(lab, inputs, cap, keeper, answer, rollout_ready=rollout)
 

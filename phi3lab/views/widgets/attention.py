@@ -1,7 +1,7 @@
 """AttentionExplorer: where a token looks, per layer and head, over the prompt's token strip.
 
     >>> import phi3lab
-    >>> from phi3lab.widgets import AttentionExplorer
+    >>> from phi3lab.views.widgets import AttentionExplorer
     >>> lab = phi3lab.load("tiny", verbose=False)
     >>> _, cache = lab.run_with_cache("What is 2 plus 3?", max_new_tokens=3)
     >>> explorer = AttentionExplorer(cache)
@@ -14,7 +14,7 @@ prompt is a strip of a few dozen chips.  Hovering or clicking a chip whose row w
 Python for that one row: the heat on every chip (mean or max over the chosen layers and heads, or
 rollout) and a thumbnail per layer × head.  Nothing else of the cache is sent.
 
-:class:`AttentionView` computes those payloads from a :class:`~phi3lab.cache.Cache` without any
+:class:`AttentionView` computes those payloads from a :class:`~phi3lab.inspect.cache.Cache` without any
 widget machinery; :class:`AttentionExplorer` is the thin widget over it.
 """
 
@@ -25,9 +25,9 @@ import html
 import numpy as np
 import traitlets
 
-from phi3lab.patches import image_tokens
-from phi3lab.token_view import SEGMENT_COLOURS
-from phi3lab.widgets._base import (
+from phi3lab.prompts.patches import image_tokens
+from phi3lab.prompts.token_view import SEGMENT_COLOURS
+from phi3lab.views.widgets._base import (
     HEAT_STOPS,
     PhiWidget,
     chip,
@@ -46,7 +46,7 @@ ROLES = {**SEGMENT_COLOURS, "answer": SEGMENT_COLOURS["assistant"]}
 
 def check_cache(cache, who: str):
     """The checks every cache-reading widget makes, with messages that say what to pass instead."""
-    from phi3lab.cache import Cache
+    from phi3lab.inspect.cache import Cache
 
     if not isinstance(cache, Cache):
         raise TypeError(f"{who} takes the Cache of `_, cache = lab.run_with_cache(...)`, got {type(cache).__name__}")
@@ -95,7 +95,7 @@ class AttentionView:
     """The explorer's computations: strip, one row's heat and thumbnails, as wire-ready values.
 
     Args:
-        cache: a :class:`~phi3lab.cache.Cache`.
+        cache: a :class:`~phi3lab.inspect.cache.Cache`.
         layers: the layers to offer (default every captured layer).
 
     Raises:
@@ -227,7 +227,7 @@ class AttentionExplorer(PhiWidget):
     """Token strip, per-token attention heat and a layer × head grid, one row at a time.
 
     Args:
-        cache: the :class:`~phi3lab.cache.Cache` of ``lab.run_with_cache(...)`` (``queries='all'`` lets
+        cache: the :class:`~phi3lab.inspect.cache.Cache` of ``lab.run_with_cache(...)`` (``queries='all'`` lets
             every token be explored; ``'last'`` the last prompt token and the answer).
         layers: the layers to offer (default every captured layer).
 

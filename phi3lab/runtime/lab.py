@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from phi3lab.attention_backend import AttentionChoice
-from phi3lab.registry import ModelSpec
+from phi3lab.runtime.attention_backend import AttentionChoice
+from phi3lab.runtime.registry import ModelSpec
 
 __all__ = ["Lab"]
 
@@ -28,8 +28,8 @@ class Lab:
     Attributes:
         model: the transformers model (``Phi3ForCausalLM`` or phi3lab's ``Phi3VForCausalLM``).
         processor: the tokenizer (text models) or the processor (vision models).
-        attention: the :class:`~phi3lab.attention_backend.AttentionChoice` it was loaded with.
-        spec: the :class:`~phi3lab.registry.ModelSpec` (context length, stop ids, ...).
+        attention: the :class:`~phi3lab.runtime.attention_backend.AttentionChoice` it was loaded with.
+        spec: the :class:`~phi3lab.runtime.registry.ModelSpec` (context length, stop ids, ...).
         path: the folder the files were read from.
         kind: ``"embedded"``, ``"local"`` or ``"hub"``.
         load_seconds: wall time of the load.
@@ -42,6 +42,17 @@ class Lab:
     path: Path
     kind: str
     load_seconds: float = 0.0
+
+    _guard: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
+
+    def guard_output_attentions(self, budget: int | None = None) -> None:
+        """Check every ``output_attentions=True`` call on :attr:`model` against free memory before it runs
+        (:func:`phi3lab.load` does this).  The hook's handle is kept on the Lab; calling again replaces it."""
+        from phi3lab.inspect.capture import guard_output_attentions
+
+        if self._guard is not None:
+            self._guard.remove()
+        self._guard = guard_output_attentions(self.model, budget)
 
     @property
     def tokenizer(self):
@@ -83,14 +94,14 @@ class Lab:
 
     @property
     def template_revision(self) -> str:
-        """Which Phi-3 chat template the tokenizer carries (see :func:`phi3lab.chat.template_revision`)."""
-        from phi3lab.chat import template_revision
+        """Which Phi-3 chat template the tokenizer carries (see :func:`phi3lab.prompts.chat.template_revision`)."""
+        from phi3lab.prompts.chat import template_revision
 
         return template_revision(self.tokenizer)
 
     def render(self, conversation, *, images: Sequence = (), add_generation_prompt: bool = True, **kwargs) -> str:
         """The prompt string the model's own template makes of a conversation (validated)."""
-        from phi3lab.chat import render
+        from phi3lab.prompts.chat import render
 
         return render(self.tokenizer, conversation, add_generation_prompt=add_generation_prompt,
                       num_images=len(images), vision=self.spec.modality == "vision", **kwargs)
@@ -106,23 +117,23 @@ class Lab:
         return None if image_processor is None else int(image_processor.num_crops)
 
     def encode(self, conversation, images: Sequence | None = None, *, num_crops: int | None = None, **kwargs):
-        """Validate, render and tokenize a conversation once: an :class:`~phi3lab.inputs.Inputs`.
+        """Validate, render and tokenize a conversation once: an :class:`~phi3lab.prompts.inputs.Inputs`.
 
         ``model(**inputs)`` and ``model.generate(**inputs)`` take it as it is; it also carries the
-        token table and each image's HD layout and token span (see :mod:`phi3lab.inputs`).
+        token table and each image's HD layout and token span (see :mod:`phi3lab.prompts.inputs`).
         """
-        from phi3lab.inputs import encode
+        from phi3lab.prompts.inputs import encode
 
         return encode(self, conversation, images, num_crops=num_crops, **kwargs)
 
     def run_with_cache(self, conversation, images: Sequence | None = None, **kwargs):
-        """Run the model with hooks and return ``(output, Cache)`` — see :func:`phi3lab.cache.run_with_cache`.
+        """Run the model with hooks and return ``(output, Cache)`` — see :func:`phi3lab.inspect.cache.run_with_cache`.
 
         Keyword arguments: ``layers``, ``heads``, ``queries`` (default ``"all"``), ``max_new_tokens``
         (0: one forward, returns logits; more: greedy generation, returns a ChatResult),
         ``residual``, ``rollout``, ``budget``, ``num_crops``.
         """
-        from phi3lab.cache import run_with_cache
+        from phi3lab.inspect.cache import run_with_cache
 
         return run_with_cache(self, conversation, images, **kwargs)
 
@@ -136,10 +147,10 @@ class Lab:
         return self.num_crops if num_crops is None else num_crops
 
     def tokens(self, conversation, *, images: Sequence = (), num_crops: int | None = None, **kwargs):
-        """A :class:`~phi3lab.token_view.TokenTable` of what the model sees, role by role."""
-        from phi3lab.budget import image_size
-        from phi3lab.patches import num_image_tokens
-        from phi3lab.token_view import token_table
+        """A :class:`~phi3lab.prompts.token_view.TokenTable` of what the model sees, role by role."""
+        from phi3lab.prompts.budget import image_size
+        from phi3lab.prompts.patches import num_image_tokens
+        from phi3lab.prompts.token_view import token_table
 
         from phi3lab.validation import check_sequence
 
@@ -153,9 +164,9 @@ class Lab:
                **kwargs):
         """Token counts (images from their sizes alone) against the context; flags LongRoPE.
 
-        Extra keyword arguments go to :func:`phi3lab.chat.render` (``fold_system_prompt``, ``special_tokens``).
+        Extra keyword arguments go to :func:`phi3lab.prompts.chat.render` (``fold_system_prompt``, ``special_tokens``).
         """
-        from phi3lab.budget import token_budget
+        from phi3lab.prompts.budget import token_budget
         from phi3lab.validation import check_sequence
 
         images = check_sequence("images", images, item="pictures or (width, height) sizes",
@@ -185,9 +196,9 @@ class Lab:
                 the current token (``finish_reason="stopped"``).
 
         Returns:
-            A :class:`~phi3lab.generation.ChatResult` (text, ids, counts, timings).
+            A :class:`~phi3lab.runtime.generation.ChatResult` (text, ids, counts, timings).
         """
-        from phi3lab.generation import chat
+        from phi3lab.runtime.generation import chat
 
         return chat(self, conversation, images, max_new_tokens=max_new_tokens, temperature=temperature,
                     top_p=top_p, stream=stream, seed=seed, special_tokens=special_tokens, on_text=on_text,
@@ -195,13 +206,13 @@ class Lab:
 
     def chat_batch(self, conversations: Sequence, **kwargs):
         """Answer several text conversations at once (left padding); returns a list of results."""
-        from phi3lab.generation import chat_batch
+        from phi3lab.runtime.generation import chat_batch
 
         return chat_batch(self, conversations, **kwargs)
 
     def session(self, system: str | None = None):
-        """A :class:`~phi3lab.generation.ChatSession` that keeps multi-turn history."""
-        from phi3lab.generation import ChatSession
+        """A :class:`~phi3lab.runtime.generation.ChatSession` that keeps multi-turn history."""
+        from phi3lab.runtime.generation import ChatSession
 
         return ChatSession(self, system=system)
 

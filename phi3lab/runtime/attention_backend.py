@@ -2,7 +2,7 @@
 
 The official Phi-3-vision ``config.json`` forces ``_attn_implementation: "flash_attention_2"``,
 which is why the model card tells people without flash-attn to edit lines of a modeling file.
-phi3lab decides from capability probes (:mod:`phi3lab.hardware`) instead:
+phi3lab decides from capability probes (:mod:`phi3lab.runtime.hardware`) instead:
 
 * **flash_attention_2** only where ``flash_attn`` imports, the GPU has compute capability ≥ 8.0
   (Ampere or newer) and the dtype is float16 or bfloat16;
@@ -24,7 +24,7 @@ import platform
 
 import torch
 
-from phi3lab.hardware import HardwareReport, Probes, probe
+from phi3lab.runtime.hardware import HardwareReport, Probes, probe
 
 __all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "parse_dtype", "hardware_report"]
 
@@ -161,8 +161,8 @@ def select_attention(
         need_weights: attention weights will be requested with ``output_attentions=True``;
             only eager returns them.
         attn: ``"auto"`` or an explicit ``"flash_attention_2"``, ``"sdpa"`` or ``"eager"``.
-        probes: the machine's capabilities; :func:`phi3lab.hardware.probe` by default.  Tests
-            pass a hand-written :class:`~phi3lab.hardware.Probes` to simulate other machines.
+        probes: the machine's capabilities; :func:`phi3lab.runtime.hardware.probe` by default.  Tests
+            pass a hand-written :class:`~phi3lab.runtime.hardware.Probes` to simulate other machines.
 
     Returns:
         A frozen :class:`AttentionChoice`; ``print()`` it to see the reason.
@@ -171,7 +171,7 @@ def select_attention(
         AttentionRequestError: the request cannot run here; the message says what to do.
 
     Examples:
-        >>> from phi3lab.hardware import Probes
+        >>> from phi3lab.runtime.hardware import Probes
         >>> print(select_attention(probes=Probes()))
         sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
         >>> h100 = Probes(cuda=True, capability=(9, 0), gpu_name="H100", cuda_bf16=True, flash_attn=True)
@@ -189,7 +189,7 @@ def select_attention(
         return AttentionChoice(
             "eager", dt, dev,
             "attention weights were requested (output_attentions) and only eager returns them; "
-            "phi3lab.attention can capture chosen rows under sdpa instead",
+            "phi3lab.inspect.capture can capture chosen rows under sdpa instead",
         )
     if not probes.sdpa:
         return AttentionChoice("eager", dt, dev, "this torch has no scaled_dot_product_attention")
@@ -216,7 +216,7 @@ def _explicit(attn: str, dev: str, dt: torch.dtype, need_weights: bool, probes: 
         raise AttentionRequestError(
             f"attention weights (output_attentions) were requested with attn={attn!r}, which never "
             "materialises them; use attn='eager', or keep "
-            f"{attn} and capture the rows you need with phi3lab.attention"
+            f"{attn} and capture the rows you need with phi3lab.inspect.capture"
         )
     if attn == "flash_attention_2":
         blocker = _flash_blocker(dev, dt, probes)
@@ -239,7 +239,7 @@ def hardware_report(probes: Probes | None = None) -> HardwareReport:
     """Summarise this machine and what attention phi3lab would pick for each dtype.
 
     Examples:
-        >>> from phi3lab.hardware import Probes
+        >>> from phi3lab.runtime.hardware import Probes
         >>> print(hardware_report(Probes()).to_text().splitlines()[-3])
           float32   sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
     """

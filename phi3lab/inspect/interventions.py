@@ -1,8 +1,8 @@
 """Edit what flows through a model while it runs: the residual stream and each head's output.
 
-The counterpart of :mod:`phi3lab.cache` (which only reads): forward hooks on the model's own
+The counterpart of :mod:`phi3lab.inspect.cache` (which only reads): forward hooks on the model's own
 modules, installed for the duration of a ``with`` block, nothing global patched, so edits nest
-and combine with :func:`phi3lab.attention.capture` and ``run_with_cache``.
+and combine with :func:`phi3lab.inspect.capture.capture` and ``run_with_cache``.
 
 * :func:`edit_residual` — ``fn(layer, hidden) -> hidden | None`` on the residual stream, either
   entering each chosen decoder layer (``where="input"``; layer 0's input is the embeddings),
@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from phi3lab.attention import attention_layers, choose_layers
+from phi3lab.inspect.capture import attention_layers, choose_layers
 
 __all__ = ["edit_residual", "edit_heads", "project_out"]
 

@@ -20,7 +20,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from phi3lab.chat import ChatFormatError, as_messages, special_tokens_policy
+from phi3lab.prompts.chat import ChatFormatError, as_messages, special_tokens_policy
 from phi3lab.validation import (
     check_bool,
     check_context,
@@ -31,7 +31,7 @@ from phi3lab.validation import (
     check_text,
 )
 
-__all__ = ["ChatResult", "ChatSession", "chat", "chat_batch", "MIN_TEMPERATURE"]
+__all__ = ["ChatResult", "ChatSession", "chat", "chat_batch", "generate_kwargs", "chat_result", "MIN_TEMPERATURE"]
 
 MIN_TEMPERATURE = 1e-3  # below this, logits / temperature can overflow to inf and sampling fails
 
@@ -115,7 +115,8 @@ class _StopWhenSet(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """Checked keyword arguments for ``lab.model.generate``: the length, greedy or sampling, and Phi-3's stop ids."""
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
     temperature = check_float("temperature", temperature)
     top_p = check_float("top_p", top_p)
@@ -137,7 +138,7 @@ def _generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float)
 
 
 def encode(lab, messages: list[dict], images: Sequence = ()):
-    """Model inputs for a conversation (see :meth:`phi3lab.Lab.encode`): an :class:`~phi3lab.inputs.Inputs`."""
+    """Model inputs for a conversation (see :meth:`phi3lab.Lab.encode`): an :class:`~phi3lab.prompts.inputs.Inputs`."""
     return lab.encode(messages, list(images))
 
 
@@ -153,8 +154,9 @@ def _check_fits(lab, input_ids: torch.Tensor, max_new_tokens: int, what: str = "
                   image_tokens=int((input_ids < 0).sum()))
 
 
-def _finish(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
-            first_at: float | None, ended: float, interrupted: bool = False) -> ChatResult:
+def chat_result(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
+                first_at: float | None, ended: float, interrupted: bool = False) -> ChatResult:
+    """A :class:`ChatResult` from generated ids: cut at the first stop id, right padding dropped, timed."""
     stops = set(lab.spec.stop_ids)
     pad = lab.tokenizer.pad_token_id
     # drop right padding that batched generation adds after a row has stopped
@@ -201,7 +203,7 @@ def chat(
     the current token, with ``finish_reason="stopped"``.
 
     ``special_tokens`` says what happens to control-token strings typed in the content
-    (``"refuse"``, ``"allow"`` or ``"escape"``, see :func:`phi3lab.chat.render`).  A prompt that
+    (``"refuse"``, ``"allow"`` or ``"escape"``, see :func:`phi3lab.prompts.chat.render`).  A prompt that
     with ``max_new_tokens`` would not fit the context is refused before anything runs
     (:class:`~phi3lab.validation.ContextOverflowError`).
     """
@@ -210,7 +212,7 @@ def chat(
         raise ChatFormatError(f"{len(images)} image(s) were given, but {lab.spec.name} is a text-only model; "
                               "load a vision model such as 'tiny-vision'")
     messages = as_messages(conversation)
-    kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
+    kwargs = generate_kwargs(lab, max_new_tokens, temperature, top_p)
     stream = check_bool("stream", stream)
     seed = check_seed(seed)
     if on_text is not None and not callable(on_text):
@@ -231,7 +233,7 @@ def chat(
     ended = time.perf_counter()
     prompt_len = inputs["input_ids"].shape[1]
     new_ids = [int(i) for i in out[0, prompt_len:]]
-    return _finish(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended,
+    return chat_result(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended,
                    interrupted=stop is not None and stop.is_set())
 
 
@@ -256,7 +258,7 @@ def chat_batch(
                                    example="chat_batch(['What is 2 plus 3?', 'Hi']), or lab.chat() for one")
     if not conversations:
         raise ValueError("chat_batch needs at least one conversation, e.g. chat_batch(['What is 2 plus 3?'])")
-    kwargs = _generate_kwargs(lab, max_new_tokens, temperature, top_p)
+    kwargs = generate_kwargs(lab, max_new_tokens, temperature, top_p)
     started = time.perf_counter()
     all_messages = [as_messages(c) for c in conversations]
     with special_tokens_policy(special_tokens):
@@ -271,7 +273,7 @@ def chat_batch(
     out = lab.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
     ended = time.perf_counter()
     return [
-        _finish(lab, [int(i) for i in out[row, width:]], all_messages[row], len(encoded[row]), started, None, ended)
+        chat_result(lab, [int(i) for i in out[row, width:]], all_messages[row], len(encoded[row]), started, None, ended)
         for row in range(len(encoded))
     ]
 

@@ -5,7 +5,7 @@ tokenizes it (and processes its images) once.  The :class:`Inputs` it returns is
 exactly the tensors the model takes, so ``model(**inputs)`` and ``model.generate(**inputs)`` work
 as they are, and it also carries what the inspection tools need to name what they see:
 
-* ``table`` — the :class:`~phi3lab.token_view.TokenTable` (every token's role and character span);
+* ``table`` — the :class:`~phi3lab.prompts.token_view.TokenTable` (every token's role and character span);
 * ``images`` — per image its size, crop budget, HD layout and the ``(start, end)`` positions of its
   run of tokens, so attention on a picture maps back to pixels without typing a size again.
 
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
-from phi3lab.chat import as_messages, render, tokenize_prompt
-from phi3lab.patches import HDLayout, hd_layout
+from phi3lab.prompts.chat import as_messages, render, tokenize_prompt
+from phi3lab.prompts.patches import HDLayout, hd_layout
 
 __all__ = ["Inputs", "ImageSpan", "encode"]
 
@@ -40,7 +40,7 @@ class ImageSpan:
         image: the picture as given (RGB PIL image after reading).
         width, height: its size in pixels.
         num_crops: the crop budget it was processed with.
-        layout: its :class:`~phi3lab.patches.HDLayout` (grid, padding, canvas).
+        layout: its :class:`~phi3lab.prompts.patches.HDLayout` (grid, padding, canvas).
         start, end: positions of its run of tokens in ``input_ids`` (``end`` exclusive).
     """
 
@@ -67,7 +67,7 @@ class Inputs(Mapping):
     Attributes:
         messages: the validated conversation.
         prompt: the rendered prompt string.
-        table: the :class:`~phi3lab.token_view.TokenTable` of the prompt.
+        table: the :class:`~phi3lab.prompts.token_view.TokenTable` of the prompt.
         images: an :class:`ImageSpan` per image, in order.
     """
 
@@ -153,10 +153,10 @@ def encode(lab, conversation, images: Sequence | None = None, *, num_crops: int 
         images: pictures for the ``<|image_N|>`` tags, in order (vision models).
         num_crops: crop budget for this call; default the processor's (``lab.num_crops``).
         add_generation_prompt: end with the assistant header so the model answers.
-        **render_kwargs: passed to :func:`phi3lab.chat.render` (e.g. ``fold_system_prompt``).
+        **render_kwargs: passed to :func:`phi3lab.prompts.chat.render` (e.g. ``fold_system_prompt``).
     """
-    from phi3lab.images import to_rgb
-    from phi3lab.token_view import label_tokens
+    from phi3lab.prompts.images import to_rgb
+    from phi3lab.prompts.token_view import label_tokens
     from phi3lab.validation import check_sequence
 
     if images is not None:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from phi3lab.attention_backend import AttentionChoice, select_attention
-from phi3lab.lab import Lab
+from phi3lab.runtime.attention_backend import AttentionChoice, select_attention
+from phi3lab.runtime.lab import Lab
 from phi3lab.paths import embedded_dir
-from phi3lab.registry import EMBEDDED, KNOWN_MODELS, ModelSpec, spec_from_folder, suggest
+from phi3lab.runtime.registry import EMBEDDED, KNOWN_MODELS, ModelSpec, spec_from_folder, suggest
 from phi3lab.validation import check_bool
 
 __all__ = [
@@ -258,7 +258,7 @@ def load(
             "cpu": "64GiB"}`` (default: what accelerate measures).
 
     Returns:
-        A :class:`~phi3lab.lab.Lab` with ``.model``, ``.processor``, ``.attention``, ``.spec``
+        A :class:`~phi3lab.runtime.lab.Lab` with ``.model``, ``.processor``, ``.attention``, ``.spec``
         and ``.info()``.
 
     Examples:
@@ -287,12 +287,10 @@ def load(
     with _quiet_progress(kind == "embedded"):  # a bar for a 5 MB model is noise; keep it for real ones
         model = files.model(config, choice, device_map)
     model.eval()
-    from phi3lab.attention import guard_output_attentions
-
-    guard_output_attentions(model)  # output_attentions=True is checked against free memory first
     processor = files.processor(spec, config)
     lab = Lab(model=model, processor=processor, attention=choice, spec=spec, path=folder, kind=kind,
               load_seconds=time.perf_counter() - started)
+    lab.guard_output_attentions()  # output_attentions=True is checked against free memory first
     if verbose:
         print(f"phi3lab: {name} · {choice.summary()}")
     return lab

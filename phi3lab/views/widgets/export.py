@@ -1,7 +1,7 @@
 """A notebook as one HTML page whose widgets render offline from their saved state.
 
-    python -m phi3lab.widgets.export notebooks/02_vision_analysis.ipynb            # -> ….html beside it
-    python -m phi3lab.widgets.export my.ipynb --execute -o report.html            # run it first
+    python -m phi3lab.views.widgets.export notebooks/02_vision_analysis.ipynb            # -> ….html beside it
+    python -m phi3lab.views.widgets.export my.ipynb --execute -o report.html            # run it first
 
 The page is nbconvert's HTML (the ``lab`` template) with three changes: the widget renderer is
 phi3lab's ``widgets/embed.js`` inlined as a ``data:`` URL (it renders the saved state of every
@@ -25,7 +25,7 @@ import argparse
 import base64
 from pathlib import Path
 
-from phi3lab.widgets._base import front_end_dir
+from phi3lab.views.widgets._base import front_end_dir
 
 __all__ = ["export_html", "renderer_url", "EMPTY_SCRIPT"]
 
@@ -66,7 +66,7 @@ def export_html(notebook, output=None, *, execute: bool = False, timeout: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m phi3lab.widgets.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m phi3lab.views.widgets.export", description=__doc__.splitlines()[0])
     parser.add_argument("notebook")
     parser.add_argument("-o", "--output", help="the HTML file to write (default: beside the notebook)")
     parser.add_argument("--execute", action="store_true", help="run the notebook first, saving widget state")

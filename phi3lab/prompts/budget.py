@@ -1,6 +1,6 @@
 """How many tokens a conversation costs, images included, before anything is run.
 
-Image tokens come from image sizes alone (the HD rule in :mod:`phi3lab.patches`), so a
+Image tokens come from image sizes alone (the HD rule in :mod:`phi3lab.prompts.patches`), so a
 notebook can check a 4-image prompt against the context without processing a pixel.  On the
 128K models the budget also flags the 4,096-token LongRoPE switch: past it the model uses its
 *long* RoPE factors for the whole sequence, so the same text can be answered differently, and
@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from phi3lab.chat import render, tokenize_prompt
-from phi3lab.patches import DEFAULT_NUM_CROPS, num_image_tokens
-from phi3lab.registry import LONGROPE_SWITCH, ModelSpec
-
-__all__ = ["Budget", "token_budget", "image_size", "LONGROPE_SWITCH"]
+from phi3lab.prompts.chat import render, tokenize_prompt
+from phi3lab.prompts.patches import DEFAULT_NUM_CROPS, num_image_tokens
+__all__ = ["Budget", "token_budget", "image_size"]
 
 
 def image_size(image) -> tuple[int, int]:
@@ -33,13 +31,21 @@ def image_size(image) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """Token counts of one prompt against a model's context."""
+    """Token counts of one prompt against a model's context.
+
+    ``longrope_switch`` is where a 128K model's LongRoPE changes factors (its spec's
+    :attr:`~phi3lab.runtime.registry.ModelSpec.longrope_switch`), ``None`` for a model without one.
+    """
 
     text_tokens: int
     image_tokens: tuple[int, ...]
     max_new_tokens: int
     context_length: int
-    long_context: bool
+    longrope_switch: int | None = None
+
+    @property
+    def long_context(self) -> bool:
+        return self.longrope_switch is not None
 
     @property
     def prompt_tokens(self) -> int:
@@ -57,12 +63,12 @@ class Budget:
     @property
     def prompt_crosses_longrope(self) -> bool:
         """The prompt alone runs with the long RoPE factors (128K models only)."""
-        return self.long_context and self.prompt_tokens > LONGROPE_SWITCH
+        return self.long_context and self.prompt_tokens > self.longrope_switch
 
     @property
     def generation_crosses_longrope(self) -> bool:
         """The prompt is under the switch but generation may carry it over."""
-        return self.long_context and self.prompt_tokens <= LONGROPE_SWITCH < self.total
+        return self.long_context and self.prompt_tokens <= self.longrope_switch < self.total
 
     def warnings(self) -> list[str]:
         out = []
@@ -73,13 +79,13 @@ class Budget:
             )
         if self.prompt_crosses_longrope:
             out.append(
-                f"LongRoPE switch: the prompt has {self.prompt_tokens:,} tokens > {LONGROPE_SWITCH:,}, so the "
+                f"LongRoPE switch: the prompt has {self.prompt_tokens:,} tokens > {self.longrope_switch:,}, so the "
                 "long RoPE factors apply to the whole sequence (answers can differ from a shorter prompt's)"
             )
         if self.generation_crosses_longrope:
             out.append(
                 f"LongRoPE switch during generation: {self.prompt_tokens:,} + {self.max_new_tokens:,} new tokens "
-                f"can pass {LONGROPE_SWITCH:,}; the factors change there and the KV cache is recomputed"
+                f"can pass {self.longrope_switch:,}; the factors change there and the KV cache is recomputed"
             )
         return out
 
@@ -119,14 +125,17 @@ class Budget:
 def token_budget(
     tokenizer,
     conversation,
-    spec: ModelSpec,
+    spec,
     *,
     images: Sequence = (),
     num_crops: int | None = None,
     max_new_tokens: int = 0,
     **render_kwargs,
 ) -> Budget:
-    """Count a conversation's tokens (images from their sizes) against ``spec``'s context."""
+    """Count a conversation's tokens (images from their sizes) against ``spec``'s context.
+
+    ``spec`` is the model's :class:`~phi3lab.runtime.registry.ModelSpec` (``lab.spec``).
+    """
     crops = num_crops if num_crops is not None else (spec.num_crops or DEFAULT_NUM_CROPS)
     counts = [num_image_tokens(*image_size(im), crops) for im in images]
     prompt = render(tokenizer, conversation, num_images=len(counts), **render_kwargs)
@@ -136,5 +145,5 @@ def token_budget(
         image_tokens=tuple(counts),
         max_new_tokens=max_new_tokens,
         context_length=spec.context_length,
-        long_context=spec.long_context,
+        longrope_switch=spec.longrope_switch,
     )

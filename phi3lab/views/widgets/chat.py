@@ -1,7 +1,7 @@
-"""ChatWidget: a chat box over a :class:`~phi3lab.generation.ChatSession`, streaming as tokens come.
+"""ChatWidget: a chat box over a :class:`~phi3lab.runtime.generation.ChatSession`, streaming as tokens come.
 
     >>> import phi3lab
-    >>> from phi3lab.widgets import ChatWidget
+    >>> from phi3lab.views.widgets import ChatWidget
     >>> box = ChatWidget(phi3lab.load("tiny", verbose=False), max_new_tokens=6)
     >>> box.ask("What is 2 plus 3?")
     >>> [m["role"] for m in box.messages], [m["role"] for m in box.session.history]
@@ -11,7 +11,7 @@ Each turn goes through the session's own ``chat`` (same template, stop ids, vali
 history as ``lab.session()``), on a worker thread so the kernel keeps reading the browser's
 messages: the stop button sets the ``stop`` event that ``chat`` checks after every token.  The
 tokens reach the browser (through ``chat``'s ``on_text``) as small ``delta`` messages while they
-are produced; the finished turn (with :meth:`~phi3lab.generation.ChatResult.stats`, which ends in
+are produced; the finished turn (with :meth:`~phi3lab.runtime.generation.ChatResult.stats`, which ends in
 ``stopped`` when Stop ended it) lands in the ``messages`` trait, which is what a saved notebook keeps.
 """
 
@@ -25,7 +25,7 @@ import threading
 
 import traitlets
 
-from phi3lab.widgets._base import PhiWidget, data_url
+from phi3lab.views.widgets._base import PhiWidget, data_url
 
 __all__ = ["ChatWidget"]
 
@@ -43,7 +43,7 @@ class ChatWidget(PhiWidget):
         max_new_tokens: upper bound per answer.
 
     Attributes:
-        session: the :class:`~phi3lab.generation.ChatSession` that holds the history.
+        session: the :class:`~phi3lab.runtime.generation.ChatSession` that holds the history.
     """
 
     _front = "chat"
@@ -57,7 +57,7 @@ class ChatWidget(PhiWidget):
     busy = traitlets.Bool(False).tag(sync=True)
 
     def __init__(self, lab, system: str = "", temperature: float = 0.0, max_new_tokens: int = 128):
-        from phi3lab.lab import Lab
+        from phi3lab.runtime.lab import Lab
 
         if not isinstance(lab, Lab):
             raise TypeError(f"ChatWidget takes the Lab of phi3lab.load(...), got {type(lab).__name__}")
@@ -81,7 +81,7 @@ class ChatWidget(PhiWidget):
 
     def attach(self, image, name: str = "image") -> None:
         """Attach a picture (PIL image, array or path) to the next turn (vision models)."""
-        from phi3lab.images import to_rgb
+        from phi3lab.prompts.images import to_rgb
 
         if not self.vision:
             raise ValueError(f"{self.model_name} is a text model and takes no images; load a vision model "

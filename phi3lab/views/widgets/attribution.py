@@ -1,7 +1,7 @@
 """AttributionView: an attribution's words, turns and picture regions coloured by score, per target token.
 
     >>> import types, torch
-    >>> from phi3lab.widgets import AttributionView
+    >>> from phi3lab.views.widgets import AttributionView
     >>> words = [types.SimpleNamespace(label=w, image=None) for w in ("What", "is", "2", "plus", "3?")]
     >>> view = AttributionView(types.SimpleNamespace(units=words, target_tokens=["▁5", "<|end|>"],
     ...                                              scores=torch.tensor([[0, 0, 0.9, 0.1, 0.8], [0, 0, 0, 0, 0.1]])))
@@ -32,7 +32,7 @@ import html
 import numpy as np
 import traitlets
 
-from phi3lab.widgets._base import PhiWidget, chip, data_url, display_label
+from phi3lab.views.widgets._base import PhiWidget, chip, data_url, display_label
 
 __all__ = ["AttributionPayload", "AttributionView", "image_grids", "s8"]
 
@@ -73,13 +73,13 @@ def _box_means(pixels: np.ndarray, boxes) -> np.ndarray:
 
 
 def image_grids(attribution, image: int, patch_view) -> list[tuple[np.ndarray, np.ndarray]]:
-    """An attribution's image map of picture ``image`` on a :class:`~phi3lab.widgets.patches.PatchView`'s
+    """An attribution's image map of picture ``image`` on a :class:`~phi3lab.views.widgets.patches.PatchView`'s
     crop and global-view cells, per target token: ``[(crops, global), ...]``.
 
     Raises:
         ValueError: the attribution has no ``image_map``, or explains another answer than the cache's.
     """
-    from phi3lab.patches import CELLS, image_tokens
+    from phi3lab.prompts.patches import CELLS, image_tokens
 
     if not callable(getattr(attribution, "image_map", None)):
         raise ValueError(f"{type(attribution).__name__} has no image_map(image, token); attribute with image "

@@ -1,7 +1,7 @@
 """Computations on captured attention: rollout, head summaries, and attention on the image.
 
-Everything here is a pure function of tensors (from :func:`phi3lab.attention.capture` or eager
-``output_attentions``); :mod:`phi3lab.plotting` draws the results.  Each result has a plain-text
+Everything here is a pure function of tensors (from :func:`phi3lab.inspect.capture.capture` or eager
+``output_attentions``); :mod:`phi3lab.views.plotting` draws the results.  Each result has a plain-text
 form so notebooks and tests can compare it.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from phi3lab.patches import CELLS, hd_layout, image_tokens
+from phi3lab.prompts.patches import CELLS, hd_layout, image_tokens
 
 __all__ = ["rollout", "rollout_rows", "map_rows", "qk_rows", "head_summary", "top_keys", "rows_text", "grid_text", "ImageHeat", "image_heat", "image_runs"]
 
@@ -224,7 +224,7 @@ def rows_text(weights: torch.Tensor, table, rows=None, k: int = 3) -> str:
 
     Args:
         weights: ``[rows, K]`` attention (one head or an average).
-        table: the prompt's :class:`~phi3lab.token_view.TokenTable`.
+        table: the prompt's :class:`~phi3lab.prompts.token_view.TokenTable`.
         rows: absolute positions of the rows (default: the last ``len(weights)`` positions).
     """
     k_len = weights.shape[-1]

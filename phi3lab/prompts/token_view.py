@@ -23,7 +23,7 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 
-from phi3lab.chat import render, tokenize_prompt
+from phi3lab.prompts.chat import render, tokenize_prompt
 
 __all__ = ["TokenRow", "TokenTable", "token_table", "label_tokens", "SEGMENT_COLOURS"]
 
@@ -125,7 +125,7 @@ def _chip(text: str, segment: str, title: str | None = None, style: str = "paddi
 
 def _segments(prompt: str) -> list[str]:
     """A segment label per character; control-token text typed inside a turn (the ``plain_spans`` of an
-    escaped :class:`~phi3lab.chat.RenderedPrompt`) is blanked first, so it neither ends nor opens a turn."""
+    escaped :class:`~phi3lab.prompts.chat.RenderedPrompt`) is blanked first, so it neither ends nor opens a turn."""
     labels = ["separator"] * (len(prompt) + 1)
     text = str(prompt)
     for start, end in getattr(prompt, "plain_spans", ()):
@@ -150,9 +150,9 @@ def token_table(
         tokenizer: the model's tokenizer (or a processor wrapping one).
         conversation: a string or HF messages.
         image_token_counts: tokens per image (vision models), e.g. from
-            :func:`phi3lab.patches.num_image_tokens`; ``None`` for text-only prompts.
+            :func:`phi3lab.prompts.patches.num_image_tokens`; ``None`` for text-only prompts.
         add_generation_prompt: end with the assistant header.
-        **render_kwargs: passed to :func:`phi3lab.chat.render` (``fold_system_prompt``, ``vision``).
+        **render_kwargs: passed to :func:`phi3lab.prompts.chat.render` (``fold_system_prompt``, ``vision``).
     """
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     n_images = len(image_token_counts or ())
@@ -163,7 +163,7 @@ def token_table(
 
 
 def label_tokens(tokenizer, prompt: str, ids: Sequence[int], spans: Sequence[tuple[int, int]]) -> TokenTable:
-    """Label already tokenized prompt ids (from :func:`phi3lab.chat.tokenize_prompt`) with their segments."""
+    """Label already tokenized prompt ids (from :func:`phi3lab.prompts.chat.tokenize_prompt`) with their segments."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     labels = _segments(prompt)
     special_ids = set(tok.all_special_ids) | {

@@ -4,7 +4,7 @@
 ``settings`` and ``answer(conversations)`` — so ``safety.sweep(Endpoint(...), ...)`` runs a sweep
 there unchanged, resumable as any other::
 
-    from phi3lab.endpoint import Endpoint
+    from phi3lab.safety.endpoint import Endpoint
     target = Endpoint("http://127.0.0.1:8011/v1", model="data/models/phi3lab-tiny")   # python3 tasks.py serve
     hosted = Endpoint("https://<name>.models.ai.azure.com/v1", model="Phi-3-mini-4k-instruct",
                       api_key_env="AZURE_AI_KEY")

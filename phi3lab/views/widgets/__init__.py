@@ -1,6 +1,6 @@
 """Interactive notebook widgets: chat, attention explorer, patch explorer, attribution view.
 
-    from phi3lab.widgets import ChatWidget, AttentionExplorer, PatchExplorer, AttributionView
+    from phi3lab.views.widgets import ChatWidget, AttentionExplorer, PatchExplorer, AttributionView
     ChatWidget(lab)                                   # streams, stop button, images for vision models
     _, cache = vision.run_with_cache("<|image_1|>\\nWhat colour is the triangle?", [picture], max_new_tokens=8)
     AttentionExplorer(cache)                          # hover a token: where it looks, per layer × head
@@ -11,13 +11,13 @@ and stylesheet of the repository's ``widgets/`` folder, handed to the browser as
 is built, nothing comes from a CDN, and they run in JupyterLab 4, Notebook 7 and VS Code alike.
 
 Each widget is a thin layer over a plain Python class that computes what the browser is sent
-(:class:`~phi3lab.widgets.attention.AttentionView`, :class:`~phi3lab.widgets.patches.PatchView`,
-:class:`~phi3lab.widgets.attribution.AttributionPayload`), so the payloads are tested without a
+(:class:`~phi3lab.views.widgets.attention.AttentionView`, :class:`~phi3lab.views.widgets.patches.PatchView`,
+:class:`~phi3lab.views.widgets.attribution.AttributionPayload`), so the payloads are tested without a
 kernel, and only what is looked at travels: one attention row at a time, heat as bytes.
 
 Every widget also has static forms: ``to_text()`` (what ``print`` shows and nbval compares) and
 ``to_html()`` (scripts-free HTML, shown where widgets are not, e.g. on GitHub).  Notebooks exported
-with :func:`~phi3lab.widgets.export.export_html` (``python -m phi3lab.widgets.export nb.ipynb``)
+with :func:`~phi3lab.views.widgets.export.export_html` (``python -m phi3lab.views.widgets.export nb.ipynb``)
 render the saved widget state offline, in one self-contained page.
 """
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ChatWidget": "phi3lab.widgets.chat",
-    "AttentionExplorer": "phi3lab.widgets.attention",
-    "AttentionView": "phi3lab.widgets.attention",
-    "PatchExplorer": "phi3lab.widgets.patches",
-    "PatchView": "phi3lab.widgets.patches",
-    "AttributionView": "phi3lab.widgets.attribution",
-    "export_html": "phi3lab.widgets.export",
+    "ChatWidget": "phi3lab.views.widgets.chat",
+    "AttentionExplorer": "phi3lab.views.widgets.attention",
+    "AttentionView": "phi3lab.views.widgets.attention",
+    "PatchExplorer": "phi3lab.views.widgets.patches",
+    "PatchView": "phi3lab.views.widgets.patches",
+    "AttributionView": "phi3lab.views.widgets.attribution",
+    "export_html": "phi3lab.views.widgets.export",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -43,7 +43,7 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'phi3lab.widgets' has no attribute {name!r}")
+    raise AttributeError(f"module 'phi3lab.views.widgets' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

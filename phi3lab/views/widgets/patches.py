@@ -2,7 +2,7 @@
 
     >>> import phi3lab
     >>> from PIL import Image
-    >>> from phi3lab.widgets import PatchExplorer
+    >>> from phi3lab.views.widgets import PatchExplorer
     >>> vision = phi3lab.load("tiny-vision", verbose=False)
     >>> picture = Image.new("RGB", (400, 300), "white")
     >>> _, cache = vision.run_with_cache("<|image_1|>\\nWhat is this?", [picture], max_new_tokens=2, num_crops=4)
@@ -18,7 +18,7 @@ the attribution's image map), each view with its own colour scale.
 
 The browser gets the picture once (a JPEG of at most 448 pixels a side), the positions of every
 cell's token, and per interaction two grids of bytes.  Every position comes from
-:func:`phi3lab.patches.image_tokens`, the one home of the token order.
+:func:`phi3lab.prompts.patches.image_tokens`, the one home of the token order.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import io
 import numpy as np
 import traitlets
 
-from phi3lab.attention_maps import ImageHeat
-from phi3lab.patches import CELLS, image_tokens
-from phi3lab.widgets._base import HEAT_STOPS, PhiWidget, _rgb, colour_bar, data_url, display_label, u8, u32
-from phi3lab.widgets.attention import check_cache
+from phi3lab.inspect.maps import ImageHeat
+from phi3lab.prompts.patches import CELLS, image_tokens
+from phi3lab.views.widgets._base import HEAT_STOPS, PhiWidget, _rgb, colour_bar, data_url, display_label, u8, u32
+from phi3lab.views.widgets.attention import check_cache
 
 __all__ = ["PatchView", "PatchExplorer", "SOURCES", "overlay_png"]
 
@@ -58,10 +58,10 @@ class PatchView:
     """The patch explorer's computations for one image of a cache.
 
     Args:
-        cache: a :class:`~phi3lab.cache.Cache` of a Phi-3-vision prompt with images.
+        cache: a :class:`~phi3lab.inspect.cache.Cache` of a Phi-3-vision prompt with images.
         image: 0-based image index.
         attribution: optional; an object with ``target_tokens`` and ``image_map(image)`` (see
-            :mod:`phi3lab.widgets.attribution`) whose maps become the ``"attribution"`` source.
+            :mod:`phi3lab.views.widgets.attribution`) whose maps become the ``"attribution"`` source.
 
     Raises:
         TypeError: not a Cache. ValueError: no captured attention, or no image (a text model).
@@ -98,7 +98,7 @@ class PatchView:
         self.attribution = attribution
         self._maps = None
         if attribution is not None:
-            from phi3lab.widgets.attribution import image_grids
+            from phi3lab.views.widgets.attribution import image_grids
 
             self._maps = image_grids(attribution, image, self)
         self.sources = ["attention", "rollout"] + (["attribution"] if self._maps is not None else [])
@@ -223,7 +223,7 @@ class PatchExplorer(PhiWidget):
     """The picture, its HD crops and global view, each cell's token, and where each answer token looks.
 
     Args:
-        cache: the :class:`~phi3lab.cache.Cache` of a vision prompt (``max_new_tokens > 0`` gives one
+        cache: the :class:`~phi3lab.inspect.cache.Cache` of a vision prompt (``max_new_tokens > 0`` gives one
             target per answer token; a single forward gives the next-token row).
         image: 0-based image index.
         attribution: optional attribution for the same prompt (adds the ``attribution`` source).

@@ -36,7 +36,7 @@ _IMPORT = re.compile(r'^import\s*\{[^}]*\}\s*from\s*"\./common\.js";\s*$', re.M)
 def front_end_dir() -> Path:
     """The folder of the front-end files: the copy a wheel carries, else ``widgets/`` of the checkout."""
     packaged = Path(__file__).resolve().parent / "_front"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "widgets"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "widgets"
 
 
 @functools.cache
