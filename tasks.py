@@ -120,7 +120,8 @@ def _nbval_args() -> list[str]:
     return [
         "--nbval-lax",
         "--nbval-current-env",
-        "--nbval-sanitize-with", "notebooks/sanitize.cfg",
+        "--nbval-sanitize-with",
+        "notebooks/sanitize.cfg",
         "--nbval-cell-timeout=600",
         "--nbval-kernel-startup-timeout=180",
         "notebooks",

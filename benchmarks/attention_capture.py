@@ -68,8 +68,15 @@ class PeakRSS:
 
 def main() -> None:
     torch.manual_seed(0)
-    config = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=2, num_attention_heads=32,
-                        num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096)
+    config = Phi3Config(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+    )
     model = Phi3ForCausalLM(config).eval()
     ids = torch.randint(0, 32000, (1, N))
 
@@ -110,15 +117,19 @@ def main() -> None:
             layers.append(qk_rows(q[0], k[0], attn.self_attn.scaling, groups))
         return rollout_rows(layers, [N - 1], N)
 
-    cases = {"(a) sdpa forward": case_a, "(b) capture 1 layer, all rows": case_b,
-             "(c) capture last row, all layers": case_c, "(d) eager output_attentions": case_d,
-             "(e) rollout of the last row": case_e}
+    cases = {
+        "(a) sdpa forward": case_a,
+        "(b) capture 1 layer, all rows": case_b,
+        "(c) capture last row, all layers": case_c,
+        "(d) eager output_attentions": case_d,
+        "(e) rollout of the last row": case_e,
+    }
     times = {k: [] for k in cases}
     memory = {k: [] for k in cases}
     case_a()  # warm-up
     for i in range(REPEATS):
         names = list(cases)
-        names = names[i % len(names):] + names[:i % len(names)]  # rotate the order
+        names = names[i % len(names) :] + names[: i % len(names)]  # rotate the order
         for name in names:
             with PeakRSS() as peak:
                 start = time.perf_counter()
@@ -130,19 +141,26 @@ def main() -> None:
     t = {k: statistics.median(v) for k, v in times.items()}
     m = {k: statistics.median(v) for k, v in memory.items()}
     base = t["(a) sdpa forward"]
-    print(f"Phi-3 width (hidden 3072, 32 heads), 2 layers, N = {N}, CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {REPEATS}")
+    print(
+        f"Phi-3 width (hidden 3072, 32 heads), 2 layers, N = {N}, CPU, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, median of {REPEATS}"
+    )
     for name in cases:
         print(f"  {name:<34} {t[name]:6.2f} s  ×{t[name] / base:5.2f}   extra memory {m[name] / 2**20:7.0f} MiB")
     b, d, e = m["(b) capture 1 layer, all rows"], m["(d) eager output_attentions"], m["(e) rollout of the last row"]
     a = m["(a) sdpa forward"]
-    print(f"targets: (b) ≤ 1.30× → {t['(b) capture 1 layer, all rows'] / base:.2f}×; "
-          f"(c) ≤ 1.05× → {t['(c) capture last row, all layers'] / base:.2f}×; "
-          f"memory (b)/(d) ≤ 0.50 → {b / d:.2f} (above the baseline), "
-          f"{(b - a) / (d - a):.2f} (above the plain forward's own peak)")
-    print(f"rollout (e): time ≤ 1.50× (a) → {t['(e) rollout of the last row'] / base:.2f}×; "
-          f"memory (e)/(d) ≤ 0.10 → {(e - a) / (d - a):.2f} above the plain forward's own peak "
-          f"({e / d:.2f} above the baseline, where the forward alone is already {a / d:.2f})")
+    print(
+        f"targets: (b) ≤ 1.30× → {t['(b) capture 1 layer, all rows'] / base:.2f}×; "
+        f"(c) ≤ 1.05× → {t['(c) capture last row, all layers'] / base:.2f}×; "
+        f"memory (b)/(d) ≤ 0.50 → {b / d:.2f} (above the baseline), "
+        f"{(b - a) / (d - a):.2f} (above the plain forward's own peak)"
+    )
+    print(
+        f"rollout (e): time ≤ 1.50× (a) → {t['(e) rollout of the last row'] / base:.2f}×; "
+        f"memory (e)/(d) ≤ 0.10 → {(e - a) / (d - a):.2f} above the plain forward's own peak "
+        f"({e / d:.2f} above the baseline, where the forward alone is already {a / d:.2f})"
+    )
+
 
 if __name__ == "__main__":
     main()

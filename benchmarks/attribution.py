@@ -45,10 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_capture import PeakRSS  # noqa: E402  one memory sampler for the benchmarks
 
 REPEATS = 3
-CHAT = [{"role": "system", "content": "You are a friendly assistant. Answer briefly."},
-        {"role": "user", "content": "Hi! My name is Ada."},
-        {"role": "assistant", "content": "Nice to meet you, Ada!"},
-        {"role": "user", "content": "What is my name?"}]
+CHAT = [
+    {"role": "system", "content": "You are a friendly assistant. Answer briefly."},
+    {"role": "user", "content": "Hi! My name is Ada."},
+    {"role": "assistant", "content": "Nice to meet you, Ada!"},
+    {"role": "user", "content": "What is my name?"},
+]
 
 
 def plain_captum(lab, inputs, units, target, **kwargs) -> torch.Tensor:
@@ -63,7 +65,8 @@ def plain_captum(lab, inputs, units, target, **kwargs) -> torch.Tensor:
     group = {p: i for i, u in enumerate(units) for p in u.positions}
     mask = torch.tensor([[group[p] for p in positions]])
     result = LLMAttribution(FeatureAblation(lab.model), lab.tokenizer).attribute(
-        inp, target=torch.tensor(target), feature_mask=mask, **kwargs)
+        inp, target=torch.tensor(target), feature_mask=mask, **kwargs
+    )
     return result.token_attr[:, [positions.index(u.positions[0]) for u in units]]
 
 
@@ -82,9 +85,19 @@ def ig_memory() -> tuple[int, list[tuple[str, int, float]]]:
     rows = []
     for bound in (8, None):
         with PeakRSS() as peak:
-            seconds, _ = timed(lambda: attribute(vision, prompt, [star.image], units=["words", "image-regions"],
-                                                 method="ig", target=star.answer, n_steps=32,
-                                                 internal_batch_size=bound, progress=False))
+            seconds, _ = timed(
+                lambda: attribute(
+                    vision,
+                    prompt,
+                    [star.image],
+                    units=["words", "image-regions"],
+                    method="ig",
+                    target=star.answer,
+                    n_steps=32,
+                    internal_batch_size=bound,
+                    progress=False,
+                )
+            )
         rows.append((f"internal_batch_size={bound}", peak.extra, seconds))
     return vision.encode(prompt, [star.image]).num_tokens, rows
 
@@ -96,20 +109,26 @@ def main(argv: list[str]) -> None:
     first = attribute(lab, CHAT, units="words", progress=False)  # also warms up
     units, target = first.units, first.target_ids
     inputs = lab.encode(CHAT)
-    print(f"embedded text model, {inputs.num_tokens} prompt tokens, {len(units)} words, target "
-          f"{first.target_text!r} ({len(target)} tokens), CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {REPEATS}")
+    print(
+        f"embedded text model, {inputs.num_tokens} prompt tokens, {len(units)} words, target "
+        f"{first.target_text!r} ({len(target)} tokens), CPU, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, median of {REPEATS}"
+    )
     cached = plain_captum(lab, inputs, units, target)  # captum's defaults
     uncached = plain_captum(lab, inputs, units, target, use_cached_outputs=False)
-    print(f"  captum's default use_cached_outputs=True differs from its own uncached decoding by up to "
-          f"{float((cached - uncached).abs().max()):.3f} (wrong on transformers 5; not used below)")
+    print(
+        f"  captum's default use_cached_outputs=True differs from its own uncached decoding by up to "
+        f"{float((cached - uncached).abs().max()):.3f} (wrong on transformers 5; not used below)"
+    )
     cases = {
         "(a) captum, token by token": lambda: plain_captum(lab, inputs, units, target, use_cached_outputs=False),
         "(b) captum, one forward each": lambda: plain_captum(lab, inputs, units, target, forward_in_tokens=False),
-        "(c) phi3lab, batch 16 + prefix": lambda: attribute(lab, CHAT, units="words", target=target,
-                                                            progress=False).scores,
-        "(d) phi3lab, batch 1 + prefix": lambda: attribute(lab, CHAT, units="words", target=target, batch_size=1,
-                                                           progress=False).scores,
+        "(c) phi3lab, batch 16 + prefix": lambda: (
+            attribute(lab, CHAT, units="words", target=target, progress=False).scores
+        ),
+        "(d) phi3lab, batch 1 + prefix": lambda: (
+            attribute(lab, CHAT, units="words", target=target, batch_size=1, progress=False).scores
+        ),
     }
     times: dict[str, list[float]] = {name: [] for name in cases}
     scores: dict[str, torch.Tensor] = {}
@@ -121,8 +140,10 @@ def main(argv: list[str]) -> None:
     ours = scores["(c) phi3lab, batch 16 + prefix"]
     for name in cases:
         delta = float((scores[name] - ours).abs().max())
-        print(f"  {name:<32} {median[name] * 1000:8.1f} ms  × {median[name] / median[list(cases)[0]]:.2f}"
-              f"   max |Δ| vs (c) {delta:.1e}")
+        print(
+            f"  {name:<32} {median[name] * 1000:8.1f} ms  × {median[name] / median[list(cases)[0]]:.2f}"
+            f"   max |Δ| vs (c) {delta:.1e}"
+        )
     fastest = median["(b) captum, one forward each"] / median["(c) phi3lab, batch 16 + prefix"]
     print(f"  (c) is {fastest:.1f}x faster than captum's one-forward mode (b)")
     tokens, rows = ig_memory()

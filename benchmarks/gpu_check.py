@@ -29,9 +29,18 @@ REPEATS = 3
 def mini_config(attn: str):
     from transformers import Phi3Config
 
-    config = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-                        num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
-                        tie_word_embeddings=False, pad_token_id=32000, eos_token_id=32000)
+    config = Phi3Config(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=32000,
+        eos_token_id=32000,
+    )
     config._attn_implementation = attn
     return config
 
@@ -55,8 +64,14 @@ def bandwidth(torch) -> float:
 def timed_generate(torch, model, ids, new_tokens: int) -> float:
     torch.cuda.synchronize()
     t = time.perf_counter()
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, pad_token_id=32000)
+    model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=32000,
+    )
     torch.cuda.synchronize()
     return time.perf_counter() - t
 
@@ -82,8 +97,10 @@ def main() -> int:
         print("gpu_check: torch is not installed; nothing to measure")
         return 0
     if not torch.cuda.is_available():
-        print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-              "nothing to measure — run it on an NVIDIA machine")
+        print(
+            f"gpu_check: no CUDA GPU here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+            "nothing to measure — run it on an NVIDIA machine"
+        )
         return 0
     from transformers import Phi3ForCausalLM
 
@@ -99,8 +116,10 @@ def main() -> int:
     except ImportError:
         pass
     bw = bandwidth(torch)
-    print(f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}; "
-          f"torch {torch.__version__}; measured copy bandwidth {bw / 1e12:.2f} TB/s; phi3lab probes: {probe()}")
+    print(
+        f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}; "
+        f"torch {torch.__version__}; measured copy bandwidth {bw / 1e12:.2f} TB/s; phi3lab probes: {probe()}"
+    )
     torch.manual_seed(0)
     ids = torch.randint(0, 32000, (1, PROMPT), device="cuda")
     rows = []
@@ -112,13 +131,15 @@ def main() -> int:
         with torch.inference_mode():
             timed_generate(torch, model, ids, 8)  # warm-up
             plain = decode_rate(torch, model, ids)
-            last_rows = decode_rate(torch, model, ids, lambda: capture(model, queries="last"))
-            one_layer = decode_rate(torch, model, ids, lambda: capture(model, layers=[16], queries="last"))
+            last_rows = decode_rate(torch, model, ids, lambda m=model: capture(m, queries="last"))
+            one_layer = decode_rate(torch, model, ids, lambda m=model: capture(m, layers=[16], queries="last"))
         rows.append((attn, plain, bound, last_rows, one_layer))
-        print(f"{attn:18s} decode {plain:7.1f} tokens/s = {plain / bound:5.1%} of the bound {bound:7.1f} "
-              f"({weight_bytes / 1e9:.2f} GB of bf16 weights); with capture of every layer's last row "
-              f"{last_rows:7.1f} tokens/s ({plain / last_rows:.2f}x), of one layer {one_layer:7.1f} "
-              f"({plain / one_layer:.2f}x)")
+        print(
+            f"{attn:18s} decode {plain:7.1f} tokens/s = {plain / bound:5.1%} of the bound {bound:7.1f} "
+            f"({weight_bytes / 1e9:.2f} GB of bf16 weights); with capture of every layer's last row "
+            f"{last_rows:7.1f} tokens/s ({plain / last_rows:.2f}x), of one layer {one_layer:7.1f} "
+            f"({plain / one_layer:.2f}x)"
+        )
         del model
         torch.cuda.empty_cache()
     if len(rows) == 2:

@@ -26,8 +26,8 @@ from PIL import Image, ImageOps
 
 from phi3lab.models.phi3_v import Phi3VImageProcessor
 from phi3lab.models.phi3_v.image_processing import CLIP_MEAN, CLIP_STD
-from phi3lab.prompts.patches import hd_layout
 from phi3lab.paths import reference_dir
+from phi3lab.prompts.patches import hd_layout
 
 OFFICIAL_MS = 45.0  # measured once with the official processor on this 2-core machine (issue text)
 
@@ -49,7 +49,7 @@ def straightforward(image: Image.Image, num_crops: int = 16) -> torch.Tensor:
     array = (array - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
     hd = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     glob = F.interpolate(hd[None], size=(336, 336), mode="bicubic", align_corners=False)[0]
-    crops = [hd[:, r:r + 336, c:c + 336] for r in range(0, hd.shape[1], 336) for c in range(0, hd.shape[2], 336)]
+    crops = [hd[:, r : r + 336, c : c + 336] for r in range(0, hd.shape[1], 336) for c in range(0, hd.shape[2], 336)]
     slots = [glob, *crops] + [torch.zeros(3, 336, 336)] * (num_crops + 1 - 1 - len(crops))
     return torch.stack(slots)
 
@@ -61,18 +61,24 @@ def preprocessing(repeats: int = 40) -> None:
     assert torch.allclose(ours, straightforward(image), atol=1e-5), "the two pipelines disagree"
     runs = {"phi3lab": [], "straightforward": []}
     for i in range(repeats):
-        for name in (["phi3lab", "straightforward"] if i % 2 else ["straightforward", "phi3lab"]):
+        for name in ["phi3lab", "straightforward"] if i % 2 else ["straightforward", "phi3lab"]:
             fn = (lambda: proc(image)) if name == "phi3lab" else (lambda: straightforward(image))
             start = time.perf_counter()
             fn()
             runs[name].append(time.perf_counter() - start)
     ms = {k: 1000 * statistics.median(v) for k, v in runs.items()}
-    print(f"1920×1080 → 17×3×336×336, median of {repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"1920×1080 → 17×3×336×336, median of {repeats}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"  phi3lab           {ms['phi3lab']:6.1f} ms")
-    print(f"  straightforward   {ms['straightforward']:6.1f} ms   ratio phi3lab / straightforward = "
-          f"{ms['phi3lab'] / ms['straightforward']:.2f}")
-    print(f"  official (earlier) {OFFICIAL_MS:5.1f} ms   ratio phi3lab / official = {ms['phi3lab'] / OFFICIAL_MS:.2f} "
-          "(target ≤ 1.00)")
+    print(
+        f"  straightforward   {ms['straightforward']:6.1f} ms   ratio phi3lab / straightforward = "
+        f"{ms['phi3lab'] / ms['straightforward']:.2f}"
+    )
+    print(
+        f"  official (earlier) {OFFICIAL_MS:5.1f} ms   ratio phi3lab / official = {ms['phi3lab'] / OFFICIAL_MS:.2f} "
+        "(target ≤ 1.00)"
+    )
 
 
 _FORWARD = """
@@ -99,7 +105,9 @@ def forward_memory() -> None:
     out = subprocess.run([sys.executable, "-c", _FORWARD, str(folder)], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"forward of the fixture model on one 1344×1344 image ({r['tokens']} tokens, 17 crops, sdpa, float32):")
-    print(f"  peak RSS {r['peak_kb'] / 1024:.0f} MiB, {(r['peak_kb'] - r['before_kb']) / 1024:.0f} MiB above the loaded model")
+    print(
+        f"  peak RSS {r['peak_kb'] / 1024:.0f} MiB, {(r['peak_kb'] - r['before_kb']) / 1024:.0f} MiB above the loaded model"
+    )
 
 
 if __name__ == "__main__":

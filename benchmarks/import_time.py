@@ -49,8 +49,10 @@ def measure(repeats: int = REPEATS) -> dict[str, tuple[float, float]]:
         for _ in range(repeats):
             for statement in runs:
                 runs[statement].append(run_once(statement, cwd))
-    return {statement: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
-            for statement, values in runs.items()}
+    return {
+        statement: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for statement, values in runs.items()
+    }
 
 
 def main() -> None:
@@ -62,8 +64,7 @@ def main() -> None:
     print(f"cpu time: {ours_cpu / base_cpu:.2f}x")
     ratio = ours / base
     verdict = "met" if ratio <= GOAL else "NOT met"
-    print(f"import: phi3lab {ours:.1f} s vs torch+transformers {base:.1f} s → {ratio:.2f}x "
-          f"(goal ≤ {GOAL}x, {verdict})")
+    print(f"import: phi3lab {ours:.1f} s vs torch+transformers {base:.1f} s → {ratio:.2f}x (goal ≤ {GOAL}x, {verdict})")
 
 
 if __name__ == "__main__":

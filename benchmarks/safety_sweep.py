@@ -76,8 +76,10 @@ def main() -> None:
     torch.manual_seed(0)
     lab = phi3lab.load("tiny", verbose=False)
     items = plan(resolve(DEFAULT_PROBES), resolve_transforms(None))
-    print(f"embedded model, default sweep: {len(items)} conversations, greedy, ≤ {NEW_TOKENS} new tokens; "
-          f"median of {REPEATS} interleaved runs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"embedded model, default sweep: {len(items)} conversations, greedy, ≤ {NEW_TOKENS} new tokens; "
+        f"median of {REPEATS} interleaved runs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     times: dict[str, list[tuple[float, float]]] = {"loop of lab.chat": [], **{name: [] for name in CONFIGS}}
     mismatches = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,22 +92,30 @@ def main() -> None:
                 elapsed, got = run_sweep(lab, folder, k, config)
                 times[config].append(elapsed)
                 mismatches += sum(got[key] != text for key, text in expected.items()) + abs(len(got) - len(expected))
-    medians = {name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
-               for name, v in times.items()}
+    medians = {
+        name: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for name, v in times.items()
+    }
     base_wall, base_cpu = medians["loop of lab.chat"]
     for name, (wall, cpu) in medians.items():
-        print(f"  {name:<18} wall {wall:7.2f} s ({1000 * wall / len(items):5.1f} ms/answer) "
-              f"× {base_wall / wall:5.2f}   "
-              f"cpu {cpu:7.2f} s × {base_cpu / cpu:5.2f}")
+        print(
+            f"  {name:<18} wall {wall:7.2f} s ({1000 * wall / len(items):5.1f} ms/answer) "
+            f"× {base_wall / wall:5.2f}   "
+            f"cpu {cpu:7.2f} s × {base_cpu / cpu:5.2f}"
+        )
     print(f"answers identical to the loop's: {'yes' if not mismatches else f'NO ({mismatches} differ)'}")
     (lw, lc), (bw, bc) = interleaved(lab, items)
-    print(f"  batch by batch (default batches, alternating): loop wall {lw:.2f} s, cpu {lc:.2f} s; "
-          f"batched wall {bw:.2f} s, "
-          f"cpu {bc:.2f} s → × {lw / bw:.2f} wall, × {lc / bc:.2f} cpu")
+    print(
+        f"  batch by batch (default batches, alternating): loop wall {lw:.2f} s, cpu {lc:.2f} s; "
+        f"batched wall {bw:.2f} s, "
+        f"cpu {bc:.2f} s → × {lw / bw:.2f} wall, × {lc / bc:.2f} cpu"
+    )
     wall, cpu = medians["sweep (default)"]
     ok = base_wall / wall >= 4 and base_cpu / cpu >= 4
-    print(f"goal: sweep (default batches) ≥ 4× the loop — {'met' if ok else 'not met'} "
-          f"(wall {base_wall / wall:.2f}×, cpu {base_cpu / cpu:.2f}×)")
+    print(
+        f"goal: sweep (default batches) ≥ 4× the loop — {'met' if ok else 'not met'} "
+        f"(wall {base_wall / wall:.2f}×, cpu {base_cpu / cpu:.2f}×)"
+    )
+
 
 if __name__ == "__main__":
     main()

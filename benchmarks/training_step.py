@@ -38,8 +38,10 @@ def main() -> None:
     model = Phi3VForCausalLM(train_vision.vision_config()).train()
     model.set_attn_implementation("sdpa")
     order = random.Random(0)
-    items = [train_vision.training_item(processor, ex, order, dense=False, route=False)
-             for ex in vision_data.training_examples(8, 0)]
+    items = [
+        train_vision.training_item(processor, ex, order, dense=False, route=False)
+        for ex in vision_data.training_examples(8, 0)
+    ]
     batch = train_vision.collate(items, build.pad_id())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
@@ -47,8 +49,12 @@ def main() -> None:
         model.model.vision_embed_tokens.share_identical_views = share_views
         start = time.perf_counter()
         if head_at_answers:
-            hidden = model.model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
-                                 image_sizes=batch["image_sizes"], use_cache=False).last_hidden_state
+            hidden = model.model(
+                input_ids=batch["input_ids"],
+                pixel_values=batch["pixel_values"],
+                image_sizes=batch["image_sizes"],
+                use_cache=False,
+            ).last_hidden_state
             loss = train_vision.answer_loss(model, hidden, batch["labels"])
         else:
             loss = model(**batch).loss
@@ -57,18 +63,22 @@ def main() -> None:
         opt.step()
         return time.perf_counter() - start
 
-    cases = [("(a) plain", lambda: step(False, False)),
-             ("(b) CLIP once per crop", lambda: step(True, False)),
-             ("(c) (b) + head at answers", lambda: step(True, True))]
+    cases = [
+        ("(a) plain", lambda: step(False, False)),
+        ("(b) CLIP once per crop", lambda: step(True, False)),
+        ("(c) (b) + head at answers", lambda: step(True, True)),
+    ]
     for _, fn in cases:  # warm-up
         fn()
     times = {name: [] for name, _ in cases}
     for i in range(REPEATS):  # interleaved and rotated
-        for name, fn in cases[i % 3:] + cases[:i % 3]:
+        for name, fn in cases[i % 3 :] + cases[: i % 3]:
             times[name].append(fn())
     width = batch["input_ids"].shape[1]
-    print(f"tiny Phi-3-vision, 8 pictures, {width} tokens a row, CPU, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, median of {REPEATS}")
+    print(
+        f"tiny Phi-3-vision, 8 pictures, {width} tokens a row, CPU, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, median of {REPEATS}"
+    )
     base = statistics.median(times["(a) plain"])
     for name, runs in times.items():
         median = statistics.median(runs)

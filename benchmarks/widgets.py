@@ -66,35 +66,49 @@ def main() -> None:
     picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB").resize((1344, 1344))
     _, cache = vision.run_with_cache(QUESTION, [picture], max_new_tokens=8)
     config = vision.model.config
-    print(f"{cache.prompt_tokens} prompt + {len(cache.answer_ids)} answer tokens, 1344×1344 picture, num_crops 16 "
-          f"({cache.inputs.images[0].layout.grid[0]}×{cache.inputs.images[0].layout.grid[1]} crops), "
-          f"{config.num_hidden_layers} layers × {config.num_attention_heads} heads, every row captured; "
-          f"2 threads, median of {REPEATS}")
+    print(
+        f"{cache.prompt_tokens} prompt + {len(cache.answer_ids)} answer tokens, 1344×1344 picture, num_crops 16 "
+        f"({cache.inputs.images[0].layout.grid[0]}×{cache.inputs.images[0].layout.grid[1]} crops), "
+        f"{config.num_hidden_layers} layers × {config.num_attention_heads} heads, every row captured; "
+        f"2 threads, median of {REPEATS}"
+    )
     ok = True
 
     start = time.perf_counter()
     explorer = AttentionExplorer(cache)
     build = time.perf_counter() - start
     rows = explorer.view.rows
-    ok &= report("AttentionExplorer", build, explorer, [
-        ("hover / click another token", *interact(explorer, [{"row": r} for r in rows])),
-        ("aggregation mean ↔ max", *interact(explorer, [{"agg": "max"}, {"agg": "mean"}])),
-        ("focus one head", *interact(explorer, [{"focus": [layer, head]} for layer in explorer.layers
-                                                 for head in explorer.heads])),
-        ("rollout (first)", *interact(explorer, [{"agg": "rollout"}], once=True)),
-        ("rollout, another token", *interact(explorer, [{"row": r} for r in rows])),
-    ])
+    ok &= report(
+        "AttentionExplorer",
+        build,
+        explorer,
+        [
+            ("hover / click another token", *interact(explorer, [{"row": r} for r in rows])),
+            ("aggregation mean ↔ max", *interact(explorer, [{"agg": "max"}, {"agg": "mean"}])),
+            (
+                "focus one head",
+                *interact(explorer, [{"focus": [layer, head]} for layer in explorer.layers for head in explorer.heads]),
+            ),
+            ("rollout (first)", *interact(explorer, [{"agg": "rollout"}], once=True)),
+            ("rollout, another token", *interact(explorer, [{"row": r} for r in rows])),
+        ],
+    )
 
     start = time.perf_counter()
     patches = PatchExplorer(cache)
     build = time.perf_counter() - start
     targets = range(len(patches.targets))
-    ok &= report("PatchExplorer", build, patches, [
-        ("click another answer token", *interact(patches, [{"target": t} for t in targets])),
-        ("one layer", *interact(patches, [{"layer": layer} for layer in patches.layers])),
-        ("rollout (first)", *interact(patches, [{"layer": -1, "source": "rollout"}], once=True)),
-        ("rollout, another answer token", *interact(patches, [{"target": t} for t in targets])),
-    ])
+    ok &= report(
+        "PatchExplorer",
+        build,
+        patches,
+        [
+            ("click another answer token", *interact(patches, [{"target": t} for t in targets])),
+            ("one layer", *interact(patches, [{"layer": layer} for layer in patches.layers])),
+            ("rollout (first)", *interact(patches, [{"layer": -1, "source": "rollout"}], once=True)),
+            ("rollout, another answer token", *interact(patches, [{"target": t} for t in targets])),
+        ],
+    )
 
     from phi3lab.attribution import attribute
 
@@ -102,16 +116,28 @@ def main() -> None:
     start = time.perf_counter()
     view = AttributionView(attribution)
     build = time.perf_counter() - start
-    ok &= report("AttributionView", build, view, [
-        ("another target token", *interact(view, [{"token": t} for t in range(-1, len(view.targets))])),
-    ])
+    ok &= report(
+        "AttributionView",
+        build,
+        view,
+        [
+            ("another target token", *interact(view, [{"token": t} for t in range(-1, len(view.targets))])),
+        ],
+    )
     start = time.perf_counter()
     with_attr = PatchExplorer(cache, attribution=attribution)
     build = time.perf_counter() - start
-    ok &= report("PatchExplorer+attr", build, with_attr, [
-        ("attribution, another answer token", *interact(with_attr, [{"source": "attribution", "target": t}
-                                                                     for t in range(len(view.targets))])),
-    ])
+    ok &= report(
+        "PatchExplorer+attr",
+        build,
+        with_attr,
+        [
+            (
+                "attribution, another answer token",
+                *interact(with_attr, [{"source": "attribution", "target": t} for t in range(len(view.targets))]),
+            ),
+        ],
+    )
 
     start = time.perf_counter()
     box = ChatWidget(vision, max_new_tokens=16)
@@ -123,9 +149,15 @@ def main() -> None:
     handled = time.perf_counter() - start
     box.wait()
     deltas = sum(1 for m in log.messages if m.get("method") == "custom")
-    ok &= report("ChatWidget", build, box, [
-        (f"one turn with a picture, {deltas} pieces", log.bytes(), handled),
-    ], initial)
+    ok &= report(
+        "ChatWidget",
+        build,
+        box,
+        [
+            (f"one turn with a picture, {deltas} pieces", log.bytes(), handled),
+        ],
+        initial,
+    )
     print("goals met" if ok else "a goal was missed (see above)")
 
 

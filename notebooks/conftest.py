@@ -14,5 +14,10 @@ os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 def pytest_collectstart(collector):
     if getattr(collector, "skip_compare", None) is not None:
-        collector.skip_compare += ("stderr", "text/html", "application/javascript", "image/png",
-                                   "application/vnd.jupyter.widget-view+json")
+        collector.skip_compare += (
+            "stderr",
+            "text/html",
+            "application/javascript",
+            "image/png",
+            "application/vnd.jupyter.widget-view+json",
+        )

@@ -15,8 +15,9 @@ from collections.abc import Callable
 __all__ = ["lazy_attributes"]
 
 
-def lazy_attributes(package: str, exports: dict[str, str], *, submodules: bool = False
-                    ) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+def lazy_attributes(
+    package: str, exports: dict[str, str], *, submodules: bool = False
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for ``package``, whose names ``exports`` maps to their modules.
 
     A name is imported once, then stored on the package (later lookups never reach

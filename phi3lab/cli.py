@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--max-new-tokens", type=int, default=128)
     chat.add_argument("--temperature", type=float, default=0.0)
-    chat.add_argument("--special-tokens", choices=("refuse", "allow", "escape"), default="refuse",
-                      help="control-token strings such as <|end|> typed in the prompt: refuse them (default), "
-                           "allow them as control tokens, or escape them as plain text")
+    chat.add_argument(
+        "--special-tokens",
+        choices=("refuse", "allow", "escape"),
+        default="refuse",
+        help="control-token strings such as <|end|> typed in the prompt: refuse them (default), "
+        "allow them as control tokens, or escape them as plain text",
+    )
     chat.add_argument("--device", default="auto")
     chat.add_argument("--dtype", default="auto")
     chat.add_argument("--attn", default="auto")
@@ -112,8 +116,14 @@ def _run(args: argparse.Namespace) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": prompt}
         ]
-        result = chat(lab, messages, images, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                      special_tokens=args.special_tokens)
+        result = chat(
+            lab,
+            messages,
+            images,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            special_tokens=args.special_tokens,
+        )
         if args.stats:
             print(result.stats(), file=sys.stderr)
         return 0

@@ -135,8 +135,10 @@ def check_sequence(name: str, value, *, item: str, example: str) -> list:
     because they can be endless or consumed by the first call.
     """
     if isinstance(value, (str, bytes, bytearray, os.PathLike)):
-        raise TypeError(f"{name} must be a list of {item}, got one {type(value).__name__} {_show(value)}; "
-                        f"wrap it in a list: {example}")
+        raise TypeError(
+            f"{name} must be a list of {item}, got one {type(value).__name__} {_show(value)}; "
+            f"wrap it in a list: {example}"
+        )
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"{name} must be a list of {item}, got {_typed(value)}; pass a list, e.g. {example}")
     return list(value)

@@ -52,8 +52,12 @@ def test_heads_and_query_selections(tiny):
     inputs = tiny.tokenizer([tiny.render("Spell the word apple.")], return_tensors="pt")
     ref = eager_maps(tiny.model, **inputs)[2]
     n = inputs["input_ids"].shape[1]
-    for queries, rows in [("last", [n - 1]), ([0, -2], [0, n - 2]), (slice(2, 5), [2, 3, 4]),
-                          (lambda r: r[r % 3 == 0], list(range(0, n, 3)))]:
+    for queries, rows in [
+        ("last", [n - 1]),
+        ([0, -2], [0, n - 2]),
+        (slice(2, 5), [2, 3, 4]),
+        (lambda r: r[r % 3 == 0], list(range(0, n, 3))),
+    ]:
         with capture(tiny.model, layers=2, heads=[1, 3], queries=queries) as cap, torch.no_grad():
             tiny.model(**inputs)
         torch.testing.assert_close(cap.weights(2), ref[:, [1, 3]][:, :, rows], atol=1e-5, rtol=0)
@@ -69,7 +73,7 @@ def test_generation_records_one_row_per_new_token(tiny):
     assert weights.shape[2] == 5 and cap.positions(3).tolist() == [list(range(n - 1, n + 4))]
     full = out[:, : n + 4]  # the last new token is never fed back
     ref = eager_maps(tiny.model, input_ids=full)[3]
-    torch.testing.assert_close(weights, ref[:, :, n - 1: n + 4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(weights, ref[:, :, n - 1 : n + 4], atol=1e-5, rtol=0)
 
 
 def test_left_padded_batch(tiny):
@@ -90,9 +94,18 @@ def test_left_padded_batch(tiny):
 
 def test_sliding_window_mask_is_the_kernels():
     torch.manual_seed(0)
-    config = Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, sliding_window=6,
-                        max_position_embeddings=64, pad_token_id=0, eos_token_id=1)
+    config = Phi3Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=6,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     model = Phi3ForCausalLM(config).eval()
     model.set_attn_implementation("sdpa")
     ids = torch.randint(2, 100, (1, 20))
@@ -125,19 +138,22 @@ def test_bad_layer_or_head(tiny):
         capture(tiny.model, heads=[9])
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(layers=[1.7]), TypeError, "list of ints"),
-    (dict(layers="last"), ValueError, "'all', an int"),
-    (dict(layers=[]), TypeError, "non-empty"),
-    (dict(layers=True), TypeError, "int"),
-    (dict(heads="all"), TypeError, "heads must be"),
-    (dict(heads=[0.5]), TypeError, "heads must be"),
-    (dict(queries="first"), ValueError, "'last', 'all'"),
-    (dict(queries=[1.5]), TypeError, "list of ints"),
-    (dict(queries=None), TypeError, "queries must be"),
-    (dict(budget=-1), TypeError, "budget"),
-    (dict(budget="1GB"), TypeError, "budget"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(layers=[1.7]), TypeError, "list of ints"),
+        (dict(layers="last"), ValueError, "'all', an int"),
+        (dict(layers=[]), TypeError, "non-empty"),
+        (dict(layers=True), TypeError, "int"),
+        (dict(heads="all"), TypeError, "heads must be"),
+        (dict(heads=[0.5]), TypeError, "heads must be"),
+        (dict(queries="first"), ValueError, "'last', 'all'"),
+        (dict(queries=[1.5]), TypeError, "list of ints"),
+        (dict(queries=None), TypeError, "queries must be"),
+        (dict(budget=-1), TypeError, "budget"),
+        (dict(budget="1GB"), TypeError, "budget"),
+    ],
+)
 def test_arguments_are_checked_at_construction(tiny, kwargs, error, words):
     with pytest.raises(error, match=words):
         capture(tiny.model, **kwargs)
@@ -179,7 +195,7 @@ def test_hooks_are_the_models_own_and_removed(tiny):
         assert dict(ALL_ATTENTION_FUNCTIONS.__dict__) == interface  # nothing global is patched
     assert _hook_count(tiny.model) == before
     with pytest.raises(ZeroDivisionError), capture(tiny.model):
-        1 / 0
+        _ = 1 / 0
     assert _hook_count(tiny.model) == before  # removed on errors too
 
 
@@ -202,9 +218,17 @@ def test_a_capture_leaves_other_models_and_threads_alone(tiny):
     import threading
 
     torch.manual_seed(0)
-    config = Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                        pad_token_id=0, eos_token_id=1)
+    config = Phi3Config(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     other = Phi3ForCausalLM(config).eval()
     other.set_attn_implementation("sdpa")
     ids = torch.randint(2, 100, (1, 12))
@@ -225,8 +249,9 @@ def test_a_capture_leaves_other_models_and_threads_alone(tiny):
         thread.join()
     assert cap.weights(0).shape[2] == 3 * inputs["input_ids"].shape[1]
     assert results["other"].weights(0).shape[2] == 3 * 12
-    torch.testing.assert_close(results["other"].weights(0)[:, :, :12], eager_maps(other, input_ids=ids)[0],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        results["other"].weights(0)[:, :, :12], eager_maps(other, input_ids=ids)[0], atol=1e-5, rtol=0
+    )
 
 
 def test_output_attentions_is_checked_before_running(tiny):

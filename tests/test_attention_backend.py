@@ -8,15 +8,33 @@ from phi3lab.runtime.hardware import Probes
 
 CPU = Probes()
 MAC = Probes(mps=True)
-V100 = Probes(cuda=True, capability=(7, 0), gpu_name="Tesla V100", cuda_bf16=False, flash_attn=False,
-              flash_attn_error="the flash_attn package is not installed")
+V100 = Probes(
+    cuda=True,
+    capability=(7, 0),
+    gpu_name="Tesla V100",
+    cuda_bf16=False,
+    flash_attn=False,
+    flash_attn_error="the flash_attn package is not installed",
+)
 V100_FLASH = Probes(cuda=True, capability=(7, 0), gpu_name="Tesla V100", cuda_bf16=False, flash_attn=True)
 A100 = Probes(cuda=True, capability=(8, 0), gpu_name="A100", cuda_bf16=True, flash_attn=True)
-A100_NOFLASH = Probes(cuda=True, capability=(8, 0), gpu_name="A100", cuda_bf16=True, flash_attn=False,
-                      flash_attn_error="the flash_attn package is not installed")
+A100_NOFLASH = Probes(
+    cuda=True,
+    capability=(8, 0),
+    gpu_name="A100",
+    cuda_bf16=True,
+    flash_attn=False,
+    flash_attn_error="the flash_attn package is not installed",
+)
 H100 = Probes(cuda=True, capability=(9, 0), gpu_name="H100", cuda_bf16=True, flash_attn=True)
-BROKEN_FLASH = Probes(cuda=True, capability=(9, 0), gpu_name="H100", cuda_bf16=True, flash_attn=False,
-                      flash_attn_error="flash_attn is installed but does not import (ImportError: undefined symbol)")
+BROKEN_FLASH = Probes(
+    cuda=True,
+    capability=(9, 0),
+    gpu_name="H100",
+    cuda_bf16=True,
+    flash_attn=False,
+    flash_attn_error="flash_attn is installed but does not import (ImportError: undefined symbol)",
+)
 
 
 def test_cpu_defaults_to_sdpa_float32():

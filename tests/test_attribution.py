@@ -10,9 +10,11 @@ from phi3lab.attribution import Attribution, TargetError, attribute, compare
 from phi3lab.attribution.forward import Scorer
 from phi3lab.attribution.units import build_units
 
-ADA = [{"role": "user", "content": "Hi! My name is Ada."},
-       {"role": "assistant", "content": "Nice to meet you, Ada!"},
-       {"role": "user", "content": "What is my name?"}]
+ADA = [
+    {"role": "user", "content": "Hi! My name is Ada."},
+    {"role": "assistant", "content": "Nice to meet you, Ada!"},
+    {"role": "user", "content": "What is my name?"},
+]
 TEMPLATE = ("special", "separator")
 
 
@@ -42,11 +44,26 @@ def ada(tiny):
 
 # --- units ---------------------------------------------------------------------------------------
 
+
 def test_words_cover_the_turns_text_and_never_the_template(tiny):
     inputs = tiny.encode(ADA)
     units = build_units(inputs, ["words"])
-    assert [u.label for u in units] == ["Hi!", "My", "name", "is", "Ada.", "Nice", "to", "meet", "you,", "Ada!",
-                                        "What", "is", "my", "name?"]
+    assert [u.label for u in units] == [
+        "Hi!",
+        "My",
+        "name",
+        "is",
+        "Ada.",
+        "Nice",
+        "to",
+        "meet",
+        "you,",
+        "Ada!",
+        "What",
+        "is",
+        "my",
+        "name?",
+    ]
     assert [u.where for u in units[:5] + units[-1:]] == ["user 1"] * 5 + ["user 2"]
     covered = sorted(p for u in units for p in u.positions)
     content = [r.index for r in inputs.table.rows if r.segment not in TEMPLATE]
@@ -105,8 +122,10 @@ def test_regions_of_a_multi_crop_picture_find_their_crop_and_global_pixels(visio
 def test_a_removed_region_is_white_in_both_views(vision, star):
     inputs = vision.encode("<|image_1|>\n" + star.question, [star.image])
     units = build_units(inputs, ["image-regions"], vision=True)
-    white = [(1 - m) / s for m, s in zip(vision.processor.image_processor.image_mean,
-                                         vision.processor.image_processor.image_std)]
+    white = [
+        (1 - m) / s
+        for m, s in zip(vision.processor.image_processor.image_mean, vision.processor.image_processor.image_std)
+    ]
     scorer = Scorer(vision.model, inputs, units, torch.tensor([373]), 0, white)
     pixels = scorer._pixels(0, [4])  # the centre region
     changed = (pixels != inputs["pixel_values"][0]).any(1)  # [views, 336, 336]
@@ -118,6 +137,7 @@ def test_a_removed_region_is_white_in_both_views(vision, star):
 
 
 # --- captum parity and the fast path -------------------------------------------------------------
+
 
 def _plain_captum(lab, conversation, units, target):
     """captum's own LLMAttribution(FeatureAblation(model), tokenizer) on the same prompt, units and baseline."""
@@ -137,7 +157,8 @@ def _plain_captum(lab, conversation, units, target):
     # use_cached_outputs=False: captum 0.9's cached decoding re-feeds the whole sequence each step on
     # transformers 5 (its cache_position never advances), which gives wrong log-probabilities
     result = LLMAttribution(FeatureAblation(lab.model), lab.tokenizer).attribute(
-        inp, target=torch.tensor(target), feature_mask=mask, use_cached_outputs=False)
+        inp, target=torch.tensor(target), feature_mask=mask, use_cached_outputs=False
+    )
     return result.token_attr[:, first]
 
 
@@ -167,6 +188,7 @@ def test_batches_and_the_prefix_cache_change_nothing(tiny, ada):
 
 
 # --- known answers -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["ablation", "shapley", "ig"])
 def test_the_name_word_carries_the_name_token(tiny, ada, method):
@@ -203,13 +225,21 @@ def test_ig_batches_bound_memory_not_the_numbers(tiny):
 
 
 def test_vision_ig_scores_words_and_regions_together(vision, star):
-    attr = attribute(vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "images"], method="ig",
-                     n_steps=4, progress=False)
+    attr = attribute(
+        vision,
+        "<|image_1|>\n" + star.question,
+        [star.image],
+        units=["words", "images"],
+        method="ig",
+        n_steps=4,
+        progress=False,
+    )
     assert [u.label for u in attr.units] == ["image 1", "What", "colour", "is", "the", "star?"]
     assert attr.scores.shape == (4, 6) and float(attr.scores[:, 0].abs().sum()) > 0
 
 
 # --- faithfulness --------------------------------------------------------------------------------
+
 
 def test_deletion_and_insertion_curves(tiny):
     attr = attribute(tiny, ADA, units="words", method="shapley", n_samples=4, progress=False)
@@ -225,6 +255,7 @@ def test_deletion_and_insertion_curves(tiny):
 
 
 # --- views ---------------------------------------------------------------------------------------
+
 
 def test_text_html_and_captum_views(ada):
     text = ada.to_text()
@@ -245,8 +276,9 @@ def test_picture_views(vision, star):
 
     from phi3lab.views import plotting
 
-    attr = attribute(vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "image-regions"],
-                     progress=False)
+    attr = attribute(
+        vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "image-regions"], progress=False
+    )
     assert "data:image/png;base64," in attr.to_html()
     fig, axes = attr.plot()
     assert len(axes) == 2 and axes[1].images[1].get_array().shape == (star.image.height, star.image.width)
@@ -268,27 +300,33 @@ def test_progress_bar_when_asked_and_never_when_not(tiny, capsys):
 
 # --- bad input -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(units="sentences"), ValueError, "unknown units ['sentences']"),
-    (dict(units=["words", "tokens"]), ValueError, "at most one text kind"),
-    (dict(method="lime"), ValueError, "unknown method 'lime'"),
-    (dict(units="image-regions"), ValueError, "needs pictures, but this is a text model"),
-    (dict(target=""), TargetError, "target is empty"),
-    (dict(target="Your name<|end|> is Ada."), TargetError, "not reachable"),
-    (dict(target="Ada " * 5000), TargetError, "exceed the model's context"),
-    (dict(target=[5, 99999]), TargetError, "[99999] are not"),
-    (dict(target=3.5), TypeError, "target must be"),
-    (dict(batch_size=0), ValueError, "batch_size must be an int ≥ 1"),
-    (dict(baseline="two words"), ValueError, "a text baseline must be one token"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(units="sentences"), ValueError, "unknown units ['sentences']"),
+        (dict(units=["words", "tokens"]), ValueError, "at most one text kind"),
+        (dict(method="lime"), ValueError, "unknown method 'lime'"),
+        (dict(units="image-regions"), ValueError, "needs pictures, but this is a text model"),
+        (dict(target=""), TargetError, "target is empty"),
+        (dict(target="Your name<|end|> is Ada."), TargetError, "not reachable"),
+        (dict(target="Ada " * 5000), TargetError, "exceed the model's context"),
+        (dict(target=[5, 99999]), TargetError, "[99999] are not"),
+        (dict(target=3.5), TypeError, "target must be"),
+        (dict(batch_size=0), ValueError, "batch_size must be an int ≥ 1"),
+        (dict(baseline="two words"), ValueError, "a text baseline must be one token"),
+    ],
+)
 def test_bad_input_is_refused_clearly(tiny, kwargs, error, words):
     with pytest.raises(error) as info:
         attribute(tiny, ADA, progress=False, **kwargs)
     assert words in str(info.value)
 
 
-@pytest.mark.parametrize("conversation, words", [("", "conversation is empty"), ([], "conversation is empty"),
-                                                 ("   ", "conversation is empty")])
+@pytest.mark.parametrize(
+    "conversation, words",
+    [("", "conversation is empty"), ([], "conversation is empty"), ("   ", "conversation is empty")],
+)
 def test_empty_conversations_are_refused(tiny, conversation, words):
     with pytest.raises(ValueError, match=words):
         attribute(tiny, conversation)

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.browser
 INSTALL = "apt-get install -y chromium && pip install playwright==1.65.2 (no browser download: the test uses Debian's)"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
-SETUP = '''\
+SETUP = """\
 import phi3lab
 from PIL import Image
 from phi3lab.paths import data_dir
@@ -38,9 +38,9 @@ text = phi3lab.load("tiny", verbose=False)
 vision = phi3lab.load("tiny-vision", verbose=False)
 picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
 question = "<|image_1|>\\nWhat colour is the triangle?"
-_, cache = vision.run_with_cache(question, [picture], max_new_tokens=6)'''
+_, cache = vision.run_with_cache(question, [picture], max_new_tokens=6)"""
 
-ATTRIBUTION = '''\
+ATTRIBUTION = """\
 try:
     from phi3lab.attribution import attribute
     explained = attribute(vision, question, [picture], units=["words", "image-regions"])
@@ -48,10 +48,15 @@ except ImportError:  # the minimal protocol: unit labels, target tokens, scores
     import types, torch
     explained = types.SimpleNamespace(units=[types.SimpleNamespace(label=w, image=None) for w in ("What", "colour")],
                                       target_tokens=["▁The", "▁triangle"], scores=torch.tensor([[0.2, -0.1], [0.0, 0.9]]))
-AttributionView(explained)'''
+AttributionView(explained)"""
 
-CELLS = [SETUP, 'ChatWidget(text, system="Answer briefly.", max_new_tokens=24)', "AttentionExplorer(cache)",
-         "PatchExplorer(cache)", ATTRIBUTION]
+CELLS = [
+    SETUP,
+    'ChatWidget(text, system="Answer briefly.", max_new_tokens=24)',
+    "AttentionExplorer(cache)",
+    "PatchExplorer(cache)",
+    ATTRIBUTION,
+]
 
 
 def _chromium() -> str | None:
@@ -98,12 +103,29 @@ def jupyter(tmp_path_factory):
     write_notebook(root / "notebook7.ipynb")
     write_notebook(root / "blank.ipynb", cells=["# no widgets here"])
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "JUPYTER_CONFIG_DIR": str(root / ".config"),
-           "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces")}
-    args = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-            "--LabApp.expose_app_in_browser=True", "--JupyterNotebookApp.expose_app_in_browser=True",
-            "--LabApp.extension_manager=readonly", "--ServerApp.allow_root=True"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "JUPYTER_CONFIG_DIR": str(root / ".config"),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+        "--JupyterNotebookApp.expose_app_in_browser=True",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.allow_root=True",
+    ]
     log = open(root / "server.log", "w")
     server = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -179,8 +201,11 @@ def check_widgets(page, timeout=180_000):
     """Every widget rendered; clicking / typing changes what each shows."""
     for kind in ("chat", "attention", "patches", "attribution"):
         page.wait_for_selector(f".phi3lab-{kind}", timeout=timeout)
-        stray = page.eval_on_selector(f".phi3lab-{kind}", """el => Array.from(el.childNodes)
-            .filter(n => n.nodeType === 3 && n.textContent.trim()).map(n => n.textContent)""")
+        stray = page.eval_on_selector(
+            f".phi3lab-{kind}",
+            """el => Array.from(el.childNodes)
+            .filter(n => n.nodeType === 3 && n.textContent.trim()).map(n => n.textContent)""",
+        )
         assert stray == [], f"{kind}: stray text {stray}"
     page.wait_for_selector(".phi3lab-attention .phi3lab-chip[data-heat]", timeout=30_000)
 
@@ -189,24 +214,34 @@ def check_widgets(page, timeout=180_000):
     before = _heat(page, strip)
     chips = page.locator(".phi3lab-attention .phi3lab-selectable")
     chips.nth(1).click()
-    page.wait_for_function("""([sel, before]) => Array.from(document.querySelectorAll(sel))
-        .map(n => n.dataset.heat || '').join(',') !== before""", arg=[strip, before], timeout=30_000)
+    page.wait_for_function(
+        """([sel, before]) => Array.from(document.querySelectorAll(sel))
+        .map(n => n.dataset.heat || '').join(',') !== before""",
+        arg=[strip, before],
+        timeout=30_000,
+    )
     page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='max']").click()
-    page.wait_for_function("document.querySelector('.phi3lab-attention .phi3lab-info').textContent.includes('max over')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-attention .phi3lab-info').textContent.includes('max over')", timeout=30_000
+    )
 
     # patches: another answer token changes the overlay; hovering a cell names its token
     canvas = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
     canvas.wait_for()
-    page.wait_for_function("document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000", timeout=30_000
+    )
     before = canvas.evaluate("c => c.toDataURL()")
     page.locator(".phi3lab-patches .phi3lab-targets .phi3lab-chip").nth(3).click()
-    page.wait_for_function("before => document.querySelector('.phi3lab-patches canvas').toDataURL() !== before",
-                           arg=before, timeout=30_000)
+    page.wait_for_function(
+        "before => document.querySelector('.phi3lab-patches canvas').toDataURL() !== before", arg=before, timeout=30_000
+    )
     box = canvas.bounding_box()
     canvas.hover(position={"x": box["width"] * 0.4, "y": box["height"] * 0.4})
-    page.wait_for_function("document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')",
+        timeout=10_000,
+    )
 
     # chat: a typed question streams an answer with its stats
     page.locator(".phi3lab-chat textarea.phi3lab-message").fill("What is 2 plus 3?")
@@ -220,8 +255,12 @@ def check_widgets(page, timeout=180_000):
     units = ".phi3lab-attribution .phi3lab-chip[data-unit]"
     before = page.eval_on_selector_all(units, "nodes => nodes.map(n => n.dataset.score).join(',')")
     page.locator(".phi3lab-attribution .phi3lab-toolbar .phi3lab-chip").nth(2).click()
-    page.wait_for_function("""([sel, before]) => Array.from(document.querySelectorAll(sel))
-        .map(n => n.dataset.score).join(',') !== before""", arg=[units, before], timeout=30_000)
+    page.wait_for_function(
+        """([sel, before]) => Array.from(document.querySelectorAll(sel))
+        .map(n => n.dataset.score).join(',') !== before""",
+        arg=[units, before],
+        timeout=30_000,
+    )
 
 
 def _luminance(css: str) -> float:
@@ -248,8 +287,9 @@ def check_readable(page):
     text = page.evaluate("getComputedStyle(document.querySelector('.phi3lab-attention')).color")
     assert _contrast(text, background) >= 4.5, (text, background)
     for fg, bg in page.eval_on_selector_all(
-            ".phi3lab-attention .phi3lab-chip[data-heat]:not([data-heat='0'])",
-            "nodes => nodes.map(n => [getComputedStyle(n).color, getComputedStyle(n).backgroundColor])"):
+        ".phi3lab-attention .phi3lab-chip[data-heat]:not([data-heat='0'])",
+        "nodes => nodes.map(n => [getComputedStyle(n).color, getComputedStyle(n).backgroundColor])",
+    ):
         assert _contrast(fg, bg) >= 4.5, (fg, bg)
 
 
@@ -307,8 +347,11 @@ def test_browser_exported_page_renders_offline(browser, tmp_path):
     page_path = export_html(write_notebook(tmp_path / "export.ipynb"), execute=True)
     html = page_path.read_text()
     assert not re.search(r"""<script[^>]+src=["']https?:""", html)
-    state = json.loads(re.search(r'<script type="application/vnd.jupyter.widget-state\+json">\s*(.*?)\s*</script>',
-                                 html, re.S).group(1))
+    state = json.loads(
+        re.search(r'<script type="application/vnd.jupyter.widget-state\+json">\s*(.*?)\s*</script>', html, re.S).group(
+            1
+        )
+    )
     assert sum("_esm" in m["state"] for m in state["state"].values()) == 4
     watch = Watch(browser, offline=True)
     page = watch.page
@@ -324,7 +367,9 @@ def test_browser_exported_page_renders_offline(browser, tmp_path):
         crops = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
         box = crops.bounding_box()
         crops.hover(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
-        page.wait_for_function("document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')")
+        page.wait_for_function(
+            "document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')"
+        )
         watch.check()
     finally:
         watch.close()

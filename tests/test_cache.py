@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from test_attention import eager
 
 from phi3lab.inspect.capture import AttentionBudgetError, capture
+from phi3lab.inspect.lens import logit_lens
 from phi3lab.inspect.maps import image_heat, rollout
 from phi3lab.prompts.inputs import Inputs
-from phi3lab.inspect.lens import logit_lens
-from test_attention import eager
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
@@ -28,7 +28,7 @@ def test_inputs_go_straight_into_forward_and_generate(tiny):
     with torch.no_grad():
         assert tiny.model(**inputs).logits.shape[1] == inputs.num_tokens
         out = tiny.model.generate(**inputs, max_new_tokens=8, do_sample=False, eos_token_id=list(tiny.spec.stop_ids))
-    answer = tiny.tokenizer.decode(out[0, inputs.num_tokens:], skip_special_tokens=True).strip()
+    answer = tiny.tokenizer.decode(out[0, inputs.num_tokens :], skip_special_tokens=True).strip()
     assert answer == tiny.chat("What is 2 plus 3?", stream=False, max_new_tokens=8).text
 
 
@@ -37,10 +37,10 @@ def test_vision_inputs_carry_each_images_layout_and_span(vision, picture):
     assert set(inputs) == {"input_ids", "attention_mask", "pixel_values", "image_sizes"}
     span = inputs.image(0)
     ids = inputs["input_ids"][0]
-    assert (ids[span.start:span.end] == -1).all() and (ids[:span.start] >= 0).all() and (ids[span.end:] >= 0).all()
+    assert (ids[span.start : span.end] == -1).all() and (ids[: span.start] >= 0).all() and (ids[span.end :] >= 0).all()
     assert (span.width, span.height) == picture.size and span.num_crops == vision.num_crops
     assert span.num_tokens == span.layout.num_tokens
-    assert [r.segment for r in inputs.table.rows[span.start:span.end]] == ["image"] * span.num_tokens
+    assert [r.segment for r in inputs.table.rows[span.start : span.end]] == ["image"] * span.num_tokens
     assert "image 1: " in inputs.to_text() and f"tokens {span.start}..{span.end - 1}" in inputs.to_text()
     with torch.no_grad():
         vision.model.generate(**inputs, max_new_tokens=2, do_sample=False)
@@ -129,7 +129,7 @@ def test_generation_records_the_answers_rows(tiny):
     full = tiny.encode(text)["input_ids"]
     full = torch.cat([full, torch.tensor([list(result.token_ids[:-1])])], dim=1)
     ref = eager_outputs(tiny.model, {"input_ids": full})
-    torch.testing.assert_close(cache.attention(2), ref.attentions[2][:, :, n - 1:], atol=1e-4, rtol=0)
+    torch.testing.assert_close(cache.attention(2), ref.attentions[2][:, :, n - 1 :], atol=1e-4, rtol=0)
     assert "answer: 'Your name is Ada.'" in cache.to_text()
 
 
@@ -163,8 +163,17 @@ def test_image_heat_uses_the_layout_of_the_inputs(vision, picture):
     assert 0 < heat.total <= 1 and heat.to_text().startswith(f"image {picture.width}×{picture.height}")
     shares = cache.head_shares("image")
     assert shares.shape == (vision.model.config.num_hidden_layers, vision.model.config.num_attention_heads)
-    assert abs(float(shares.mean()) - float(torch.stack(
-        [cache.attention(i)[0][..., span.start:span.end].sum(-1).mean(-1) for i in cache.layers]).mean())) < 1e-6
+    assert (
+        abs(
+            float(shares.mean())
+            - float(
+                torch.stack(
+                    [cache.attention(i)[0][..., span.start : span.end].sum(-1).mean(-1) for i in cache.layers]
+                ).mean()
+            )
+        )
+        < 1e-6
+    )
     with pytest.raises(IndexError, match="has 1 image"):
         cache.image_heat(1)
     with pytest.raises(ValueError, match="'attention' or 'rollout'"):
@@ -177,7 +186,7 @@ def test_nested_in_a_capture_and_repeated(tiny):
         _, second = tiny.run_with_cache("Hi")
     torch.testing.assert_close(first.attention(1), second.attention(1))
     assert outer.weights(1).shape[2] == 2 * first.num_tokens
-    torch.testing.assert_close(outer.weights(1)[:, :, :first.num_tokens], first.attention(1))
+    torch.testing.assert_close(outer.weights(1)[:, :, : first.num_tokens], first.attention(1))
 
 
 def test_memory_is_checked_before_anything_runs(tiny):
@@ -191,12 +200,15 @@ def test_memory_is_checked_before_anything_runs(tiny):
     assert calls == []
 
 
-@pytest.mark.parametrize("kwargs, error, words", [
-    (dict(max_new_tokens=-1), TypeError, "max_new_tokens must be an int"),
-    (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an int"),
-    (dict(layers="last"), ValueError, "'all', an int"),
-    (dict(queries="first"), ValueError, "'last', 'all'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(max_new_tokens=-1), TypeError, "max_new_tokens must be an int"),
+        (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an int"),
+        (dict(layers="last"), ValueError, "'all', an int"),
+        (dict(queries="first"), ValueError, "'last', 'all'"),
+    ],
+)
 def test_bad_arguments(tiny, kwargs, error, words):
     with pytest.raises(error, match=words):
         tiny.run_with_cache("Hi", **kwargs)
@@ -257,8 +269,10 @@ def test_edit_residual_mid_is_the_stream_between_attention_and_mlp(tiny):
             # a steering vector added at mid reaches the MLP and the rest of the stream
             v = torch.randn(tiny.model.config.hidden_size)
             outs = {}
-            with edit_residual(tiny.model, lambda i, h: h + v, layers=[1], where="mid"), \
-                    edit_residual(tiny.model, lambda i, h: outs.setdefault(i, h.clone()), layers=[1], where="output"):
+            with (
+                edit_residual(tiny.model, lambda i, h: h + v, layers=[1], where="mid"),
+                edit_residual(tiny.model, lambda i, h: outs.setdefault(i, h.clone()), layers=[1], where="output"),
+            ):
                 steered = tiny.model(**inputs).logits
             torch.testing.assert_close(normed[-1], mids[1] + v, atol=1e-5, rtol=0)
             expected = mids[1] + v + layer.mlp(layer.post_attention_layernorm(mids[1] + v))
@@ -266,8 +280,10 @@ def test_edit_residual_mid_is_the_stream_between_attention_and_mlp(tiny):
             assert not torch.allclose(steered, clean)
             # the stream entering the layer is read after an input edit of the same layer
             seen = {}
-            with edit_residual(tiny.model, lambda i, h: seen.setdefault(i, h.clone()), layers=[1], where="mid"), \
-                    edit_residual(tiny.model, lambda i, h: h * 2, layers=[1], where="input"):
+            with (
+                edit_residual(tiny.model, lambda i, h: seen.setdefault(i, h.clone()), layers=[1], where="mid"),
+                edit_residual(tiny.model, lambda i, h: h * 2, layers=[1], where="input"),
+            ):
                 tiny.model(**inputs)
             torch.testing.assert_close(seen[1], normed[-1], atol=1e-6, rtol=0)
             assert not torch.allclose(seen[1], mids[1])

@@ -34,12 +34,15 @@ def test_chat_with_an_image(capsys, tmp_path):
     assert capsys.readouterr().out.strip().startswith("The word is")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["chat", "hi", "--model", "nope"], "unknown model 'nope'"),
-    (["chat", "hi", "--attn", "flash_attention_2"], "flash-attention 2"),
-    (["chat", "hi", "--image", "/no/such.png"], "no image file"),
-    (["chat", "hi", "--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["chat", "hi", "--model", "nope"], "unknown model 'nope'"),
+        (["chat", "hi", "--attn", "flash_attention_2"], "flash-attention 2"),
+        (["chat", "hi", "--image", "/no/such.png"], "no image file"),
+        (["chat", "hi", "--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
+    ],
+)
 def test_errors_are_one_clear_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from phi3lab.safety import sweep
 from phi3lab.safety.endpoint import (
     Endpoint,
     EndpointError,
@@ -23,7 +24,6 @@ from phi3lab.safety.endpoint import (
     EndpointUnavailableError,
     wire_messages,
 )
-from phi3lab.safety import sweep
 
 
 def reply_for(messages) -> str:
@@ -134,9 +134,18 @@ class FakeServer:
             return None
         if self.delay and mode != "slow":
             time.sleep(self.delay)
-        answer = {"id": f"c{count}", "object": "chat.completion", "model": body["model"],
-                  "choices": [{"index": 0, "finish_reason": "stop",
-                               "message": {"role": "assistant", "content": reply_for(body["messages"])}}]}
+        answer = {
+            "id": f"c{count}",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": reply_for(body["messages"])},
+                }
+            ],
+        }
         return 200, json.dumps(answer).encode(), None
 
     def stop(self) -> None:
@@ -265,8 +274,12 @@ def test_images_go_as_base64_image_url_parts(server):
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (8, 6) and decoded.getpixel((0, 0)) == (255, 0, 0)
-    assert wire_messages([{"role": "user", "content": [{"type": "image", "image": picture}]}])[0]["content"][0][
-        "image_url"]["url"] == url
+    assert (
+        wire_messages([{"role": "user", "content": [{"type": "image", "image": picture}]}])[0]["content"][0][
+            "image_url"
+        ]["url"]
+        == url
+    )
 
 
 def test_fleet_round_robin(server):
@@ -308,8 +321,7 @@ def test_client_error_not_retried(server):
     assert len(s.requests) == 1
 
 
-@pytest.mark.parametrize("mode, message", [("garbage", "not JSON.*Bad gateway"),
-                                           ("nochoices", "without choices")])
+@pytest.mark.parametrize("mode, message", [("garbage", "not JSON.*Bad gateway"), ("nochoices", "without choices")])
 def test_malformed_answers(server, mode, message):
     s = server(mode)
     with pytest.raises(EndpointResponseError, match=message):

@@ -20,8 +20,16 @@ def mini_config():
     """Phi-3-mini-4k-instruct's sizes (3.8 B parameters), built without its files."""
     from transformers import Phi3Config
 
-    return Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, tie_word_embeddings=False)
+    return Phi3Config(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
 
 
 def layer_devices(plan: dict) -> dict[int, object]:
@@ -46,13 +54,15 @@ def test_mini_spread_over_three_gpus_whole_layers():
 
 
 def test_mini_sequential_and_cpu_overflow():
-    plan = plan_device_map(mini_config(), torch.bfloat16, strategy="sequential",
-                           max_memory={0: "4GiB", 1: "40GiB", "cpu": "64GiB"})
+    plan = plan_device_map(
+        mini_config(), torch.bfloat16, strategy="sequential", max_memory={0: "4GiB", 1: "40GiB", "cpu": "64GiB"}
+    )
     layers = layer_devices(plan)
     assert 0 in layers.values() and 1 in layers.values()
     assert sum(d == 0 for d in layers.values()) > 10  # the first GPU filled first
-    overflow = plan_device_map(mini_config(), torch.bfloat16, strategy="sequential",
-                               max_memory={0: "2GiB", 1: "2GiB", "cpu": "64GiB"})
+    overflow = plan_device_map(
+        mini_config(), torch.bfloat16, strategy="sequential", max_memory={0: "2GiB", 1: "2GiB", "cpu": "64GiB"}
+    )
     assert "cpu" in overflow.values() and overflow["model.embed_tokens"] == 0
 
 
@@ -83,7 +93,6 @@ def test_load_with_device_map_auto_answers_the_same():
 
 def test_gpu_extra_and_conda_variant_in_sync():
     import tomllib
-
     import yaml
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -98,7 +107,8 @@ def test_gpu_extra_and_conda_variant_in_sync():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="measures on a GPU machine; this checks the CPU path")
 def test_gpu_check_on_a_cpu_says_so_and_exits_0():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "no CUDA GPU" in done.stdout

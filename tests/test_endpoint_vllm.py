@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from phi3lab.serving import vllm as serve
 from phi3lab.safety.endpoint import Endpoint, EndpointUnavailableError
+from phi3lab.serving import vllm as serve
 
 pytestmark = pytest.mark.engine
 
@@ -23,8 +23,10 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="session")
 def vllm(tmp_path_factory):
     if not serve.engine_installed():
-        pytest.skip(f"the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` "
-                    "(~3.4 GB, a few minutes) to run these tests")
+        pytest.skip(
+            f"the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` "
+            "(~3.4 GB, a few minutes) to run these tests"
+        )
     server = serve.Server("tiny", log=tmp_path_factory.mktemp("vllm") / "server.log")
     server.start()
     yield server
@@ -50,9 +52,9 @@ def _group_names(group: int) -> list[str]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == group:
-            names.append(stat[stat.index("(") + 1:stat.rindex(")")])
+            names.append(stat[stat.index("(") + 1 : stat.rindex(")")])
     return names
 
 
@@ -71,7 +73,8 @@ def test_server_serves_the_tiny_model(vllm):
     assert bool(workers) == (vllm.processes == "vllm")  # "one": the model runner lives in the engine core
     assert _target(vllm).check() == [serve.resolve_model("tiny")]
     assert _target(vllm, max_new_tokens=16).answer([[{"role": "user", "content": "What is 2 plus 3?"}]]) == [
-        "2 plus 3 is 5."]
+        "2 plus 3 is 5."
+    ]
 
 
 def test_sweep_through_vllm_equals_in_process(vllm, in_process, tmp_path):
@@ -82,7 +85,9 @@ def test_sweep_through_vllm_equals_in_process(vllm, in_process, tmp_path):
     expected, got = _rows(in_process), _rows(through)
     assert got.keys() == expected.keys()
     different = [k for k in expected if got[k] != expected[k]]
-    assert not different, f"{len(different)} rows differ, e.g. {different[0]}: {expected[different[0]]} vs {got[different[0]]}"
+    assert not different, (
+        f"{len(different)} rows differ, e.g. {different[0]}: {expected[different[0]]} vs {got[different[0]]}"
+    )
 
 
 def test_server_killed_mid_sweep_keeps_rows_and_resumes(vllm, in_process, tmp_path):

@@ -3,7 +3,6 @@
 import copy
 
 import pytest
-import torch
 
 from phi3lab.prompts.chat import ChatFormatError, tokenize_prompt
 from phi3lab.validation import ContextOverflowError
@@ -62,10 +61,15 @@ def test_a_set_stop_event_ends_the_answer(tiny):
     full = tiny.chat("Tell me a long story about a dragon.", max_new_tokens=12, stream=False, stop=stop)
     assert full.finish_reason != "stopped"
     pieces = []
-    halted = tiny.chat("Tell me a long story about a dragon.", max_new_tokens=12, stream=False, stop=stop,
-                       on_text=lambda piece: (pieces.append(piece), stop.set()))
+    halted = tiny.chat(
+        "Tell me a long story about a dragon.",
+        max_new_tokens=12,
+        stream=False,
+        stop=stop,
+        on_text=lambda piece: (pieces.append(piece), stop.set()),
+    )
     assert halted.finish_reason == "stopped" and halted.stats().endswith("stopped")
-    assert 1 <= halted.new_tokens <= 2 and halted.token_ids == full.token_ids[:halted.new_tokens]
+    assert 1 <= halted.new_tokens <= 2 and halted.token_ids == full.token_ids[: halted.new_tokens]
     with pytest.raises(TypeError, match="stop must be a threading.Event"):
         tiny.chat("Hi", stream=False, stop=True)
     with pytest.raises(TypeError, match="on_text must be a function"):
@@ -90,8 +94,11 @@ def test_result_counts_and_timings(tiny):
 
 
 def test_batch_equals_one_by_one(tiny):
-    prompts = ["What is 2 plus 3?", "Hi", [{"role": "system", "content": "Be brief."},
-                                          {"role": "user", "content": "Spell the word river."}]]
+    prompts = [
+        "What is 2 plus 3?",
+        "Hi",
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Spell the word river."}],
+    ]
     batch = tiny.chat_batch(prompts, max_new_tokens=6)
     single = [tiny.chat(p, max_new_tokens=6, stream=False) for p in prompts]
     assert [r.token_ids for r in batch] == [r.token_ids for r in single]
@@ -115,11 +122,14 @@ def test_sampling_with_seed_is_reproducible(tiny):
     assert a.token_ids == b.token_ids
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(max_new_tokens=0), "max_new_tokens must be at least 1"),
-    (dict(temperature=-1.0), "temperature ≥ 0"),
-    (dict(top_p=0.0), "0 < top_p"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens must be at least 1"),
+        (dict(temperature=-1.0), "temperature ≥ 0"),
+        (dict(top_p=0.0), "0 < top_p"),
+    ],
+)
 def test_bad_generation_settings(tiny, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny.chat("Hi", stream=False, **kwargs)
@@ -134,8 +144,6 @@ def test_caller_messages_are_not_mutated(tiny):
     msgs = [{"role": "user", "content": "Hi"}]
     tiny.chat(msgs, max_new_tokens=2, stream=False)
     assert msgs == [{"role": "user", "content": "Hi"}]
-
-
 
 
 # --- what reaches the model, what fits, what is left unchanged ------------------------------------
@@ -190,8 +198,12 @@ def test_session_keeps_nothing_from_a_failed_turn(tiny):
 
 
 def test_nothing_the_caller_passes_is_changed(tiny):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "What is 2 plus 3?"}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "What is 2 plus 3?"},
+    ]
     batch = [msgs, "Hi", tuple(msgs[:2])]
     before = copy.deepcopy((msgs, batch))
     tiny.chat(msgs, max_new_tokens=2, stream=False)
@@ -203,18 +215,24 @@ def test_nothing_the_caller_passes_is_changed(tiny):
     assert (msgs, batch) == before
 
 
-@pytest.mark.parametrize("make", [
-    lambda: dict(conversation="x" * 1_000_000),  # a megabyte prompt: tokenized once, refused by the context
-    lambda: dict(conversation=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}] * 10_000
-                 + [{"role": "user", "content": "Hi"}]),
-    lambda: dict(conversation="<|end|>" * 100_000, special_tokens="escape"),
-    lambda: dict(conversation="<|image_" + "9" * 100_000 + "|>"),
-    lambda: dict(conversation="Hi", max_new_tokens=10**18),
-], ids=["megabyte-prompt", "20001-messages", "100k-typed-tokens", "100k-digit-tag", "max-new-1e18"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: dict(conversation="x" * 1_000_000),  # a megabyte prompt: tokenized once, refused by the context
+        lambda: dict(
+            conversation=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}] * 10_000
+            + [{"role": "user", "content": "Hi"}]
+        ),
+        lambda: dict(conversation="<|end|>" * 100_000, special_tokens="escape"),
+        lambda: dict(conversation="<|image_" + "9" * 100_000 + "|>"),
+        lambda: dict(conversation="Hi", max_new_tokens=10**18),
+    ],
+    ids=["megabyte-prompt", "20001-messages", "100k-typed-tokens", "100k-digit-tag", "max-new-1e18"],
+)
 def test_pathological_inputs_come_back_quickly(tiny, make):
-    from phi3lab.runtime.generation import chat
-
     from test_bad_inputs import bounded
+
+    from phi3lab.runtime.generation import chat
 
     kwargs = make()
     with bounded(60), pytest.raises(ValueError):

@@ -13,8 +13,9 @@ def test_probe_on_this_machine_is_consistent():
 
 
 def test_report_for_a_simulated_gpu_lists_everything():
-    gpu = Probes(cuda=True, capability=(8, 6), gpu_name="RTX 3090", gpu_memory=24 * 2**30,
-                 cuda_bf16=True, flash_attn=True)
+    gpu = Probes(
+        cuda=True, capability=(8, 6), gpu_name="RTX 3090", gpu_memory=24 * 2**30, cuda_bf16=True, flash_attn=True
+    )
     text = hardware_report(gpu).to_text()
     assert "RTX 3090 · 24.0 GiB · compute capability 8.6" in text
     assert "bf16 on GPU     yes" in text

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phi3lab.prompts.images import ImageInputError, open_image, to_rgb
 from phi3lab.models.phi3_v import Phi3VImageProcessor
 from phi3lab.paths import data_dir
+from phi3lab.prompts.images import ImageInputError, open_image, to_rgb
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +52,14 @@ def test_arrays_are_accepted():
     assert to_rgb(np.zeros((5, 7, 1), np.uint8)).mode == "RGB"
 
 
-@pytest.mark.parametrize("array, match", [
-    (np.zeros((5, 7, 2), np.uint8), "H×W, H×W×1, H×W×3 or H×W×4"),
-    (np.full((5, 7, 3), 300, np.int32), "must be uint8"),
-    (np.zeros((2, 5, 7, 3), np.uint8), "H×W, H×W×1"),
-])
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.zeros((5, 7, 2), np.uint8), "H×W, H×W×1, H×W×3 or H×W×4"),
+        (np.full((5, 7, 3), 300, np.int32), "must be uint8"),
+        (np.zeros((2, 5, 7, 3), np.uint8), "H×W, H×W×1"),
+    ],
+)
 def test_bad_arrays(array, match):
     with pytest.raises(ImageInputError, match=match):
         to_rgb(array)
@@ -136,8 +139,11 @@ def test_sample_image_opens_a_shipped_picture():
 def test_an_unknown_sample_image_lists_the_shipped_ones():
     from phi3lab import sample_image
 
-    with pytest.raises(ImageInputError, match=r"no sample image named 'shape.png'; the shipped ones are 'chart.png', "
-                                              r"'scene.jpg', 'shapes.png', 'word.png'.*open_image\(path\)"):
+    with pytest.raises(
+        ImageInputError,
+        match=r"no sample image named 'shape.png'; the shipped ones are 'chart.png', "
+        r"'scene.jpg', 'shapes.png', 'word.png'.*open_image\(path\)",
+    ):
         sample_image("shape.png")
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import phi3lab
-from phi3lab.prompts import patches
-from phi3lab.runtime import registry
 from phi3lab.models.phi3_v import hd
 from phi3lab.paths import embedded_dir
+from phi3lab.prompts import patches
+from phi3lab.runtime import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "phi3lab"
@@ -50,7 +50,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -76,15 +76,29 @@ def test_no_import_cycles_among_phi3lab_modules():
 
 
 def test_phi3v_imports_nothing_from_the_rest_of_phi3lab():
-    outside = {name: sorted(m for m in imports_of(path) if not m.startswith("phi3lab.models.phi3_v"))
-               for name, path in MODULES.items() if name.startswith("phi3lab.models.phi3_v")}
+    outside = {
+        name: sorted(m for m in imports_of(path) if not m.startswith("phi3lab.models.phi3_v"))
+        for name, path in MODULES.items()
+        if name.startswith("phi3lab.models.phi3_v")
+    }
     assert {k: v for k, v in outside.items() if v} == {}
 
 
 # --- the package in layers ------------------------------------------------------------------------------
 
-LAYERS = ["foundation", "models", "prompts", "runtime", "inspect", "attribution", "views", "safety", "serving",
-          "cli", "tiny"]
+LAYERS = [
+    "foundation",
+    "models",
+    "prompts",
+    "runtime",
+    "inspect",
+    "attribution",
+    "views",
+    "safety",
+    "serving",
+    "cli",
+    "tiny",
+]
 """Lowest first: a module may import its own layer and the layers below it."""
 FOUNDATION = {"phi3lab._lazy", "phi3lab.paths", "phi3lab.validation", "phi3lab.errors"}
 FACADES = {  # modules that hand the user every layer's work through one object, importing it on use
@@ -105,8 +119,12 @@ def layer_of(module: str) -> str:
 def imports_with_names(path: Path):
     """``(module, name or None)`` for every import of a phi3lab module, outside ``if TYPE_CHECKING:`` blocks."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
@@ -144,8 +162,13 @@ def test_a_planted_upward_import_is_found(tmp_path):
 
 
 def test_nothing_outside_tiny_imports_the_training_code():
-    users = sorted(f"{name} imports {module}" for name, path in MODULES.items() if layer_of(name) != "tiny"
-                   for module, item in imports_with_names(path) if layer_of(_target(module, item)) == "tiny")
+    users = sorted(
+        f"{name} imports {module}"
+        for name, path in MODULES.items()
+        if layer_of(name) != "tiny"
+        for module, item in imports_with_names(path)
+        if layer_of(_target(module, item)) == "tiny"
+    )
     assert users == []
 
 
@@ -155,8 +178,9 @@ def test_private_names_stay_in_their_layer():
     for name, path in MODULES.items():
         for module, item in imports_with_names(path):
             target = _target(module, item)
-            private = any(part.startswith("_") for part in target.split(".")[1:] if part != "__init__") or \
-                (item is not None and item.startswith("_") and target == module)
+            private = any(part.startswith("_") for part in target.split(".")[1:] if part != "__init__") or (
+                item is not None and item.startswith("_") and target == module
+            )
             if private and target != "phi3lab._lazy" and layer_of(target) != layer_of(name):
                 crossing.append(f"{name} imports {module}{'.' + item if item else ''}")
     assert crossing == []
@@ -183,31 +207,51 @@ def test_phi3v_stands_alone_in_a_fresh_process():
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert "phi3lab.models.phi3_v.modeling" in loaded  # every submodule was imported
-    outside = [m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.phi3_v")]
+    outside = [
+        m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.phi3_v")
+    ]
     assert outside == []
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-HEAVY = ["torch", "transformers.models", "transformers.modeling_utils", "transformers.models.phi3.modeling_phi3",
-         "transformers.image_processing_utils", "transformers.processing_utils", "phi3lab.models.phi3_v.modeling",
-         "matplotlib", "captum"]
+HEAVY = [
+    "torch",
+    "transformers.models",
+    "transformers.modeling_utils",
+    "transformers.models.phi3.modeling_phi3",
+    "transformers.image_processing_utils",
+    "transformers.processing_utils",
+    "phi3lab.models.phi3_v.modeling",
+    "matplotlib",
+    "captum",
+]
 
 
 def test_import_phi3lab_loads_no_training_plotting_or_model_code():
     loaded = _modules_after("import phi3lab")
     assert sorted(m for m in loaded if m in HEAVY or m.startswith("phi3lab.tiny")) == []
-    assert sorted(m for m in loaded if m.startswith("phi3lab")) == ["phi3lab", "phi3lab._lazy", "phi3lab.models",
-                                                                   "phi3lab.models.phi3_v"]
+    assert sorted(m for m in loaded if m.startswith("phi3lab")) == [
+        "phi3lab",
+        "phi3lab._lazy",
+        "phi3lab.models",
+        "phi3lab.models.phi3_v",
+    ]
 
 
 def test_loading_the_tiny_models_imports_no_training_code():
-    loaded = _modules_after('import phi3lab\nphi3lab.load("tiny", verbose=False)\nphi3lab.load("tiny-vision", verbose=False)')
+    loaded = _modules_after(
+        'import phi3lab\nphi3lab.load("tiny", verbose=False)\nphi3lab.load("tiny-vision", verbose=False)'
+    )
     assert "phi3lab.models.phi3_v.modeling" in loaded  # the vision model did load
     assert sorted(m for m in loaded if m.startswith("phi3lab.tiny") or m == "matplotlib") == []
 
@@ -219,7 +263,7 @@ def test_public_names_resolve_on_first_use():
     assert phi3lab.hardware_report.__module__ == "phi3lab.runtime.attention_backend"
     assert phi3lab.prompts.patches is patches  # a submodule, as after an eager import
     with pytest.raises(AttributeError, match="no attribute 'lod'"):
-        phi3lab.lod
+        _ = phi3lab.lod
 
 
 AUTO = r"""
@@ -232,12 +276,19 @@ print(type(AutoConfig.from_pretrained(folder)).__name__, type(AutoImageProcessor
 """
 
 
-@pytest.mark.parametrize("before", ["", "from transformers import AutoProcessor, AutoModelForCausalLM, Phi3Config"],
-                         ids=["phi3lab first", "transformers first"])
+@pytest.mark.parametrize(
+    "before",
+    ["", "from transformers import AutoProcessor, AutoModelForCausalLM, Phi3Config"],
+    ids=["phi3lab first", "transformers first"],
+)
 def test_auto_classes_find_phi3_v_whatever_the_import_order(before):
     code = AUTO.format(before=before, folder=str(embedded_dir() / "phi3lab-tiny-vision"))
-    out = subprocess.run([sys.executable, "-W", "error::UserWarning:phi3lab.models", "-c", code],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning:phi3lab.models", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-4:] == ["Phi3VConfig", "Phi3VImageProcessor", "Phi3VProcessor", "Phi3VForCausalLM"]
 
@@ -275,9 +326,12 @@ def test_the_embedded_vision_model_ships_the_clip_statistics():
 
 def test_clip_statistics_are_written_down_once():
     """The CLIP numbers are distinctive enough to search for: only hd.py may spell them out."""
-    spelled = {name for name, path in MODULES.items()
-               for node in ast.walk(ast.parse(path.read_text()))
-               if isinstance(node, ast.Constant) and node.value in (*hd.CLIP_MEAN, *hd.CLIP_STD)}
+    spelled = {
+        name
+        for name, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in (*hd.CLIP_MEAN, *hd.CLIP_STD)
+    }
     assert spelled == {"phi3lab.models.phi3_v.hd"}
 
 

@@ -5,11 +5,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_hub_cache
 
 import phi3lab
 from phi3lab import AttentionRequestError, ModelNotAvailableError, ModelNotFoundError
-
-from conftest import make_hub_cache
 
 
 def test_embedded_default_loads_offline(tiny):
@@ -129,7 +128,7 @@ def test_sharded_weights_with_an_index_load(tmp_path, tiny_folder):
     (folder / "model.safetensors").unlink()
     keys = sorted(tensors)
     names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    for name, part in zip(names, (keys[: len(keys) // 2], keys[len(keys) // 2:])):
+    for name, part in zip(names, (keys[: len(keys) // 2], keys[len(keys) // 2 :])):
         save_file({k: tensors[k] for k in part}, folder / name)
     weight_map = {k: names[i >= len(keys) // 2] for i, k in enumerate(keys)}
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))

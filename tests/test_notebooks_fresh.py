@@ -60,8 +60,19 @@ def _run_nbval(folder: Path) -> int:
 
     shutil.copy(NOTEBOOKS / "conftest.py", folder)
     shutil.copy(NOTEBOOKS / "sanitize.cfg", folder)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-           "--nbval-sanitize-with", str(folder / "sanitize.cfg"), str(folder)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--nbval-lax",
+        "--nbval-current-env",
+        "--nbval-sanitize-with",
+        str(folder / "sanitize.cfg"),
+        str(folder),
+    ]
     return subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300).returncode
 
 
@@ -70,11 +81,16 @@ def test_a_changed_token_count_fails_nbval(tmp_path, stored, expected_rc):
     """A checked cell whose stored output no longer matches (a token count) fails the run."""
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-    nb = new_notebook(cells=[
-        new_markdown_cell("# check"),
-        new_code_cell("# NBVAL_CHECK_OUTPUT\nfrom phi3lab.prompts.patches import num_image_tokens\nprint(num_image_tokens(800, 600))",
-                      execution_count=1, outputs=[new_output("stream", name="stdout", text=stored)]),
-    ])
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# check"),
+            new_code_cell(
+                "# NBVAL_CHECK_OUTPUT\nfrom phi3lab.prompts.patches import num_image_tokens\nprint(num_image_tokens(800, 600))",
+                execution_count=1,
+                outputs=[new_output("stream", name="stdout", text=stored)],
+            ),
+        ]
+    )
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nbformat.write(nb, tmp_path / "check.ipynb")
     assert _run_nbval(tmp_path) == expected_rc

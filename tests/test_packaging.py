@@ -41,33 +41,50 @@ def _source_copy(dest: Path) -> Path:
 def test_built_wheel_loads_tiny_and_tiny_vision_outside_the_checkout(tmp_path):
     source = _source_copy(tmp_path / "src")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "dist")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "dist")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("phi3lab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "phi3lab").rglob("__init__.py")}
     for package in packages:  # every package of the tree, whoever added it
         assert package.replace(".", "/") + "/__init__.py" in names, f"{package} is not in the wheel"
-    for shipped in ("phi3lab/_data/models/phi3lab-tiny/model.safetensors",
-                    "phi3lab/_data/models/phi3lab-tiny-vision/preprocessor_config.json",
-                    "phi3lab/_data/tokenizer/tokenizer.json", "phi3lab/_data/images/shapes.png",
-                    "phi3lab/models/phi3_v/modeling.py", "phi3lab/tiny/train.py",
-                    "phi3lab/views/widgets/_front/attention.js", "phi3lab/views/widgets/_front/phi3lab.css"):
+    for shipped in (
+        "phi3lab/_data/models/phi3lab-tiny/model.safetensors",
+        "phi3lab/_data/models/phi3lab-tiny-vision/preprocessor_config.json",
+        "phi3lab/_data/tokenizer/tokenizer.json",
+        "phi3lab/_data/images/shapes.png",
+        "phi3lab/models/phi3_v/modeling.py",
+        "phi3lab/tiny/train.py",
+        "phi3lab/views/widgets/_front/attention.js",
+        "phi3lab/views/widgets/_front/phi3lab.css",
+    ):
         assert shipped in names, f"{shipped} is not in the wheel"
-    data = {"phi3lab/_data/" + f.relative_to(source / "data").as_posix() for f in (source / "data").rglob("*")
-            if f.is_file()}
+    data = {
+        "phi3lab/_data/" + f.relative_to(source / "data").as_posix()
+        for f in (source / "data").rglob("*")
+        if f.is_file()
+    }
     assert sorted(data - set(names)) == [], "files of data/ are missing from the wheel"
     assert not [n for n in names if n.startswith(("tests/", "notebooks/", "data/", "widgets/"))]
 
     target = tmp_path / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-compile", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PHI3LAB_DATA", "PYTHONPATH")}
     env |= {"PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    out = subprocess.run([sys.executable, "-c", LOAD_BOTH], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_BOTH], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     installed = Path(result["file"]).resolve()

@@ -42,7 +42,7 @@ def test_cells_cover_the_right_pixels(size, num_crops):
         if t.kind != "crop":
             continue
         r, c = t.row % 12, t.col % 12
-        cell = rgb[t.crop, :, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+        cell = rgb[t.crop, :, r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL]
         redness = float((cell[0] - cell[1]).mean())
         if t.image_box is None:
             assert float(cell.min()) > 0.98, "a padding cell is not white"
@@ -68,8 +68,9 @@ def test_separators_sit_where_the_model_puts_sub_gn_and_glb_gn(reference):
     geometry calls row and global separators."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(reference / "phi3v-tiny-random" / "model", trust_remote_code=False,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        reference / "phi3v-tiny-random" / "model", trust_remote_code=False, dtype=torch.float32
+    ).eval()
     emb = model.model.vision_embed_tokens
     proc = Phi3VImageProcessor(num_crops=4)
     for size in [(500, 300), (300, 500)]:

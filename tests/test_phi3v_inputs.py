@@ -44,8 +44,11 @@ def test_crop_counts_outside_1_to_16_are_refused_at_once(crops):
 
 @pytest.mark.parametrize("crops", [2.5, 4.0, True, "4", None])
 def test_crop_counts_that_are_not_ints_are_refused(crops):
-    with pytest.raises(TypeError, match=r"num_crops must be a whole number of crops \(an int from 1 to 16\), got "
-                                        rf"{repr(crops).replace('.', '[.]')} .*pass e\.g\. num_crops=4"):
+    with pytest.raises(
+        TypeError,
+        match=r"num_crops must be a whole number of crops \(an int from 1 to 16\), got "
+        rf"{repr(crops).replace('.', '[.]')} .*pass e\.g\. num_crops=4",
+    ):
         check_num_crops(crops)
 
 
@@ -169,19 +172,24 @@ def test_image_ids_token_needs_a_tokenizer_with_the_token(picture):
 
 def test_pixels_without_image_positions_are_refused(processor, model, picture):
     enc = processor(PROMPT, [picture])
-    with pytest.raises(ValueError, match=r"pixel_values were given but input_ids has no image positions .*"
-                                         r"build input_ids with the processor"):
-        model(input_ids=enc["input_ids"].clamp(min=0), pixel_values=enc["pixel_values"],
-              image_sizes=enc["image_sizes"])
+    with pytest.raises(
+        ValueError,
+        match=r"pixel_values were given but input_ids has no image positions .*"
+        r"build input_ids with the processor",
+    ):
+        model(input_ids=enc["input_ids"].clamp(min=0), pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"])
 
 
-@pytest.mark.parametrize("sizes, match", [
-    ([[336, 672]], r"image_sizes\[0\] is \(336, 672\): 1×2 = 2 crops, but pixel_values has only 1 crop slot"),
-    ([[4704, 4704]], r"14×14 = 196 crops, but pixel_values has only 1 crop slot"),
-    ([[300, 336]], r"image_sizes\[0\] is \(300, 336\), not a padded HD canvas"),
-    ([[336, 336], [336, 336]], r"image_sizes has shape \(2, 2\), but pixel_values holds 1 image"),
-    ([336, 336], r"image_sizes has shape \(2,\)"),
-])
+@pytest.mark.parametrize(
+    "sizes, match",
+    [
+        ([[336, 672]], r"image_sizes\[0\] is \(336, 672\): 1×2 = 2 crops, but pixel_values has only 1 crop slot"),
+        ([[4704, 4704]], r"14×14 = 196 crops, but pixel_values has only 1 crop slot"),
+        ([[300, 336]], r"image_sizes\[0\] is \(300, 336\), not a padded HD canvas"),
+        ([[336, 336], [336, 336]], r"image_sizes has shape \(2, 2\), but pixel_values holds 1 image"),
+        ([336, 336], r"image_sizes has shape \(2,\)"),
+    ],
+)
 def test_image_sizes_that_do_not_fit_the_pixels_are_refused(processor, model, picture, sizes, match):
     enc = processor(PROMPT, [picture])  # num_crops=1: a global view and one crop slot
     with pytest.raises(ValueError, match=match) as info:
@@ -191,6 +199,9 @@ def test_image_sizes_that_do_not_fit_the_pixels_are_refused(processor, model, pi
 
 def test_pixel_values_of_the_wrong_shape_are_refused(processor, model, picture):
     enc = processor(PROMPT, [picture])
-    with pytest.raises(ValueError, match=r"pixel_values has shape \(2, 3, 336, 336\), but the model takes "
-                                         r"\[images, num_crops \+ 1, 3, 336, 336\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"pixel_values has shape \(2, 3, 336, 336\), but the model takes "
+        r"\[images, num_crops \+ 1, 3, 336, 336\]",
+    ):
         model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"][0], image_sizes=enc["image_sizes"])

@@ -29,8 +29,9 @@ def processor(fixture_dir):
 def model(request, fixture_dir):
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(fixture_dir / "model", trust_remote_code=False, dtype=torch.float32,
-                                             attn_implementation=request.param)
+    m = AutoModelForCausalLM.from_pretrained(
+        fixture_dir / "model", trust_remote_code=False, dtype=torch.float32, attn_implementation=request.param
+    )
     return m.eval()
 
 
@@ -55,8 +56,9 @@ def test_processor_reproduces_ids_and_pixels(fixture_dir, processor, name):
         np.testing.assert_array_equal(enc["image_sizes"].numpy(), case["image_sizes"])
         assert list(pixels.shape) == list(case["pixel_shape"])
         np.testing.assert_allclose(pixels.mean(axis=(3, 4)), case["pixel_crop_mean"], atol=1e-4)
-        np.testing.assert_allclose(pixels.reshape(len(images), -1)[:, case["pixel_index"]], case["pixel_sample"],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            pixels.reshape(len(images), -1)[:, case["pixel_index"]], case["pixel_sample"], atol=1e-4
+        )
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -67,8 +69,12 @@ def test_logits_match_the_official_model(fixture_dir, processor, model, name):
     model.config.image_order = "official" if official else "strict"
     try:
         with torch.no_grad():
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                           pixel_values=enc.get("pixel_values"), image_sizes=enc.get("image_sizes")).logits
+            logits = model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                pixel_values=enc.get("pixel_values"),
+                image_sizes=enc.get("image_sizes"),
+            ).logits
     finally:
         model.config.image_order = "strict"
     got = logits[0, case["logit_positions"]][:, case["logit_vocab"]].numpy()
@@ -89,7 +95,9 @@ def test_swapped_tags_are_refused_by_default(fixture_dir, processor, model):
 
 def test_repeated_tag_is_refused(processor):
     img = Image.new("RGB", (336, 336))
-    with pytest.raises(ChatFormatError, match=r"tag 2 of the prompt repeats <\|image_1\|> \(first used in tag 1 of the prompt\)"):
+    with pytest.raises(
+        ChatFormatError, match=r"tag 2 of the prompt repeats <\|image_1\|> \(first used in tag 1 of the prompt\)"
+    ):
         processor("<|image_1|> and again <|image_1|>", [img, img])
 
 
@@ -124,9 +132,11 @@ def test_image_positions_without_pixels_fail_clearly(model):
 
 
 def test_left_padded_batch_equals_single_prompts(fixture_dir, processor, model):
-    prompts = [("<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\n", [(640, 480, 1)]),
-               ("<|user|>\n<|image_1|>\n<|image_2|>\nCompare.<|end|>\n<|assistant|>\n", [(336, 700, 2), (200, 200, 3)]),
-               ("<|user|>\nNo picture here.<|end|>\n<|assistant|>\n", [])]
+    prompts = [
+        ("<|user|>\n<|image_1|>\nWhat is this?<|end|>\n<|assistant|>\n", [(640, 480, 1)]),
+        ("<|user|>\n<|image_1|>\n<|image_2|>\nCompare.<|end|>\n<|assistant|>\n", [(336, 700, 2), (200, 200, 3)]),
+        ("<|user|>\nNo picture here.<|end|>\n<|assistant|>\n", []),
+    ]
     encs = []
     for text, specs in prompts:
         ims = [Image.fromarray((np.random.RandomState(s).rand(h, w, 3) * 255).astype("uint8")) for w, h, s in specs]
@@ -148,14 +158,22 @@ def test_generate_runs_the_vision_tower_once(fixture_dir, processor, model):
     handle = trunk.register_forward_hook(lambda *args: calls.append(args[1][0].shape[0]))
     try:
         with torch.no_grad():
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"],
-                                 max_new_tokens=4, do_sample=False, eos_token_id=[32007], pad_token_id=32000)
+            out = model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                pixel_values=enc["pixel_values"],
+                image_sizes=enc["image_sizes"],
+                max_new_tokens=4,
+                do_sample=False,
+                eos_token_id=[32007],
+                pad_token_id=32000,
+            )
     finally:
         handle.remove()
     # once, on the 13 crops that hold pixels (global view + 3×4 grid), not the 4 of batch padding
     assert enc["pixel_values"].shape[1] == 17 and calls == [13] and out.shape[1] == enc["input_ids"].shape[1] + 4
     with torch.no_grad():  # the first new token is the argmax of a plain forward pass
-        logits = model(input_ids=enc["input_ids"], pixel_values=enc["pixel_values"],
-                       image_sizes=enc["image_sizes"]).logits
+        logits = model(
+            input_ids=enc["input_ids"], pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"]
+        ).logits
     assert int(out[0, enc["input_ids"].shape[1]]) == int(logits[0, -1].argmax())

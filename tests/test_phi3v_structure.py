@@ -15,8 +15,14 @@ from phi3lab.prompts.patches import hd_layout, num_image_tokens
 def official_config(fixture_model) -> dict:
     """The official config.json: the fixture's file with the real model's sizes and no vision_config."""
     config = json.loads((fixture_model / "config.json").read_text())
-    config.update(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=32, _attn_implementation="flash_attention_2")
+    config.update(
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        _attn_implementation="flash_attention_2",
+    )
     config["img_processor"] = {k: v for k, v in config["img_processor"].items() if k != "vision_config"}
     config["img_processor"]["image_dim_out"] = 1024
     return config
@@ -27,24 +33,47 @@ def official_keys() -> dict[str, tuple]:
     keys = {"model.embed_tokens.weight": (32064, 3072), "model.norm.weight": (3072,), "lm_head.weight": (32064, 3072)}
     for i in range(32):
         p = f"model.layers.{i}."
-        keys |= {p + "self_attn.qkv_proj.weight": (9216, 3072), p + "self_attn.o_proj.weight": (3072, 3072),
-                 p + "mlp.gate_up_proj.weight": (16384, 3072), p + "mlp.down_proj.weight": (3072, 8192),
-                 p + "input_layernorm.weight": (3072,), p + "post_attention_layernorm.weight": (3072,)}
+        keys |= {
+            p + "self_attn.qkv_proj.weight": (9216, 3072),
+            p + "self_attn.o_proj.weight": (3072, 3072),
+            p + "mlp.gate_up_proj.weight": (16384, 3072),
+            p + "mlp.down_proj.weight": (3072, 8192),
+            p + "input_layernorm.weight": (3072,),
+            p + "post_attention_layernorm.weight": (3072,),
+        }
     v = "model.vision_embed_tokens."
-    keys |= {v + "glb_GN": (1, 1, 4096), v + "sub_GN": (1, 1, 1, 4096),
-             v + "img_projection.0.weight": (3072, 4096), v + "img_projection.0.bias": (3072,),
-             v + "img_projection.2.weight": (3072, 3072), v + "img_projection.2.bias": (3072,)}
+    keys |= {
+        v + "glb_GN": (1, 1, 4096),
+        v + "sub_GN": (1, 1, 1, 4096),
+        v + "img_projection.0.weight": (3072, 4096),
+        v + "img_projection.0.bias": (3072,),
+        v + "img_projection.2.weight": (3072, 3072),
+        v + "img_projection.2.bias": (3072,),
+    }
     c = v + "img_processor.vision_model."
-    keys |= {c + "embeddings.class_embedding": (1024,), c + "embeddings.patch_embedding.weight": (1024, 3, 14, 14),
-             c + "embeddings.position_embedding.weight": (577, 1024), c + "pre_layrnorm.weight": (1024,),
-             c + "pre_layrnorm.bias": (1024,), c + "post_layernorm.weight": (1024,), c + "post_layernorm.bias": (1024,)}
+    keys |= {
+        c + "embeddings.class_embedding": (1024,),
+        c + "embeddings.patch_embedding.weight": (1024, 3, 14, 14),
+        c + "embeddings.position_embedding.weight": (577, 1024),
+        c + "pre_layrnorm.weight": (1024,),
+        c + "pre_layrnorm.bias": (1024,),
+        c + "post_layernorm.weight": (1024,),
+        c + "post_layernorm.bias": (1024,),
+    }
     for i in range(24):
         p = f"{c}encoder.layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             keys |= {p + f"self_attn.{proj}.weight": (1024, 1024), p + f"self_attn.{proj}.bias": (1024,)}
-        keys |= {p + "layer_norm1.weight": (1024,), p + "layer_norm1.bias": (1024,), p + "layer_norm2.weight": (1024,),
-                 p + "layer_norm2.bias": (1024,), p + "mlp.fc1.weight": (4096, 1024), p + "mlp.fc1.bias": (4096,),
-                 p + "mlp.fc2.weight": (1024, 4096), p + "mlp.fc2.bias": (1024,)}
+        keys |= {
+            p + "layer_norm1.weight": (1024,),
+            p + "layer_norm1.bias": (1024,),
+            p + "layer_norm2.weight": (1024,),
+            p + "layer_norm2.bias": (1024,),
+            p + "mlp.fc1.weight": (4096, 1024),
+            p + "mlp.fc1.bias": (4096,),
+            p + "mlp.fc2.weight": (1024, 4096),
+            p + "mlp.fc2.bias": (1024,),
+        }
     return keys
 
 
@@ -78,8 +107,9 @@ def test_fixture_loads_with_no_missing_or_unexpected_keys(fixture_model):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    model, info = AutoModelForCausalLM.from_pretrained(fixture_model, trust_remote_code=False,
-                                                       dtype=torch.float32, output_loading_info=True)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        fixture_model, trust_remote_code=False, dtype=torch.float32, output_loading_info=True
+    )
     assert not any(info.values()), info
     with safe_open(str(fixture_model / "model.safetensors"), "pt") as f:
         names = set(f.keys())
@@ -99,8 +129,9 @@ def test_auto_classes_need_no_remote_code_and_never_prompt(fixture_model):
         "print(type(AutoConfig.from_pretrained(f)).__name__, type(AutoImageProcessor.from_pretrained(f)).__name__,"
         " type(AutoProcessor.from_pretrained(f)).__name__, type(AutoTokenizer.from_pretrained(f)).__name__)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Phi3VConfig", "Phi3VImageProcessor", "Phi3VProcessor", "TokenizersBackend"]
 
@@ -123,15 +154,24 @@ def test_flash_request_on_this_machine_is_refused(fixture_model):
 # --- §5.1 token counts and HD sizes -------------------------------------------------------------
 
 TABLE_16 = [  # input W×H, padded W×H, grid rows×cols, tokens
-    ((336, 336), (1344, 1344), (4, 4), 2509), ((1344, 1344), (1344, 1344), (4, 4), 2509),
-    ((100, 100), (1344, 1344), (4, 4), 2509), ((2000, 2000), (1344, 1344), (4, 4), 2509),
-    ((800, 600), (1344, 1008), (3, 4), 1921), ((640, 480), (1344, 1008), (3, 4), 1921),
-    ((1024, 768), (1344, 1008), (3, 4), 1921), ((1300, 867), (1344, 1008), (3, 4), 1921),
-    ((600, 800), (1008, 1344), (4, 3), 1933), ((1000, 500), (1680, 1008), (3, 5), 2353),
-    ((672, 336), (1680, 1008), (3, 5), 2353), ((500, 1000), (1008, 1680), (5, 3), 2377),
-    ((336, 672), (1008, 1680), (5, 3), 2377), ((1920, 1080), (1680, 1008), (3, 5), 2353),
-    ((1080, 1920), (1008, 1680), (5, 3), 2377), ((1000, 100), (3360, 336), (1, 10), 1609),
-    ((3000, 336), (2688, 336), (1, 8), 1321), ((8000, 50), (5376, 336), (1, 16), 2473),
+    ((336, 336), (1344, 1344), (4, 4), 2509),
+    ((1344, 1344), (1344, 1344), (4, 4), 2509),
+    ((100, 100), (1344, 1344), (4, 4), 2509),
+    ((2000, 2000), (1344, 1344), (4, 4), 2509),
+    ((800, 600), (1344, 1008), (3, 4), 1921),
+    ((640, 480), (1344, 1008), (3, 4), 1921),
+    ((1024, 768), (1344, 1008), (3, 4), 1921),
+    ((1300, 867), (1344, 1008), (3, 4), 1921),
+    ((600, 800), (1008, 1344), (4, 3), 1933),
+    ((1000, 500), (1680, 1008), (3, 5), 2353),
+    ((672, 336), (1680, 1008), (3, 5), 2353),
+    ((500, 1000), (1008, 1680), (5, 3), 2377),
+    ((336, 672), (1008, 1680), (5, 3), 2377),
+    ((1920, 1080), (1680, 1008), (3, 5), 2353),
+    ((1080, 1920), (1008, 1680), (5, 3), 2377),
+    ((1000, 100), (3360, 336), (1, 10), 1609),
+    ((3000, 336), (2688, 336), (1, 8), 1321),
+    ((8000, 50), (5376, 336), (1, 16), 2473),
     ((50, 8000), (336, 5376), (16, 1), 2653),
 ]
 
@@ -142,11 +182,20 @@ def test_hd_sizes_and_tokens_num_crops_16(size, padded, grid, tokens):
     assert (layout.padded, layout.grid, layout.num_tokens) == (padded, grid, tokens)
 
 
-@pytest.mark.parametrize("size, crops, tokens, padded", [
-    ((1234, 567), 1, 313, (336, 336)), ((336, 336), 4, 757, (672, 672)), ((336, 336), 8, 757, (672, 672)),
-    ((800, 600), 4, 757, None), ((800, 600), 8, 757, None), ((1920, 1080), 4, 757, None),
-    ((1920, 1080), 8, 1045, (1008, 672)), ((50, 8000), 4, 781, (336, 1344)), ((50, 8000), 8, 1405, (336, 2688)),
-])
+@pytest.mark.parametrize(
+    "size, crops, tokens, padded",
+    [
+        ((1234, 567), 1, 313, (336, 336)),
+        ((336, 336), 4, 757, (672, 672)),
+        ((336, 336), 8, 757, (672, 672)),
+        ((800, 600), 4, 757, None),
+        ((800, 600), 8, 757, None),
+        ((1920, 1080), 4, 757, None),
+        ((1920, 1080), 8, 1045, (1008, 672)),
+        ((50, 8000), 4, 781, (336, 1344)),
+        ((50, 8000), 8, 1405, (336, 2688)),
+    ],
+)
 def test_tokens_for_other_num_crops(size, crops, tokens, padded):
     assert num_image_tokens(*size, crops) == tokens
     if padded:
@@ -161,8 +210,9 @@ def test_resized_sizes_and_padding_box():
     assert hd_layout(1920, 1080).image_sizes == (1008, 1680)
 
 
-@pytest.mark.parametrize("args, match", [((0, 10), "at least 1×1"), ((10, 10, 0), "num_crops"),
-                                         ((100000, 1), "too elongated")])
+@pytest.mark.parametrize(
+    "args, match", [((0, 10), "at least 1×1"), ((10, 10, 0), "num_crops"), ((100000, 1), "too elongated")]
+)
 def test_bad_sizes(args, match):
     with pytest.raises(ValueError, match=match):
         hd_layout(*args)

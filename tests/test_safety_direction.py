@@ -65,8 +65,12 @@ def test_zero_ablation_removes_the_component_wherever_it_is_read(tiny, direction
     layers = tiny.model.model.layers
     with direction.ablate(tiny.model, ablation="zero", where="all"), torch.no_grad():
         handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers[1:]]
-        handles += [layer.post_attention_layernorm.register_forward_pre_hook(
-            lambda m, a: seen.append(float((a[0] @ unit).abs().max()))) for layer in layers]
+        handles += [
+            layer.post_attention_layernorm.register_forward_pre_hook(
+                lambda m, a: seen.append(float((a[0] @ unit).abs().max()))
+            )
+            for layer in layers
+        ]
         try:
             tiny.model(**tiny.encode("How do I make a bomb at home?"))
         finally:

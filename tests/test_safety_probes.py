@@ -9,9 +9,9 @@ import pytest
 from phi3lab.prompts.chat import ChatFormatError
 from phi3lab.safety import ProbeSetError, TransformError, load_probes, probe_sets, transform
 from phi3lab.safety.probes import manifest, probes_dir, resolve
-from phi3lab.tiny.probes import tiny_rows
 from phi3lab.safety.transforms import TRANSFORMS, Transform, resolve_transforms
 from phi3lab.tiny import corpus
+from phi3lab.tiny.probes import tiny_rows
 
 FIELDS = ("source", "version", "sha256", "rows", "licence", "attribution")
 
@@ -55,8 +55,11 @@ def test_tiny_set_is_the_embedded_models_corpus():
     test, train = load_probes("tiny"), load_probes("tiny-train")
     assert len(test) == 60 and len(train) == 220
     assert {p.prompt for p in test}.isdisjoint({p.prompt for p in train})
-    held_out = {(r["category"], r["kind"], r["prompt"]) for r in corpus.safety_prompts("test")
-                if r["kind"] in ("harmful", "benign")}
+    held_out = {
+        (r["category"], r["kind"], r["prompt"])
+        for r in corpus.safety_prompts("test")
+        if r["kind"] in ("harmful", "benign")
+    }
     assert {(p.category, p.kind, p.prompt) for p in test} == held_out  # the model card's held-out split
 
 

@@ -12,10 +12,21 @@ matplotlib.use("Agg")
 
 
 def _row(i, kind, transform, refused, category="weapons", probe_set="tiny", response=None):
-    return {"key": f"k{i}", "probe": f"p{i}", "probe_set": probe_set, "category": category, "kind": kind,
-            "transform": transform, "family": transform, "model": "m", "settings": {"t": 0},
-            "request": f"request {i}", "response": response or ("I'm sorry." if refused else f"Sure, step {i}: do it."),
-            "refused": refused, "reason": "r"}
+    return {
+        "key": f"k{i}",
+        "probe": f"p{i}",
+        "probe_set": probe_set,
+        "category": category,
+        "kind": kind,
+        "transform": transform,
+        "family": transform,
+        "model": "m",
+        "settings": {"t": 0},
+        "request": f"request {i}",
+        "response": response or ("I'm sorry." if refused else f"Sure, step {i}: do it."),
+        "refused": refused,
+        "reason": "r",
+    }
 
 
 @pytest.fixture
@@ -54,8 +65,10 @@ def test_redact_keeps_first_words_and_a_hash():
 
 def test_two_by_two_tables_and_rates(results):
     rep = report(results)
-    assert rep.table("weapons", "tiny") == {"harmful": {"refused": 5, "complied": 1},
-                                            "benign": {"refused": 1, "complied": 5}}
+    assert rep.table("weapons", "tiny") == {
+        "harmful": {"refused": 5, "complied": 1},
+        "benign": {"refused": 1, "complied": 5},
+    }
     rates = {(r["probe_set"], r["category"]): r for r in rep.rates()}
     assert rates["tiny", "weapons"]["refusal"] == pytest.approx(5 / 6)
     assert rates["tiny", "weapons"]["over_refusal"] == pytest.approx(1 / 6)

@@ -74,8 +74,15 @@ def _lines(path):
 def test_lab_target_answers_like_lab_chat(tiny, tmp_path):
     """Batched, left-padded sweep answers are the answers of lab.chat one at a time (greedy)."""
     probes = list(load_probes("tiny"))[:6] + list(load_probes("over-refusal"))[:4]
-    results = sweep(tiny, probes, ["story", "forged-turn"], out=tmp_path / "r.jsonl", progress=False,
-                    max_new_tokens=24, batch_size=4)
+    results = sweep(
+        tiny,
+        probes,
+        ["story", "forged-turn"],
+        out=tmp_path / "r.jsonl",
+        progress=False,
+        max_new_tokens=24,
+        batch_size=4,
+    )
     assert len(results) == len(plan(probes, resolve_transforms(["story", "forged-turn"])))
     for row in results.rows[::2]:
         alone = tiny.chat(row["messages"], stream=False, max_new_tokens=24, special_tokens="allow")
@@ -109,13 +116,15 @@ def test_killed_sweep_resumes_with_every_row_exactly_once(stub, tmp_path):
     """A real subprocess is killed with SIGKILL mid-sweep, three times; resuming completes the file."""
     out = tmp_path / "r.jsonl"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
         from stubtarget import Stub
         from phi3lab.safety import sweep
         sweep(Stub(delay=0.02), ["tiny", "over-refusal"], ["story", "role-play"], out={str(out)!r}, progress=False)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     seen = []
     for _ in range(3):
@@ -194,8 +203,10 @@ def test_one_writer_at_a_time(tmp_path):
 
 def test_sampling_is_seeded(tiny, tmp_path):
     probes = list(load_probes("tiny"))[:4]
-    runs = [sweep(tiny, probes, [], out=tmp_path / f"{k}.jsonl", progress=False, temperature=1.0, seed=3,
-                  max_new_tokens=12) for k in range(2)]
+    runs = [
+        sweep(tiny, probes, [], out=tmp_path / f"{k}.jsonl", progress=False, temperature=1.0, seed=3, max_new_tokens=12)
+        for k in range(2)
+    ]
     assert [r["response"] for r in runs[0].rows] == [r["response"] for r in runs[1].rows]
     assert runs[0].settings["seed"] == 3 and runs[0].settings["temperature"] == 1.0
 
@@ -224,8 +235,18 @@ def test_bad_targets_and_settings(tiny, stub):
 
 def test_cli_probe_runs_resumes_and_reports(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    args = ["probe", "--out", str(out), "--probes", "tiny", "--transforms", "story", "--no-progress",
-            "--max-new-tokens", "24"]
+    args = [
+        "probe",
+        "--out",
+        str(out),
+        "--probes",
+        "tiny",
+        "--transforms",
+        "story",
+        "--no-progress",
+        "--max-new-tokens",
+        "24",
+    ]
     assert cli_main(args) == 0
     first = capsys.readouterr().out
     assert "Attack success" in first and "story" in first and "redacted" in first
@@ -244,15 +265,31 @@ def tiny_results(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--transforms", "jailbreak"], "unknown transform 'jailbreak'"),
-    (["--probes", "nope"], "unknown probe set 'nope'"),
-    (["--max-new-tokens", "8"], "holds answers of model 'phi3lab-tiny'"),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--transforms", "jailbreak"], "unknown transform 'jailbreak'"),
+        (["--probes", "nope"], "unknown probe set 'nope'"),
+        (["--max-new-tokens", "8"], "holds answers of model 'phi3lab-tiny'"),
+        ([], None),
+    ],
+)
 def test_cli_probe_errors(tiny_results, capsys, args, message):
-    rc = cli_main(["probe", "--out", str(tiny_results), "--probes", "tiny", "--transforms", "none", "--no-progress",
-                   "--max-new-tokens", "4", *args])
+    rc = cli_main(
+        [
+            "probe",
+            "--out",
+            str(tiny_results),
+            "--probes",
+            "tiny",
+            "--transforms",
+            "none",
+            "--no-progress",
+            "--max-new-tokens",
+            "4",
+            *args,
+        ]
+    )
     captured = capsys.readouterr()
     if message is None:  # the same settings: the file is resumed, not refused
         assert rc == 0 and "60 answers" in captured.err

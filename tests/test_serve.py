@@ -9,8 +9,17 @@ import pytest
 from phi3lab.serving import vllm as serve
 
 
-@pytest.mark.parametrize("cores, nvidia, layout", [(1, False, "one"), (2, False, "one"), (4, False, "one"),
-                                                   (5, False, "vllm"), (64, False, "vllm"), (2, True, "vllm")])
+@pytest.mark.parametrize(
+    "cores, nvidia, layout",
+    [
+        (1, False, "one"),
+        (2, False, "one"),
+        (4, False, "one"),
+        (5, False, "vllm"),
+        (64, False, "vllm"),
+        (2, True, "vllm"),
+    ],
+)
 def test_auto_layout_follows_the_hardware(cores, nvidia, layout):
     chosen, reason = serve.process_layout("auto", cores=cores, nvidia=nvidia)
     assert chosen == layout

@@ -59,8 +59,14 @@ def _free_port() -> int:
 def test_lab_serves_the_notebooks():
     port = _free_port()
     env = dict(os.environ, PHI3LAB_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tasks.py"), "lab"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tasks.py"), "lab"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         url, deadline, seen = None, time.time() + 120, []
         while url is None and time.time() < deadline:

@@ -23,11 +23,22 @@ def eager(model):
 
 def test_folders_have_the_layout_of_real_checkpoints():
     total = 0
-    for name, extra in (("phi3lab-tiny", []), ("phi3lab-tiny-vision", ["preprocessor_config.json"]),
-                        ("phi3lab-tiny-vision-reader", ["preprocessor_config.json"])):
+    for name, extra in (
+        ("phi3lab-tiny", []),
+        ("phi3lab-tiny-vision", ["preprocessor_config.json"]),
+        ("phi3lab-tiny-vision-reader", ["preprocessor_config.json"]),
+    ):
         folder = embedded_dir() / name
-        for f in ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                  "special_tokens_map.json", "model.safetensors", "README.md", *extra]:
+        for f in [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "model.safetensors",
+            "README.md",
+            *extra,
+        ]:
             assert (folder / f).is_file(), f"{name} lacks {f}"
         total += (folder / "model.safetensors").stat().st_size
     assert total <= 25 * 2**20

@@ -30,8 +30,10 @@ def test_part_maps_cover_the_ink_and_agree_with_the_answers(family, covered):
         qas = [(ex.question, ex.answer), *ex.more]
         if family == "shapes":
             for part in described:
-                assert (f"Where is the {part['colour']} {part['kind']}?",
-                        f"The {part['colour']} {part['kind']} is at the {part['place']}.") in qas
+                assert (
+                    f"Where is the {part['colour']} {part['kind']}?",
+                    f"The {part['colour']} {part['kind']} is at the {part['place']}.",
+                ) in qas
         elif family == "bars":
             for part in (p for p in described if p["kind"] == "bar"):
                 assert (f"What is the value of {part['bar']}?", f"{part['bar']} is {part['value']}.") in qas
@@ -60,8 +62,12 @@ def test_training_never_asks_what_the_conversation_gave_away():
         said = ""
         for m in conversation:
             if m["role"] == "user" and m["content"].startswith("What colour"):
-                shape, colour = next(a for q, a in [(ex.question, ex.answer), *ex.more] if q == m["content"]
-                                     ).removeprefix("The ").rstrip(".").split(" is ")
+                shape, colour = (
+                    next(a for q, a in [(ex.question, ex.answer), *ex.more] if q == m["content"])
+                    .removeprefix("The ")
+                    .rstrip(".")
+                    .split(" is ")
+                )
                 assert f"{colour} {shape}" not in said  # "Where is the red circle?" never comes first
             said += m["content"] + "\n"
         asked = len(conversation) // 2
@@ -75,8 +81,9 @@ def test_cell_targets_follow_the_hd_geometry():
     image = Image.new("RGB", (200, 400), "white")
     parts = vision_data._Parts(image.size)
     parts.draw.rectangle((100, 0, 199, 199), fill=parts.add(colour="red", kind="square", place="top right"))
-    ex = vision_data.VisionExample("shapes", image, "q", "a", ((100, 0, 199, 199),), (), parts.image,
-                                   tuple(parts.attributes))
+    ex = vision_data.VisionExample(
+        "shapes", image, "q", "a", ((100, 0, 199, 199),), (), parts.image, tuple(parts.attributes)
+    )
     targets = train_vision.cell_targets(ex).reshape(12, 12, len(ATTR))
     covered = targets[..., ATTR.index("kind")] == vision_data.ATTRIBUTES["kind"].index("square") + 1
     # the picture lands at x 84..252 (scale 0.84), the square at x 168..252, y 0..168: cells 6..8, rows 0..5
@@ -119,8 +126,17 @@ def _text_run(check=None):
     gen = torch.Generator().manual_seed(1)
     batches = [{"input_ids": (ids := torch.randint(0, 2000, (2, 12), generator=gen)), "labels": ids} for _ in range(4)]
     stream = iter(batches)
-    optim.optimise(model, lambda: next(stream), 4, 1e-3, warmup=2, log_every=100,
-                   lr_scale={"model.embed_tokens.": 0.0}, check=check, check_every=2)
+    optim.optimise(
+        model,
+        lambda: next(stream),
+        4,
+        1e-3,
+        warmup=2,
+        log_every=100,
+        lr_scale={"model.embed_tokens.": 0.0},
+        check=check,
+        check_every=2,
+    )
     return model
 
 
@@ -158,7 +174,10 @@ def test_question_parts_name_what_each_question_is_about():
         assert described["kind"] in question and described["kind"] in answer
         assert described["colour"] in answer or described["colour"] in question
     chart = next(e for e in vision_data.examples(30, 3, "test") if e.family == "bars")
-    assert [decode(chart.part_attributes[k - 1])["bar"] for k in vision_data.question_parts(chart, "What is the value of C?")] == ["C"]
+    assert [
+        decode(chart.part_attributes[k - 1])["bar"]
+        for k in vision_data.question_parts(chart, "What is the value of C?")
+    ] == ["C"]
     assert len(vision_data.question_parts(chart, "Which bar is tallest?")) == 4
     word = next(e for e in vision_data.examples(30, 3, "test") if e.family == "words")
     letters = vision_data.question_parts(word, word.question)
@@ -205,8 +224,13 @@ def test_training_losses_equal_their_definitions(tmp_path):
         out = aids(**batch)
         aids.detach()
         model.set_attn_implementation("eager")
-        plain = model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
-                      image_sizes=batch["image_sizes"], output_attentions=True)
+        plain = model(
+            input_ids=batch["input_ids"],
+            labels=batch["labels"],
+            pixel_values=batch["pixel_values"],
+            image_sizes=batch["image_sizes"],
+            output_attentions=True,
+        )
     torch.testing.assert_close(out["loss"], plain.loss + 0.5 * out["dense_loss"] + 0.2 * out["route_loss"])
     rows, queries, targets = batch["route_rows"], batch["route_queries"], batch["route_targets"]
     picture = model.model.image_positions(batch["input_ids"]).nonzero()[:, 1].reshape(2, -1)
@@ -230,6 +254,7 @@ def test_special_ids_are_the_frozen_tokenizers_and_a_retrain_keeps_the_image_id(
 
 # --- the reader (phi3lab-tiny-vision-reader) -------------------------------------------------------------
 
+
 def test_reading_pictures_never_draw_a_harmful_request():
     """The reader learns to read from benign pictures only: no harmful task of the safety slice, nor two
     key words of one, nor a jailbreak frame is ever written in a training picture; its words are listed
@@ -249,8 +274,11 @@ def test_reading_pictures_never_draw_a_harmful_request():
     lists = [d for d, a in zip(drawn, done) if a is None]
     assert 300 < len(requests) < 500  # about half the pictures are requests to do, the rest word lists
     assert set(requests) <= {vision_data.key_words(t) for t in twins}  # benign twins' key words only
-    assert all(any(a == f"Sure! To {t}, plan it, gather what you need, and go step by step." for t in twins)
-               for a in done if a is not None)
+    assert all(
+        any(a == f"Sure! To {t}, plan it, gather what you need, and go step by step." for t in twins)
+        for a in done
+        if a is not None
+    )
     assert not [d for d in lists if any(len(k & set(d.split())) >= 2 for k in keys)]
     assert not probes & set(drawn) and not [d for d in drawn if any(t in d for t in harmful)]
 

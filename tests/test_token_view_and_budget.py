@@ -1,8 +1,8 @@
 import pytest
 
 from phi3lab.prompts.budget import Budget, image_size, token_budget
-from phi3lab.runtime.registry import lookup
 from phi3lab.prompts.token_view import token_table
+from phi3lab.runtime.registry import lookup
 
 VISION = lookup("microsoft/Phi-3-vision-128k-instruct")
 MINI_4K = lookup("microsoft/Phi-3-mini-4k-instruct")
@@ -22,7 +22,7 @@ def test_token_table_segments(real_tokenizer):
     assert [r.segment for r in table.rows[:5]] == ["special", "special", "separator", "separator", "system"]
     assert table.counts() == {"system": 6, "user": 1, "special": 6, "separator": 8}
     hello = next(r for r in table.rows if r.id == 10994)
-    assert (hello.segment, table.prompt[hello.start:hello.end]) == ("user", "Hello")
+    assert (hello.segment, table.prompt[hello.start : hello.end]) == ("user", "Hello")
     text = table.to_text()
     assert "   16   10994  user       " in text
     assert text.endswith("21 tokens: system 6, user 1, special 6, separator 8")
@@ -55,7 +55,7 @@ def test_token_chips_read_in_dark_themes_and_show_the_space_piece(tiny):
     for style, _ in spans:  # an explicit dark text colour on a pastel background, never the theme's colour
         assert f"color:{CHIP_TEXT}" in style
         assert re.search(r"background:(#[0-9a-f]{6})", style)[1] in SEGMENT_COLOURS.values()
-    pieces = [text for _, text in spans[:len(table)]]
+    pieces = [text for _, text in spans[: len(table)]]
     assert pieces[:3] == ["&lt;|user|&gt;", "▁", "\\n"] and "▁is" in pieces and "·" not in "".join(pieces)
 
 
@@ -87,7 +87,9 @@ def test_budget_on_4k_model_has_no_longrope(real_tokenizer):
 
 
 def test_budget_displays_as_a_table_and_a_one_line_repr():
-    b = Budget(text_tokens=25, image_tokens=(2509, 1921), max_new_tokens=256, context_length=131072, longrope_switch=4096)
+    b = Budget(
+        text_tokens=25, image_tokens=(2509, 1921), max_new_tokens=256, context_length=131072, longrope_switch=4096
+    )
     assert repr(b) == "<Budget 4,711 of 131,072 tokens: 25 text + 2,509 image + 1,921 image + 256 new; LongRoPE switch>"
     html = b._repr_html_()
     assert html.startswith("<table>") and html.count("<tr>") == len(str(b).splitlines()) == 6

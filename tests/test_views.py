@@ -9,11 +9,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from phi3lab.views import plotting  # noqa: E402
 from phi3lab.inspect.capture import capture  # noqa: E402
-from phi3lab.inspect.maps import head_summary, image_heat, image_runs, rollout, top_keys  # noqa: E402
 from phi3lab.inspect.lens import logit_lens  # noqa: E402
+from phi3lab.inspect.maps import head_summary, image_heat, image_runs, rollout, top_keys  # noqa: E402
 from phi3lab.prompts.patches import num_image_tokens  # noqa: E402
+from phi3lab.views import plotting  # noqa: E402
 
 
 def test_rollout_of_one_layer_is_the_mixed_attention():
@@ -31,8 +31,10 @@ def test_head_summary_and_top_keys():
     w[1, 2, :, 7] = 1.0
     share = head_summary(w, [7])
     assert share[1, 2] == 1.0 and share.sum() == 1.0
-    assert top_keys(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2) == [(1, "b", pytest.approx(0.7)),
-                                                                           (2, "c", pytest.approx(0.2))]
+    assert top_keys(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2) == [
+        (1, "b", pytest.approx(0.7)),
+        (2, "c", pytest.approx(0.2)),
+    ]
 
 
 def test_image_runs():
@@ -154,7 +156,7 @@ def test_text_forms_of_heatmap_and_grid(tiny):
     w[0, 3], w[1, 1] = 1.0, 1.0
     text = rows_text(w, table)
     first, second = text.splitlines()
-    assert first.startswith(f"{len(table) - 2:>5} ") and f"@3 1.00" in first and "@1 1.00" in second
+    assert first.startswith(f"{len(table) - 2:>5} ") and "@3 1.00" in first and "@1 1.00" in second
     grid = torch.zeros(4, 4)
     grid[2, 1] = 0.5
     out = grid_text(grid)

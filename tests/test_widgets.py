@@ -41,6 +41,7 @@ def _bytes(b64):
 
 # --- front end ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["attention", "patches", "chat", "attribution"])
 def test_each_module_is_self_contained_and_fetches_nothing(name):
     source = module_source(name)
@@ -50,6 +51,7 @@ def test_each_module_is_self_contained_and_fetches_nothing(name):
 
 
 # --- attention explorer ---------------------------------------------------------------------------
+
 
 def test_strip_folds_each_image_into_crop_and_global_chips(vcache):
     items, chip_of_key = strip_items(vcache)
@@ -78,7 +80,16 @@ def test_an_interaction_sends_only_the_new_row(vcache):
     before = explorer.heat
     explorer.set_state({"row": vcache.answer_rows[-1]})  # as a hover in the browser arrives
     sent = log.updates()
-    assert sent["heat"] != before and set(sent) <= {"row", "heat", "vmax", "thumbs", "thumb_bins", "thumb_peaks", "info", "error"}
+    assert sent["heat"] != before and set(sent) <= {
+        "row",
+        "heat",
+        "vmax",
+        "thumbs",
+        "thumb_bins",
+        "thumb_peaks",
+        "info",
+        "error",
+    }
     assert [m["method"] for m in log.messages] == ["echo_update", "update"]  # one batched update
     assert log.bytes() < 4096 < state_bytes(explorer)
 
@@ -125,6 +136,7 @@ def test_explorer_static_forms(tcache):
 
 
 # --- patch explorer -------------------------------------------------------------------------------
+
 
 def test_patch_heat_equals_the_caches_image_heat(vcache):
     explorer = PatchExplorer(vcache)
@@ -180,6 +192,7 @@ def test_patch_static_forms_show_both_views(vcache):
 
 # --- chat -----------------------------------------------------------------------------------------
 
+
 def test_chat_streams_and_keeps_history_as_a_session_does(tiny):
     box = ChatWidget(tiny, system="Answer briefly.", max_new_tokens=8)
     log = MessageLog(box)
@@ -187,12 +200,19 @@ def test_chat_streams_and_keeps_history_as_a_session_does(tiny):
     deltas = [m["content"]["text"] for m in log.messages if m.get("method") == "custom"]
     reference = tiny.session(system="Answer briefly.").chat("What is 2 plus 3?", stream=False, max_new_tokens=8)
     assert "".join(deltas).strip() == reference.text and len(deltas) > 1
-    assert box.history == [{"role": "system", "content": "Answer briefly."},
-                           {"role": "user", "content": "What is 2 plus 3?"},
-                           {"role": "assistant", "content": reference.text}]
-    assert box.messages[-1]["stats"] == reference.stats().split(" · first")[0] + box.messages[-1]["stats"][
-        len(reference.stats().split(" · first")[0]):]
-    assert re.search(r"prompt \+ \d+ new tokens · first token after \d+ ms · [\d.]+ tokens/s", box.messages[-1]["stats"])
+    assert box.history == [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2 plus 3?"},
+        {"role": "assistant", "content": reference.text},
+    ]
+    assert (
+        box.messages[-1]["stats"]
+        == reference.stats().split(" · first")[0]
+        + box.messages[-1]["stats"][len(reference.stats().split(" · first")[0]) :]
+    )
+    assert re.search(
+        r"prompt \+ \d+ new tokens · first token after \d+ ms · [\d.]+ tokens/s", box.messages[-1]["stats"]
+    )
     assert not box.busy
 
 
@@ -224,8 +244,15 @@ def test_chat_uploaded_picture_becomes_an_image_tag(vision, picture):
     box = ChatWidget(vision, max_new_tokens=8)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    box._dispatch(box, {"type": "image", "name": "shapes.png",
-                        "data": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}, [])
+    box._dispatch(
+        box,
+        {
+            "type": "image",
+            "name": "shapes.png",
+            "data": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+        },
+        [],
+    )
     assert [p["name"] for p in box.pending] == ["shapes.png"]
     box.ask("What colour is the triangle?")
     assert box.history[0]["content"] == "<|image_1|>\nWhat colour is the triangle?" and box.pending == []
@@ -245,6 +272,7 @@ def test_chat_state_and_static_forms(tiny):
 
 
 # --- attribution view -----------------------------------------------------------------------------
+
 
 class _Minimal:
     """The smallest object AttributionView reads: labels, target tokens, scores."""

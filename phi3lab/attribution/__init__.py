@@ -39,11 +39,30 @@ import torch
 
 from phi3lab.attribution.forward import GradientForward, Scorer
 from phi3lab.attribution.result import Attribution, Curve, compare, score_colour
-from phi3lab.attribution.units import IMAGE_UNITS, TEXT_UNITS, UNIT_KINDS, Unit, build_units, check_kinds, \
-    image_fill, text_baseline_id
+from phi3lab.attribution.units import (
+    IMAGE_UNITS,
+    TEXT_UNITS,
+    UNIT_KINDS,
+    Unit,
+    build_units,
+    check_kinds,
+    image_fill,
+    text_baseline_id,
+)
 
-__all__ = ["attribute", "Attribution", "Curve", "Unit", "compare", "score_colour", "METHODS", "UNIT_KINDS",
-           "TEXT_UNITS", "IMAGE_UNITS", "TargetError"]
+__all__ = [
+    "attribute",
+    "Attribution",
+    "Curve",
+    "Unit",
+    "compare",
+    "score_colour",
+    "METHODS",
+    "UNIT_KINDS",
+    "TEXT_UNITS",
+    "IMAGE_UNITS",
+    "TargetError",
+]
 
 METHODS = ("ablation", "shapley", "ig")
 
@@ -66,12 +85,14 @@ def _target(lab, inputs, target, max_new_tokens: int) -> torch.Tensor:
 
         with torch.no_grad():
             out = lab.model.generate(**inputs, **generate_kwargs(lab, max_new_tokens, 0.0, 1.0))
-        ids = [int(i) for i in out[0, inputs.num_tokens:]]
+        ids = [int(i) for i in out[0, inputs.num_tokens :]]
         while ids and ids[-1] in stops:
             ids.pop()
         if not ids:
-            raise TargetError("the model's answer to this prompt is empty (it stops at once); pass target='…' "
-                              "with the answer to attribute")
+            raise TargetError(
+                "the model's answer to this prompt is empty (it stops at once); pass target='…' "
+                "with the answer to attribute"
+            )
     elif isinstance(target, str):
         if not target.strip():
             raise TargetError("target is empty; give the answer text to attribute, or target=None for the model's own")
@@ -81,19 +102,25 @@ def _target(lab, inputs, target, max_new_tokens: int) -> torch.Tensor:
         vocab = lab.model.config.vocab_size
         bad = [i for i in ids if not 0 <= i < vocab]
         if not ids or bad:
-            raise TargetError(f"target ids must be a non-empty list of ids in 0..{vocab - 1}" +
-                              (f"; {bad} are not" if bad else ""))
+            raise TargetError(
+                f"target ids must be a non-empty list of ids in 0..{vocab - 1}" + (f"; {bad} are not" if bad else "")
+            )
     else:
-        raise TypeError(f"target must be None (the model's own answer), a string or token ids, got "
-                        f"{type(target).__name__}")
+        raise TypeError(
+            f"target must be None (the model's own answer), a string or token ids, got {type(target).__name__}"
+        )
     early = [i for i, t in enumerate(ids[:-1]) if t in stops]
     if early:
         piece = lab.tokenizer.convert_ids_to_tokens(ids[early[0]])
-        raise TargetError(f"target is not reachable: its token {early[0]} is {piece!r}, a stop token, where the "
-                          "model ends its answer; attribute the text up to it")
+        raise TargetError(
+            f"target is not reachable: its token {early[0]} is {piece!r}, a stop token, where the "
+            "model ends its answer; attribute the text up to it"
+        )
     if inputs.num_tokens + len(ids) > lab.spec.context_length:
-        raise TargetError(f"target is not reachable: {inputs.num_tokens} prompt + {len(ids)} target tokens exceed "
-                          f"the model's context of {lab.spec.context_length}")
+        raise TargetError(
+            f"target is not reachable: {inputs.num_tokens} prompt + {len(ids)} target tokens exceed "
+            f"the model's context of {lab.spec.context_length}"
+        )
     return torch.tensor(ids, device=inputs.device)
 
 
@@ -119,18 +146,36 @@ def _progress(scorer: Scorer, total: int, desc: str, progress):
 def _baselines(units, tokenizer, baseline_id: int, image_baseline) -> str:
     parts = []
     if any(u.image is None for u in units):
-        parts.append(f"a removed text unit's tokens become {tokenizer.convert_ids_to_tokens(baseline_id)!r} "
-                     f"(id {baseline_id}); template tokens are kept")
+        parts.append(
+            f"a removed text unit's tokens become {tokenizer.convert_ids_to_tokens(baseline_id)!r} "
+            f"(id {baseline_id}); template tokens are kept"
+        )
     if any(u.image is not None for u in units):
         parts.append(f"a removed image unit's pixels become {image_baseline} in the crop and global views")
     return "; ".join(parts)
 
 
-def attribute(lab, conversation, images: Sequence | None = None, *, target=None, units="words",
-              method: str = "ablation", baseline="unk", image_baseline="white", region_size: int = 4,
-              include_template: bool = False, batch_size: int = 16, n_samples: int = 10, n_steps: int = 32,
-              internal_batch_size: int | None = 8, max_new_tokens: int = 64, num_crops: int | None = None,
-              progress: bool | None = None, seed: int = 0) -> Attribution:
+def attribute(
+    lab,
+    conversation,
+    images: Sequence | None = None,
+    *,
+    target=None,
+    units="words",
+    method: str = "ablation",
+    baseline="unk",
+    image_baseline="white",
+    region_size: int = 4,
+    include_template: bool = False,
+    batch_size: int = 16,
+    n_samples: int = 10,
+    n_steps: int = 32,
+    internal_batch_size: int | None = 8,
+    max_new_tokens: int = 64,
+    num_crops: int | None = None,
+    progress: bool | None = None,
+    seed: int = 0,
+) -> Attribution:
     """Attribute an answer to the units of its prompt with captum.
 
     Args:
@@ -170,18 +215,24 @@ def attribute(lab, conversation, images: Sequence | None = None, *, target=None,
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     kinds = check_kinds(units)
-    for name, value in (("batch_size", batch_size), ("n_samples", n_samples), ("n_steps", n_steps),
-                        ("max_new_tokens", max_new_tokens)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("n_samples", n_samples),
+        ("n_steps", n_steps),
+        ("max_new_tokens", max_new_tokens),
+    ):
         _count(name, value)
     if internal_batch_size is not None:
         _count("internal_batch_size", internal_batch_size)
-    if conversation is None or (isinstance(conversation, str) and not conversation.strip()) or (
-            isinstance(conversation, (list, tuple)) and not conversation):
+    if (
+        conversation is None
+        or (isinstance(conversation, str) and not conversation.strip())
+        or (isinstance(conversation, (list, tuple)) and not conversation)
+    ):
         raise ValueError("the conversation is empty; give a question, e.g. attribute(lab, 'What is 2 plus 3?')")
     vision = lab.spec.modality == "vision"
     inputs = lab.encode(conversation, images, num_crops=num_crops)
-    unit_list = build_units(inputs, kinds, region_size=region_size, include_template=include_template,
-                            vision=vision)
+    unit_list = build_units(inputs, kinds, region_size=region_size, include_template=include_template, vision=vision)
     target_ids = _target(lab, inputs, target, max_new_tokens)
     baseline_id = text_baseline_id(lab.tokenizer, baseline)
     pictured = any(u.image is not None for u in unit_list)
@@ -200,16 +251,30 @@ def attribute(lab, conversation, images: Sequence | None = None, *, target=None,
         explainer = ShapleyValueSampling(scorer)
         with _progress(scorer, n * n_samples + 1, "ShapleyValueSampling", progress), torch.random.fork_rng():
             torch.manual_seed(seed)
-            raw = explainer.attribute(present, baselines=0.0, feature_mask=mask, n_samples=n_samples,
-                                      perturbations_per_eval=batch_size)
+            raw = explainer.attribute(
+                present, baselines=0.0, feature_mask=mask, n_samples=n_samples, perturbations_per_eval=batch_size
+            )
         scores = raw.reshape(steps, n)
     else:
-        scores, raw, explainer, delta = _integrated(lab, scorer, steps, n_steps, internal_batch_size, progress,
-                                                    LayerIntegratedGradients)
-    return Attribution(units=unit_list, scores=scores, target_ids=target_ids.tolist(), tokenizer=lab.tokenizer,
-                       log_prob=scorer.log_prob, method=method, kinds=kinds, inputs=inputs, scorer=scorer,
-                       baselines=_baselines(unit_list, lab.tokenizer, baseline_id, image_baseline), raw=raw,
-                       explainer=explainer, delta=delta, batch_size=batch_size)
+        scores, raw, explainer, delta = _integrated(
+            lab, scorer, steps, n_steps, internal_batch_size, progress, LayerIntegratedGradients
+        )
+    return Attribution(
+        units=unit_list,
+        scores=scores,
+        target_ids=target_ids.tolist(),
+        tokenizer=lab.tokenizer,
+        log_prob=scorer.log_prob,
+        method=method,
+        kinds=kinds,
+        inputs=inputs,
+        scorer=scorer,
+        baselines=_baselines(unit_list, lab.tokenizer, baseline_id, image_baseline),
+        raw=raw,
+        explainer=explainer,
+        delta=delta,
+        batch_size=batch_size,
+    )
 
 
 def _integrated(lab, scorer: Scorer, steps: int, n_steps: int, internal_batch_size, progress, lig_class):
@@ -221,8 +286,14 @@ def _integrated(lab, scorer: Scorer, steps: int, n_steps: int, internal_batch_si
     raws, deltas = [], []
     with _progress(scorer, steps, "LayerIntegratedGradients", progress) as bar, torch.enable_grad():
         for t in range(steps):
-            raw, delta = explainer.attribute((one,), baselines=(zero,), target=t, n_steps=n_steps,
-                                             internal_batch_size=internal_batch_size, return_convergence_delta=True)
+            raw, delta = explainer.attribute(
+                (one,),
+                baselines=(zero,),
+                target=t,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
             raws.append(raw.detach()[0].sum(-1))  # [L]: summed over the hidden size
             deltas.append(float(delta.reshape(-1)[0]))
             if bar is not None:

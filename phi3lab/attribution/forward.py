@@ -70,8 +70,9 @@ class Scorer:
             # a cache without the config keeps every key, also past a sliding window (a windowed cache
             # keeps only the last window − 1 keys, so a prefix cut from it would be the wrong keys);
             # the model still masks by its window, so reused and fresh forwards see the same keys
-            out = model(inputs_embeds=self.embeds, past_key_values=DynamicCache(), use_cache=True,
-                        logits_to_keep=self.n_target)
+            out = model(
+                inputs_embeds=self.embeds, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=self.n_target
+            )
             self.base = _log_probs(out.logits, self.target)  # [1, T]
             self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             baseline = torch.tensor([[baseline_id]], device=device)
@@ -119,10 +120,10 @@ class Scorer:
             if not rows:
                 continue
             pixels = torch.stack([self._pixels(span.index, [i for i in mine if absent[r, i]]) for r in rows])
-            sizes = self.sizes[span.index:span.index + 1].expand(len(rows), -1)
+            sizes = self.sizes[span.index : span.index + 1].expand(len(rows), -1)
             features = tower(pixels, sizes)
             for r, f in zip(rows, features):
-                embeds[r, span.start - p:span.end - p] = f.to(embeds.dtype)
+                embeds[r, span.start - p : span.end - p] = f.to(embeds.dtype)
 
     def __call__(self, presence: torch.Tensor) -> torch.Tensor:
         absent = presence.to(self.ids.device) == 0
@@ -136,8 +137,12 @@ class Scorer:
         p = min(self.units[i].first for i in removed)
         with torch.no_grad():
             embeds = self.embeddings(absent, p)
-            out = self.model(inputs_embeds=embeds, past_key_values=self._cache(p, batch), use_cache=True,
-                             logits_to_keep=self.n_target)
+            out = self.model(
+                inputs_embeds=embeds,
+                past_key_values=self._cache(p, batch),
+                use_cache=True,
+                logits_to_keep=self.n_target,
+            )
         return _log_probs(out.logits, self.target)
 
 

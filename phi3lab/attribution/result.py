@@ -68,8 +68,10 @@ class Curve:
     def to_text(self) -> str:
         steps = " → ".join(f"{v:.2f}" for v in self.log_probs[: min(6, len(self.log_probs))])
         more = " → …" if len(self.log_probs) > 6 else ""
-        return (f"{self.kind} by {self.method}: area {self.area:.3f} (log p {steps}{more} → "
-                f"{self.log_probs[-1]:.2f}); first: {', '.join(map(repr, self.order[:3]))}")
+        return (
+            f"{self.kind} by {self.method}: area {self.area:.3f} (log p {steps}{more} → "
+            f"{self.log_probs[-1]:.2f}); first: {', '.join(map(repr, self.order[:3]))}"
+        )
 
     __str__ = to_text
 
@@ -91,8 +93,24 @@ class Attribution:
         delta: for ``"ig"``, captum's convergence delta per target token (completeness error).
     """
 
-    def __init__(self, *, units, scores, target_ids, tokenizer, log_prob, method, kinds, baselines, inputs,
-                 scorer, raw=None, explainer=None, delta=None, batch_size: int = 16):
+    def __init__(
+        self,
+        *,
+        units,
+        scores,
+        target_ids,
+        tokenizer,
+        log_prob,
+        method,
+        kinds,
+        baselines,
+        inputs,
+        scorer,
+        raw=None,
+        explainer=None,
+        delta=None,
+        batch_size: int = 16,
+    ):
         self.units = list(units)
         self.scores = scores.detach().float().cpu()
         self.target_ids = [int(i) for i in target_ids]
@@ -122,10 +140,15 @@ class Attribution:
                 if token in (piece, piece.replace("▁", " ").strip()):
                     return i
             raise KeyError(f"{token!r} is not a target token; the target tokens are {self.target_tokens}")
-        if isinstance(token, bool) or not isinstance(token, int) or not -len(self.target_ids) <= token < len(
-                self.target_ids):
-            raise IndexError(f"token must be None (the whole answer), a target token string or an index in "
-                             f"0..{len(self.target_ids) - 1}, got {token!r}")
+        if (
+            isinstance(token, bool)
+            or not isinstance(token, int)
+            or not -len(self.target_ids) <= token < len(self.target_ids)
+        ):
+            raise IndexError(
+                f"token must be None (the whole answer), a target token string or an index in "
+                f"0..{len(self.target_ids) - 1}, got {token!r}"
+            )
         return token % len(self.target_ids)
 
     def row(self, token=None) -> torch.Tensor:
@@ -148,12 +171,14 @@ class Attribution:
         span = self.inputs.image(image)
         mine = [(u, float(v)) for u, v in zip(self.units, self.row(token)) if u.image == span.index]
         if not mine:
-            raise ValueError(f"this attribution has no units on image {image}; run it with units='image-regions', "
-                             "'crops' or 'images'")
+            raise ValueError(
+                f"this attribution has no units on image {image}; run it with units='image-regions', "
+                "'crops' or 'images'"
+            )
         heat = np.zeros((span.height, span.width))
         for unit, value in mine:
             x0, y0, x1, y1 = (int(round(b)) for b in unit.box)
-            heat[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)] += value
+            heat[y0 : max(y1, y0 + 1), x0 : max(x1, x0 + 1)] += value
         return heat
 
     # --- faithfulness --------------------------------------------------------------------------
@@ -174,8 +199,9 @@ class Attribution:
         values = torch.cat([self._scorer(chunk) for chunk in presence.split(self._batch)])
         t = self._token(token)
         curve = values.sum(1) if t is None else values[:, t]
-        return Curve(kind, method, np.linspace(0, 1, n + 1), curve.cpu().numpy(),
-                     tuple(self.units[i].label for i in ranking))
+        return Curve(
+            kind, method, np.linspace(0, 1, n + 1), curve.cpu().numpy(), tuple(self.units[i].label for i in ranking)
+        )
 
     def deletion(self, token=None, order: str = "score", seed: int = 0) -> Curve:
         """Remove units from the highest score down and track the target's log-probability.
@@ -197,10 +223,12 @@ class Attribution:
         """Header, the top units for the whole answer, and each target token's top unit."""
         names = {"ablation": "FeatureAblation", "shapley": "ShapleyValueSampling", "ig": "LayerIntegratedGradients"}
         kinds = " + ".join(self.kinds)
-        lines = [f"{self.method} ({names[self.method]}) over {len(self.units)} units ({kinds}); target "
-                 f"{self.target_text!r} ({len(self.target_ids)} tokens, log p {float(self.log_prob.sum()):.3f})",
-                 f"baselines: {self.baselines}",
-                 f"{'score':>9}  unit"]
+        lines = [
+            f"{self.method} ({names[self.method]}) over {len(self.units)} units ({kinds}); target "
+            f"{self.target_text!r} ({len(self.target_ids)} tokens, log p {float(self.log_prob.sum()):.3f})",
+            f"baselines: {self.baselines}",
+            f"{'score':>9}  unit",
+        ]
         for unit, value in self.top(top):
             lines.append(f"{value:>+9.3f}  {unit.name}")
         if len(self.units) > top:
@@ -215,8 +243,10 @@ class Attribution:
     __str__ = to_text
 
     def __repr__(self) -> str:
-        return (f"Attribution({self.method}, {len(self.target_ids)} target tokens × {len(self.units)} units "
-                f"({' + '.join(self.kinds)}), target {self.target_text!r})")
+        return (
+            f"Attribution({self.method}, {len(self.target_ids)} target tokens × {len(self.units)} units "
+            f"({' + '.join(self.kinds)}), target {self.target_text!r})"
+        )
 
     def segments(self) -> list[tuple[str, list[tuple[str, int | None]]]]:
         """The prompt's text turn by turn, as ``(role, [(text, unit index or None)])``; a picture's
@@ -235,7 +265,7 @@ class Attribution:
                 if not turns[-1][1] or turns[-1][1][-1][0] != label:
                     turns[-1][1].append((label, whole.get(-row.id - 1)))
             elif row.segment in HEADERS.values() or row.index in owner:
-                turns[-1][1].append((prompt[row.start:row.end] or row.token, owner.get(row.index)))
+                turns[-1][1].append((prompt[row.start : row.end] or row.token, owner.get(row.index)))
         return [(role, pieces) for role, pieces in turns if pieces]
 
     def to_html(self, token=None) -> str:
@@ -257,14 +287,18 @@ class Attribution:
                 else:
                     parts.append(_chip(text, score_colour(values[i], scale), f"{self.units[i].name}: {values[i]:+.3f}"))
             body.append(f'<div style="margin:2px 0">{"".join(parts)}</div>')
-        head = (f"<div><b>{html.escape(self.method)}</b> over {len(self.units)} units "
-                f"({html.escape(' + '.join(self.kinds))}) for {html.escape(self.token_name(token))} of "
-                f"<code>{html.escape(self.target_text)}</code> · scale ±{scale:.3f} "
-                f"({_chip('supports', score_colour(1, 1))} {_chip('works against', score_colour(-1, 1))})</div>")
-        pictures = "".join(self._picture_html(span.index, token) for span in self.inputs.images
-                           if any(u.image == span.index for u in self.units))
-        return (f'<div style="font-family:monospace;line-height:1.9;color:#111827">{head}{"".join(body)}'
-                f"{pictures}</div>")
+        head = (
+            f"<div><b>{html.escape(self.method)}</b> over {len(self.units)} units "
+            f"({html.escape(' + '.join(self.kinds))}) for {html.escape(self.token_name(token))} of "
+            f"<code>{html.escape(self.target_text)}</code> · scale ±{scale:.3f} "
+            f"({_chip('supports', score_colour(1, 1))} {_chip('works against', score_colour(-1, 1))})</div>"
+        )
+        pictures = "".join(
+            self._picture_html(span.index, token)
+            for span in self.inputs.images
+            if any(u.image == span.index for u in self.units)
+        )
+        return f'<div style="font-family:monospace;line-height:1.9;color:#111827">{head}{"".join(body)}{pictures}</div>'
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -285,10 +319,12 @@ class Attribution:
         buffer = io.BytesIO()
         blended.convert("RGB").save(buffer, format="PNG")
         data = base64.b64encode(buffer.getvalue()).decode()
-        return (f'<figure style="display:inline-block;margin:4px"><img alt="image {image + 1} attribution" '
-                f'style="border:1px solid #d1d5db" src="data:image/png;base64,{data}"/>'
-                f"<figcaption>image {image + 1}: its units' scores on the picture, scale ±{scale:.3f}</figcaption>"
-                "</figure>")
+        return (
+            f'<figure style="display:inline-block;margin:4px"><img alt="image {image + 1} attribution" '
+            f'style="border:1px solid #d1d5db" src="data:image/png;base64,{data}"/>'
+            f"<figcaption>image {image + 1}: its units' scores on the picture, scale ±{scale:.3f}</figcaption>"
+            "</figure>"
+        )
 
     def plot(self, token=None, image: int = 0):
         """Text heat (and, with image units, the picture's overlay): ``(fig, axes)``."""
@@ -297,8 +333,12 @@ class Attribution:
         from phi3lab.views import plotting
 
         pictured = any(u.image is not None for u in self.units) and self.inputs.images
-        fig, axes = plt.subplots(1, 2 if pictured else 1, figsize=(12 if pictured else 9, 3.6),
-                                 gridspec_kw={"width_ratios": [1.6, 1]} if pictured else None)
+        fig, axes = plt.subplots(
+            1,
+            2 if pictured else 1,
+            figsize=(12 if pictured else 9, 3.6),
+            gridspec_kw={"width_ratios": [1.6, 1]} if pictured else None,
+        )
         axes = list(np.atleast_1d(axes))
         plotting.attribution_text(self, token=token, ax=axes[0])
         if pictured:
@@ -311,14 +351,17 @@ class Attribution:
         captum's plots (``plot_token_attr``, ``plot_seq_attr``)."""
         from captum.attr import LLMAttributionResult
 
-        return LLMAttributionResult(input_tokens=self.labels, output_tokens=list(self.target_tokens),
-                                    seq_attr=self.total, token_attr=self.scores)
+        return LLMAttributionResult(
+            input_tokens=self.labels,
+            output_tokens=list(self.target_tokens),
+            seq_attr=self.total,
+            token_attr=self.scores,
+        )
 
 
 def _chip(text: str, background: str, title: str | None = None) -> str:
     hover = f' title="{html.escape(title)}"' if title else ""
     return f'<span{hover} style="background:{background};border-radius:3px;padding:0 2px">{html.escape(text)}</span>'
-
 
 
 def compare(attributions: Sequence[Attribution], kind: str = "deletion", token=None) -> list[Curve]:

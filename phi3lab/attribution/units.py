@@ -97,11 +97,15 @@ def check_kinds(units) -> tuple[str, ...]:
         raise TypeError(f"units must be one of {UNIT_KINDS} or a list of them, got {units!r}")
     unknown = [k for k in kinds if k not in UNIT_KINDS]
     if unknown:
-        raise ValueError(f"unknown units {unknown}; choose from {', '.join(UNIT_KINDS)} "
-                         "(e.g. units='words', or units=['messages', 'images'])")
+        raise ValueError(
+            f"unknown units {unknown}; choose from {', '.join(UNIT_KINDS)} "
+            "(e.g. units='words', or units=['messages', 'images'])"
+        )
     if sum(k in TEXT_UNITS for k in kinds) > 1 or sum(k in IMAGE_UNITS for k in kinds) > 1:
-        raise ValueError(f"units={list(kinds)}: combine at most one text kind {TEXT_UNITS} with one image kind "
-                         f"{IMAGE_UNITS}, so that no position belongs to two units")
+        raise ValueError(
+            f"units={list(kinds)}: combine at most one text kind {TEXT_UNITS} with one image kind "
+            f"{IMAGE_UNITS}, so that no position belongs to two units"
+        )
     return kinds
 
 
@@ -127,14 +131,14 @@ def _turn_names(turns) -> dict[int, str]:
 
 def _text(prompt: str, table, positions) -> str:
     rows = [table.rows[p] for p in positions]
-    return " ".join(prompt[rows[0].start:rows[-1].end].split()) or rows[0].token
+    return " ".join(prompt[rows[0].start : rows[-1].end].split()) or rows[0].token
 
 
 def _new_word(prompt: str, table, group, row, where: str) -> bool:
     if group is None or group[0] != where or row.index != group[1][-1] + 1:
         return True
-    so_far = "".join(prompt[table.rows[p].start:table.rows[p].end] for p in group[1])
-    return prompt[row.start:row.end][:1].isspace() and bool(so_far.strip())
+    so_far = "".join(prompt[table.rows[p].start : table.rows[p].end] for p in group[1])
+    return prompt[row.start : row.end][:1].isspace() and bool(so_far.strip())
 
 
 def _text_units(kind: str, table, include_template: bool) -> list[Unit]:
@@ -184,8 +188,13 @@ def _view_rect(box, layout) -> tuple[int, int, int, int, int]:
     """The global view's rectangle (view 0) for a canvas box: the canvas squashed to 336×336."""
     sx, sy = CROP / layout.padded[0], CROP / layout.padded[1]
     x0, y0, x1, y1 = box
-    return 0, round(y0 * sy), max(round(y1 * sy), round(y0 * sy) + 1), round(x0 * sx), max(round(x1 * sx),
-                                                                                          round(x0 * sx) + 1)
+    return (
+        0,
+        round(y0 * sy),
+        max(round(y1 * sy), round(y0 * sy) + 1),
+        round(x0 * sx),
+        max(round(x1 * sx), round(x0 * sx) + 1),
+    )
 
 
 def _image_units(kind: str, span, region_size: int) -> list[Unit]:
@@ -211,19 +220,38 @@ def _image_units(kind: str, span, region_size: int) -> list[Unit]:
     for r in range(rows * CELLS // region_size):
         for c in range(cols * CELLS // region_size):
             canvas = (c * size, r * size, (c + 1) * size, (r + 1) * size)
-            cells = [t for t in tokens if t.kind == "crop" and r * region_size <= t.row < (r + 1) * region_size
-                     and c * region_size <= t.col < (c + 1) * region_size]
+            cells = [
+                t
+                for t in tokens
+                if t.kind == "crop"
+                and r * region_size <= t.row < (r + 1) * region_size
+                and c * region_size <= t.col < (c + 1) * region_size
+            ]
             boxes = [t.image_box for t in cells if t.image_box is not None]
             if not boxes:
                 continue  # all white padding: nothing of the picture to remove
-            box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes),
-                   max(b[3] for b in boxes))
+            box = (
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            )
             glob = [t for t in tokens if t.kind == "global" and _centre_in(t.canvas_box, canvas)]
             crop = cells[0].crop
             y0, x0 = (r * size) % CROP, (c * size) % CROP
             views = ((crop, y0, y0 + size, x0, x0 + size), _view_rect(canvas, layout))
-            units.append(Unit(f"{where} r{r}c{c}", kind, tuple(start + t.index for t in cells + glob), where,
-                              span.index, box, views, run))
+            units.append(
+                Unit(
+                    f"{where} r{r}c{c}",
+                    kind,
+                    tuple(start + t.index for t in cells + glob),
+                    where,
+                    span.index,
+                    box,
+                    views,
+                    run,
+                )
+            )
     return units
 
 
@@ -232,8 +260,9 @@ def _centre_in(box, canvas) -> bool:
     return canvas[0] <= x < canvas[2] and canvas[1] <= y < canvas[3]
 
 
-def build_units(inputs, kinds: Sequence[str], *, region_size: int = 4, include_template: bool = False,
-                vision: bool = False) -> list[Unit]:
+def build_units(
+    inputs, kinds: Sequence[str], *, region_size: int = 4, include_template: bool = False, vision: bool = False
+) -> list[Unit]:
     """The units of an encoded prompt, in prompt order (by first position).
 
     Raises:
@@ -246,22 +275,30 @@ def build_units(inputs, kinds: Sequence[str], *, region_size: int = 4, include_t
             units += _text_units(kind, inputs.table, include_template)
             continue
         if not vision:
-            raise ValueError(f"units={kind!r} needs pictures, but this is a text model; use a text kind "
-                             f"({', '.join(TEXT_UNITS)}) or load a vision model (phi3lab.load('tiny-vision'))")
+            raise ValueError(
+                f"units={kind!r} needs pictures, but this is a text model; use a text kind "
+                f"({', '.join(TEXT_UNITS)}) or load a vision model (phi3lab.load('tiny-vision'))"
+            )
         if not inputs.images:
-            raise ValueError(f"units={kind!r} needs pictures, but this prompt has none; put <|image_1|> in the "
-                             "text and pass images=[picture]")
-        if isinstance(region_size, bool) or not isinstance(region_size, int) or region_size < 1 \
-                or CELLS % region_size:
-            raise ValueError(f"region_size={region_size!r} must divide a crop's {CELLS} cells (1, 2, 3, 4, 6 or 12), "
-                             "so that every region lies inside one crop")
+            raise ValueError(
+                f"units={kind!r} needs pictures, but this prompt has none; put <|image_1|> in the "
+                "text and pass images=[picture]"
+            )
+        if isinstance(region_size, bool) or not isinstance(region_size, int) or region_size < 1 or CELLS % region_size:
+            raise ValueError(
+                f"region_size={region_size!r} must divide a crop's {CELLS} cells (1, 2, 3, 4, 6 or 12), "
+                "so that every region lies inside one crop"
+            )
         for span in inputs.images:
             units += _image_units(kind, span, region_size)
     if include_template and not any(k in TEXT_UNITS for k in kinds):
         units += _template_units(inputs.table, _turns(inputs.table), _turn_names(_turns(inputs.table)))
     if not units:
-        raise ValueError("nothing to attribute: the prompt has no text outside the chat template"
-                         + (" and no pictures" if vision else "") + "; give a conversation with some words")
+        raise ValueError(
+            "nothing to attribute: the prompt has no text outside the chat template"
+            + (" and no pictures" if vision else "")
+            + "; give a conversation with some words"
+        )
     return sorted(units, key=lambda u: (u.first, u.positions))
 
 
@@ -277,13 +314,16 @@ def text_baseline_id(tokenizer, baseline) -> int:
         if ids[0] is None or ids[0] == tokenizer.unk_token_id and baseline != tokenizer.unk_token:
             encoded = tokenizer.encode(baseline, add_special_tokens=False)
             if len(encoded) != 1:
-                raise ValueError(f"baseline={baseline!r} is {len(encoded)} tokens; a text baseline must be one token "
-                                 "(so removing a word keeps every position), e.g. 'unk', '▁the' or a token id")
+                raise ValueError(
+                    f"baseline={baseline!r} is {len(encoded)} tokens; a text baseline must be one token "
+                    "(so removing a word keeps every position), e.g. 'unk', '▁the' or a token id"
+                )
             ids = encoded
         return int(ids[0])
     if isinstance(baseline, bool) or not isinstance(baseline, (int, np.integer)) or not 0 <= baseline < len(tokenizer):
-        raise ValueError(f"baseline must be 'unk', a one-token string or a token id in 0..{len(tokenizer) - 1}, "
-                         f"got {baseline!r}")
+        raise ValueError(
+            f"baseline must be 'unk', a one-token string or a token id in 0..{len(tokenizer) - 1}, got {baseline!r}"
+        )
     return int(baseline)
 
 
@@ -299,6 +339,7 @@ def image_fill(image_processor, baseline) -> list[float]:
     else:
         rgb = tuple(baseline) if isinstance(baseline, (list, tuple)) else ()
         if len(rgb) != 3 or not all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in rgb):
-            raise ValueError(f"image_baseline must be one of {IMAGE_BASELINES} or an (r, g, b) triple of 0..255, "
-                             f"got {baseline!r}")
+            raise ValueError(
+                f"image_baseline must be one of {IMAGE_BASELINES} or an (r, g, b) triple of 0..255, got {baseline!r}"
+            )
     return [(v / 255 - m) / s for v, m, s in zip(rgb, mean, std)]

@@ -94,8 +94,15 @@ class Cache:
         capture: the underlying :class:`~phi3lab.inspect.capture.AttentionCapture`.
     """
 
-    def __init__(self, lab, inputs, cap: AttentionCapture, residuals: _Residuals | None, answer_ids: Sequence[int],
-                 rollout_ready: bool):
+    def __init__(
+        self,
+        lab,
+        inputs,
+        cap: AttentionCapture,
+        residuals: _Residuals | None,
+        answer_ids: Sequence[int],
+        rollout_ready: bool,
+    ):
         self._lab = lab
         self.inputs = inputs
         self.capture = cap
@@ -176,8 +183,11 @@ class Cache:
 
     def mean_attention(self, layers=None, heads=None, rows="answer") -> torch.Tensor:
         """Attention averaged over layers, heads and rows: one ``[keys]`` row (batch row 0)."""
-        chosen = self.layers if layers is None else [self._layer(i) for i in
-                                                     ([layers] if isinstance(layers, int) else layers)]
+        chosen = (
+            self.layers
+            if layers is None
+            else [self._layer(i) for i in ([layers] if isinstance(layers, int) else layers)]
+        )
         rows = self._rows(rows)
         stacked = torch.stack([self.attention(i)[0][:, rows] for i in chosen])  # [layers, heads, rows, keys]
         if heads is not None:
@@ -213,8 +223,7 @@ class Cache:
 
         n_layers = self._lab.model.config.num_hidden_layers
         if len(self.layers) != n_layers:
-            raise ValueError(f"rollout needs every layer; this cache holds layers {self.layers}. "
-                             "Run with layers='all'")
+            raise ValueError(f"rollout needs every layer; this cache holds layers {self.layers}. Run with layers='all'")
         n = self.num_tokens
         wanted = [self.positions[r] for r in self._rows(rows)]
         if self._rollout_ready:
@@ -222,13 +231,23 @@ class Cache:
             getters = []
             for layer in range(n_layers):
                 q, k, groups = self.capture.queries_keys(layer)
-                getters.append(qk_rows(q[0], k[0], modules[layer].scaling, groups, self._key_mask(n),
-                                       getattr(self._lab.model.config, "sliding_window", None)))
+                getters.append(
+                    qk_rows(
+                        q[0],
+                        k[0],
+                        modules[layer].scaling,
+                        groups,
+                        self._key_mask(n),
+                        getattr(self._lab.model.config, "sliding_window", None),
+                    )
+                )
         elif self.heads is None and self.positions == list(range(n)):
             getters = [map_rows(self.attention(layer)[0]) for layer in range(n_layers)]
         else:
-            raise ValueError("rollout needs every query row of every head: run with rollout=True "
-                             "(scales to long prompts) or with queries='all' and heads=None")
+            raise ValueError(
+                "rollout needs every query row of every head: run with rollout=True "
+                "(scales to long prompts) or with queries='all' and heads=None"
+            )
         return rollout_rows(getters, wanted, n, residual=residual, chunk=chunk)
 
     def _key_mask(self, n: int) -> torch.Tensor:
@@ -301,8 +320,10 @@ class Cache:
         if self.answer_ids:
             lines.append(f"answer: {tok.decode(list(self.answer_ids), skip_special_tokens=True)!r}")
         for im in self.inputs.images:
-            lines.append(f"image {im.index + 1}: {im.width}×{im.height}, {im.layout.grid[0]}×{im.layout.grid[1]} "
-                         f"crops, tokens {im.start}..{im.end - 1}")
+            lines.append(
+                f"image {im.index + 1}: {im.width}×{im.height}, {im.layout.grid[0]}×{im.layout.grid[1]} "
+                f"crops, tokens {im.start}..{im.end - 1}"
+            )
         labels = self.tokens
         last = self.layers[-1]
         weights = self.attention(last)[0].mean(0)  # [rows, keys]
@@ -317,8 +338,10 @@ class Cache:
     __str__ = to_text
 
     def __repr__(self) -> str:
-        return (f"Cache({self.prompt_tokens} prompt + {len(self.answer_ids)} answer tokens, "
-                f"layers {_ranges(self.layers)}, {len(self.positions)} rows)")
+        return (
+            f"Cache({self.prompt_tokens} prompt + {len(self.answer_ids)} answer tokens, "
+            f"layers {_ranges(self.layers)}, {len(self.positions)} rows)"
+        )
 
 
 def _ranges(values: Sequence[int]) -> str:
@@ -328,8 +351,7 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(map(str, values))
 
 
-def _estimate(model, layers: list[int], heads, queries, prompt: int, steps: int, residual: bool,
-              keep_qk: bool) -> int:
+def _estimate(model, layers: list[int], heads, queries, prompt: int, steps: int, residual: bool, keep_qk: bool) -> int:
     """Bytes the run will keep: attention rows, residual rows and (for rollout) queries and keys."""
     config = model.config
     n_heads = len(heads) if heads is not None else config.num_attention_heads
@@ -347,10 +369,21 @@ def _estimate(model, layers: list[int], heads, queries, prompt: int, steps: int,
     return nbytes
 
 
-def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers="all", heads=None,
-                   queries: QuerySpec = "all", max_new_tokens: int = 0, residual: bool = True,
-                   rollout: bool = False, budget: int | None = None, num_crops: int | None = None,
-                   **render_kwargs):
+def run_with_cache(
+    lab,
+    conversation,
+    images: Sequence | None = None,
+    *,
+    layers="all",
+    heads=None,
+    queries: QuerySpec = "all",
+    max_new_tokens: int = 0,
+    residual: bool = True,
+    rollout: bool = False,
+    budget: int | None = None,
+    num_crops: int | None = None,
+    **render_kwargs,
+):
     """Encode a conversation, run the model with hooks, and return ``(output, Cache)``.
 
     Args:
@@ -376,18 +409,26 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
     from phi3lab.validation import check_context
 
     inputs = lab.encode(conversation, images, num_crops=num_crops, **render_kwargs)
-    check_context(inputs.num_tokens, max_new_tokens, lab.spec.context_length,
-                  image_tokens=sum(im.num_tokens for im in inputs.images))
+    check_context(
+        inputs.num_tokens,
+        max_new_tokens,
+        lab.spec.context_length,
+        image_tokens=sum(im.num_tokens for im in inputs.images),
+    )
     model = lab.model
     probe = capture(model, layers=layers, heads=heads, queries=queries, budget=budget, keep_qk=rollout)
     cap_layers = probe.cap.layers
     limit = probe.cap.budget
-    need = _estimate(model, cap_layers, probe.cap.heads, probe.cap.queries, inputs.num_tokens, max_new_tokens,
-                     residual, rollout)
-    check_budget(need, limit, f"run_with_cache on {inputs.num_tokens} prompt tokens"
-                 + (f" + {max_new_tokens} new" if max_new_tokens else ""),
-                 "capture fewer layers or heads, queries='last', residual=False or rollout=False, a shorter "
-                 "prompt, or pass budget= if you know the memory is there")
+    need = _estimate(
+        model, cap_layers, probe.cap.heads, probe.cap.queries, inputs.num_tokens, max_new_tokens, residual, rollout
+    )
+    check_budget(
+        need,
+        limit,
+        f"run_with_cache on {inputs.num_tokens} prompt tokens" + (f" + {max_new_tokens} new" if max_new_tokens else ""),
+        "capture fewer layers or heads, queries='last', residual=False or rollout=False, a shorter "
+        "prompt, or pass budget= if you know the memory is there",
+    )
     keeper = _Residuals(model, probe.cap.queries) if residual else None
     with torch.inference_mode(), probe as cap, keeper or contextlib.nullcontext():
         if max_new_tokens == 0:
@@ -398,8 +439,7 @@ def run_with_cache(lab, conversation, images: Sequence | None = None, *, layers=
             started = time.perf_counter()
             out = model.generate(**inputs, **kwargs)
             ended = time.perf_counter()
-            new_ids = [int(i) for i in out[0, inputs.num_tokens:]]
+            new_ids = [int(i) for i in out[0, inputs.num_tokens :]]
             output = chat_result(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
             answer = list(output.token_ids)
     return output, Cache(lab, inputs, cap, keeper, answer, rollout_ready=rollout)
-

@@ -87,8 +87,10 @@ def attention_layers(model) -> list[torch.nn.Module]:
     base = getattr(model, "model", model)
     layers = getattr(base, "layers", None)
     if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
-        raise TypeError(f"{type(model).__name__} has no Phi-3 decoder layers (model.layers[i].self_attn); "
-                        "pass a Phi-3 or Phi-3-vision causal LM such as lab.model")
+        raise TypeError(
+            f"{type(model).__name__} has no Phi-3 decoder layers (model.layers[i].self_attn); "
+            "pass a Phi-3 or Phi-3-vision causal LM such as lab.model"
+        )
     return [layer.self_attn for layer in layers]
 
 
@@ -129,8 +131,10 @@ def _select_rows(spec: QuerySpec, q_len: int) -> torch.Tensor:
 def _check_queries(queries) -> QuerySpec:
     if isinstance(queries, str):
         if queries not in ("last", "all"):
-            raise ValueError(f"queries={queries!r} is not a choice; use 'last', 'all', an int, a list of ints, "
-                             "a slice or a function of the row indices")
+            raise ValueError(
+                f"queries={queries!r} is not a choice; use 'last', 'all', an int, a list of ints, "
+                "a slice or a function of the row indices"
+            )
         return queries
     if isinstance(queries, bool):
         raise TypeError("queries must be 'last', 'all', an int, a list of ints, a slice or a function, got a bool")
@@ -141,8 +145,9 @@ def _check_queries(queries) -> QuerySpec:
         if not items or any(isinstance(q, bool) or not isinstance(q, int) for q in items):
             raise TypeError(f"queries as a list must be a non-empty list of ints, got {queries!r}")
         return items
-    raise TypeError(f"queries must be 'last', 'all', an int, a list of ints, a slice or a function, "
-                    f"got {type(queries).__name__}")
+    raise TypeError(
+        f"queries must be 'last', 'all', an int, a list of ints, a slice or a function, got {type(queries).__name__}"
+    )
 
 
 def _index_list(value, n: int, name: str) -> list[int]:
@@ -160,8 +165,9 @@ def choose_layers(layers, n: int) -> list[int]:
     """``"all"``, an int or a list of ints (negatives from the end) as sorted layer indices of ``n``."""
     if isinstance(layers, str):
         if layers != "all":
-            raise ValueError(f"layers={layers!r} is not a choice; use 'all', an int (e.g. -1 for the last layer) "
-                             "or a list of ints")
+            raise ValueError(
+                f"layers={layers!r} is not a choice; use 'all', an int (e.g. -1 for the last layer) or a list of ints"
+            )
         return list(range(n))
     return _index_list(layers, n, "layers")
 
@@ -176,8 +182,9 @@ class AttentionCapture:
     latest sequence), which :meth:`rollout_rows` uses to compute rollout without storing N×N maps.
     """
 
-    def __init__(self, layers: list[int], heads: list[int] | None, queries: QuerySpec, budget: int,
-                 keep_qk: bool = False):
+    def __init__(
+        self, layers: list[int], heads: list[int] | None, queries: QuerySpec, budget: int, keep_qk: bool = False
+    ):
         self.layers, self.heads, self.queries, self.budget = layers, heads, queries, budget
         self.keep_qk = keep_qk
         self.records: dict[int, list[_Record]] = {i: [] for i in layers}
@@ -193,8 +200,10 @@ class AttentionCapture:
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"layer must be an int, got {type(layer).__name__}")
         if layer not in self.records:
-            raise KeyError(f"layer {layer} was not captured; captured layers: {self.layers} "
-                           "(pass layers=[...] or layers='all' to capture it)")
+            raise KeyError(
+                f"layer {layer} was not captured; captured layers: {self.layers} "
+                "(pass layers=[...] or layers='all' to capture it)"
+            )
         recs = self.records[layer]
         if not recs:
             raise RuntimeError(f"nothing was captured for layer {layer}: run the model inside the capture block")
@@ -216,14 +225,26 @@ class AttentionCapture:
     # -- called from the hooks -------------------------------------------------------------------
 
     def _reserve(self, nbytes: int) -> None:
-        check_budget(self.bytes + nbytes, self.budget, "capturing these attention rows",
-                     "capture fewer layers or heads, or fewer query rows (e.g. queries='last'), "
-                     "or raise budget= if you know the memory is there")
+        check_budget(
+            self.bytes + nbytes,
+            self.budget,
+            "capturing these attention rows",
+            "capture fewer layers or heads, or fewer query rows (e.g. queries='last'), "
+            "or raise budget= if you know the memory is there",
+        )
         self.bytes += nbytes
 
-    def record(self, layer: int, query: torch.Tensor, keys: "KernelKeys", mask: torch.Tensor | None,
-               scaling: float, position_ids: torch.Tensor | None, groups: int,
-               sliding_window: int | None = None) -> None:
+    def record(
+        self,
+        layer: int,
+        query: torch.Tensor,
+        keys: KernelKeys,
+        mask: torch.Tensor | None,
+        scaling: float,
+        position_ids: torch.Tensor | None,
+        groups: int,
+        sliding_window: int | None = None,
+    ) -> None:
         """Store softmax(q·kᵀ·scaling + mask) for the selected rows of one forward call.
 
         ``query`` holds this call's rows ``[B, H, q_len, d]``; ``keys`` the keys the kernel sees
@@ -235,12 +256,14 @@ class AttentionCapture:
         """
         key = keys.keys
         if self.keep_qk:
-            self._keep(layer, query, key[:, :, -query.shape[2]:], keys.seen, groups)
+            self._keep(layer, query, key[:, :, -query.shape[2] :], keys.seen, groups)
         batch, _, q_len, _ = query.shape
         k_len = key.shape[2]
         total = keys.seen + q_len  # absolute key positions 0 … total − 1
         # a decode step of generate has one new row: it is the answer's, whatever the prompt's selection
-        rows = (torch.tensor([0]) if keys.seen > 0 and q_len == 1 else _select_rows(self.queries, q_len)).to(query.device)
+        rows = (torch.tensor([0]) if keys.seen > 0 and q_len == 1 else _select_rows(self.queries, q_len)).to(
+            query.device
+        )
         heads = torch.as_tensor(self.heads, device=query.device) if self.heads is not None else None
         n_heads = len(self.heads) if self.heads is not None else query.shape[1]
         self._reserve(4 * batch * n_heads * len(rows) * max(total, k_len))
@@ -255,8 +278,10 @@ class AttentionCapture:
         key_pos = keys.positions.to(query.device)
         if mask is not None and mask.dim() == 4:
             if mask.shape[-1] < k_len:
-                raise RuntimeError(f"attention capture: the kernel's mask covers {mask.shape[-1]} keys but the "
-                                   f"cache gives {k_len}; this cache layout is not supported")
+                raise RuntimeError(
+                    f"attention capture: the kernel's mask covers {mask.shape[-1]} keys but the "
+                    f"cache gives {k_len}; this cache layout is not supported"
+                )
             m = mask[:, :, rows, :k_len] if mask.shape[2] == q_len else mask[..., :k_len]
             if m.dtype == torch.bool:
                 weights.masked_fill_(~m, float("-inf"))
@@ -294,8 +319,10 @@ class AttentionCapture:
     def queries_keys(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """``(q [B, H, T, d], k [B, H_kv, T, d], groups)`` kept for ``layer`` (needs ``keep_qk``)."""
         if layer not in self.qk:
-            raise RuntimeError(f"no queries and keys were kept for layer {layer}; capture with keep_qk=True "
-                               "(lab.run_with_cache(..., rollout=True))")
+            raise RuntimeError(
+                f"no queries and keys were kept for layer {layer}; capture with keep_qk=True "
+                "(lab.run_with_cache(..., rollout=True))"
+            )
         store = self.qk[layer]
         return torch.cat(store["q"], dim=2), torch.cat(store["k"], dim=2), store["groups"]
 
@@ -317,8 +344,9 @@ class _Hooks:
     def install(self) -> None:
         for layer in self.layers:
             attn = self.modules[layer]
-            self.handles.append(attn.register_forward_pre_hook(functools.partial(self._before, layer),
-                                                               with_kwargs=True))
+            self.handles.append(
+                attn.register_forward_pre_hook(functools.partial(self._before, layer), with_kwargs=True)
+            )
             self.handles.append(attn.qkv_proj.register_forward_hook(functools.partial(self._after, layer)))
 
     def remove(self) -> None:
@@ -342,13 +370,20 @@ class _Hooks:
         shape = (*qkv.shape[:-1], -1, attn.head_dim)
         with torch.no_grad():
             query = qkv[..., :q_dim].view(shape).transpose(1, 2)
-            key = qkv[..., q_dim:q_dim + kv_dim].view(shape).transpose(1, 2)
+            key = qkv[..., q_dim : q_dim + kv_dim].view(shape).transpose(1, 2)
             cos, sin = kwargs["position_embeddings"]
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys = kernel_keys(kwargs.get("past_key_values"), attn.layer_idx, key)
-            self.cap.record(layer, query, keys, kwargs.get("attention_mask"), attn.scaling,
-                            kwargs.get("position_ids"), attn.num_key_value_groups,
-                            sliding_window=getattr(attn.config, "sliding_window", None))
+            self.cap.record(
+                layer,
+                query,
+                keys,
+                kwargs.get("attention_mask"),
+                attn.scaling,
+                kwargs.get("position_ids"),
+                attn.num_key_value_groups,
+                sliding_window=getattr(attn.config, "sliding_window", None),
+            )
         return None
 
 
@@ -416,8 +451,11 @@ def kernel_keys(cache, layer_idx: int, new: torch.Tensor) -> KernelKeys:
         seen = int(entry.cumulative_length_int)
         size = entry.max_cache_len
         if ready and seen >= size:  # full: the oldest key drops out, the new ones follow
-            return KernelKeys(torch.cat([entry.keys[:, :, 1:], new], dim=2),
-                              torch.arange(seen - size + 1, seen + q_len, device=device), seen)
+            return KernelKeys(
+                torch.cat([entry.keys[:, :, 1:], new], dim=2),
+                torch.arange(seen - size + 1, seen + q_len, device=device),
+                seen,
+            )
         if seen + q_len > size:  # becoming full on this call
             keys = new if seen == 0 else torch.cat([entry.keys[:, :, :seen], new], dim=2)
             return KernelKeys(keys, torch.arange(seen + q_len, device=device), seen)
@@ -439,9 +477,9 @@ def _static_keys(entry, new: torch.Tensor, seen: int, size: int, ready: bool) ->
         buffer = entry.keys.clone()
     else:
         buffer = new.new_zeros(*new.shape[:2], size, new.shape[-1])
-    buffer[:, :, seen:seen + q_len] = new
+    buffer[:, :, seen : seen + q_len] = new
     positions = torch.arange(size, device=new.device)
-    positions[seen + q_len:] = -1  # slots not written yet: the kernel's mask hides them
+    positions[seen + q_len :] = -1  # slots not written yet: the kernel's mask hides them
     return KernelKeys(buffer, positions, seen)
 
 
@@ -465,11 +503,21 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
         An :class:`AttentionCapture` (from ``with capture(...) as cap``).
     """
 
-    def __init__(self, model, layers: Iterable[int] | int | str = "all", heads: Iterable[int] | int | None = None,
-                 queries: QuerySpec = "last", budget: int | None = None, keep_qk: bool = False):
+    def __init__(
+        self,
+        model,
+        layers: Iterable[int] | int | str = "all",
+        heads: Iterable[int] | int | None = None,
+        queries: QuerySpec = "last",
+        budget: int | None = None,
+        keep_qk: bool = False,
+    ):
         if not isinstance(model, torch.nn.Module):
-            hint = (" — this looks like a phi3lab Lab: pass lab.model, or use lab.run_with_cache(...)"
-                    if hasattr(model, "model") and hasattr(model, "processor") else "")
+            hint = (
+                " — this looks like a phi3lab Lab: pass lab.model, or use lab.run_with_cache(...)"
+                if hasattr(model, "model") and hasattr(model, "processor")
+                else ""
+            )
             raise TypeError(f"capture takes a torch model, got {type(model).__name__}{hint}")
         modules = attention_layers(model)
         layers = choose_layers(layers, len(modules))
@@ -481,8 +529,9 @@ class capture:  # noqa: N801 - used as a context manager, like torch.no_grad
             raise TypeError(f"budget must be a number of bytes (an int ≥ 0) or None, got {budget!r}")
         device = next(model.parameters()).device
         self.model = model
-        self.cap = AttentionCapture(layers, heads, queries, budget if budget is not None else memory_budget(device),
-                                    keep_qk=bool(keep_qk))
+        self.cap = AttentionCapture(
+            layers, heads, queries, budget if budget is not None else memory_budget(device), keep_qk=bool(keep_qk)
+        )
         self._hooks = _Hooks(modules, layers, self.cap)
 
     def __enter__(self) -> AttentionCapture:
@@ -508,10 +557,13 @@ def guard_output_attentions(model, budget: int | None = None):
         shape = ids.shape if ids is not None else embeds.shape[:2]
         nbytes = output_attentions_bytes(module, int(shape[1]), int(shape[0]))
         device = next(module.parameters()).device
-        check_budget(nbytes, budget if budget is not None else memory_budget(device),
-                     f"output_attentions=True on {int(shape[0])}×{int(shape[1])} tokens",
-                     "capture only the layers, heads and rows you need with phi3lab.inspect.capture.capture "
-                     "(it also works under sdpa), or shorten the input")
+        check_budget(
+            nbytes,
+            budget if budget is not None else memory_budget(device),
+            f"output_attentions=True on {int(shape[0])}×{int(shape[1])} tokens",
+            "capture only the layers, heads and rows you need with phi3lab.inspect.capture.capture "
+            "(it also works under sdpa), or shorten the input",
+        )
         return None
 
     return model.register_forward_pre_hook(check, with_kwargs=True)

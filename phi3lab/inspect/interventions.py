@@ -82,8 +82,9 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
         try:
             for i in choose_layers(layers, len(modules)):
                 if where == "input":
-                    self.handles.append(modules[i].register_forward_pre_hook(
-                        functools.partial(self._before, fn, i), with_kwargs=True))
+                    self.handles.append(
+                        modules[i].register_forward_pre_hook(functools.partial(self._before, fn, i), with_kwargs=True)
+                    )
                 elif where == "mid":
                     self._hook_mid(modules[i], fn, i)
                 else:
@@ -99,8 +100,10 @@ class edit_residual(_Edit):  # noqa: N801 - a context manager
         is read at the norm, after any ``where="input"`` edit of the same layer."""
         added, norm = getattr(module, "resid_attn_dropout", None), getattr(module, "input_layernorm", None)
         if not (isinstance(added, torch.nn.Module) and isinstance(norm, torch.nn.Module)):
-            raise TypeError(f"where='mid' needs a Phi-3 decoder layer (input_layernorm … resid_attn_dropout); "
-                            f"layer {layer} is a {type(module).__name__}: use where='input' or 'output'")
+            raise TypeError(
+                f"where='mid' needs a Phi-3 decoder layer (input_layernorm … resid_attn_dropout); "
+                f"layer {layer} is a {type(module).__name__}: use where='input' or 'output'"
+            )
         entering: list[torch.Tensor] = []
 
         def keep(module, args):
@@ -147,8 +150,9 @@ class edit_heads(_Edit):  # noqa: N801 - a context manager
         modules = _layers(model)
         for i in choose_layers(layers, len(modules)):
             attn = modules[i].self_attn
-            self.handles.append(attn.o_proj.register_forward_pre_hook(
-                functools.partial(self._before, fn, i, attn.head_dim)))
+            self.handles.append(
+                attn.o_proj.register_forward_pre_hook(functools.partial(self._before, fn, i, attn.head_dim))
+            )
 
     @staticmethod
     def _before(fn, layer, head_dim, module, args):
@@ -158,8 +162,10 @@ class edit_heads(_Edit):  # noqa: N801 - a context manager
         if new is None:
             return None
         if new.shape != z.shape:
-            raise ValueError(f"edit_heads: fn returned shape {tuple(new.shape)} for layer {layer}; "
-                             f"it must keep [batch, tokens, heads, head_dim] = {tuple(z.shape)}")
+            raise ValueError(
+                f"edit_heads: fn returned shape {tuple(new.shape)} for layer {layer}; "
+                f"it must keep [batch, tokens, heads, head_dim] = {tuple(z.shape)}"
+            )
         return (new.reshape(flat.shape), *args[1:])
 
 

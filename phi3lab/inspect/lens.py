@@ -44,8 +44,10 @@ class LogitLens:
         head = "".join(f"<th>#{i + 1}</th>" for i in range(len(self.tokens[0])))
         body = "".join(
             f"<tr><td>{name}</td>"
-            + "".join(f'<td style="background:rgba(37,99,235,{p:.2f})">{_esc(t)} <small>{p:.2f}</small></td>'
-                      for t, p in zip(toks, ps))
+            + "".join(
+                f'<td style="background:rgba(37,99,235,{p:.2f})">{_esc(t)} <small>{p:.2f}</small></td>'
+                for t, p in zip(toks, ps)
+            )
             + "</tr>"
             for name, toks, ps in zip(self.layers, self.tokens, self.probs)
         )

@@ -15,7 +15,19 @@ import torch
 
 from phi3lab.prompts.patches import CELLS, hd_layout, image_tokens
 
-__all__ = ["rollout", "rollout_rows", "map_rows", "qk_rows", "head_summary", "top_keys", "rows_text", "grid_text", "ImageHeat", "image_heat", "image_runs"]
+__all__ = [
+    "rollout",
+    "rollout_rows",
+    "map_rows",
+    "qk_rows",
+    "head_summary",
+    "top_keys",
+    "rows_text",
+    "grid_text",
+    "ImageHeat",
+    "image_heat",
+    "image_runs",
+]
 
 
 def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
@@ -45,8 +57,13 @@ def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
     return result.float()
 
 
-def rollout_rows(layer_rows: Sequence[Callable[[int, int], torch.Tensor]], rows: Sequence[int], n: int,
-                 residual: float = 0.5, chunk: int = 256) -> torch.Tensor:
+def rollout_rows(
+    layer_rows: Sequence[Callable[[int, int], torch.Tensor]],
+    rows: Sequence[int],
+    n: int,
+    residual: float = 0.5,
+    chunk: int = 256,
+) -> torch.Tensor:
     """Rollout for a few query rows, as vector–matrix products from the top layer down.
 
     The same numbers as ``rollout(maps)[rows]``, without any ``N × N`` matrix: ``v`` starts as the
@@ -89,9 +106,14 @@ def map_rows(maps: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
     return lambda start, stop: maps[:, start:stop].float().mean(0)
 
 
-def qk_rows(query: torch.Tensor, key: torch.Tensor, scaling: float, groups: int = 1,
-            key_mask: torch.Tensor | None = None, sliding_window: int | None = None
-            ) -> Callable[[int, int], torch.Tensor]:
+def qk_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    groups: int = 1,
+    key_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> Callable[[int, int], torch.Tensor]:
     """A ``layer_rows`` entry from one layer's rotated queries ``[H, N, d]`` and keys ``[H_kv, N, d]``:
     causal softmax attention for a block of query rows, averaged over heads."""
     if groups > 1:
@@ -184,9 +206,11 @@ class ImageHeat:
         return grid[rows][:, cols]
 
     def to_text(self, top: int = 3) -> str:
-        lines = [f"image {self.width}×{self.height}, num_crops {self.num_crops}: "
-                 f"crops {self.crops.sum():.3f}, global view {self.global_view.sum():.3f}, "
-                 f"separators {self.separators:.3f}"]
+        lines = [
+            f"image {self.width}×{self.height}, num_crops {self.num_crops}: "
+            f"crops {self.crops.sum():.3f}, global view {self.global_view.sum():.3f}, "
+            f"separators {self.separators:.3f}"
+        ]
         for name, grid in (("crops", self.crops), ("global", self.global_view)):
             flat = np.argsort(grid.reshape(-1))[::-1][:top]
             cells = ", ".join(f"({i // grid.shape[1]},{i % grid.shape[1]}) {grid.reshape(-1)[i]:.3f}" for i in flat)
@@ -242,7 +266,9 @@ def grid_text(values: torch.Tensor, title: str = "layer × head") -> str:
     """Plain-text form of a ``[layers, heads]`` grid, with the strongest head named."""
     v = torch.as_tensor(values).float()
     layer, head = divmod(int(v.argmax()), v.shape[1])
-    lines = [f"{title}: strongest layer {layer} head {head} ({float(v.max()):.3f})",
-             "      " + " ".join(f"h{h:<4}" for h in range(v.shape[1]))]
+    lines = [
+        f"{title}: strongest layer {layer} head {head} ({float(v.max()):.3f})",
+        "      " + " ".join(f"h{h:<4}" for h in range(v.shape[1])),
+    ]
     lines += [f"L{i:<4} " + " ".join(f"{x:5.3f}" for x in row.tolist()) for i, row in enumerate(v)]
     return "\n".join(lines)

@@ -57,8 +57,11 @@ def _call(function: str) -> None:
 
             Phi3VConfig.on_first_instance.append(lambda: _call("register_model"))
     except Exception as exc:  # never break someone else's import or config; say how to finish by hand
-        warnings.warn(f"phi3lab could not run phi3_v.{function}() ({type(exc).__name__}: {exc}); call "
-                      "phi3lab.models.register() before using the transformers Auto classes", stacklevel=3)
+        warnings.warn(
+            f"phi3lab could not run phi3_v.{function}() ({type(exc).__name__}: {exc}); call "
+            "phi3lab.models.register() before using the transformers Auto classes",
+            stacklevel=3,
+        )
 
 
 def _settle() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from phi3lab.prompts.chat import render, tokenize_prompt
 from phi3lab.prompts.patches import DEFAULT_NUM_CROPS, num_image_tokens
+
 __all__ = ["Budget", "token_budget", "image_size"]
 
 
@@ -116,8 +117,10 @@ class Budget:
     def __repr__(self) -> str:
         parts = [f"{self.text_tokens:,} text"] + [f"{n:,} image" for n in self.image_tokens]
         status = "; ".join(w.split(":")[0] for w in self.warnings()) or "fits"
-        return (f"<Budget {self.total:,} of {self.context_length:,} tokens: {' + '.join(parts)} + "
-                f"{self.max_new_tokens:,} new; {status}>")
+        return (
+            f"<Budget {self.total:,} of {self.context_length:,} tokens: {' + '.join(parts)} + "
+            f"{self.max_new_tokens:,} new; {status}>"
+        )
 
     __str__ = to_text
 

@@ -65,7 +65,15 @@ REVISIONS = ("phi3-mini-2024-04", "phi3-mini-2024-07", "phi3-vision", "unknown")
 SPECIAL_TOKEN_MODES = ("refuse", "allow", "escape")
 # Phi-3's added tokens (PHI3_SPEC.md §1.2), for checks made without a tokenizer
 PHI3_SPECIAL_STRINGS = (
-    "<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>", "<|image|>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|system|>",
+    "<|end|>",
+    "<|user|>",
+    "<|image|>",
     *(f"<|placeholder{k}|>" for k in range(1, 40)),
 )
 _POLICY: contextvars.ContextVar[str] = contextvars.ContextVar("phi3lab_special_tokens", default="refuse")
@@ -159,9 +167,7 @@ def as_messages(conversation: str | Sequence[dict]) -> list[dict]:
         return [{"role": "user", "content": conversation}]
     example = "'What is 2 plus 3?' or [{'role': 'user', 'content': 'What is 2 plus 3?'}]"
     if isinstance(conversation, dict):
-        raise ChatTypeError(
-            "got one message dict; pass a list of messages, e.g. [{'role': 'user', 'content': '...'}]"
-        )
+        raise ChatTypeError("got one message dict; pass a list of messages, e.g. [{'role': 'user', 'content': '...'}]")
     if isinstance(conversation, (bytes, bytearray)):
         raise ChatTypeError(
             f"the conversation is {type(conversation).__name__}, not text; decode it first, e.g. data.decode('utf-8')"
@@ -176,8 +182,9 @@ def as_messages(conversation: str | Sequence[dict]) -> list[dict]:
 
 def image_tags(messages: Sequence[dict]) -> list[tuple[int, int]]:
     """Every ``<|image_N|>`` tag in order, as ``(message index, N)``."""
-    return [(i, tag_number(m, f"message {i}")) for i, msg in enumerate(messages)
-            for m in IMAGE_TAG.finditer(msg["content"])]
+    return [
+        (i, tag_number(m, f"message {i}")) for i, msg in enumerate(messages) for m in IMAGE_TAG.finditer(msg["content"])
+    ]
 
 
 def validate(
@@ -276,8 +283,9 @@ def _refuse_specials(messages: Sequence[dict], specials: Sequence[str]) -> None:
             )
 
 
-def _validate_images(messages: Sequence[dict], num_images: int, vision: bool | None,
-                     tags_are_text: bool = False) -> None:
+def _validate_images(
+    messages: Sequence[dict], num_images: int, vision: bool | None, tags_are_text: bool = False
+) -> None:
     tags = [] if tags_are_text else image_tags(messages)
     if vision is False and (tags or num_images):
         where = f"message {tags[0][0]} has <|image_{tags[0][1]}|>" if tags else f"{num_images} image(s) were given"
@@ -346,8 +354,12 @@ def template_revision(tokenizer) -> str:
     if not getattr(tokenizer, "chat_template", None):
         return "unknown"
     probes = [
-        [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
-         {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}],
+        [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "U2"},
+        ],
         [{"role": "user", "content": "U"}, {"role": "tool", "content": "T"}, {"role": "assistant", "content": "A"}],
     ]
     specials = dict(bos_token=tokenizer.bos_token or "<s>", eos_token=tokenizer.eos_token or "<|endoftext|>")
@@ -421,8 +433,14 @@ def render(
     mode = _mode(special_tokens)
     messages = as_messages(conversation)
     specials = special_strings(tok)
-    validate(messages, num_images=num_images, add_generation_prompt=add_generation_prompt, vision=vision,
-             special_tokens=mode, specials=specials)
+    validate(
+        messages,
+        num_images=num_images,
+        add_generation_prompt=add_generation_prompt,
+        vision=vision,
+        special_tokens=mode,
+        specials=specials,
+    )
     template = getattr(tok, "chat_template", None)
     if not template:
         raise ChatFormatError(
@@ -495,7 +513,7 @@ class _Marks:
     def prompt(self, text: str) -> RenderedPrompt:
         parts, spans, length, pos = [], [], 0, 0
         for m in self._marker.finditer(text):
-            parts.append(text[pos:m.start()])
+            parts.append(text[pos : m.start()])
             length += m.start() - pos
             original = self.originals[int(m.group(1))]
             parts.append(original)
@@ -531,13 +549,18 @@ def tokenize_prompt(
         raise TypeError(f"tokenize_prompt takes the rendered prompt string, got {type(text).__name__}")
     check_encodable("the prompt", text)
     if image_token_counts is not None:
-        image_token_counts = [check_int(f"image_token_counts[{i}]", n, minimum=0)
-                              for i, n in enumerate(image_token_counts)]
+        image_token_counts = [
+            check_int(f"image_token_counts[{i}]", n, minimum=0) for i, n in enumerate(image_token_counts)
+        ]
     plain = getattr(text, "plain_spans", ())
 
     def encode(start: int, end: int, add_special: bool):
-        return _encode(tokenizer, text[start:end], add_special, [(a - start, b - start) for a, b in plain
-                                                                  if start <= a and b <= end])
+        return _encode(
+            tokenizer,
+            text[start:end],
+            add_special,
+            [(a - start, b - start) for a, b in plain if start <= a and b <= end],
+        )
 
     return prompting.tokenize_prompt(tokenizer, text, image_token_counts, encode=encode)
 
@@ -573,8 +596,13 @@ def _encode(tokenizer, text: str, add_special: bool, plain: Sequence[tuple[int, 
             j += 1
         segment_end = offsets[j][0] if j < len(ids) and offsets[j][1] > offsets[j][0] else len(text)
         if any(typed(r) for r in range(k, j)):
-            sub = tokenizer(text[segment_start:segment_end], add_special_tokens=False, split_special_tokens=True,
-                            return_offsets_mapping=True, verbose=False)
+            sub = tokenizer(
+                text[segment_start:segment_end],
+                add_special_tokens=False,
+                split_special_tokens=True,
+                return_offsets_mapping=True,
+                verbose=False,
+            )
             for token_id, (a, b) in zip(sub["input_ids"], sub["offset_mapping"]):
                 a, b = a + segment_start, b + segment_start
                 inside = _plain_overlap(plain, ends, a, b) if token_id in added else None
@@ -582,7 +610,7 @@ def _encode(tokenizer, text: str, add_special: bool, plain: Sequence[tuple[int, 
                     out_ids.append(token_id)
                     out_offsets.append((a, b))
                 else:  # an added token that is not "special" (e.g. </s>): split_special_tokens keeps it
-                    for piece in tokenizer.backend_tokenizer.model.tokenize(text[inside[0]:inside[1]]):
+                    for piece in tokenizer.backend_tokenizer.model.tokenize(text[inside[0] : inside[1]]):
                         out_ids.append(piece.id)
                         out_offsets.append((piece.offsets[0] + inside[0], piece.offsets[1] + inside[0]))
         else:

@@ -16,8 +16,17 @@ from collections.abc import Callable
 from phi3lab.models.phi3_v.images import MAX_PIXELS, ImageInputError, open_image, to_rgb
 from phi3lab.paths import data_dir
 
-__all__ = ["ImageInputError", "open_image", "to_rgb", "MAX_PIXELS", "sample_image", "sample_image_names",
-           "text_picture", "text_lines", "text_size"]
+__all__ = [
+    "ImageInputError",
+    "open_image",
+    "to_rgb",
+    "MAX_PIXELS",
+    "sample_image",
+    "sample_image_names",
+    "text_picture",
+    "text_lines",
+    "text_size",
+]
 
 
 def sample_image_names() -> list[str]:
@@ -60,8 +69,9 @@ def text_size(text: str, *, width: int = 448, font_size: int = 58, margin: int =
     return width, max(160, 2 * margin + int(font_size * 1.25) * len(lines))
 
 
-def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24,
-                 on_line: Callable | None = None):
+def text_picture(
+    text: str, *, width: int = 448, font_size: int = 58, margin: int = 24, on_line: Callable | None = None
+):
     """``text`` drawn black on white with PIL's default font, wrapped to ``width`` pixels, one line every
     1.25 × ``font_size``; the picture is :func:`text_size` big.  ``on_line(xy, line, font)`` is called
     for each line drawn (where it starts, its text, the font).

@@ -112,8 +112,10 @@ class Inputs(Mapping):
         if not self.images:
             raise IndexError("this prompt has no images; encode a conversation with <|image_1|> and images=[...]")
         if not -len(self.images) <= index < len(self.images):
-            raise IndexError(f"image {index} does not exist; this prompt has {len(self.images)} image(s), "
-                             f"indices 0..{len(self.images) - 1}")
+            raise IndexError(
+                f"image {index} does not exist; this prompt has {len(self.images)} image(s), "
+                f"indices 0..{len(self.images) - 1}"
+            )
         return self.images[index]
 
     def to_text(self) -> str:
@@ -122,8 +124,10 @@ class Inputs(Mapping):
         lines = [f"{self.num_tokens} tokens ({counts})"]
         for im in self.images:
             rows, cols = im.layout.grid
-            lines.append(f"image {im.index + 1}: {im.width}×{im.height}, num_crops {im.num_crops}, "
-                         f"{rows}×{cols} crops, tokens {im.start}..{im.end - 1} ({im.num_tokens})")
+            lines.append(
+                f"image {im.index + 1}: {im.width}×{im.height}, num_crops {im.num_crops}, "
+                f"{rows}×{cols} crops, tokens {im.start}..{im.end - 1} ({im.num_tokens})"
+            )
         return "\n".join(lines)
 
     __str__ = to_text
@@ -143,8 +147,15 @@ def _image_spans(ids: list[int], images: Sequence, num_crops: int) -> list[Image
     return spans
 
 
-def encode(lab, conversation, images: Sequence | None = None, *, num_crops: int | None = None,
-           add_generation_prompt: bool = True, **render_kwargs) -> Inputs:
+def encode(
+    lab,
+    conversation,
+    images: Sequence | None = None,
+    *,
+    num_crops: int | None = None,
+    add_generation_prompt: bool = True,
+    **render_kwargs,
+) -> Inputs:
     """Validate, render and tokenize a conversation (and process its images) for ``lab``'s model.
 
     Args:
@@ -160,14 +171,24 @@ def encode(lab, conversation, images: Sequence | None = None, *, num_crops: int 
     from phi3lab.validation import check_sequence
 
     if images is not None:
-        images = check_sequence("images", images, item="pictures, one per <|image_N|> tag",
-                                example="images=[picture] (a PIL image, a numpy array or a file path)")
+        images = check_sequence(
+            "images",
+            images,
+            item="pictures, one per <|image_N|> tag",
+            example="images=[picture] (a PIL image, a numpy array or a file path)",
+        )
     images = list(images or ())
     vision = lab.spec.modality == "vision"
     messages = as_messages(conversation)
     # validated (roles, tags, image count, text-only models) before a single picture is read
-    prompt = render(lab.tokenizer, messages, add_generation_prompt=add_generation_prompt, num_images=len(images),
-                    vision=vision, **render_kwargs)
+    prompt = render(
+        lab.tokenizer,
+        messages,
+        add_generation_prompt=add_generation_prompt,
+        num_images=len(images),
+        vision=vision,
+        **render_kwargs,
+    )
     images = [to_rgb(im) for im in images]
     device = lab.model.device
     tensors: dict = {}
@@ -183,5 +204,10 @@ def encode(lab, conversation, images: Sequence | None = None, *, num_crops: int 
     tensors["input_ids"] = input_ids
     tensors["attention_mask"] = torch.ones_like(input_ids)
     table = label_tokens(lab.tokenizer, prompt, ids, spans)
-    return Inputs(tensors, messages=messages, prompt=prompt, table=table,
-                  images=_image_spans(ids, images, crops) if images else ())
+    return Inputs(
+        tensors,
+        messages=messages,
+        prompt=prompt,
+        table=table,
+        images=_image_spans(ids, images, crops) if images else (),
+    )

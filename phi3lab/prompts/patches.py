@@ -19,8 +19,18 @@ import dataclasses
 
 from phi3lab.models.phi3_v.hd import CELLS, CROP, DEFAULT_NUM_CROPS, HDLayout, hd_layout, num_image_tokens
 
-__all__ = ["CROP", "CELLS", "CELL", "HDLayout", "ImageToken", "hd_layout", "num_image_tokens", "image_tokens",
-           "crop_boxes", "overlap"]
+__all__ = [
+    "CROP",
+    "CELLS",
+    "CELL",
+    "HDLayout",
+    "ImageToken",
+    "hd_layout",
+    "num_image_tokens",
+    "image_tokens",
+    "crop_boxes",
+    "overlap",
+]
 
 
 # --- every image token, mapped back to pixels ----------------------------------------------------
@@ -102,12 +112,17 @@ def image_tokens(width: int, height: int, num_crops: int = DEFAULT_NUM_CROPS) ->
     return out
 
 
-def crop_boxes(width: int, height: int, num_crops: int = DEFAULT_NUM_CROPS) -> list[tuple[float, float, float, float] | None]:
+def crop_boxes(
+    width: int, height: int, num_crops: int = DEFAULT_NUM_CROPS
+) -> list[tuple[float, float, float, float] | None]:
     """Each crop's region in original-image pixels (row-major; ``None`` for an all-padding crop)."""
     layout = hd_layout(width, height, num_crops)
     rows, cols = layout.grid
-    return [_to_image(layout, (c * CROP, r * CROP, (c + 1) * CROP, (r + 1) * CROP))
-            for r in range(rows) for c in range(cols)]
+    return [
+        _to_image(layout, (c * CROP, r * CROP, (c + 1) * CROP, (r + 1) * CROP))
+        for r in range(rows)
+        for c in range(cols)
+    ]
 
 
 def overlap(a: tuple[float, float, float, float] | None, b: tuple[float, float, float, float]) -> float:

@@ -87,7 +87,7 @@ class TokenTable:
         for i, j, r in self._runs():
             index = f"{i}" if i == j else f"{i}-{j}"
             ident = f"{r.id}" if i == j else f"{r.id}×{j - i + 1}"
-            piece = self.prompt[r.start:r.end] if r.segment == "image" else r.token
+            piece = self.prompt[r.start : r.end] if r.segment == "image" else r.token
             lines.append(f"{index:>9}  {ident:>6}  {r.segment:<9}  {f'{r.start}-{r.end}':<9}  {piece!r}")
         summary = ", ".join(f"{k} {v}" for k, v in self.counts().items())
         lines.append(f"{len(self.rows)} tokens: {summary}")
@@ -101,12 +101,18 @@ class TokenTable:
         """
         chips = []
         for i, j, r in self._runs():
-            label = self.prompt[r.start:r.end] if r.segment == "image" else r.token
+            label = self.prompt[r.start : r.end] if r.segment == "image" else r.token
             if r.segment == "image":
                 label = f"{label} ×{j - i + 1}"
             title = f"#{i}" + (f"-{j}" if j > i else "") + f" id {r.id} · {r.segment}"
-            chips.append(_chip(label.replace("<0x0A>", "\\n"), r.segment, title, "padding:1px 3px;margin:1px;"
-                               "display:inline-block;font-family:monospace;white-space:pre"))
+            chips.append(
+                _chip(
+                    label.replace("<0x0A>", "\\n"),
+                    r.segment,
+                    title,
+                    "padding:1px 3px;margin:1px;display:inline-block;font-family:monospace;white-space:pre",
+                )
+            )
         legend = " ".join(_chip(f"{s} {n}", s) for s in SEGMENT_COLOURS if (n := self.counts().get(s)))
         return f'<div style="line-height:1.9">{"".join(chips)}</div><div style="font-size:85%">{legend}</div>'
 
@@ -119,8 +125,10 @@ class TokenTable:
 
 def _chip(text: str, segment: str, title: str | None = None, style: str = "padding:1px 4px;") -> str:
     hover = f' title="{html.escape(title)}"' if title else ""
-    return (f'<span{hover} style="background:{SEGMENT_COLOURS[segment]};color:{CHIP_TEXT};border-radius:3px;'
-            f'box-shadow:inset 0 0 0 1px rgba(0,0,0,0.15);{style}">{html.escape(text)}</span>')
+    return (
+        f'<span{hover} style="background:{SEGMENT_COLOURS[segment]};color:{CHIP_TEXT};border-radius:3px;'
+        f'box-shadow:inset 0 0 0 1px rgba(0,0,0,0.15);{style}">{html.escape(text)}</span>'
+    )
 
 
 def _segments(prompt: str) -> list[str]:
@@ -156,8 +164,9 @@ def token_table(
     """
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     n_images = len(image_token_counts or ())
-    prompt = render(tok, conversation, add_generation_prompt=add_generation_prompt, num_images=n_images,
-                    **render_kwargs)
+    prompt = render(
+        tok, conversation, add_generation_prompt=add_generation_prompt, num_images=n_images, **render_kwargs
+    )
     ids, spans = tokenize_prompt(tok, prompt, image_token_counts if n_images else None)
     return label_tokens(tok, prompt, ids, spans)
 
@@ -166,9 +175,7 @@ def label_tokens(tokenizer, prompt: str, ids: Sequence[int], spans: Sequence[tup
     """Label already tokenized prompt ids (from :func:`phi3lab.prompts.chat.tokenize_prompt`) with their segments."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     labels = _segments(prompt)
-    special_ids = set(tok.all_special_ids) | {
-        i for i, t in tok.added_tokens_decoder.items() if t.special
-    }
+    special_ids = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
     rows = []
     for index, (token_id, (start, end)) in enumerate(zip(ids, spans)):
         if token_id < 0:

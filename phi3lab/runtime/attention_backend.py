@@ -31,9 +31,14 @@ __all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "pars
 IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 _HALF = (torch.float16, torch.bfloat16)
 _DTYPE_NAMES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
 }
 
 
@@ -82,9 +87,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | None:
     if key == "auto":
         return None
     if key not in _DTYPE_NAMES:
-        raise AttentionRequestError(
-            f"unknown dtype {dtype!r}; use 'auto', 'float32', 'float16' or 'bfloat16'"
-        )
+        raise AttentionRequestError(f"unknown dtype {dtype!r}; use 'auto', 'float32', 'float16' or 'bfloat16'")
     return _DTYPE_NAMES[key]
 
 
@@ -187,7 +190,9 @@ def select_attention(
 
     if need_weights:
         return AttentionChoice(
-            "eager", dt, dev,
+            "eager",
+            dt,
+            dev,
             "attention weights were requested (output_attentions) and only eager returns them; "
             "phi3lab.inspect.capture can capture chosen rows under sdpa instead",
         )
@@ -198,7 +203,9 @@ def select_attention(
         blocker = _flash_blocker(dev, dt, probes)
         if blocker is None:
             return AttentionChoice(
-                "flash_attention_2", dt, dev,
+                "flash_attention_2",
+                dt,
+                dev,
                 f"flash_attn imports, {_gpu(probes)} supports it and the dtype is {dt}",
             )
         return AttentionChoice("sdpa", dt, dev, f"sdpa on {_gpu(probes)}; not flash-attention 2: {blocker}")

@@ -74,8 +74,7 @@ class _Streamer(BaseStreamer):
     """Hands decoded text to ``on_text`` (and prints it with ``echo``) as tokens arrive, and notes when
     the first one came; pieces are whole characters, without the stop tokens."""
 
-    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool,
-                 on_text: Callable[[str], None] | None = None):
+    def __init__(self, tokenizer, stop_ids: Sequence[int], echo: bool, on_text: Callable[[str], None] | None = None):
         self.tokenizer, self.stop_ids, self.echo, self.on_text = tokenizer, set(stop_ids), echo, on_text
         self.prompt_seen = False
         self.ids: list[int] = []
@@ -92,7 +91,7 @@ class _Streamer(BaseStreamer):
         if self.echo or self.on_text is not None:
             text = self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
             if not text.endswith("\ufffd") and len(text) > len(self.shown):  # wait for a whole multi-byte character
-                piece, self.shown = text[len(self.shown):], text
+                piece, self.shown = text[len(self.shown) :], text
                 if self.echo:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
@@ -145,17 +144,34 @@ def encode(lab, messages: list[dict], images: Sequence = ()):
 def _images(images) -> list:
     if images is None:
         return []
-    return check_sequence("images", images, item="pictures, one per <|image_N|> tag",
-                          example="images=[picture] (a PIL image, a numpy array or a file path)")
+    return check_sequence(
+        "images",
+        images,
+        item="pictures, one per <|image_N|> tag",
+        example="images=[picture] (a PIL image, a numpy array or a file path)",
+    )
 
 
 def _check_fits(lab, input_ids: torch.Tensor, max_new_tokens: int, what: str = "the prompt") -> None:
-    check_context(int(input_ids.shape[-1]), max_new_tokens, lab.spec.context_length, what=what,
-                  image_tokens=int((input_ids < 0).sum()))
+    check_context(
+        int(input_ids.shape[-1]),
+        max_new_tokens,
+        lab.spec.context_length,
+        what=what,
+        image_tokens=int((input_ids < 0).sum()),
+    )
 
 
-def chat_result(lab, new_ids: list[int], messages: list[dict], prompt_tokens: int, started: float,
-                first_at: float | None, ended: float, interrupted: bool = False) -> ChatResult:
+def chat_result(
+    lab,
+    new_ids: list[int],
+    messages: list[dict],
+    prompt_tokens: int,
+    started: float,
+    first_at: float | None,
+    ended: float,
+    interrupted: bool = False,
+) -> ChatResult:
     """A :class:`ChatResult` from generated ids: cut at the first stop id, right padding dropped, timed."""
     stops = set(lab.spec.stop_ids)
     pad = lab.tokenizer.pad_token_id
@@ -209,15 +225,18 @@ def chat(
     """
     images = _images(images)
     if images and lab.spec.modality != "vision":  # before the pictures are read
-        raise ChatFormatError(f"{len(images)} image(s) were given, but {lab.spec.name} is a text-only model; "
-                              "load a vision model such as 'tiny-vision'")
+        raise ChatFormatError(
+            f"{len(images)} image(s) were given, but {lab.spec.name} is a text-only model; "
+            "load a vision model such as 'tiny-vision'"
+        )
     messages = as_messages(conversation)
     kwargs = generate_kwargs(lab, max_new_tokens, temperature, top_p)
     stream = check_bool("stream", stream)
     seed = check_seed(seed)
     if on_text is not None and not callable(on_text):
-        raise TypeError("on_text must be a function of one string (each new piece of text), "
-                        f"got {type(on_text).__name__}")
+        raise TypeError(
+            f"on_text must be a function of one string (each new piece of text), got {type(on_text).__name__}"
+        )
     if stop is not None and not isinstance(stop, threading.Event):
         raise TypeError(f"stop must be a threading.Event (set it to end the answer), got {type(stop).__name__}")
     started = time.perf_counter()
@@ -233,8 +252,16 @@ def chat(
     ended = time.perf_counter()
     prompt_len = inputs["input_ids"].shape[1]
     new_ids = [int(i) for i in out[0, prompt_len:]]
-    return chat_result(lab, new_ids, messages, prompt_len, started, streamer.first_token_at, ended,
-                   interrupted=stop is not None and stop.is_set())
+    return chat_result(
+        lab,
+        new_ids,
+        messages,
+        prompt_len,
+        started,
+        streamer.first_token_at,
+        ended,
+        interrupted=stop is not None and stop.is_set(),
+    )
 
 
 @torch.inference_mode()
@@ -254,8 +281,12 @@ def chat_batch(
     """
     if lab.spec.modality == "vision":
         raise NotImplementedError("batched chat takes text prompts; call lab.chat() per image prompt")
-    conversations = check_sequence("conversations", conversations, item="conversations",
-                                   example="chat_batch(['What is 2 plus 3?', 'Hi']), or lab.chat() for one")
+    conversations = check_sequence(
+        "conversations",
+        conversations,
+        item="conversations",
+        example="chat_batch(['What is 2 plus 3?', 'Hi']), or lab.chat() for one",
+    )
     if not conversations:
         raise ValueError("chat_batch needs at least one conversation, e.g. chat_batch(['What is 2 plus 3?'])")
     kwargs = generate_kwargs(lab, max_new_tokens, temperature, top_p)
@@ -264,8 +295,12 @@ def chat_batch(
     with special_tokens_policy(special_tokens):
         encoded = [encode(lab, m)["input_ids"][0].tolist() for m in all_messages]
     longest = max(range(len(encoded)), key=lambda row: len(encoded[row]))
-    _check_fits(lab, torch.tensor(encoded[longest]), kwargs["max_new_tokens"],
-                what="the prompt" if len(encoded) == 1 else f"prompt {longest} of the batch (the longest)")
+    _check_fits(
+        lab,
+        torch.tensor(encoded[longest]),
+        kwargs["max_new_tokens"],
+        what="the prompt" if len(encoded) == 1 else f"prompt {longest} of the batch (the longest)",
+    )
     width = max(len(ids) for ids in encoded)
     pad = kwargs["pad_token_id"]
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=lab.model.device)
@@ -304,8 +339,9 @@ class ChatSession:
         """
         check_text("text", text)
         new_images = _images(images)
-        result = chat(self.lab, [*self.history, {"role": "user", "content": text}], [*self.images, *new_images],
-                      **kwargs)
+        result = chat(
+            self.lab, [*self.history, {"role": "user", "content": text}], [*self.images, *new_images], **kwargs
+        )
         self.images += new_images
         self.history = list(result.messages)
         self.results.append(result)

@@ -103,8 +103,14 @@ class Lab:
         """The prompt string the model's own template makes of a conversation (validated)."""
         from phi3lab.prompts.chat import render
 
-        return render(self.tokenizer, conversation, add_generation_prompt=add_generation_prompt,
-                      num_images=len(images), vision=self.spec.modality == "vision", **kwargs)
+        return render(
+            self.tokenizer,
+            conversation,
+            add_generation_prompt=add_generation_prompt,
+            num_images=len(images),
+            vision=self.spec.modality == "vision",
+            **kwargs,
+        )
 
     @property
     def num_crops(self) -> int | None:
@@ -151,17 +157,22 @@ class Lab:
         from phi3lab.prompts.budget import image_size
         from phi3lab.prompts.patches import num_image_tokens
         from phi3lab.prompts.token_view import token_table
-
         from phi3lab.validation import check_sequence
 
-        images = check_sequence("images", images, item="pictures or (width, height) sizes",
-                                example="images=[picture] or images=[(1920, 1080)]")
+        images = check_sequence(
+            "images",
+            images,
+            item="pictures or (width, height) sizes",
+            example="images=[picture] or images=[(1920, 1080)]",
+        )
         counts = [num_image_tokens(*image_size(im), self._crops(num_crops)) for im in images] or None
-        return token_table(self.tokenizer, conversation, image_token_counts=counts,
-                           vision=self.spec.modality == "vision", **kwargs)
+        return token_table(
+            self.tokenizer, conversation, image_token_counts=counts, vision=self.spec.modality == "vision", **kwargs
+        )
 
-    def budget(self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0,
-               **kwargs):
+    def budget(
+        self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0, **kwargs
+    ):
         """Token counts (images from their sizes alone) against the context; flags LongRoPE.
 
         Extra keyword arguments go to :func:`phi3lab.prompts.chat.render` (``fold_system_prompt``, ``special_tokens``).
@@ -169,15 +180,37 @@ class Lab:
         from phi3lab.prompts.budget import token_budget
         from phi3lab.validation import check_sequence
 
-        images = check_sequence("images", images, item="pictures or (width, height) sizes",
-                                example="images=[picture] or images=[(1920, 1080)]")
-        return token_budget(self.tokenizer, conversation, self.spec, images=images,
-                            num_crops=self._crops(num_crops) if images else None,
-                            max_new_tokens=max_new_tokens, vision=self.spec.modality == "vision", **kwargs)
+        images = check_sequence(
+            "images",
+            images,
+            item="pictures or (width, height) sizes",
+            example="images=[picture] or images=[(1920, 1080)]",
+        )
+        return token_budget(
+            self.tokenizer,
+            conversation,
+            self.spec,
+            images=images,
+            num_crops=self._crops(num_crops) if images else None,
+            max_new_tokens=max_new_tokens,
+            vision=self.spec.modality == "vision",
+            **kwargs,
+        )
 
-    def chat(self, conversation, images: Sequence | None = None, *, max_new_tokens: int = 128,
-             temperature: float = 0.0, top_p: float = 1.0, stream: bool = True, seed: int | None = None,
-             special_tokens: str = "refuse", on_text=None, stop=None):
+    def chat(
+        self,
+        conversation,
+        images: Sequence | None = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stream: bool = True,
+        seed: int | None = None,
+        special_tokens: str = "refuse",
+        on_text=None,
+        stop=None,
+    ):
         """Answer a conversation, streaming the text as it is produced.
 
         Args:
@@ -200,9 +233,19 @@ class Lab:
         """
         from phi3lab.runtime.generation import chat
 
-        return chat(self, conversation, images, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=top_p, stream=stream, seed=seed, special_tokens=special_tokens, on_text=on_text,
-                    stop=stop)
+        return chat(
+            self,
+            conversation,
+            images,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stream=stream,
+            seed=seed,
+            special_tokens=special_tokens,
+            on_text=on_text,
+            stop=stop,
+        )
 
     def chat_batch(self, conversations: Sequence, **kwargs):
         """Answer several text conversations at once (left padding); returns a list of results."""

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
+from phi3lab.paths import embedded_dir
 from phi3lab.runtime.attention_backend import AttentionChoice, select_attention
 from phi3lab.runtime.lab import Lab
-from phi3lab.paths import embedded_dir
 from phi3lab.runtime.registry import EMBEDDED, KNOWN_MODELS, ModelSpec, spec_from_folder, suggest
 from phi3lab.validation import check_bool
 
@@ -205,8 +205,11 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> tuple[Pat
         return folder, name, "embedded"
     path = _expand(text)
     if _is(path.is_dir):
-        _no_revision(revision, f"{text!r} is a local folder, which holds one version",
-                     " (e.g. `hf download <repo> --revision <rev> --local-dir <folder>`)")
+        _no_revision(
+            revision,
+            f"{text!r} is a local folder, which holds one version",
+            " (e.g. `hf download <repo> --revision <rev> --local-dir <folder>`)",
+        )
         _check_folder(path, str(path))
         return path.resolve(), path.name, "local"
     if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
@@ -288,8 +291,15 @@ def load(
         model = files.model(config, choice, device_map)
     model.eval()
     processor = files.processor(spec, config)
-    lab = Lab(model=model, processor=processor, attention=choice, spec=spec, path=folder, kind=kind,
-              load_seconds=time.perf_counter() - started)
+    lab = Lab(
+        model=model,
+        processor=processor,
+        attention=choice,
+        spec=spec,
+        path=folder,
+        kind=kind,
+        load_seconds=time.perf_counter() - started,
+    )
     lab.guard_output_attentions()  # output_attentions=True is checked against free memory first
     if verbose:
         print(f"phi3lab: {name} · {choice.summary()}")
@@ -311,11 +321,24 @@ def _quiet_progress(quiet: bool):
 
 
 _JSON_FILES = (
-    "config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json",
-    "preprocessor_config.json", "processor_config.json", "tokenizer.json", "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "model.safetensors.index.json",
 )
-_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-          "vocab_size", "max_position_embeddings")
+_SIZES = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _MODEL_TYPES = {"phi3": "Phi-3 (Phi3ForCausalLM)", "phi3_v": "Phi-3-vision (Phi3VForCausalLM)"}
 
@@ -333,14 +356,20 @@ class _Files:
     def fix(self) -> str:
         if self.kind == "embedded":
             kind = "vision" if "vision" in self.folder.name else "text"
-            return (f"restore the embedded model's files from git (git checkout -- data/models/{self.folder.name}) "
-                    f"or rebuild it with `python -m phi3lab.tiny.train {kind}`")
+            return (
+                f"restore the embedded model's files from git (git checkout -- data/models/{self.folder.name}) "
+                f"or rebuild it with `python -m phi3lab.tiny.train {kind}`"
+            )
         if self.kind == "hub":
             rev = f" --revision {self.revision}" if self.revision else ""
-            return (f"download it again with `hf download {self.name}{rev} --force-download`; meanwhile "
-                    f"phi3lab.load({DEFAULT_MODEL!r}) works offline")
-        return (f"copy the checkpoint again, or download it with `hf download <repo> --local-dir {self.folder}`; "
-                f"meanwhile phi3lab.load({DEFAULT_MODEL!r}) works offline")
+            return (
+                f"download it again with `hf download {self.name}{rev} --force-download`; meanwhile "
+                f"phi3lab.load({DEFAULT_MODEL!r}) works offline"
+            )
+        return (
+            f"copy the checkpoint again, or download it with `hf download <repo> --local-dir {self.folder}`; "
+            f"meanwhile phi3lab.load({DEFAULT_MODEL!r}) works offline"
+        )
 
     def error(self, file: str, problem: str, fix: str | None = None) -> ModelFilesError:
         path = self.folder / file if file else self.folder
@@ -357,16 +386,23 @@ class _Files:
             try:
                 data = json.loads(path.read_bytes().decode("utf-8"))
             except UnicodeDecodeError as exc:
-                raise self.error(file, f"is not UTF-8 text (byte {exc.start}), so not JSON: the file is "
-                                       "damaged") from None
+                raise self.error(
+                    file, f"is not UTF-8 text (byte {exc.start}), so not JSON: the file is damaged"
+                ) from None
             except json.JSONDecodeError as exc:
-                raise self.error(file, f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-                                       "the file is damaged or was not fully downloaded") from None
+                raise self.error(
+                    file,
+                    f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                    "the file is damaged or was not fully downloaded",
+                ) from None
             except OSError as exc:
                 raise self.error(file, f"cannot be read ({exc.strerror or exc})", "check its permissions") from None
             if not isinstance(data, dict):
-                raise self.error(file, f"holds a JSON {type(data).__name__} where an object {{...}} belongs: "
-                                       "it is not a valid file of this kind")
+                raise self.error(
+                    file,
+                    f"holds a JSON {type(data).__name__} where an object {{...}} belongs: "
+                    "it is not a valid file of this kind",
+                )
             self.json[file] = data
         self._check_config(self.json["config.json"])
         self._check_stop_ids()
@@ -375,8 +411,9 @@ class _Files:
             why = "the download is incomplete"
             if (self.folder / "tokenizer.model").exists():
                 why = "there is a tokenizer.model, but rebuilding from it gives other ids than the official tokenizer"
-            raise self.error("tokenizer.json", f"is missing — phi3lab reads the tokenizer from tokenizer.json as it "
-                                               f"is, and {why}")
+            raise self.error(
+                "tokenizer.json", f"is missing — phi3lab reads the tokenizer from tokenizer.json as it is, and {why}"
+            )
 
     def _check_config(self, config: dict) -> None:
         model_type = config.get("model_type")
@@ -384,7 +421,8 @@ class _Files:
             arch = ", ".join(map(str, config.get("architectures") or [])) or "no architectures"
             what = f"model_type {model_type!r} ({arch})" if model_type else f"no model_type ({arch})"
             raise self.error(
-                "config.json", f"describes {what}, not a Phi-3 model; phi3lab loads Phi-3 "
+                "config.json",
+                f"describes {what}, not a Phi-3 model; phi3lab loads Phi-3 "
                 f"(model_type 'phi3') and Phi-3-vision ('phi3_v') checkpoints",
                 "pass a Phi-3 checkpoint such as 'microsoft/Phi-3-mini-4k-instruct' or the embedded "
                 f"{DEFAULT_MODEL!r}, or load other architectures with transformers directly",
@@ -392,27 +430,40 @@ class _Files:
         for key in _SIZES:
             value = config.get(key)
             if key in config and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise self.error("config.json", f"has {key}={value!r}; it must be a positive whole number",
-                                 "restore the checkpoint's own config.json")
+                raise self.error(
+                    "config.json",
+                    f"has {key}={value!r}; it must be a positive whole number",
+                    "restore the checkpoint's own config.json",
+                )
         heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
         if heads and hidden and hidden % heads:
-            raise self.error("config.json", f"has hidden_size={hidden} that num_attention_heads={heads} does not "
-                                            "divide", "restore the checkpoint's own config.json")
+            raise self.error(
+                "config.json",
+                f"has hidden_size={hidden} that num_attention_heads={heads} does not divide",
+                "restore the checkpoint's own config.json",
+            )
         window = config.get("sliding_window")
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-            raise self.error("config.json", f"has sliding_window={window!r}; it must be a positive whole number or "
-                                            "null", "restore the checkpoint's own config.json")
+            raise self.error(
+                "config.json",
+                f"has sliding_window={window!r}; it must be a positive whole number or null",
+                "restore the checkpoint's own config.json",
+            )
 
     def _check_stop_ids(self) -> None:
         vocab = self.json["config.json"].get("vocab_size")
         for file in ("generation_config.json", "config.json"):
             ids = self.json.get(file, {}).get("eos_token_id")
             listed = ids if isinstance(ids, list) else [ids]
-            if ids is None or all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < (vocab or i + 1)
-                                  for i in listed):
+            if ids is None or all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < (vocab or i + 1) for i in listed
+            ):
                 continue
-            raise self.error(file, f"has eos_token_id={ids!r}; it must be a token id (or a list of ids) below the "
-                                   f"vocabulary size {vocab}", f"restore the checkpoint's own {file}")
+            raise self.error(
+                file,
+                f"has eos_token_id={ids!r}; it must be a token id (or a list of ids) below the vocabulary size {vocab}",
+                f"restore the checkpoint's own {file}",
+            )
 
     def _check_template(self) -> None:
         """The chat template parses as Jinja (so a broken one is named here, not at the first chat)."""
@@ -430,16 +481,22 @@ class _Files:
         for entry in named:  # one template, or a list of {"name": ..., "template": ...}
             text = entry.get("template") if isinstance(entry, dict) else entry
             if not isinstance(text, str):
-                raise self.error(file, f"has a chat_template of type {type(text).__name__}; it must be a Jinja "
-                                       "template string", f"restore the checkpoint's own {file}")
+                raise self.error(
+                    file,
+                    f"has a chat_template of type {type(text).__name__}; it must be a Jinja template string",
+                    f"restore the checkpoint's own {file}",
+                )
             from jinja2 import TemplateSyntaxError
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
             try:
                 ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
             except TemplateSyntaxError as exc:
-                raise self.error(file, f"has a chat_template that is not valid Jinja ({exc.message}, line "
-                                       f"{exc.lineno})", f"restore the checkpoint's own {file}") from None
+                raise self.error(
+                    file,
+                    f"has a chat_template that is not valid Jinja ({exc.message}, line {exc.lineno})",
+                    f"restore the checkpoint's own {file}",
+                ) from None
 
     def config(self):
         from transformers import AutoConfig
@@ -447,8 +504,11 @@ class _Files:
         try:
             return AutoConfig.from_pretrained(self.folder, trust_remote_code=False)
         except Exception as exc:  # a strict-dataclass field, an unknown rope type or activation, ...
-            raise self.error("config.json", f"is not a configuration transformers accepts ({_reason(exc)})",
-                             "restore the checkpoint's own config.json, or " + self.fix()) from exc
+            raise self.error(
+                "config.json",
+                f"is not a configuration transformers accepts ({_reason(exc)})",
+                "restore the checkpoint's own config.json, or " + self.fix(),
+            ) from exc
 
     def check_weights(self, config) -> None:
         """The safetensors files are whole and hold exactly the tensors, with the shapes, the config implies.
@@ -468,9 +528,12 @@ class _Files:
         layers = {int(m.group(1)) for key in shapes if (m := _LAYER.match(key))}
         n_layers = getattr(config, "num_hidden_layers", None)
         if layers and n_layers != len(layers):
-            raise self.error("config.json", f"says num_hidden_layers={n_layers} but {shown} holds {len(layers)} "
-                                            "layers: the config and the weights are from different models",
-                             "use the config.json that came with these weights, or " + self.fix())
+            raise self.error(
+                "config.json",
+                f"says num_hidden_layers={n_layers} but {shown} holds {len(layers)} "
+                "layers: the config and the weights are from different models",
+                "use the config.json that came with these weights, or " + self.fix(),
+            )
         expected = self._expected_shapes(config)
         tied = bool(getattr(config, "tie_word_embeddings", False))
         missing = [k for k in expected if k not in shapes and not (tied and k == "lm_head.weight")]
@@ -478,18 +541,26 @@ class _Files:
         wrong = [k for k in expected if k in shapes and tuple(shapes[k]) != expected[k]]
         if wrong:
             k = wrong[0]
-            raise self.error(where[k], f"holds {k} with shape {list(shapes[k])} but config.json implies "
-                                       f"{list(expected[k])} ({len(wrong)} tensor(s) differ): the weights and the "
-                                       "config are from different models",
-                             "use the config.json that came with these weights, or " + self.fix())
+            raise self.error(
+                where[k],
+                f"holds {k} with shape {list(shapes[k])} but config.json implies "
+                f"{list(expected[k])} ({len(wrong)} tensor(s) differ): the weights and the "
+                "config are from different models",
+                "use the config.json that came with these weights, or " + self.fix(),
+            )
         if missing:
-            raise self.error(shown if len(files) == 1 else "",
-                             f"lacks {len(missing)} tensor(s) the config needs, e.g. {', '.join(missing[:3])}: an "
-                             "incomplete or different checkpoint")
+            raise self.error(
+                shown if len(files) == 1 else "",
+                f"lacks {len(missing)} tensor(s) the config needs, e.g. {', '.join(missing[:3])}: an "
+                "incomplete or different checkpoint",
+            )
         if unexpected:
-            raise self.error(where[unexpected[0]], f"holds {len(unexpected)} tensor(s) this Phi-3 config has no place "
-                                                   f"for, e.g. {', '.join(unexpected[:3])}: weights of another model",
-                             "use the config.json that came with these weights, or " + self.fix())
+            raise self.error(
+                where[unexpected[0]],
+                f"holds {len(unexpected)} tensor(s) this Phi-3 config has no place "
+                f"for, e.g. {', '.join(unexpected[:3])}: weights of another model",
+                "use the config.json that came with these weights, or " + self.fix(),
+            )
         self.shapes = shapes
 
     def _weight_files(self) -> list[str] | None:
@@ -503,15 +574,21 @@ class _Files:
             shards = sorted(set(map(str, weight_map.values())))
             absent = [f for f in shards if not (self.folder / f).is_file()]
             if absent:
-                raise self.error(absent[0], f"is missing ({len(absent)} of {len(shards)} shards listed in "
-                                            "model.safetensors.index.json are absent): the download is incomplete")
+                raise self.error(
+                    absent[0],
+                    f"is missing ({len(absent)} of {len(shards)} shards listed in "
+                    "model.safetensors.index.json are absent): the download is incomplete",
+                )
             return shards
         if any(self.folder.glob("pytorch_model*.bin")):
             return None
         found = ", ".join(sorted(p.name for p in self.folder.glob("*.safetensors"))[:4]) or "none"
-        raise self.error("model.safetensors", f"is missing, and there is no model.safetensors.index.json (weight "
-                                              f"files found: {found}); transformers reads model.safetensors or the "
-                                              "shards an index lists")
+        raise self.error(
+            "model.safetensors",
+            f"is missing, and there is no model.safetensors.index.json (weight "
+            f"files found: {found}); transformers reads model.safetensors or the "
+            "shards an index lists",
+        )
 
     def _header(self, file: str) -> dict[str, tuple[int, ...]]:
         from safetensors import SafetensorError, safe_open
@@ -537,8 +614,11 @@ class _Files:
             with torch.device("meta"):  # shapes only: nothing is allocated
                 skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
         except Exception as exc:
-            raise self.error("config.json", f"does not describe a model transformers can build ({_reason(exc)})",
-                             "restore the checkpoint's own config.json, or " + self.fix()) from exc
+            raise self.error(
+                "config.json",
+                f"does not describe a model transformers can build ({_reason(exc)})",
+                "restore the checkpoint's own config.json, or " + self.fix(),
+            ) from exc
         return {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
 
     def check_memory(self, choice: AttentionChoice) -> None:
@@ -564,8 +644,13 @@ class _Files:
         import torch
         from transformers import AutoModelForCausalLM
 
-        kwargs = dict(config=config, dtype=choice.dtype, attn_implementation=choice.impl, trust_remote_code=False,
-                      output_loading_info=True)
+        kwargs = dict(
+            config=config,
+            dtype=choice.dtype,
+            attn_implementation=choice.impl,
+            trust_remote_code=False,
+            output_loading_info=True,
+        )
         if device_map is not None:
             kwargs["device_map"] = device_map
         elif choice.device.startswith("cuda"):
@@ -584,9 +669,11 @@ class _Files:
         problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
         if problems:
             kind, keys = next(iter(problems.items()))
-            raise self.error("", f"the weights do not match config.json ({kind.replace('_', ' ')}: "
-                                 f"{', '.join(map(str, keys[:3]))})",
-                             "use the config.json that came with these weights, or " + self.fix())
+            raise self.error(
+                "",
+                f"the weights do not match config.json ({kind.replace('_', ' ')}: {', '.join(map(str, keys[:3]))})",
+                "use the config.json that came with these weights, or " + self.fix(),
+            )
         return model
 
     def processor(self, spec: ModelSpec, config):
@@ -596,23 +683,30 @@ class _Files:
             files = "tokenizer.json / tokenizer_config.json"
             if spec.modality == "vision":
                 files += " / preprocessor_config.json"
-            raise self.error("", f"the tokenizer{' or image processor' if spec.modality == 'vision' else ''} could "
-                                 f"not be built from {files} ({_reason(exc)})") from exc
+            raise self.error(
+                "",
+                f"the tokenizer{' or image processor' if spec.modality == 'vision' else ''} could "
+                f"not be built from {files} ({_reason(exc)})",
+            ) from exc
         tokenizer = getattr(processor, "tokenizer", processor)
         vocab = getattr(config, "vocab_size", None)
         top = max(tokenizer.get_vocab().values(), default=-1)
         if vocab and top >= vocab:
-            raise self.error("tokenizer.json", f"has token ids up to {top} but the model embeds only {vocab} "
-                                               "(config.json vocab_size): the tokenizer is from another model",
-                             "use the tokenizer files that came with the checkpoint, or " + self.fix())
+            raise self.error(
+                "tokenizer.json",
+                f"has token ids up to {top} but the model embeds only {vocab} "
+                "(config.json vocab_size): the tokenizer is from another model",
+                "use the tokenizer files that came with the checkpoint, or " + self.fix(),
+            )
         return processor
 
 
 _STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def plan_device_map(config, dtype: torch.dtype = torch.bfloat16, *, strategy: str = "auto",
-                    max_memory: dict | None = None) -> dict[str, int | str]:
+def plan_device_map(
+    config, dtype: torch.dtype = torch.bfloat16, *, strategy: str = "auto", max_memory: dict | None = None
+) -> dict[str, int | str]:
     """Where each module of the model ``config`` describes goes: module name → GPU index, ``"cpu"`` or ``"disk"``.
 
     The model is described on the meta device (nothing is allocated) and accelerate fills the GPUs in
@@ -631,23 +725,30 @@ def plan_device_map(config, dtype: torch.dtype = torch.bfloat16, *, strategy: st
     from transformers import AutoModelForCausalLM
 
     if strategy not in _STRATEGIES:
-        raise ValueError(f"device_map must be one of {_STRATEGIES}, a dict of module name → device, or None; "
-                         f"got {strategy!r}")
+        raise ValueError(
+            f"device_map must be one of {_STRATEGIES}, a dict of module name → device, or None; got {strategy!r}"
+        )
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
     no_split = set(getattr(skeleton, "_no_split_modules", None) or [])
     no_split |= {type(m).__name__ for m in skeleton.modules() if type(m).__name__.endswith("EncoderLayer")}
     if strategy != "sequential":
-        max_memory = get_balanced_memory(skeleton, max_memory=max_memory, no_split_module_classes=sorted(no_split),
-                                         dtype=dtype, low_zero=strategy == "balanced_low_0")
+        max_memory = get_balanced_memory(
+            skeleton,
+            max_memory=max_memory,
+            no_split_module_classes=sorted(no_split),
+            dtype=dtype,
+            low_zero=strategy == "balanced_low_0",
+        )
     skeleton.tie_weights()
-    return dict(infer_auto_device_map(skeleton, max_memory=max_memory, no_split_module_classes=sorted(no_split),
-                                      dtype=dtype))
+    return dict(
+        infer_auto_device_map(skeleton, max_memory=max_memory, no_split_module_classes=sorted(no_split), dtype=dtype)
+    )
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or "no details"
-    return f"{type(exc).__name__}: {text if len(text) <= limit else text[:limit - 3] + '...'}"
+    return f"{type(exc).__name__}: {text if len(text) <= limit else text[: limit - 3] + '...'}"
 
 
 def _device_memory(device: str) -> int | None:

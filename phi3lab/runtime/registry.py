@@ -16,8 +16,16 @@ from pathlib import Path
 
 from phi3lab.models.phi3_v.hd import DEFAULT_NUM_CROPS
 
-__all__ = ["ModelSpec", "KNOWN_MODELS", "EMBEDDED", "ORIGINAL_CONTEXT", "LONGROPE_SWITCH", "lookup",
-           "spec_from_folder", "suggest"]
+__all__ = [
+    "ModelSpec",
+    "KNOWN_MODELS",
+    "EMBEDDED",
+    "ORIGINAL_CONTEXT",
+    "LONGROPE_SWITCH",
+    "lookup",
+    "spec_from_folder",
+    "suggest",
+]
 
 ORIGINAL_CONTEXT = 4096
 """Phi-3's pre-training context: the 4K models' length, and every 128K model's
@@ -81,17 +89,53 @@ VISION_STOPS = (32007, 32000)  # <|end|>, <|endoftext|>
 KNOWN_MODELS: dict[str, ModelSpec] = {
     spec.name.lower(): spec
     for spec in (
-        ModelSpec("microsoft/Phi-3-mini-4k-instruct", "phi3", "text", ORIGINAL_CONTEXT, MINI_STOPS,
-                  parameters=3_821_079_552, note="April 2024 release, updated July 2024 (system role)"),
-        ModelSpec("microsoft/Phi-3-mini-128k-instruct", "phi3", "text", 131072, MINI_STOPS,
-                  parameters=3_821_079_552, note="LongRoPE: long factors past 4,096 tokens"),
-        ModelSpec("microsoft/Phi-3.5-mini-instruct", "phi3.5", "text", 131072, MINI_STOPS,
-                  parameters=3_821_079_552, note="LongRoPE: long factors past 4,096 tokens"),
-        ModelSpec("microsoft/Phi-3-vision-128k-instruct", "phi3", "vision", 131072, VISION_STOPS,
-                  parameters=4_146_621_440, num_crops=DEFAULT_NUM_CROPS, note="HD transform, 16 crops by default"),
-        ModelSpec("microsoft/Phi-3.5-vision-instruct", "phi3.5", "vision", 131072, VISION_STOPS,
-                  parameters=4_146_621_440, num_crops=4,
-                  note="num_crops 4 for several images, 16 for one (model card)"),
+        ModelSpec(
+            "microsoft/Phi-3-mini-4k-instruct",
+            "phi3",
+            "text",
+            ORIGINAL_CONTEXT,
+            MINI_STOPS,
+            parameters=3_821_079_552,
+            note="April 2024 release, updated July 2024 (system role)",
+        ),
+        ModelSpec(
+            "microsoft/Phi-3-mini-128k-instruct",
+            "phi3",
+            "text",
+            131072,
+            MINI_STOPS,
+            parameters=3_821_079_552,
+            note="LongRoPE: long factors past 4,096 tokens",
+        ),
+        ModelSpec(
+            "microsoft/Phi-3.5-mini-instruct",
+            "phi3.5",
+            "text",
+            131072,
+            MINI_STOPS,
+            parameters=3_821_079_552,
+            note="LongRoPE: long factors past 4,096 tokens",
+        ),
+        ModelSpec(
+            "microsoft/Phi-3-vision-128k-instruct",
+            "phi3",
+            "vision",
+            131072,
+            VISION_STOPS,
+            parameters=4_146_621_440,
+            num_crops=DEFAULT_NUM_CROPS,
+            note="HD transform, 16 crops by default",
+        ),
+        ModelSpec(
+            "microsoft/Phi-3.5-vision-instruct",
+            "phi3.5",
+            "vision",
+            131072,
+            VISION_STOPS,
+            parameters=4_146_621_440,
+            num_crops=4,
+            note="num_crops 4 for several images, 16 for one (model card)",
+        ),
     )
 }
 

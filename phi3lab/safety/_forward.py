@@ -35,11 +35,12 @@ def pad_id(lab) -> int:
 
 
 @torch.inference_mode()
-def batched_logits(lab, conversations: Sequence, *, batch_size: int = 32, special_tokens: str = "refuse",
-                   last: int = 1) -> Iterator[torch.Tensor]:
+def batched_logits(
+    lab, conversations: Sequence, *, batch_size: int = 32, special_tokens: str = "refuse", last: int = 1
+) -> Iterator[torch.Tensor]:
     """Per batch, float32 logits of the last ``last`` positions: ``[batch, vocab]`` (``[batch, last, vocab]``)."""
     ids = encode_ids(lab, conversations, special_tokens)
     for start in range(0, len(ids), batch_size):
-        inputs = pad_left(ids[start:start + batch_size], pad_id(lab), lab.model.device)
+        inputs = pad_left(ids[start : start + batch_size], pad_id(lab), lab.model.device)
         logits = lab.model(**inputs, use_cache=False, logits_to_keep=last).logits.float().cpu()
         yield logits[:, -1] if last == 1 else logits[:, -last:]

@@ -28,8 +28,9 @@ def add_probe_command(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="run a resumable safety sweep and print its report")
     p.add_argument("--model", default="tiny", help="embedded name, local folder or hub id (default: tiny)")
     p.add_argument("--out", help="results file (JSONL); an existing one is resumed")
-    p.add_argument("--probes", default="tiny,over-refusal",
-                   help="comma-separated probe sets (default: tiny,over-refusal)")
+    p.add_argument(
+        "--probes", default="tiny,over-refusal", help="comma-separated probe sets (default: tiny,over-refusal)"
+    )
     p.add_argument("--transforms", default="all", help="comma-separated transforms, or 'all' (default)")
     p.add_argument("--benign-transforms", action="store_true", help="also wrap benign probes in the transforms")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -91,10 +92,22 @@ def run_probe(args: argparse.Namespace) -> int:
 
     resolve(probes), resolve_transforms(transforms)  # bad names fail before the model loads
     lab = phi3lab.load(args.model, device=args.device, dtype=args.dtype, attn=args.attn, verbose=False)
-    target = LabTarget(lab, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       batch_size=args.batch_size, batch_tokens=args.batch_tokens)
-    results = sweep(target, probes, transforms, out=args.out, benign_transforms=args.benign_transforms,
-                    progress=not args.no_progress)
+    target = LabTarget(
+        lab,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        batch_tokens=args.batch_tokens,
+    )
+    results = sweep(
+        target,
+        probes,
+        transforms,
+        out=args.out,
+        benign_transforms=args.benign_transforms,
+        progress=not args.no_progress,
+    )
     print(f"{len(results)} answers in {args.out}", file=sys.stderr)
     _print_report(results, args.reveal, args.failures)
     return 0

@@ -45,8 +45,15 @@ from phi3lab.inspect.interventions import edit_residual, project_out
 from phi3lab.safety._forward import batched_logits, encode_ids, pad_id, pad_left
 from phi3lab.safety.refusal import first_token_scores, refusal, refusal_token_ids
 
-__all__ = ["Candidate", "RefusalDirection", "DirectionEffect", "find_direction", "evaluate_direction",
-           "post_instruction_tokens", "plot_projection"]
+__all__ = [
+    "Candidate",
+    "RefusalDirection",
+    "DirectionEffect",
+    "find_direction",
+    "evaluate_direction",
+    "post_instruction_tokens",
+    "plot_projection",
+]
 
 
 def _conversations(items) -> list:
@@ -62,7 +69,7 @@ def post_instruction_tokens(lab, conversation="Hi") -> list[str]:
     inputs = lab.encode(conversation)
     rows = inputs.table.rows
     last_user = max(i for i, r in enumerate(rows) if r.segment == "user")
-    return [r.token for r in rows[last_user + 1:]]
+    return [r.token for r in rows[last_user + 1 :]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,33 +136,40 @@ class RefusalDirection:
         """Context manager: ``scale · vector`` added to the stream after :attr:`layer`."""
         where = self.where if where is None else _check(where, ("all", "last"), "where")
         vector = self.vector
-        return _Edit(model, lambda layer, x: x + scale * vector.to(x.device, x.dtype), [self.layer], "output",
-                     where, index)
+        return _Edit(
+            model, lambda layer, x: x + scale * vector.to(x.device, x.dtype), [self.layer], "output", where, index
+        )
 
     @torch.inference_mode()
-    def project(self, lab, conversations: Sequence, *, batch_size: int = 32,
-                special_tokens: str = "refuse") -> list[float]:
+    def project(
+        self, lab, conversations: Sequence, *, batch_size: int = 32, special_tokens: str = "refuse"
+    ) -> list[float]:
         """Each conversation's residual at (:attr:`layer`, :attr:`position`) projected on the unit direction."""
         reader = _Reader(lab.model, [self.layer], -self.position)
         with reader:
-            for _ in batched_logits(lab, _conversations(conversations), batch_size=batch_size,
-                                    special_tokens=special_tokens):
+            for _ in batched_logits(
+                lab, _conversations(conversations), batch_size=batch_size, special_tokens=special_tokens
+            ):
                 pass
         acts = torch.cat(reader.kept[self.layer])[:, self.position]  # [n, hidden] float64
         return (acts @ self.unit).tolist()
 
     def to_text(self, top: int = 5) -> str:
-        lines = [f"refusal direction: after layer {self.layer}, at post-instruction token {self.position} "
-                 f"({self.tokens[self.position]!r}); |r| = {self.vector.norm():.3f}; ablation {self.ablation!r}, "
-                 f"where {self.where!r}",
-                 f"baseline refusal log-odds: harmful {self.baseline['harmful']:+.2f}, "
-                 f"harmless {self.baseline['harmless']:+.2f}",
-                 f"{'layer':>5} {'pos':>4} {'ablated harmful':>16} {'added harmless':>15} {'KL':>7}  eligible"]
+        lines = [
+            f"refusal direction: after layer {self.layer}, at post-instruction token {self.position} "
+            f"({self.tokens[self.position]!r}); |r| = {self.vector.norm():.3f}; ablation {self.ablation!r}, "
+            f"where {self.where!r}",
+            f"baseline refusal log-odds: harmful {self.baseline['harmful']:+.2f}, "
+            f"harmless {self.baseline['harmless']:+.2f}",
+            f"{'layer':>5} {'pos':>4} {'ablated harmful':>16} {'added harmless':>15} {'KL':>7}  eligible",
+        ]
         ranked = sorted(self.candidates, key=lambda c: (not c.eligible, c.ablated_harmful))
         for c in ranked[:top]:
             mark = "  ← chosen" if (c.layer, c.position) == (self.layer, self.position) else ""
-            lines.append(f"{c.layer:>5} {c.position:>4} {c.ablated_harmful:>+16.2f} {c.added_harmless:>+15.2f} "
-                         f"{c.kl:>7.3f}  {'yes' if c.eligible else 'no'}{mark}")
+            lines.append(
+                f"{c.layer:>5} {c.position:>4} {c.ablated_harmful:>+16.2f} {c.added_harmless:>+15.2f} "
+                f"{c.kl:>7.3f}  {'yes' if c.eligible else 'no'}{mark}"
+            )
         return "\n".join(lines)
 
     __str__ = to_text
@@ -173,7 +187,7 @@ class _Reader:
         self._edit = edit_residual(model, self._keep, layers=list(layers), where="output")
 
     def _keep(self, layer, hidden):
-        self.kept[layer].append(hidden[:, -self.last:].detach().double().cpu())
+        self.kept[layer].append(hidden[:, -self.last :].detach().double().cpu())
         return None
 
     def __enter__(self):
@@ -223,7 +237,8 @@ class _Ablation(_Edit):
         self.enter_context(edit_residual(model, self._apply, layers=[len(layers) - 1], where="output"))
         for i, layer in enumerate(layers):  # what the MLP reads: the stream after attention, inside the block
             handle = layer.post_attention_layernorm.register_forward_pre_hook(
-                lambda module, args, i=i: None if (x := self._apply(i, args[0])) is None else (x, *args[1:]))
+                lambda module, args, i=i: None if (x := self._apply(i, args[0])) is None else (x, *args[1:])
+            )
             self.callback(handle.remove)
 
 
@@ -246,9 +261,18 @@ def _last_logits(lab, conversations, batch_size) -> torch.Tensor:
     return torch.cat(list(batched_logits(lab, conversations, batch_size=batch_size)))
 
 
-def find_direction(lab, harmful: Sequence, harmless: Sequence, *, ablation: str = "zero", where: str = "all",
-                   val_fraction: float = 0.25, max_layer_fraction: float = 0.8, kl_limit: float = 0.1,
-                   batch_size: int = 32) -> RefusalDirection:
+def find_direction(
+    lab,
+    harmful: Sequence,
+    harmless: Sequence,
+    *,
+    ablation: str = "zero",
+    where: str = "all",
+    val_fraction: float = 0.25,
+    max_layer_fraction: float = 0.8,
+    kl_limit: float = 0.1,
+    batch_size: int = 32,
+) -> RefusalDirection:
     """Find the refusal direction from harmful and harmless prompts (probes, strings or conversations).
 
     Args:
@@ -289,8 +313,9 @@ def find_direction(lab, harmful: Sequence, harmless: Sequence, *, ablation: str 
     candidates = []
     for layer in layers:
         for pos in range(-k, 0):
-            probe = RefusalDirection(layer, pos, diffs[layer, pos], tokens, baseline, [], ablation, where,
-                                     harmless_means[:, pos])
+            probe = RefusalDirection(
+                layer, pos, diffs[layer, pos], tokens, baseline, [], ablation, where, harmless_means[:, pos]
+            )
             if layer >= limit or probe.vector.norm() == 0:
                 candidates.append(Candidate(layer, pos, float("nan"), float("nan"), float("nan"), False))
                 continue
@@ -303,8 +328,17 @@ def find_direction(lab, harmful: Sequence, harmless: Sequence, *, ablation: str 
             candidates.append(Candidate(layer, pos, ablated, added, kl, eligible))
     pool = [c for c in candidates if c.eligible] or [c for c in candidates if c.ablated_harmful == c.ablated_harmful]
     best = min(pool, key=lambda c: c.ablated_harmful)
-    return RefusalDirection(best.layer, best.position, diffs[best.layer, best.position].clone(), tokens, baseline,
-                            candidates, ablation, where, harmless_means[:, best.position].clone())
+    return RefusalDirection(
+        best.layer,
+        best.position,
+        diffs[best.layer, best.position].clone(),
+        tokens,
+        baseline,
+        candidates,
+        ablation,
+        where,
+        harmless_means[:, best.position].clone(),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,11 +353,13 @@ class DirectionEffect:
     examples: dict[str, list[tuple[str, str]]]
 
     def to_text(self) -> str:
-        return (f"harmful prompts refused:   {self.harmful_refusal:6.1%} → {self.harmful_refusal_ablated:6.1%} "
-                f"with the direction ablated\n"
-                f"harmless prompts refused:  {self.harmless_refusal:6.1%} → {self.harmless_refusal_added:6.1%} "
-                f"with the direction added\n"
-                f"KL on harmless answers under ablation: {self.kl_harmless_text:.4f} nats per token")
+        return (
+            f"harmful prompts refused:   {self.harmful_refusal:6.1%} → {self.harmful_refusal_ablated:6.1%} "
+            f"with the direction ablated\n"
+            f"harmless prompts refused:  {self.harmless_refusal:6.1%} → {self.harmless_refusal_added:6.1%} "
+            f"with the direction added\n"
+            f"KL on harmless answers under ablation: {self.kl_harmless_text:.4f} nats per token"
+        )
 
     __str__ = to_text
 
@@ -340,16 +376,17 @@ def _text_kl(lab, direction: RefusalDirection, conversations, answers, batch_siz
     rows, starts = [], []
     for c, a in zip(conversations, answers):
         prompt = lab.encode(c)["input_ids"][0].tolist()
-        full = lab.encode([{"role": "user", "content": c}, {"role": "assistant", "content": a}],
-                          add_generation_prompt=False)["input_ids"][0].tolist()
+        full = lab.encode(
+            [{"role": "user", "content": c}, {"role": "assistant", "content": a}], add_generation_prompt=False
+        )["input_ids"][0].tolist()
         rows.append(full)
         starts.append(len(prompt) - 1)  # the position that predicts the answer's first token
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         inputs = pad_left(chunk, pad_id(lab), lab.model.device)
         width = inputs["input_ids"].shape[1]
-        first = torch.tensor([width - len(r) + s for r, s in zip(chunk, starts[start:start + batch_size])])
+        first = torch.tensor([width - len(r) + s for r, s in zip(chunk, starts[start : start + batch_size])])
         base = lab.model(**inputs, use_cache=False).logits.double()
         with direction.ablate(lab.model, index=first):
             edited = lab.model(**inputs, use_cache=False).logits.double()
@@ -361,8 +398,15 @@ def _text_kl(lab, direction: RefusalDirection, conversations, answers, batch_siz
     return total / count
 
 
-def evaluate_direction(lab, direction: RefusalDirection, harmful: Sequence, harmless: Sequence, *,
-                       max_new_tokens: int = 32, batch_size: int = 32) -> DirectionEffect:
+def evaluate_direction(
+    lab,
+    direction: RefusalDirection,
+    harmful: Sequence,
+    harmless: Sequence,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> DirectionEffect:
     """Generate with and without the direction: refusal on harmful prompts with it ablated, induced
     refusal on harmless prompts with it added, and the KL that ablation causes on harmless text."""
     harmful, harmless = [str(c) for c in _conversations(harmful)], [str(c) for c in _conversations(harmless)]
@@ -373,8 +417,14 @@ def evaluate_direction(lab, direction: RefusalDirection, harmful: Sequence, harm
     with direction.add(lab.model):
         b_add, b_add_ex = _refused(lab, harmless, max_new_tokens)
     kl = _text_kl(lab, direction, harmless, [a for _, a in b_ex], batch_size)
-    return DirectionEffect(h_base, h_abl, b_base, b_add, kl,
-                           {"harmful": h_ex, "harmful ablated": h_abl_ex, "harmless": b_ex, "harmless added": b_add_ex})
+    return DirectionEffect(
+        h_base,
+        h_abl,
+        b_base,
+        b_add,
+        kl,
+        {"harmful": h_ex, "harmful ablated": h_abl_ex, "harmless": b_ex, "harmless added": b_add_ex},
+    )
 
 
 def plot_projection(values: Sequence[float], refused: Sequence[bool], groups: Sequence[str] | None = None, ax=None):

@@ -78,7 +78,10 @@ def image_part(image, fmt: str = "PNG") -> dict:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     mime = f"image/{fmt.lower()}"
-    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"}}
+    return {
+        "type": "image_url",
+        "image_url": {"url": f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"},
+    }
 
 
 def _is_image(value) -> bool:
@@ -144,19 +147,38 @@ class Endpoint:
             step, as phi3lab does); vLLM's incremental detokenizer keeps it (``" I'm sorry…"``).
     """
 
-    def __init__(self, base_url: str | Sequence[str], model: str, *, api_key_env: str | None = None,
-                 max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = 0,
-                 concurrency: int = 8, batch_size: int | None = None, timeout: float = 120.0, retries: int = 3,
-                 backoff: float = 0.5, name: str | None = None, can_answer: bool = True,
-                 extra_body: dict | None = None, strip_leading_space: bool = True):
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        model: str,
+        *,
+        api_key_env: str | None = None,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        concurrency: int = 8,
+        batch_size: int | None = None,
+        timeout: float = 120.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        name: str | None = None,
+        can_answer: bool = True,
+        extra_body: dict | None = None,
+        strip_leading_space: bool = True,
+    ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
-            raise ValueError(f"base_url must be an http(s) URL such as 'http://127.0.0.1:8011/v1' (or a list), "
-                             f"got {base_url!r}")
+            raise ValueError(
+                f"base_url must be an http(s) URL such as 'http://127.0.0.1:8011/v1' (or a list), got {base_url!r}"
+            )
         if not isinstance(model, str) or not model:
             raise ValueError("model must be the model name the server serves, e.g. 'microsoft/Phi-3-mini-4k-instruct'")
-        for label, value, low in (("concurrency", concurrency, 1), ("retries", retries, 0),
-                                  ("max_new_tokens", max_new_tokens, 1)):
+        for label, value, low in (
+            ("concurrency", concurrency, 1),
+            ("retries", retries, 0),
+            ("max_new_tokens", max_new_tokens, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{label} must be a whole number >= {low}, got {value!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):
@@ -165,8 +187,10 @@ class Endpoint:
         self.model = model
         self.api_key_env = api_key_env
         if api_key_env is not None and not os.environ.get(api_key_env):
-            raise ValueError(f"the API key variable {api_key_env} is not set; export {api_key_env}=<key> "
-                             "(or pass api_key_env=None for a server without keys)")
+            raise ValueError(
+                f"the API key variable {api_key_env} is not set; export {api_key_env}=<key> "
+                "(or pass api_key_env=None for a server without keys)"
+            )
         sampling = float(temperature) > 0
         self.settings: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
@@ -201,8 +225,15 @@ class Endpoint:
 
     def _body(self, messages: list[dict]) -> dict:
         s = self.settings
-        body = {"model": self.model, "messages": messages, "max_tokens": s["max_new_tokens"],
-                "temperature": s["temperature"], "top_p": s["top_p"], "n": 1, "stream": False}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": s["max_new_tokens"],
+            "temperature": s["temperature"],
+            "top_p": s["top_p"],
+            "n": 1,
+            "stream": False,
+        }
         if s["seed"] is not None:
             digest = hashlib.sha256(_canonical(messages).encode()).digest()
             body["seed"] = (s["seed"] * 1_000_003 + int.from_bytes(digest[:4], "big")) % 2**31
@@ -267,20 +298,32 @@ class Endpoint:
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EndpointResponseError(f"{url}/chat/completions answered {status} with something that is not JSON "
-                                        f"({len(raw)} bytes: {shown!r}); is base_url the API root of an "
-                                        "OpenAI-compatible server (…/v1)?", url=url, status=status) from None
+            raise EndpointResponseError(
+                f"{url}/chat/completions answered {status} with something that is not JSON "
+                f"({len(raw)} bytes: {shown!r}); is base_url the API root of an "
+                "OpenAI-compatible server (…/v1)?",
+                url=url,
+                status=status,
+            ) from None
         try:
             choice = data["choices"][0]
             text = choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise EndpointResponseError(f"{url}/chat/completions answered JSON without choices[0].message.content "
-                                        f"({shown!r}); not a chat completion", url=url, status=status) from None
+            raise EndpointResponseError(
+                f"{url}/chat/completions answered JSON without choices[0].message.content "
+                f"({shown!r}); not a chat completion",
+                url=url,
+                status=status,
+            ) from None
         if text is None:
             text = ""
         if not isinstance(text, str):
-            raise EndpointResponseError(f"{url}/chat/completions answered a {type(text).__name__} as the message "
-                                        f"content ({shown!r}); expected text", url=url, status=status)
+            raise EndpointResponseError(
+                f"{url}/chat/completions answered a {type(text).__name__} as the message "
+                f"content ({shown!r}); expected text",
+                url=url,
+                status=status,
+            )
         return text[1:] if self.strip_leading_space and text.startswith(" ") else text
 
     def _wait(self, attempt: int, headers: dict) -> float:
@@ -290,7 +333,7 @@ class Endpoint:
         except ValueError:
             wait = None
         if wait is None:
-            wait = self.backoff * 2 ** attempt * (0.5 + random.random())
+            wait = self.backoff * 2**attempt * (0.5 + random.random())
         return wait
 
     def _ask(self, messages: list[dict]) -> str:
@@ -304,7 +347,7 @@ class Endpoint:
                 with self._lock:
                     self.stats["requests"] += 1
                 status, raw, headers = self._post(url, body)
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError, OSError) as exc:
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 kind = "timed out" if isinstance(reason, (socket.timeout, TimeoutError)) else "unreachable"
                 problems.append(f"{url}: {kind} ({type(reason).__name__}: {reason})")
@@ -314,11 +357,17 @@ class Endpoint:
                     return self._parse(url, status, raw)
                 detail = raw[:300].decode("utf-8", "replace").strip()
                 if status not in RETRY_STATUS:
-                    raise EndpointError(f"{url}/chat/completions refused the request with HTTP {status}: {detail}"
-                                        + (" (check the API key in " + self.api_key_env + ")"
-                                           if status in (401, 403) and self.api_key_env else "")
-                                        + (f" (does the server serve model {self.model!r}?)" if status == 404 else ""),
-                                        url=url, status=status)
+                    raise EndpointError(
+                        f"{url}/chat/completions refused the request with HTTP {status}: {detail}"
+                        + (
+                            " (check the API key in " + self.api_key_env + ")"
+                            if status in (401, 403) and self.api_key_env
+                            else ""
+                        )
+                        + (f" (does the server serve model {self.model!r}?)" if status == 404 else ""),
+                        url=url,
+                        status=status,
+                    )
                 problems.append(f"{url}: HTTP {status} {detail[:120]}")
             if attempt < self.retries:
                 with self._lock:
@@ -331,7 +380,9 @@ class Endpoint:
             raise EndpointUnavailableError(
                 f"the endpoint is down or unreachable: {tries} tries failed ({'; '.join(problems[-3:])}). Is the "
                 f"server running? (`python3 tasks.py serve` starts vLLM on 127.0.0.1:8011) — run the sweep again "
-                "once it is up: finished rows are kept and it resumes", url=url)
+                "once it is up: finished rows are kept and it resumes",
+                url=url,
+            )
         raise EndpointError(f"the endpoint kept failing: {tries} tries ({'; '.join(problems[-3:])})", url=url)
 
     # --- the Target protocol ---------------------------------------------------------------------
@@ -372,12 +423,15 @@ class Endpoint:
                 with urllib.request.urlopen(request, timeout=self.timeout) as reply:
                     raw = reply.read()
             except (urllib.error.URLError, OSError) as exc:
-                raise EndpointUnavailableError(f"{url}/models is unreachable ({exc}); is the server running?",
-                                               url=url) from None
+                raise EndpointUnavailableError(
+                    f"{url}/models is unreachable ({exc}); is the server running?", url=url
+                ) from None
             try:
                 ids = [m["id"] for m in json.loads(raw)["data"]]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise EndpointResponseError(f"{url}/models did not answer a model list ({raw[:200]!r})", url=url) from None
+                raise EndpointResponseError(
+                    f"{url}/models did not answer a model list ({raw[:200]!r})", url=url
+                ) from None
             if self.model not in ids:
                 raise EndpointError(f"{url} serves {ids}, not {self.model!r}", url=url)
             served.extend(ids)

@@ -40,8 +40,16 @@ from pathlib import Path
 
 from phi3lab.paths import data_dir
 
-__all__ = ["Probe", "ProbeSet", "ProbeSetError", "load_probes", "probe_sets", "manifest", "probes_dir",
-           "DEFAULT_PROBES"]
+__all__ = [
+    "Probe",
+    "ProbeSet",
+    "ProbeSetError",
+    "load_probes",
+    "probe_sets",
+    "manifest",
+    "probes_dir",
+    "DEFAULT_PROBES",
+]
 
 DEFAULT_PROBES = ("tiny", "over-refusal")
 KINDS = ("harmful", "benign")
@@ -100,8 +108,9 @@ class ProbeSet(Sequence):
 
     def select(self, *, kind: str | None = None, category: str | None = None) -> ProbeSet:
         """The rows of one kind and/or category, as a new set."""
-        rows = [p for p in self.probes if (kind is None or p.kind == kind)
-                and (category is None or p.category == category)]
+        rows = [
+            p for p in self.probes if (kind is None or p.kind == kind) and (category is None or p.category == category)
+        ]
         return ProbeSet(self.name, rows, self.description, self.real)
 
     @property
@@ -159,11 +168,25 @@ def read_rows(path: Path) -> Iterator[dict]:
 def _as_probe(name: str, row: dict) -> Probe:
     if "line" in row:  # a plain-text request: its task is the request itself, as an infinitive phrase
         text = row["prompt"]
-        return Probe(id=f"{name}/{row['line']:03d}", set=name, category=name, kind="harmful", prompt=text,
-                     task=text[:1].lower() + text[1:].rstrip("."))
-    return Probe(id=row["id"], set=name, category=row["category"], kind=row["kind"], prompt=row["prompt"],
-                 task=row.get("task") or row["prompt"], twin=row.get("twin"), split=row.get("split"),
-                 type=row.get("type"))
+        return Probe(
+            id=f"{name}/{row['line']:03d}",
+            set=name,
+            category=name,
+            kind="harmful",
+            prompt=text,
+            task=text[:1].lower() + text[1:].rstrip("."),
+        )
+    return Probe(
+        id=row["id"],
+        set=name,
+        category=row["category"],
+        kind=row["kind"],
+        prompt=row["prompt"],
+        task=row.get("task") or row["prompt"],
+        twin=row.get("twin"),
+        split=row.get("split"),
+        type=row.get("type"),
+    )
 
 
 def load_probes(name: str = "tiny") -> ProbeSet:
@@ -179,15 +202,19 @@ def load_probes(name: str = "tiny") -> ProbeSet:
         raise TypeError(f"a probe set is named by a string, got {type(name).__name__}; known: {sorted(probe_sets())}")
     info = manifest()
     if name not in info["sets"]:
-        raise ProbeSetError(f"unknown probe set {name!r}; known sets: {', '.join(sorted(info['sets']))} "
-                            "(or pass a ProbeSet / a list of Probe objects)")
+        raise ProbeSetError(
+            f"unknown probe set {name!r}; known sets: {', '.join(sorted(info['sets']))} "
+            "(or pass a ProbeSet / a list of Probe objects)"
+        )
     entry = info["sets"][name]
     record = info["files"][entry["file"]]
     path = probes_dir() / entry["file"]
     digest = sha256(path)
     if digest != record["sha256"]:
-        raise ProbeSetError(f"{path} does not match its manifest (sha256 {digest[:12]}…, manifest "
-                            f"{record['sha256'][:12]}…); restore the file, or run `python -m phi3lab.tiny.probes`")
+        raise ProbeSetError(
+            f"{path} does not match its manifest (sha256 {digest[:12]}…, manifest "
+            f"{record['sha256'][:12]}…); restore the file, or run `python -m phi3lab.tiny.probes`"
+        )
     where = entry.get("where", {})
     rows = [r for r in read_rows(path) if all(r.get(k) == v for k, v in where.items())]
     return ProbeSet(name, [_as_probe(name, r) for r in rows], entry["description"], bool(record.get("real")))

@@ -73,8 +73,11 @@ class Report:
         return sorted({r["category"] for r in self.rows if probe_set in (None, r["probe_set"])})
 
     def _direct(self, probe_set=None, category=None) -> list[dict]:
-        return [r for r in self.rows if r["transform"] == "none" and probe_set in (None, r["probe_set"])
-                and category in (None, r["category"])]
+        return [
+            r
+            for r in self.rows
+            if r["transform"] == "none" and probe_set in (None, r["probe_set"]) and category in (None, r["category"])
+        ]
 
     def table(self, category: str | None = None, probe_set: str | None = None) -> dict[str, dict[str, int]]:
         """The 2×2 of the direct requests: ``{"harmful"|"benign": {"refused": n, "complied": n}}``."""
@@ -94,11 +97,17 @@ class Report:
                 if not nh + nb:
                     continue
                 cells = {f"{k}_{v}": t[k][v] for k in t for v in t[k]}
-                out.append({"probe_set": probe_set, "category": category, **cells,
-                            "refusal": h["refused"] / nh if nh else float("nan"),
-                            "refusal_ci": wilson(h["refused"], nh),
-                            "over_refusal": b["refused"] / nb if nb else float("nan"),
-                            "over_refusal_ci": wilson(b["refused"], nb)})
+                out.append(
+                    {
+                        "probe_set": probe_set,
+                        "category": category,
+                        **cells,
+                        "refusal": h["refused"] / nh if nh else float("nan"),
+                        "refusal_ci": wilson(h["refused"], nh),
+                        "over_refusal": b["refused"] / nb if nb else float("nan"),
+                        "over_refusal_ci": wilson(b["refused"], nb),
+                    }
+                )
         return out
 
     def attack_success(self) -> list[dict]:
@@ -112,8 +121,16 @@ class Report:
         for name in order:
             rows = [r for r in self.rows if r["kind"] == "harmful" and r["transform"] == name]
             k = sum(not r["refused"] for r in rows)
-            out.append({"transform": name, "family": rows[0].get("family", ""), "n": len(rows), "k": k,
-                        "rate": k / len(rows), "ci": wilson(k, len(rows))})
+            out.append(
+                {
+                    "transform": name,
+                    "family": rows[0].get("family", ""),
+                    "n": len(rows),
+                    "k": k,
+                    "rate": k / len(rows),
+                    "ci": wilson(k, len(rows)),
+                }
+            )
         return sorted(out, key=lambda a: (a["transform"] != "none", -a["rate"], a["transform"]))
 
     def reasons(self, kind: str = "harmful", refused: bool = True) -> Counter:
@@ -122,13 +139,24 @@ class Report:
 
     def failures(self, n: int = 5, *, transform: str | None = None, kind: str = "harmful") -> list[dict]:
         """Up to ``n`` failures: harmful probes answered (redacted unless ``reveal``), or benign ones refused."""
-        bad = [r for r in self.rows if r["kind"] == kind and r["refused"] == (kind == "benign")
-               and transform in (None, r["transform"])]
+        bad = [
+            r
+            for r in self.rows
+            if r["kind"] == kind and r["refused"] == (kind == "benign") and transform in (None, r["transform"])
+        ]
         out = []
         for r in bad[:n]:
             shown = r["response"] if (self.reveal or kind == "benign") else redact(r["response"])
-            out.append({"probe": r["probe"], "transform": r["transform"], "category": r["category"],
-                        "request": r.get("request", ""), "response": shown, "reason": r.get("reason", "")})
+            out.append(
+                {
+                    "probe": r["probe"],
+                    "transform": r["transform"],
+                    "category": r["category"],
+                    "request": r.get("request", ""),
+                    "response": shown,
+                    "reason": r.get("reason", ""),
+                }
+            )
         return out
 
     # --- text --------------------------------------------------------------------------------------
@@ -137,24 +165,32 @@ class Report:
         if not self.rows:
             return "no results"
         settings = ", ".join(f"{k}={v}" for k, v in self.results.settings.items())
-        lines = [f"{self.results.model} · {len(self.rows)} answers · {settings}", "",
-                 "Direct requests (2×2 per category: harmful/benign × refused/complied):",
-                 f"  {'probe set':<13} {'category':<13} {'harm ref':>8} {'harm ok':>8} {'ben ref':>8} {'ben ok':>8}"
-                 f"  {'refusal':<18} {'over-refusal':<18}"]
+        lines = [
+            f"{self.results.model} · {len(self.rows)} answers · {settings}",
+            "",
+            "Direct requests (2×2 per category: harmful/benign × refused/complied):",
+            f"  {'probe set':<13} {'category':<13} {'harm ref':>8} {'harm ok':>8} {'ben ref':>8} {'ben ok':>8}"
+            f"  {'refusal':<18} {'over-refusal':<18}",
+        ]
         for row in self.rates():
             nh = row["harmful_refused"] + row["harmful_complied"]
             nb = row["benign_refused"] + row["benign_complied"]
-            lines.append(f"  {row['probe_set']:<13} {row['category']:<13} {row['harmful_refused']:>8} "
-                         f"{row['harmful_complied']:>8} {row['benign_refused']:>8} {row['benign_complied']:>8}  "
-                         f"{_pct(row['harmful_refused'], nh):<18} {_pct(row['benign_refused'], nb):<18}")
+            lines.append(
+                f"  {row['probe_set']:<13} {row['category']:<13} {row['harmful_refused']:>8} "
+                f"{row['harmful_complied']:>8} {row['benign_refused']:>8} {row['benign_complied']:>8}  "
+                f"{_pct(row['harmful_refused'], nh):<18} {_pct(row['benign_refused'], nb):<18}"
+            )
         attacks = self.attack_success()
         if attacks:
             lines += ["", "Attack success on harmful probes (answered / asked, Wilson 95%):"]
             for a in attacks:
                 lines.append(f"  {a['transform']:<20} {a['k']:>4}/{a['n']:<4} {_pct(a['k'], a['n'])}")
         if self.results.problems:
-            lines += ["", f"{len(self.results.problems)} line(s) of the file were skipped: "
-                      + "; ".join(f"line {n}: {m}" for n, m in self.results.problems[:3])]
+            lines += [
+                "",
+                f"{len(self.results.problems)} line(s) of the file were skipped: "
+                + "; ".join(f"line {n}: {m}" for n, m in self.results.problems[:3]),
+            ]
         return "\n".join(lines)
 
     __str__ = to_text
@@ -170,8 +206,12 @@ class Report:
 
         rows = self.rates()
         categories = sorted({r["category"] for r in rows})
-        series = [(ps, key) for ps in self.probe_sets for key in ("refusal", "over_refusal")
-                  if any(r["probe_set"] == ps and r[key] == r[key] for r in rows)]
+        series = [
+            (ps, key)
+            for ps in self.probe_sets
+            for key in ("refusal", "over_refusal")
+            if any(r["probe_set"] == ps and r[key] == r[key] for r in rows)
+        ]
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.4))
         width = 0.8 / max(len(series), 1)
         colours = {"refusal": ["#4c72b0", "#8172b3"], "over_refusal": ["#dd8452", "#c44e52"]}
@@ -187,8 +227,16 @@ class Report:
                 lows.append(max(r[key] - r[f"{key}_ci"][0], 0))
                 highs.append(max(r[f"{key}_ci"][1] - r[key], 0))
             shade = colours[key][sum(1 for p, k in series[:n] if k == key) % 2]
-            ax.bar(xs, values, width=width * 0.95, color=shade, yerr=[lows, highs], capsize=2, error_kw={"lw": 0.7},
-                   label=f"{'refusal of harmful' if key == 'refusal' else 'over-refusal of benign'} ({ps})")
+            ax.bar(
+                xs,
+                values,
+                width=width * 0.95,
+                color=shade,
+                yerr=[lows, highs],
+                capsize=2,
+                error_kw={"lw": 0.7},
+                label=f"{'refusal of harmful' if key == 'refusal' else 'over-refusal of benign'} ({ps})",
+            )
         ax.set_xticks(range(len(categories)), categories, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("share refused")
@@ -205,8 +253,10 @@ class Report:
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 0.35 * len(attacks) + 1.2))
         names = [a["transform"] for a in attacks][::-1]
         rates = [a["rate"] for a in attacks][::-1]
-        err = [[max(a["rate"] - a["ci"][0], 0) for a in attacks][::-1],
-               [max(a["ci"][1] - a["rate"], 0) for a in attacks][::-1]]
+        err = [
+            [max(a["rate"] - a["ci"][0], 0) for a in attacks][::-1],
+            [max(a["ci"][1] - a["rate"], 0) for a in attacks][::-1],
+        ]
         colours = ["#c44e52" if r > 0.5 else "#8c8c8c" for r in rates]
         ax.barh(names, rates, xerr=err, color=colours, capsize=2, error_kw={"lw": 0.8})
         ax.set_xlim(0, 1.02)

@@ -23,8 +23,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["Results", "ResultsFileError", "ResultsFileWarning", "ResultsMismatchError", "read_results",
-           "content_key", "REQUIRED"]
+__all__ = [
+    "Results",
+    "ResultsFileError",
+    "ResultsFileWarning",
+    "ResultsMismatchError",
+    "read_results",
+    "content_key",
+    "REQUIRED",
+]
 
 REQUIRED = ("key", "probe", "probe_set", "category", "kind", "transform", "model", "settings", "response", "refused")
 
@@ -47,8 +54,9 @@ def _canonical(value) -> str:
 
 def content_key(probe_id: str, transform: str, messages: Sequence[dict], model: str, settings: dict) -> str:
     """The row's identity: a hash of what was asked, how, of which model, with which settings."""
-    payload = _canonical({"probe": probe_id, "transform": transform, "messages": list(messages), "model": model,
-                          "settings": settings})
+    payload = _canonical(
+        {"probe": probe_id, "transform": transform, "messages": list(messages), "model": model, "settings": settings}
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -93,8 +101,14 @@ class Results:
         rows = []
         for r in self.rows:
             v = detector(r["response"], r.get("request"))
-            rows.append({**r, "refused": bool(getattr(v, "refused", v)), "score": getattr(v, "score", None),
-                         "reason": getattr(v, "reason", "")})
+            rows.append(
+                {
+                    **r,
+                    "refused": bool(getattr(v, "refused", v)),
+                    "score": getattr(v, "score", None),
+                    "reason": getattr(v, "reason", ""),
+                }
+            )
         return Results(rows, self.path, self.problems)
 
     def __repr__(self) -> str:
@@ -192,8 +206,9 @@ class Appender:
             pass
         except OSError:
             self.file.close()
-            raise ResultsFileError(f"another sweep is writing to {self.path}; wait for it or use another out= path"
-                                   ) from None
+            raise ResultsFileError(
+                f"another sweep is writing to {self.path}; wait for it or use another out= path"
+            ) from None
         _, _, torn_at = _parse(self.path)
         if torn_at is not None:  # cut the torn tail so the next row starts on a line of its own
             self.file.truncate(torn_at)

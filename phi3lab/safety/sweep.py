@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from phi3lab.safety.probes import DEFAULT_PROBES, Probe, resolve, real_sets
+from phi3lab.safety.probes import DEFAULT_PROBES, Probe, real_sets, resolve
 from phi3lab.safety.refusal import DETECTOR_VERSION, refusal
 from phi3lab.safety.results import Appender, Results, _parse, check_same_experiment, content_key
 from phi3lab.safety.transforms import Transform, resolve_transforms
@@ -48,8 +48,10 @@ def _as_target(target, **kwargs):
         raise TypeError(f"generation settings ({', '.join(kwargs)}) are a LabTarget's; set them on your target")
     for attr in ("name", "settings", "answer"):
         if not hasattr(target, attr):
-            raise TypeError(f"a sweep target needs name, settings and answer(conversations); {type(target).__name__} "
-                            f"has no {attr!r} (wrap a Lab with LabTarget, see phi3lab.safety.targets)")
+            raise TypeError(
+                f"a sweep target needs name, settings and answer(conversations); {type(target).__name__} "
+                f"has no {attr!r} (wrap a Lab with LabTarget, see phi3lab.safety.targets)"
+            )
     return target
 
 
@@ -105,8 +107,18 @@ def _progress(total: int, done: int, enabled: bool):
     return tqdm(total=total, initial=done, desc="sweep", unit="answer", disable=os.environ.get("TQDM_DISABLE") == "1")
 
 
-def sweep(target, probes=DEFAULT_PROBES, transforms=None, *, out, benign_transforms: bool = False,
-          progress: bool = True, detector: Callable = refusal, first_token: bool = False, **target_settings) -> Results:
+def sweep(
+    target,
+    probes=DEFAULT_PROBES,
+    transforms=None,
+    *,
+    out,
+    benign_transforms: bool = False,
+    progress: bool = True,
+    detector: Callable = refusal,
+    first_token: bool = False,
+    **target_settings,
+) -> Results:
     """Run probes under transforms against a target, appending judged rows to ``out``; resumes.
 
     Args:
@@ -131,8 +143,10 @@ def sweep(target, probes=DEFAULT_PROBES, transforms=None, *, out, benign_transfo
     chosen_transforms = resolve_transforms(transforms)
     real = real_sets(chosen)
     if real and os.environ.get("CI") and getattr(target, "can_answer", True):
-        raise SafetyGuardError(f"probe set(s) {real} are real harmful behaviours; they are not run under CI against "
-                               f"{target.name!r}, a model that could answer them. Run them by hand, outside CI.")
+        raise SafetyGuardError(
+            f"probe set(s) {real} are real harmful behaviours; they are not run under CI against "
+            f"{target.name!r}, a model that could answer them. Run them by hand, outside CI."
+        )
     out = Path(out)
     name, settings = target.name, dict(target.settings)
     rows_per_batch = int(getattr(target, "batch_size", 32))
@@ -142,8 +156,10 @@ def sweep(target, probes=DEFAULT_PROBES, transforms=None, *, out, benign_transfo
         existing = Results(_parse(out)[0], out)
         check_same_experiment(existing, name, settings)
         done = existing.keys
-        items = [(p, t, m, content_key(p.id, t.name, m, name, settings)) for p, t, m in
-                 plan(chosen, chosen_transforms, benign_transforms=benign_transforms)]
+        items = [
+            (p, t, m, content_key(p.id, t.name, m, name, settings))
+            for p, t, m in plan(chosen, chosen_transforms, benign_transforms=benign_transforms)
+        ]
         todo = [it for it in items if it[3] not in done]
         todo.sort(key=lambda it: _tokens(it[2]))  # similar lengths share a batch
         bar = _progress(len(items), len(items) - len(todo), progress)
@@ -153,20 +169,35 @@ def sweep(target, probes=DEFAULT_PROBES, transforms=None, *, out, benign_transfo
                 began = time.perf_counter()
                 answers = target.answer(conversations)
                 if len(answers) != len(chunk):
-                    raise RuntimeError(f"{type(target).__name__}.answer returned {len(answers)} answers for "
-                                       f"{len(chunk)} conversations")
+                    raise RuntimeError(
+                        f"{type(target).__name__}.answer returned {len(answers)} answers for {len(chunk)} conversations"
+                    )
                 scores = scorer(conversations) if scorer else [None] * len(chunk)
                 seconds = (time.perf_counter() - began) / len(chunk)
                 for (p, t, m, key), text, first in zip(chunk, answers, scores):
                     request = t.request(p, m)
                     verdict = detector(text, request)
-                    row = {"key": key, "probe_set": p.set, "probe": p.id, "category": p.category, "kind": p.kind,
-                           "transform": t.name, "family": t.family, "model": name, "settings": settings,
-                           "messages": m, "request": request, "response": text,
-                           "refused": bool(getattr(verdict, "refused", verdict)),
-                           "score": getattr(verdict, "score", None), "reason": getattr(verdict, "reason", ""),
-                           "detector": getattr(detector, "__name__", "custom") if detector is not refusal
-                           else DETECTOR_VERSION, "seconds": round(seconds, 4)}
+                    row = {
+                        "key": key,
+                        "probe_set": p.set,
+                        "probe": p.id,
+                        "category": p.category,
+                        "kind": p.kind,
+                        "transform": t.name,
+                        "family": t.family,
+                        "model": name,
+                        "settings": settings,
+                        "messages": m,
+                        "request": request,
+                        "response": text,
+                        "refused": bool(getattr(verdict, "refused", verdict)),
+                        "score": getattr(verdict, "score", None),
+                        "reason": getattr(verdict, "reason", ""),
+                        "detector": getattr(detector, "__name__", "custom")
+                        if detector is not refusal
+                        else DETECTOR_VERSION,
+                        "seconds": round(seconds, 4),
+                    }
                     if first is not None:
                         row["first_token"] = round(float(first), 4)
                     for extra in ("twin", "split", "type"):

@@ -62,14 +62,25 @@ class LabTarget:
             default) lets the forged-turn transform's tokens act as the official tokenizer makes them act.
     """
 
-    def __init__(self, lab, *, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = 0, batch_size: int = 64, batch_tokens: int | None = 4096,
-                 special_tokens: str = "allow"):
+    def __init__(
+        self,
+        lab,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        batch_size: int = 64,
+        batch_tokens: int | None = 4096,
+        special_tokens: str = "allow",
+    ):
         from phi3lab.prompts.chat import SPECIAL_TOKEN_MODES
 
         if lab.spec.modality == "vision":
-            raise ValueError(f"{lab.spec.name} is a vision model; sweeps answer text conversations in batches — "
-                             "load a text Phi-3 (e.g. 'tiny' or 'microsoft/Phi-3-mini-4k-instruct')")
+            raise ValueError(
+                f"{lab.spec.name} is a vision model; sweeps answer text conversations in batches — "
+                "load a text Phi-3 (e.g. 'tiny' or 'microsoft/Phi-3-mini-4k-instruct')"
+            )
         if special_tokens not in SPECIAL_TOKEN_MODES:
             raise ValueError(f"special_tokens must be one of {SPECIAL_TOKEN_MODES}, got {special_tokens!r}")
         self.lab = lab
@@ -98,17 +109,22 @@ class LabTarget:
         s = self.settings
         if s["temperature"] > 0:
             torch.manual_seed(self._seed_for(conversations))
-        results = self.lab.chat_batch(list(conversations), max_new_tokens=s["max_new_tokens"],
-                                      temperature=s["temperature"], top_p=s["top_p"],
-                                      special_tokens=s["special_tokens"])
+        results = self.lab.chat_batch(
+            list(conversations),
+            max_new_tokens=s["max_new_tokens"],
+            temperature=s["temperature"],
+            top_p=s["top_p"],
+            special_tokens=s["special_tokens"],
+        )
         return [r.text for r in results]
 
     def first_token_scores(self, conversations: list[list[dict]]) -> list[float]:
         """Refusal log-odds at the first answer position (see :func:`phi3lab.safety.first_token_scores`)."""
         from phi3lab.safety.refusal import first_token_scores
 
-        return first_token_scores(self.lab, conversations, batch_size=self.batch_size,
-                                  special_tokens=self.settings["special_tokens"])
+        return first_token_scores(
+            self.lab, conversations, batch_size=self.batch_size, special_tokens=self.settings["special_tokens"]
+        )
 
     def __repr__(self) -> str:
         return f"LabTarget({self.name!r}, {self.settings})"

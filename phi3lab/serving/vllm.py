@@ -49,8 +49,17 @@ FEW_CORES = 4  # CPU machines with at most this many cores get the one-process l
 PROCESS_LAYOUTS = ("auto", "one", "vllm")
 MODELS = {"tiny": ROOT / "data" / "models" / "phi3lab-tiny"}
 
-__all__ = ["engine_python", "engine_installed", "setup_engine", "process_layout", "server_command", "server_env",
-           "wait_healthy", "Server", "SETUP_HINT"]
+__all__ = [
+    "engine_python",
+    "engine_installed",
+    "setup_engine",
+    "process_layout",
+    "server_command",
+    "server_env",
+    "wait_healthy",
+    "Server",
+    "SETUP_HINT",
+]
 
 SETUP_HINT = "python3 tasks.py serve --setup-only"
 
@@ -113,8 +122,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def process_layout(processes: str = "auto", *, cores: int | None = None,
-                   nvidia: bool | None = None) -> tuple[str, str]:
+def process_layout(processes: str = "auto", *, cores: int | None = None, nvidia: bool | None = None) -> tuple[str, str]:
     """``("one" | "vllm", reason)``: where the model runner goes (see the module docstring)."""
     if processes not in PROCESS_LAYOUTS:
         raise ValueError(f"processes must be one of {', '.join(PROCESS_LAYOUTS)}, got {processes!r}")
@@ -125,17 +133,37 @@ def process_layout(processes: str = "auto", *, cores: int | None = None,
     if nvidia:
         return "vllm", "an NVIDIA GPU: vLLM's own worker processes"
     if cores <= FEW_CORES:
-        return "one", (f"{cores} CPU core{'s' * (cores != 1)} (≤ {FEW_CORES}): the model runner in the engine-core "
-                       "process, so no spin-waiting worker competes with the API server")
+        return "one", (
+            f"{cores} CPU core{'s' * (cores != 1)} (≤ {FEW_CORES}): the model runner in the engine-core "
+            "process, so no spin-waiting worker competes with the API server"
+        )
     return "vllm", f"{cores} CPU cores: vLLM's own worker process"
 
 
-def server_command(model: str = "tiny", port: int = DEFAULT_PORT, *, enforce_eager: bool = False,
-                   python: Path | None = None, extra: list[str] | None = None, layout: str = "vllm") -> list[str]:
+def server_command(
+    model: str = "tiny",
+    port: int = DEFAULT_PORT,
+    *,
+    enforce_eager: bool = False,
+    python: Path | None = None,
+    extra: list[str] | None = None,
+    layout: str = "vllm",
+) -> list[str]:
     """The engine's command line; ``layout`` is :func:`process_layout`'s choice (``"one"`` adds
     ``--distributed-executor-backend uni``, which needs :func:`server_env` with the same layout)."""
-    cmd = [str(python or engine_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_model(model),
-           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096"]
+    cmd = [
+        str(python or engine_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        resolve_model(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        "4096",
+    ]
     if not _has_nvidia():
         cmd += ["--dtype", "float32"]
     if enforce_eager:
@@ -193,8 +221,16 @@ class Server:
     :meth:`restart` starts it again on the same port.
     """
 
-    def __init__(self, model: str = "tiny", port: int | None = None, *, enforce_eager: bool = True,
-                 processes: str = "auto", log: Path | None = None, timeout: float = 600.0):
+    def __init__(
+        self,
+        model: str = "tiny",
+        port: int | None = None,
+        *,
+        enforce_eager: bool = True,
+        processes: str = "auto",
+        log: Path | None = None,
+        timeout: float = 600.0,
+    ):
         self.processes = process_layout(processes)[0]  # checks the name first
         if not engine_installed():
             raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
@@ -217,15 +253,25 @@ class Server:
     def command(self) -> list[str]:
         """The project's own command, ``python3 tasks.py serve --model M --port P --processes L [--enforce-eager]``,
         without the per-request access log (``--disable-uvicorn-access-log``, passed through to vLLM)."""
-        cmd = [sys.executable, str(ROOT / "tasks.py"), "serve", "--model", self.model, "--port", str(self.port),
-               "--processes", self.processes]
+        cmd = [
+            sys.executable,
+            str(ROOT / "tasks.py"),
+            "serve",
+            "--model",
+            self.model,
+            "--port",
+            str(self.port),
+            "--processes",
+            self.processes,
+        ]
         return cmd + (["--enforce-eager"] if self.enforce_eager else []) + ["--disable-uvicorn-access-log"]
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         cmd = self.command()
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(),
-                                            cwd=ROOT, start_new_session=True)
+            self.process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(), cwd=ROOT, start_new_session=True
+            )
         try:
             self.startup_seconds = wait_healthy(self.root, self.process, self.timeout)
         except BaseException as exc:
@@ -251,11 +297,11 @@ class Server:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def restart(self) -> "Server":
+    def restart(self) -> Server:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -267,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", help="'tiny' (default), a checkpoint folder or a hub id")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PHI3LAB_SERVE_PORT", DEFAULT_PORT)))
     parser.add_argument("--enforce-eager", action="store_true", help="skip graph compilation (faster start)")
-    parser.add_argument("--processes", default="auto", choices=PROCESS_LAYOUTS,
-                        help="where the model runner goes: 'auto' (default; 'one' on a CPU machine with few cores), "
-                             "'one' (in the engine-core process) or 'vllm' (vLLM's own worker process)")
+    parser.add_argument(
+        "--processes",
+        default="auto",
+        choices=PROCESS_LAYOUTS,
+        help="where the model runner goes: 'auto' (default; 'one' on a CPU machine with few cores), "
+        "'one' (in the engine-core process) or 'vllm' (vLLM's own worker process)",
+    )
     parser.add_argument("--setup-only", action="store_true", help="set up the engine venv and exit")
     args, extra = parser.parse_known_args(argv)
     py = setup_engine()
@@ -277,12 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[phi3lab] engine ready: {py}")
         return 0
     layout, reason = process_layout(args.processes)
-    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra,
-                         layout=layout)
+    cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra, layout=layout)
     print(f"[phi3lab] starting vLLM on http://127.0.0.1:{args.port}/v1 (model {resolve_model(args.model)})", flush=True)
     print(f"[phi3lab]   processes: {layout} ({reason})", flush=True)
-    print(f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
-          f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r})", flush=True)
+    print(
+        f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
+        f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r})",
+        flush=True,
+    )
     os.execve(cmd[0], cmd, server_env(layout))
     return 0
 

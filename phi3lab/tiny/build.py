@@ -51,8 +51,7 @@ def text_config() -> Phi3Config:
 def write_tokenizer(folder: Path, *, add_bos: bool, template: str, max_length: int) -> None:
     """The frozen project tokenizer (``data/tokenizer``), with or without BOS, and its configs."""
     tokenizer.load(add_bos=add_bos).save(str(folder / "tokenizer.json"))
-    specials = {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                "unk_token": "<unk>"}
+    specials = {"bos_token": "<s>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
     config = {
         **specials,
         "add_bos_token": add_bos,
@@ -80,7 +79,9 @@ def write_text_files(folder: Path) -> Path:
     """Everything of the text model's folder but the weights: configs and tokenizer files."""
     folder.mkdir(parents=True, exist_ok=True)
     text_config().save_pretrained(folder)
-    GenerationConfig(bos_token_id=1, eos_token_id=stop_ids(), pad_token_id=pad_id(), do_sample=False).save_pretrained(folder)
+    GenerationConfig(bos_token_id=1, eos_token_id=stop_ids(), pad_token_id=pad_id(), do_sample=False).save_pretrained(
+        folder
+    )
     write_tokenizer(folder, add_bos=False, template=TEMPLATE_JULY_2024, max_length=ORIGINAL_CONTEXT)
     return folder
 
@@ -94,14 +95,15 @@ def save_weights(model, folder: Path) -> None:
     model.save_pretrained(folder)
 
 
-def write_card(folder: Path, *, title: str, architecture: str, data: str, command: str, results: str,
-               reproduction: str = "") -> None:
+def write_card(
+    folder: Path, *, title: str, architecture: str, data: str, command: str, results: str, reproduction: str = ""
+) -> None:
     """The model card: what it is, what it was trained on, how to rebuild it, how well it does."""
     card = f"""# {title}
 
 An embedded model shipped with phi3lab for **teaching and tests — not a real assistant**. It has the
 exact Phi-3 architecture at a tiny size, was trained by phi3lab itself on synthetic tasks, and
-loads offline through the same code path as a real checkpoint (`phi3lab.load("{folder.name.replace('phi3lab-', '')}")`).
+loads offline through the same code path as a real checkpoint (`phi3lab.load("{folder.name.replace("phi3lab-", "")}")`).
 
 ## Architecture
 {architecture}

@@ -34,7 +34,7 @@ def _answers(lab, prompts: list[list[dict]], batch: int = 64, max_new_tokens: in
         return [lab.chat(p, max_new_tokens=max_new_tokens, stream=False).text for p in prompts]
     out = []
     for i in range(0, len(prompts), batch):
-        out += [r.text for r in lab.chat_batch(prompts[i:i + batch], max_new_tokens=max_new_tokens)]
+        out += [r.text for r in lab.chat_batch(prompts[i : i + batch], max_new_tokens=max_new_tokens)]
     return out
 
 
@@ -114,8 +114,11 @@ def score_reading(answer, n: int = READING_N, seed: int = 1) -> dict[str, float]
         words.append(difflib.SequenceMatcher(None, truth[vision_data.READ].split(), said.split()).ratio())
         if vision_data.FOLLOW in truth:  # a request to do, not a word list
             follow.append(answer(ex.image, vision_data.FOLLOW) == truth[vision_data.FOLLOW])
-    return {"reading: read": sum(read) / n, "reading: words": sum(words) / n,
-            "reading: follow": sum(follow) / max(1, len(follow))}
+    return {
+        "reading: read": sum(read) / n,
+        "reading: words": sum(words) / n,
+        "reading: follow": sum(follow) / max(1, len(follow)),
+    }
 
 
 def _table(title: str, values: dict[str, float]) -> str:
@@ -127,17 +130,21 @@ def report(folder_or_name) -> str:
 
     lab = phi3lab.load(folder_or_name, verbose=False)
     if lab.spec.modality == "vision" and "reader" in lab.spec.name:
-        return "\n".join([
-            _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
-            _table("held-out reading pictures", reading_accuracy(lab)),
-            _table("typed refusal rate (test split)", safety_rates(lab)),
-        ])
+        return "\n".join(
+            [
+                _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
+                _table("held-out reading pictures", reading_accuracy(lab)),
+                _table("typed refusal rate (test split)", safety_rates(lab)),
+            ]
+        )
     if lab.spec.modality == "vision":
         return _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab))
-    return "\n".join([
-        _table(f"{lab.spec.name}: held-out exact answers", text_accuracy(lab)),
-        _table("refusal rate (test split)", safety_rates(lab)),
-    ])
+    return "\n".join(
+        [
+            _table(f"{lab.spec.name}: held-out exact answers", text_accuracy(lab)),
+            _table("refusal rate (test split)", safety_rates(lab)),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,9 +152,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("which", nargs="?", choices=["text", "vision", "reader", "both"], default="both")
     parser.add_argument("--model", type=Path, default=None, help="a model folder instead of the embedded one")
     args = parser.parse_args(argv)
-    names = {"text": ["tiny"], "vision": ["tiny-vision"], "reader": ["tiny-vision-reader"],
-             "both": ["tiny", "tiny-vision", "tiny-vision-reader"]}[args.which]
-    for name in ([args.model] if args.model else names):
+    names = {
+        "text": ["tiny"],
+        "vision": ["tiny-vision"],
+        "reader": ["tiny-vision-reader"],
+        "both": ["tiny", "tiny-vision", "tiny-vision-reader"],
+    }[args.which]
+    for name in [args.model] if args.model else names:
         print(report(name))
         sys.stdout.flush()
 

@@ -18,8 +18,17 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: int,
-             lr_scale: dict[str, float] | None = None, check=None, check_every: int = 0) -> float:
+def optimise(
+    model,
+    next_batch,
+    steps: int,
+    lr: float,
+    warmup: int,
+    log_every: int,
+    lr_scale: dict[str, float] | None = None,
+    check=None,
+    check_every: int = 0,
+) -> float:
     """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed.
 
     ``lr_scale`` maps a piece of parameter name (``"model.vision_embed_tokens."``, found anywhere in
@@ -33,8 +42,9 @@ def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: i
     for name, param in model.named_parameters():
         scale = next((v for k, v in scales.items() if k in name), 1.0)
         groups.setdefault(scale, []).append(param)
-    opt = torch.optim.AdamW([{"params": ps, "scale": s} for s, ps in groups.items()], lr=lr, betas=(0.9, 0.98),
-                            weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": ps, "scale": s} for s, ps in groups.items()], lr=lr, betas=(0.9, 0.98), weight_decay=0.01
+    )
     started, smooth = time.perf_counter(), None
     for step in range(steps):
         batch = next_batch()
@@ -47,8 +57,11 @@ def optimise(model, next_batch, steps: int, lr: float, warmup: int, log_every: i
         opt.step()
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         if step % log_every == 0 or step == steps - 1:
-            print(f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, warmup):.2e}  "
-                  f"{time.perf_counter() - started:6.0f} s", flush=True)
+            print(
+                f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, warmup):.2e}  "
+                f"{time.perf_counter() - started:6.0f} s",
+                flush=True,
+            )
         if check is not None and check_every and (step + 1) % check_every == 0 and step + 1 < steps:
             check(step + 1)
     return started

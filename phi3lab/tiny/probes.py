@@ -27,9 +27,17 @@ def tiny_rows() -> list[dict]:
             for i, template in enumerate(corpus.ASK):
                 split = "test" if corpus._held_out(i, j) else "train"
                 for kind, tasks, other in (("harmful", harmful, "benign"), ("benign", benign, "harmful")):
-                    rows.append({"id": f"tiny/{category}/{kind}/{j}-{i}", "category": category, "kind": kind,
-                                 "split": split, "prompt": template.format(t=tasks[j]), "task": tasks[j],
-                                 "twin": f"tiny/{category}/{other}/{j}-{i}"})
+                    rows.append(
+                        {
+                            "id": f"tiny/{category}/{kind}/{j}-{i}",
+                            "category": category,
+                            "kind": kind,
+                            "split": split,
+                            "prompt": template.format(t=tasks[j]),
+                            "task": tasks[j],
+                            "twin": f"tiny/{category}/{other}/{j}-{i}",
+                        }
+                    )
     return rows
 
 

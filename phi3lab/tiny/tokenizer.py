@@ -49,15 +49,26 @@ HEAD = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
 _BOS = {
     "type": "TemplateProcessing",
     "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-    "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-             {"SpecialToken": {"id": "<s>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+    "pair": [
+        {"SpecialToken": {"id": "<s>", "type_id": 0}},
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"SpecialToken": {"id": "<s>", "type_id": 1}},
+        {"Sequence": {"id": "B", "type_id": 1}},
+    ],
     "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
 }
 
 
 def _added(id_: int, content: str, *, rstrip: bool = False, special: bool = True) -> dict:
-    return {"id": id_, "content": content, "single_word": False, "lstrip": False,
-            "rstrip": rstrip, "normalized": False, "special": special}
+    return {
+        "id": id_,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": rstrip,
+        "normalized": False,
+        "special": special,
+    }
 
 
 def train(texts: Iterable[str], *, add_bos: bool) -> Tokenizer:
@@ -73,10 +84,12 @@ def train(texts: Iterable[str], *, add_bos: bool) -> Tokenizer:
     trainer_tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     # Training splits at newlines and word starts so that no piece spans "▁\n" (Phi-3 has none);
     # the saved tokenizer has no pre-tokenizer, like Phi-3's.
-    trainer_tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="isolated"),
-        pre_tokenizers.Split("▁", behavior="merged_with_next"),
-    ])
+    trainer_tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.Split("▁", behavior="merged_with_next"),
+        ]
+    )
     trainer = BpeTrainer(vocab_size=learned, min_frequency=1, show_progress=False, special_tokens=[])
     trainer_tok.train_from_iterator(texts, trainer)
     spec = json.loads(trainer_tok.to_str())
@@ -94,8 +107,9 @@ def train(texts: Iterable[str], *, add_bos: bool) -> Tokenizer:
     spec["model"]["vocab"] = vocab
     spec["pre_tokenizer"] = None
     spec["decoder"] = json.loads(
-        decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                           decoders.Strip(" ", 1, 0)]).__getstate__()
+        decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        ).__getstate__()
     )
     added = [_added(0, "<unk>"), _added(1, "<s>"), _added(2, "</s>", rstrip=True, special=False)]
     added += [_added(BASE_VOCAB + off, tok, rstrip=rs) for off, (tok, rs) in sorted(SPECIALS.items())]

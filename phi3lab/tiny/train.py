@@ -20,16 +20,17 @@ from pathlib import Path
 
 import torch
 
-from phi3lab.prompts.chat import build_prompt
 from phi3lab.paths import embedded_dir
+from phi3lab.prompts.chat import build_prompt
 from phi3lab.tiny import build, corpus
 from phi3lab.tiny.optim import optimise
 
 THREADS = 2
 
 
-def answer_mask(prompt: str, messages: list[dict], offsets: list[tuple[int, int]], ids: list[int],
-                end_id: int) -> list[bool]:
+def answer_mask(
+    prompt: str, messages: list[dict], offsets: list[tuple[int, int]], ids: list[int], end_id: int
+) -> list[bool]:
     """True for tokens of assistant answers and the ``<|end|>`` right after each."""
     spans, cursor = [], 0
     for m in messages:
@@ -57,13 +58,13 @@ def batches(examples: list[tuple[list[int], list[bool]]], batch_size: int, pad: 
         order = list(range(len(examples)))
         rng.shuffle(order)
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [examples[j] for j in order[i:i + batch_size]]
+            chunk = [examples[j] for j in order[i : i + batch_size]]
             width = max(len(ids) for ids, _ in chunk)
             ids = torch.full((batch_size, width), pad, dtype=torch.long)
             labels = torch.full((batch_size, width), -100, dtype=torch.long)
             for row, (x, m) in enumerate(chunk):
-                ids[row, :len(x)] = torch.tensor(x)
-                labels[row, :len(x)] = torch.where(torch.tensor(m), torch.tensor(x), torch.tensor(-100))
+                ids[row, : len(x)] = torch.tensor(x)
+                labels[row, : len(x)] = torch.where(torch.tensor(m), torch.tensor(x), torch.tensor(-100))
             yield ids, labels
 
 
@@ -81,8 +82,11 @@ def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3
     model.config._attn_implementation = "sdpa"
     model.train()
     stream = batches(examples, batch_size, build.pad_id(), random.Random(seed))
-    print(f"training the text model: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{len(examples):,} conversations, {steps} steps of {batch_size}", flush=True)
+    print(
+        f"training the text model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{len(examples):,} conversations, {steps} steps of {batch_size}",
+        flush=True,
+    )
 
     def next_batch():
         ids, labels = next(stream)
@@ -185,10 +189,19 @@ def write_card(which: str, out: Path, results: str, seconds: float, steps: int |
     else:
         from phi3lab.tiny.train_vision import STEPS
 
-        title, arch, data = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH, VISION_DATA.format(steps=steps or STEPS)
-    build.write_card(out, title=title, architecture=arch, data=data,
-                     command=f"python -m phi3lab.tiny.train {which}",
-                     results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)")
+        title, arch, data = (
+            "phi3lab-tiny-vision: a tiny Phi-3-vision",
+            VISION_ARCH,
+            VISION_DATA.format(steps=steps or STEPS),
+        )
+    build.write_card(
+        out,
+        title=title,
+        architecture=arch,
+        data=data,
+        command=f"python -m phi3lab.tiny.train {which}",
+        results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)",
+    )
 
 
 if __name__ == "__main__":

@@ -55,17 +55,39 @@ def vision_config():
     for key in ("rope_parameters", "transformers_version", "model_type", "architectures", "dtype"):
         text.pop(key, None)
     return Phi3VConfig(
-        **text | dict(max_position_embeddings=131072, original_max_position_embeddings=ORIGINAL_CONTEXT,
-                      sliding_window=131072),
-        rope_scaling={"type": "su", "short_factor": [1.0 + 0.1 * i / half for i in range(half)],
-                      "long_factor": [1.0 + 7.0 * i / half for i in range(half)]},
-        embd_layer={"embedding_cls": "image", "hd_transform_order": "sub_glb", "projection_cls": "mlp",
-                    "use_hd_transform": True, "with_learnable_separator": True},
-        img_processor={"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
-                       "image_dim_out": 64, "num_img_tokens": CELLS * CELLS,
-                       "vision_config": {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-                                         "num_hidden_layers": 3, "image_size": 336, "patch_size": 14,
-                                         "num_channels": 3, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}},
+        **text
+        | dict(
+            max_position_embeddings=131072, original_max_position_embeddings=ORIGINAL_CONTEXT, sliding_window=131072
+        ),
+        rope_scaling={
+            "type": "su",
+            "short_factor": [1.0 + 0.1 * i / half for i in range(half)],
+            "long_factor": [1.0 + 7.0 * i / half for i in range(half)],
+        },
+        embd_layer={
+            "embedding_cls": "image",
+            "hd_transform_order": "sub_glb",
+            "projection_cls": "mlp",
+            "use_hd_transform": True,
+            "with_learnable_separator": True,
+        },
+        img_processor={
+            "name": "clip_vision_model",
+            "model_name": "openai/clip-vit-large-patch14-336",
+            "image_dim_out": 64,
+            "num_img_tokens": CELLS * CELLS,
+            "vision_config": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 3,
+                "image_size": 336,
+                "patch_size": 14,
+                "num_channels": 3,
+                "hidden_act": "quick_gelu",
+                "layer_norm_eps": 1e-5,
+            },
+        },
         image_token_id=tokenizer.special_id("<|image|>"),
         architectures=["Phi3VForCausalLM"],
     )
@@ -77,12 +99,24 @@ def write_vision_files(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vision_config().save_pretrained(folder)
     stops = [tokenizer.special_id("<|end|>"), tokenizer.special_id("<|endoftext|>")]
-    GenerationConfig(bos_token_id=1, eos_token_id=stops, pad_token_id=build.pad_id(), do_sample=False).save_pretrained(folder)
+    GenerationConfig(bos_token_id=1, eos_token_id=stops, pad_token_id=build.pad_id(), do_sample=False).save_pretrained(
+        folder
+    )
     build.write_tokenizer(folder, add_bos=True, template=TEMPLATE_VISION, max_length=131072)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "num_crops": NUM_CROPS, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-        "image_processor_type": "Phi3VImageProcessor", "processor_class": "Phi3VProcessor",
-        "num_img_tokens": CELLS * CELLS}, indent=2) + "\n")
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "num_crops": NUM_CROPS,
+                "image_mean": list(CLIP_MEAN),
+                "image_std": list(CLIP_STD),
+                "image_processor_type": "Phi3VImageProcessor",
+                "processor_class": "Phi3VProcessor",
+                "num_img_tokens": CELLS * CELLS,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return folder
 
 
@@ -96,13 +130,18 @@ def encode(processor, conversation: list[dict], image, end_id: int, assistant_id
     labels = torch.full_like(ids, -100)
     turns = []
     for start in (ids == assistant_id).nonzero()[:, 0].tolist():
-        stop = start + 1 + int((ids[start + 1:] == end_id).nonzero()[0])
-        labels[start + 1:stop + 1] = ids[start + 1:stop + 1]
+        stop = start + 1 + int((ids[start + 1 :] == end_id).nonzero()[0])
+        labels[start + 1 : stop + 1] = ids[start + 1 : stop + 1]
         turns.append((start + 1, stop))
     if image is None:  # a typed conversation (the reader's text-borne rows)
         return {"input_ids": ids, "labels": labels, "turns": turns}
-    return {"input_ids": ids, "labels": labels, "pixel_values": enc["pixel_values"][0],
-            "image_sizes": enc["image_sizes"][0], "turns": turns}
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "pixel_values": enc["pixel_values"][0],
+        "image_sizes": enc["image_sizes"][0],
+        "turns": turns,
+    }
 
 
 def cell_parts(example: vision_data.VisionExample) -> torch.Tensor:
@@ -180,9 +219,14 @@ def word_routes(example: vision_data.VisionExample, answer: str, token_ids: list
     return routes
 
 
-def route_targets(example: vision_data.VisionExample, conversation: list[dict], turns: list[tuple[int, int]],
-                  parts: torch.Tensor | None = None, ids: torch.Tensor | None = None,
-                  decode=None) -> tuple[torch.Tensor, torch.Tensor]:
+def route_targets(
+    example: vision_data.VisionExample,
+    conversation: list[dict],
+    turns: list[tuple[int, int]],
+    parts: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
+    decode=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each answer should look: ``(queries, targets)`` with ``queries`` the positions whose
     next token is one of an answer's (its ``<|end|>`` aside) and ``targets[i]`` the image tokens
     (of the picture's 313, both views) covering the parts its question asks about
@@ -209,13 +253,18 @@ def route_targets(example: vision_data.VisionExample, conversation: list[dict], 
         whole = mask_of(vision_data.question_parts(example, question))
         if whole is None:
             continue
-        routes = (word_routes(example, answer, ids[first:end].tolist(), decode)
-                  if example.words and ids is not None and decode is not None else [()] * (end - first))
+        routes = (
+            word_routes(example, answer, ids[first:end].tolist(), decode)
+            if example.words and ids is not None and decode is not None
+            else [()] * (end - first)
+        )
         for q, route in zip(range(first - 1, end - 1), routes):
             queries.append(q)
             mask = mask_of(route) if route else None
             targets.append(whole if mask is None else mask)
-    return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(0, length, dtype=torch.bool)
+    return torch.tensor(queries, dtype=torch.long), torch.stack(targets) if targets else torch.zeros(
+        0, length, dtype=torch.bool
+    )
 
 
 def answer_loss(model, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -246,29 +295,45 @@ class TrainingAids(torch.nn.Module):
     cross-entropy of the read-outs + ``route_weight`` × the mean routing loss.  Call
     :meth:`detach` after training to unhook it from the model."""
 
-    def __init__(self, model, dense_weight: float = 0.5, route_weight: float = 0.0,
-                 route_layers: tuple[int, ...] = (1, 2, 3), route_head: int = 0):
+    def __init__(
+        self,
+        model,
+        dense_weight: float = 0.5,
+        route_weight: float = 0.0,
+        route_layers: tuple[int, ...] = (1, 2, 3),
+        route_head: int = 0,
+    ):
         super().__init__()
         self.model = model
         self.dense_weight, self.route_weight = dense_weight, route_weight
         self.route_layers, self.route_head = route_layers if route_weight else (), route_head
         hidden = model.config.hidden_size
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in vision_data.ATTRIBUTES.values()
-                                         ) if dense_weight else torch.nn.ModuleList()
+        self.heads = (
+            torch.nn.ModuleList(torch.nn.Linear(hidden, len(v) + 1) for v in vision_data.ATTRIBUTES.values())
+            if dense_weight
+            else torch.nn.ModuleList()
+        )
         self._tokens: list[torch.Tensor] = []
         self._qkv: dict[int, torch.Tensor] = {}
         self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._hooks = []
         if dense_weight:
-            self._hooks.append(model.model.vision_embed_tokens.img_projection.register_forward_hook(
-                lambda m, i, o: self._tokens.append(o)))
+            self._hooks.append(
+                model.model.vision_embed_tokens.img_projection.register_forward_hook(
+                    lambda m, i, o: self._tokens.append(o)
+                )
+            )
         for layer in self.route_layers:
             attn = model.model.layers[layer].self_attn
-            self._hooks.append(attn.qkv_proj.register_forward_hook(
-                lambda m, i, o, layer=layer: self._qkv.__setitem__(layer, o)))
-            self._hooks.append(attn.register_forward_pre_hook(
-                lambda m, args, kwargs, layer=layer: self._rope.__setitem__(layer, kwargs["position_embeddings"]),
-                with_kwargs=True))
+            self._hooks.append(
+                attn.qkv_proj.register_forward_hook(lambda m, i, o, layer=layer: self._qkv.__setitem__(layer, o))
+            )
+            self._hooks.append(
+                attn.register_forward_pre_hook(
+                    lambda m, args, kwargs, layer=layer: self._rope.__setitem__(layer, kwargs["position_embeddings"]),
+                    with_kwargs=True,
+                )
+            )
         self.register_buffer("cells", _view_cells()[0], persistent=False)
 
     KIND = list(vision_data.ATTRIBUTES).index("kind")
@@ -299,11 +364,18 @@ class TrainingAids(torch.nn.Module):
         """Mean cross-entropy of the read-outs over the crop-view and global-view cells."""
         tokens = torch.stack(self._tokens)[:, self.cells]  # [B, 288, hidden]
         targets = cell_targets.repeat(1, 2, 1)  # the same targets for both views
-        return sum(self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
-                   for j, head in enumerate(self.heads)) / len(self.heads)
+        return sum(
+            self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
+            for j, head in enumerate(self.heads)
+        ) / len(self.heads)
 
-    def route_loss(self, input_ids: torch.Tensor, route_rows: torch.Tensor, route_queries: torch.Tensor,
-                   route_targets: torch.Tensor) -> torch.Tensor:
+    def route_loss(
+        self,
+        input_ids: torch.Tensor,
+        route_rows: torch.Tensor,
+        route_queries: torch.Tensor,
+        route_targets: torch.Tensor,
+    ) -> torch.Tensor:
         """Mean over the routed layers and the queries of −log(attention mass on the targets), the
         head's attention renormalised over the picture's tokens (queries and keys after RoPE)."""
         from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
@@ -318,21 +390,41 @@ class TrainingAids(torch.nn.Module):
         losses = []
         for layer in self.route_layers:
             qkv, (cos, sin) = self._qkv[layer], self._rope[layer]
-            q, k = apply_rotary_pos_emb(qkv[..., q_at].unsqueeze(1), qkv[..., k_start:k_start + head_dim].unsqueeze(1),
-                                        cos, sin)
+            q, k = apply_rotary_pos_emb(
+                qkv[..., q_at].unsqueeze(1), qkv[..., k_start : k_start + head_dim].unsqueeze(1), cos, sin
+            )
             q, k = q[:, 0], k[:, 0]  # [B, T, head_dim]
             # row by row, with slices: indexing with repeated rows would sum gradients in a thread-dependent order
-            scores = torch.cat([q[row, route_queries[route_rows == row]] @ k[row, start:start + route_targets.shape[1]].T
-                                for row, start in enumerate(starts)]) * head_dim**-0.5
+            scores = (
+                torch.cat(
+                    [
+                        q[row, route_queries[route_rows == row]] @ k[row, start : start + route_targets.shape[1]].T
+                        for row, start in enumerate(starts)
+                    ]
+                )
+                * head_dim**-0.5
+            )
             logp = scores.log_softmax(-1).masked_fill(~route_targets, float("-inf"))
             losses.append(-logp.logsumexp(-1).mean())
         return sum(losses) / len(losses)
 
-    def forward(self, input_ids, labels, pixel_values, image_sizes, cell_targets=None, route_rows=None,
-                route_queries=None, route_targets=None, text_input_ids=None, text_labels=None):
+    def forward(
+        self,
+        input_ids,
+        labels,
+        pixel_values,
+        image_sizes,
+        cell_targets=None,
+        route_rows=None,
+        route_queries=None,
+        route_targets=None,
+        text_input_ids=None,
+        text_labels=None,
+    ):
         self._forget()
-        hidden = self.model.model(input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
-                                  use_cache=False).last_hidden_state
+        hidden = self.model.model(
+            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes, use_cache=False
+        ).last_hidden_state
         out = {"loss": answer_loss(self.model, hidden, labels)}
         if self.dense_weight:
             out["dense_loss"] = self.dense_loss(cell_targets)
@@ -347,27 +439,36 @@ class TrainingAids(torch.nn.Module):
         return out
 
 
-def training_item(processor, example: vision_data.VisionExample, rng: random.Random, dense: bool = True,
-                  route: bool = True) -> dict:
+def training_item(
+    processor, example: vision_data.VisionExample, rng: random.Random, dense: bool = True, route: bool = True
+) -> dict:
     """One picture for training: its conversation (:func:`phi3lab.tiny.vision_data.conversation`,
     turns shuffled by ``rng``) encoded by :func:`encode`, plus the targets of the read-outs
     (``cell_targets``) and of the routing loss (``route_queries``, ``route_targets``)."""
     conversation = vision_data.conversation(example, rng)
-    item = encode(processor, conversation, example.image, tokenizer.special_id("<|end|>"),
-                  tokenizer.special_id("<|assistant|>"))
+    item = encode(
+        processor, conversation, example.image, tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
+    )
     parts = cell_parts(example)
     if dense:
         item["cell_targets"] = cell_targets(example, parts)
     if route:
         item["route_queries"], item["route_targets"] = route_targets(
-            example, conversation, item["turns"], parts, item["input_ids"],
-            lambda t: processor.tokenizer.decode(t, skip_special_tokens=True))
+            example,
+            conversation,
+            item["turns"],
+            parts,
+            item["input_ids"],
+            lambda t: processor.tokenizer.decode(t, skip_special_tokens=True),
+        )
     return item
 
 
 def collate(items: list[dict], pad: int) -> dict:
-    batch = collate_text(items, pad) | {"pixel_values": torch.stack([x["pixel_values"] for x in items]),
-                                        "image_sizes": torch.stack([x["image_sizes"] for x in items])}
+    batch = collate_text(items, pad) | {
+        "pixel_values": torch.stack([x["pixel_values"] for x in items]),
+        "image_sizes": torch.stack([x["image_sizes"] for x in items]),
+    }
     if all("cell_targets" in x for x in items):
         batch["cell_targets"] = torch.stack([x["cell_targets"] for x in items])
     if all("route_queries" in x for x in items):
@@ -382,8 +483,9 @@ def position_table(grid: int, dim: int) -> torch.Tensor:
     channels encodes the patch row, the second half the column, at geometrically spaced frequencies."""
     quarter = dim // 4
     freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij"
+    )
 
     def waves(pos):
         angles = pos.reshape(-1, 1) * freqs
@@ -431,9 +533,18 @@ def _new_model(out: Path, seed: int):
     return processor, model
 
 
-def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, seed: int = 0,
-          text_folder: Path | None = None, vision_lr_scale: float = 2.0, sincos: bool = True, dense_weight: float = 0.5,
-          route_weight: float = 0.2) -> Path:
+def train(
+    out: Path,
+    steps: int = STEPS,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    seed: int = 0,
+    text_folder: Path | None = None,
+    vision_lr_scale: float = 2.0,
+    sincos: bool = True,
+    dense_weight: float = 0.5,
+    route_weight: float = 0.2,
+) -> Path:
     from safetensors.torch import load_file
 
     text_folder = text_folder or embedded_dir() / "phi3lab-tiny"
@@ -446,28 +557,53 @@ def train(out: Path, steps: int = STEPS, batch_size: int = 8, lr: float = 2e-3, 
     model.train()
     stream = vision_data.training_examples(steps * batch_size, seed)
     order = random.Random(f"vision-turns-{seed}")
-    print(f"training the vision model: {sum(p.numel() for p in model.parameters()):,} parameters, "
-          f"{steps} steps of {batch_size} pictures drawn on the fly", flush=True)
+    print(
+        f"training the vision model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{steps} steps of {batch_size} pictures drawn on the fly",
+        flush=True,
+    )
 
     def next_batch():
-        items = [training_item(processor, next(stream), order, bool(dense_weight), bool(route_weight))
-                 for _ in range(batch_size)]
+        items = [
+            training_item(processor, next(stream), order, bool(dense_weight), bool(route_weight))
+            for _ in range(batch_size)
+        ]
         return collate(items, build.pad_id())
 
     def check(step):
         acc = quick_accuracy(model, processor)
-        print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
-              flush=True)
+        print(
+            f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()), flush=True
+        )
 
     return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 400)
 
 
-def _fit(model, out: Path, next_batch, steps: int, lr: float, vision_lr_scale: float, dense_weight: float,
-         route_weight: float, check, check_every: int) -> Path:
+def _fit(
+    model,
+    out: Path,
+    next_batch,
+    steps: int,
+    lr: float,
+    vision_lr_scale: float,
+    dense_weight: float,
+    route_weight: float,
+    check,
+    check_every: int,
+) -> Path:
     """Train ``model`` with the :class:`TrainingAids`, unhook them and save the weights to ``out``."""
     trained = TrainingAids(model, dense_weight, route_weight)
-    started = optimise(trained, next_batch, steps, lr, warmup=100, log_every=100,
-                       lr_scale={"model.vision_embed_tokens.": vision_lr_scale}, check=check, check_every=check_every)
+    started = optimise(
+        trained,
+        next_batch,
+        steps,
+        lr,
+        warmup=100,
+        log_every=100,
+        lr_scale={"model.vision_embed_tokens.": vision_lr_scale},
+        check=check,
+        check_every=check_every,
+    )
     trained.detach()
     model.eval()
     build.save_weights(model, out)
@@ -483,8 +619,10 @@ READER_TEXT_ROWS = 4  # typed conversations per step, beside the pictures
 
 def text_batch(processor, conversations: list[list[dict]]) -> dict:
     """Typed conversations (no picture) as ``text_input_ids`` / ``text_labels`` for :class:`TrainingAids`."""
-    items = [encode(processor, c, None, tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>"))
-             for c in conversations]
+    items = [
+        encode(processor, c, None, tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>"))
+        for c in conversations
+    ]
     batch = collate_text(items, build.pad_id())
     return {"text_input_ids": batch["input_ids"], "text_labels": batch["labels"]}
 
@@ -495,8 +633,8 @@ def collate_text(items: list[dict], pad: int) -> dict:
     ids = torch.full((len(items), width), pad, dtype=torch.long)
     labels = torch.full((len(items), width), -100, dtype=torch.long)
     for row, x in enumerate(items):
-        ids[row, :len(x["input_ids"])] = x["input_ids"]
-        labels[row, :len(x["labels"])] = x["labels"]
+        ids[row, : len(x["input_ids"])] = x["input_ids"]
+        labels[row, : len(x["labels"])] = x["labels"]
     return {"input_ids": ids, "labels": labels}
 
 
@@ -508,16 +646,26 @@ def _training_answerer(model, processor, max_new_tokens: int = 40):
         prompt = processor.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         enc = processor(prompt, [image])
         enc = {k: enc[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id,
-                             pad_token_id=build.pad_id())[0, enc["input_ids"].shape[1]:]
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_id, pad_token_id=build.pad_id()
+        )[0, enc["input_ids"].shape[1] :]
         return processor.tokenizer.decode(out, skip_special_tokens=True).strip()
 
     return answer
 
 
-def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
-                 base: Path | None = None, vision_lr_scale: float = 2.0, dense_weight: float = 0.5,
-                 route_weight: float = 0.2, text_rows: int = READER_TEXT_ROWS) -> Path:
+def train_reader(
+    out: Path,
+    steps: int = READER_STEPS,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    base: Path | None = None,
+    vision_lr_scale: float = 2.0,
+    dense_weight: float = 0.5,
+    route_weight: float = 0.2,
+    text_rows: int = READER_TEXT_ROWS,
+) -> Path:
     """Train the reader from the vision model's weights (``base``, default the embedded
     ``phi3lab-tiny-vision``): pictures from :func:`phi3lab.tiny.vision_data.reader_training_examples`
     (benign reading half the time, the vision families replayed), plus ``text_rows`` typed conversations
@@ -536,12 +684,17 @@ def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: 
     pictures = vision_data.reader_training_examples(steps * batch_size, seed)
     typed = (messages for _, messages in corpus.conversations(steps * text_rows, seed + 17, "train"))
     order = random.Random(f"reader-turns-{seed}")
-    print(f"training the reader from {base.name}: {steps} steps of {batch_size} pictures and {text_rows} typed "
-          "conversations", flush=True)
+    print(
+        f"training the reader from {base.name}: {steps} steps of {batch_size} pictures and {text_rows} typed "
+        "conversations",
+        flush=True,
+    )
 
     def next_batch():
-        items = [training_item(processor, next(pictures), order, bool(dense_weight), bool(route_weight))
-                 for _ in range(batch_size)]
+        items = [
+            training_item(processor, next(pictures), order, bool(dense_weight), bool(route_weight))
+            for _ in range(batch_size)
+        ]
         batch = collate(items, build.pad_id())
         if text_rows:
             batch |= text_batch(processor, [next(typed) for _ in range(text_rows)])
@@ -554,8 +707,9 @@ def train_reader(out: Path, steps: int = READER_STEPS, batch_size: int = 8, lr: 
         with torch.no_grad():
             acc = score_reading(answerer, n=16) | quick_accuracy(model, processor, n=24)
         model.train()
-        print(f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()),
-              flush=True)
+        print(
+            f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()), flush=True
+        )
 
     return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 600)
 

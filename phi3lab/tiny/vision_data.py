@@ -40,10 +40,26 @@ from phi3lab.tiny.corpus import COLOURS, SHAPES
 
 WORDS = ["apple", "river", "cloud", "tiger", "house", "robot", "lemon", "music"]  # written in the pictures
 
-PLACES = {(0, 0): "top left", (0, 1): "top", (0, 2): "top right", (1, 0): "left", (1, 1): "centre",
-          (1, 2): "right", (2, 0): "bottom left", (2, 1): "bottom", (2, 2): "bottom right"}
-RGB = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 200, 30),
-       "purple": (140, 60, 190), "orange": (245, 130, 20), "black": (0, 0, 0)}  # black: words only
+PLACES = {
+    (0, 0): "top left",
+    (0, 1): "top",
+    (0, 2): "top right",
+    (1, 0): "left",
+    (1, 1): "centre",
+    (1, 2): "right",
+    (2, 0): "bottom left",
+    (2, 1): "bottom",
+    (2, 2): "bottom right",
+}
+RGB = {
+    "red": (220, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 190),
+    "orange": (245, 130, 20),
+    "black": (0, 0, 0),
+}  # black: words only
 BARS = "ABCD"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -122,7 +138,7 @@ class _Parts:
         words, at = [], 0
         for word in text.split(" "):
             if word:
-                words.append((word, tuple(i for i in ids[at:at + len(word)] if i)))
+                words.append((word, tuple(i for i in ids[at : at + len(word)] if i)))
             at += len(word) + 1
         return words
 
@@ -145,8 +161,13 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         import math
 
         r_out, r_in = (x1 - x0) / 2, (x1 - x0) / 5
-        pts = [(cx + (r_out if k % 2 == 0 else r_in) * math.sin(k * math.pi / 5),
-                cy - (r_out if k % 2 == 0 else r_in) * math.cos(k * math.pi / 5)) for k in range(10)]
+        pts = [
+            (
+                cx + (r_out if k % 2 == 0 else r_in) * math.sin(k * math.pi / 5),
+                cy - (r_out if k % 2 == 0 else r_in) * math.cos(k * math.pi / 5),
+            )
+            for k in range(10)
+        ]
         draw.polygon(pts, fill=colour)
 
 
@@ -170,13 +191,16 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
     qas = [qa for s, c, cell in zip(kinds, colours, cells) for qa in _shape_questions(s, c, PLACES[cell])]
     k = rng.randrange(len(cells))
     (question, answer), box = qas[2 * k + (rng.random() >= 0.5)], boxes[k]
-    return VisionExample("shapes", image, question, answer, (box,), _others(qas, question), parts.image,
-                         tuple(parts.attributes))
+    return VisionExample(
+        "shapes", image, question, answer, (box,), _others(qas, question), parts.image, tuple(parts.attributes)
+    )
 
 
 def _shape_questions(shape: str, colour: str, place: str) -> list[tuple[str, str]]:
-    return [(f"What colour is the {shape}?", f"The {shape} is {colour}."),
-            (f"Where is the {colour} {shape}?", f"The {colour} {shape} is at the {place}.")]
+    return [
+        (f"What colour is the {shape}?", f"The {shape} is {colour}."),
+        (f"Where is the {colour} {shape}?", f"The {colour} {shape} is at the {place}."),
+    ]
 
 
 def _others(qas: list[tuple[str, str]], question: str) -> tuple[tuple[str, str], ...]:
@@ -202,7 +226,9 @@ def bars(rng: random.Random, split: str) -> VisionExample:
         x1 = int(left + (i + 1) * slot - slot * 0.2)
         y0 = int(bottom - v * unit)
         draw.rectangle((x0, y0, x1, bottom), fill=colour)
-        parts.draw.rectangle((x0, y0, x1, bottom), fill=parts.add(colour=colour_name, kind="bar", bar=name, value=str(v)))
+        parts.draw.rectangle(
+            (x0, y0, x1, bottom), fill=parts.add(colour=colour_name, kind="bar", bar=name, value=str(v))
+        )
         draw.text(((x0 + x1) / 2, bottom + 6), name, fill=(0, 0, 0), font=_font(22), anchor="mt")
         parts.letters(((x0 + x1) / 2, bottom + 6), name, _font(22), "mt", colour="black", bar=name)
         boxes.append((x0, y0, x1, bottom))
@@ -229,24 +255,35 @@ def words(rng: random.Random, split: str) -> VisionExample:
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
     parts = _Parts((w, h))
     parts.letters(xy, word, font, "mm", colour=colour_name, word=word)
-    return VisionExample("words", image, "What word is written?", f"The word is {word}.", (box,), (), parts.image,
-                         tuple(parts.attributes))
+    return VisionExample(
+        "words",
+        image,
+        "What word is written?",
+        f"The word is {word}.",
+        (box,),
+        (),
+        parts.image,
+        tuple(parts.attributes),
+    )
 
 
 READ = "What does the picture say?"
 FOLLOW = "Do what the picture says."  # the text turn of phi3lab.safety.image_probes
 
 
-def text_picture(text: str, *, width: int = 448, font_size: int = 58, margin: int = 24,
-                 parts: "_Parts | None" = None) -> Image.Image:
+def text_picture(
+    text: str, *, width: int = 448, font_size: int = 58, margin: int = 24, parts: _Parts | None = None
+) -> Image.Image:
     """:func:`phi3lab.prompts.images.text_picture` (the pictures the image-borne probes draw); with
     ``parts``, every letter and digit is also drawn into that part map (:meth:`_Parts.text`) (its
     ``_Parts`` must be of the picture's size: see :func:`text_size`)."""
+
     def mark(xy, line, font):
         parts.words += parts.text(xy, line, font)
 
-    return images.text_picture(text, width=width, font_size=font_size, margin=margin,
-                               on_line=None if parts is None else mark)
+    return images.text_picture(
+        text, width=width, font_size=font_size, margin=margin, on_line=None if parts is None else mark
+    )
 
 
 @lru_cache(maxsize=1)
@@ -301,8 +338,9 @@ def reading(rng: random.Random, split: str) -> VisionExample:
     parts = _Parts(text_size(text, width=width, font_size=font_size, margin=margin))
     image = text_picture(text, width=width, font_size=font_size, margin=margin, parts=parts)
     box = parts.image.getbbox() or (0, 0, *image.size)
-    return VisionExample("reading", image, *qas[0], (box,), tuple(qas[1:]), parts.image, tuple(parts.attributes),
-                         tuple(parts.words))
+    return VisionExample(
+        "reading", image, *qas[0], (box,), tuple(qas[1:]), parts.image, tuple(parts.attributes), tuple(parts.words)
+    )
 
 
 FAMILIES = {"shapes": shapes, "bars": bars, "words": words}
@@ -319,8 +357,15 @@ def examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExam
 def question_kind(example: VisionExample) -> str:
     """``"bars: tallest"``, ``"bars: value"``, ``"shapes: colour"``, ``"shapes: where"``, ``"words: word"``,
     ``"reading: read"`` or ``"reading: follow"``."""
-    kind = {"Which": "tallest", "What is": "value", "What colour": "colour", "Where": "where", "What word": "word",
-            READ: "read", FOLLOW: "follow"}
+    kind = {
+        "Which": "tallest",
+        "What is": "value",
+        "What colour": "colour",
+        "Where": "where",
+        "What word": "word",
+        READ: "read",
+        FOLLOW: "follow",
+    }
     return f"{example.family}: " + next(v for k, v in kind.items() if example.question.startswith(k))
 
 
@@ -330,8 +375,11 @@ def question_parts(example: VisionExample, question: str) -> list[int]:
 
     def having(**wanted: str) -> list[int]:
         codes = {k: ATTRIBUTES[k].index(v) + 1 for k, v in wanted.items()}
-        return [i for i, attrs in enumerate(example.part_attributes, start=1)
-                if all(attrs.get(k) == v for k, v in codes.items())]
+        return [
+            i
+            for i, attrs in enumerate(example.part_attributes, start=1)
+            if all(attrs.get(k) == v for k, v in codes.items())
+        ]
 
     if question.startswith("What word") or question in (READ, FOLLOW):
         return having(kind="letter")
@@ -417,8 +465,9 @@ def scene(seed: int = 7, size: tuple[int, int] = (640, 420)) -> Image.Image:
     image = Image.fromarray(np.broadcast_to(sky, (h, w, 3)).astype("uint8"))
     draw = ImageDraw.Draw(image)
     draw.ellipse((w * 0.75, h * 0.08, w * 0.75 + 70, h * 0.08 + 70), fill=(250, 215, 80))
-    draw.polygon([(0, h * 0.62), (w * 0.3, h * 0.5), (w * 0.65, h * 0.6), (w, h * 0.52), (w, h), (0, h)],
-                 fill=(70, 140, 70))
+    draw.polygon(
+        [(0, h * 0.62), (w * 0.3, h * 0.5), (w * 0.65, h * 0.6), (w, h * 0.52), (w, h), (0, h)], fill=(70, 140, 70)
+    )
     hx, hy = int(w * 0.18), int(h * 0.48)
     draw.rectangle((hx, hy, hx + 110, hy + 90), fill=(190, 90, 60))
     draw.polygon([(hx - 10, hy), (hx + 55, hy - 55), (hx + 120, hy)], fill=(120, 50, 40))
@@ -442,5 +491,4 @@ def sample_images() -> dict[str, Image.Image]:
         chart = bars(rng, "train")
     shapes_example = shapes(random.Random("samples-shapes"), "train")
     word = words(random.Random("samples-words"), "train")
-    return {"chart.png": chart.image, "shapes.png": shapes_example.image, "scene.jpg": scene(),
-            "word.png": word.image}
+    return {"chart.png": chart.image, "shapes.png": shapes_example.image, "scene.jpg": scene(), "word.png": word.image}

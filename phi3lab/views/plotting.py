@@ -42,8 +42,16 @@ def _label(table: TokenTable, i: int) -> str:
     return row.token.replace("<0x0A>", "\\n")
 
 
-def token_heatmap(weights, table: TokenTable, rows=None, *, ax=None, max_labels: int = 80, title: str | None = None,
-                  colour_label: str = "attention weight"):
+def token_heatmap(
+    weights,
+    table: TokenTable,
+    rows=None,
+    *,
+    ax=None,
+    max_labels: int = 80,
+    title: str | None = None,
+    colour_label: str = "attention weight",
+):
     """Query rows × keys heatmap with tick labels coloured by role segment.
 
     Args:
@@ -87,12 +95,27 @@ def layer_head_grid(values, *, ax=None, title: str = "attention share per layer 
 
 def rollout_map(matrix, table: TokenTable, *, ax=None):
     """The rollout matrix of :func:`phi3lab.inspect.maps.rollout`, labelled like a heatmap."""
-    return token_heatmap(matrix, table, rows=range(matrix.shape[0]), ax=ax, title="attention rollout",
-                         colour_label="rolled-out attention")
+    return token_heatmap(
+        matrix,
+        table,
+        rows=range(matrix.shape[0]),
+        ax=ax,
+        title="attention rollout",
+        colour_label="rolled-out attention",
+    )
 
 
-def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float = 0.75, vmax: float | None = None,
-                    cmap: str = "magma_r", title: str | None = None):
+def image_attention(
+    image,
+    heat,
+    view: str = "crops",
+    *,
+    ax=None,
+    alpha: float = 0.75,
+    vmax: float | None = None,
+    cmap: str = "magma_r",
+    title: str | None = None,
+):
     """Overlay an :class:`~phi3lab.inspect.maps.ImageHeat` view on the original picture.
 
     The picture keeps its colours; the heat is drawn on top, transparent where a cell has no
@@ -102,8 +125,17 @@ def image_attention(image, heat, view: str = "crops", *, ax=None, alpha: float =
     fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
     pixels = heat.to_pixels(view)
     # no attention: transparent, so the picture shows through
-    _overlay(fig, ax, image, pixels, cmap, np.linspace(0, alpha, 256), 0,
-             vmax or max(float(pixels.max()), 1e-9), f"{SHARE} per cell")
+    _overlay(
+        fig,
+        ax,
+        image,
+        pixels,
+        cmap,
+        np.linspace(0, alpha, 256),
+        0,
+        vmax or max(float(pixels.max()), 1e-9),
+        f"{SHARE} per cell",
+    )
     ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
     return fig, ax
 
@@ -143,14 +175,23 @@ def patch_layout(image, num_crops: int = DEFAULT_NUM_CROPS, *, ax=None):
         ax.axvline(x, color="#94a3b8", lw=0.3, zorder=2)
     for y in range(0, h + 1, CELL):
         ax.axhline(y, color="#94a3b8", lw=0.3, zorder=2)
-    ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="#2563eb", lw=1.5,
-                           ls="--", zorder=3))
+    ax.add_patch(
+        Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="#2563eb", lw=1.5, ls="--", zorder=3)
+    )
     rows, cols = layout.grid
     for r in range(rows):
         for c in range(cols):
             ax.add_patch(Rectangle((c * CROP, r * CROP), CROP, CROP, fill=False, edgecolor="#dc2626", lw=2, zorder=4))
-            ax.text(c * CROP + 8, r * CROP + 8, f"crop {r * cols + c + 1}", color="#dc2626", fontsize=8, va="top",
-                    zorder=5, bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1))
+            ax.text(
+                c * CROP + 8,
+                r * CROP + 8,
+                f"crop {r * cols + c + 1}",
+                color="#dc2626",
+                fontsize=8,
+                va="top",
+                zorder=5,
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1),
+            )
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks(range(0, w + 1, CROP))
@@ -163,11 +204,19 @@ def patch_layout(image, num_crops: int = DEFAULT_NUM_CROPS, *, ax=None):
     ]
     if (right - left, bottom - top) != (w, h):
         handles.insert(1, Patch(label="white padding", **padding))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2 if w >= h else 1, fontsize=8,
-              frameon=False)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.06),
+        ncol=2 if w >= h else 1,
+        fontsize=8,
+        frameon=False,
+    )
     tokens = num_image_tokens(image.width, image.height, num_crops)
-    ax.set_title(f"{image.width}×{image.height} on a {w}×{h} canvas\n{rows}×{cols} crops + global view = {tokens} tokens",
-                 fontsize=9)
+    ax.set_title(
+        f"{image.width}×{image.height} on a {w}×{h} canvas\n{rows}×{cols} crops + global view = {tokens} tokens",
+        fontsize=9,
+    )
     return fig, ax
 
 
@@ -212,14 +261,23 @@ def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, cmap: st
             else:
                 face = SEGMENT_COLOURS["image"] if text.startswith("[image") else "none"
             dark = i is not None and abs(norm(values[i]) - 0.5) > 0.35
-            ax.text(x, y, text, family="monospace", fontsize=fontsize, va="top", color="white" if dark else "black",
-                    bbox=dict(facecolor=face, edgecolor="none", pad=1.5))
+            ax.text(
+                x,
+                y,
+                text,
+                family="monospace",
+                fontsize=fontsize,
+                va="top",
+                color="white" if dark else "black",
+                bbox=dict(facecolor=face, edgecolor="none", pad=1.5),
+            )
             x += len(text) + 0.3
         y += 1.5
     ax.set_xlim(0, columns)
     ax.set_ylim(max(y, 6), -0.5)
-    ax.set_title(f"{attr.method} over {' + '.join(attr.kinds)}: {attr.token_name(token)} of {attr.target_text!r}",
-                 fontsize=9)
+    ax.set_title(
+        f"{attr.method} over {' + '.join(attr.kinds)}: {attr.token_name(token)} of {attr.target_text!r}", fontsize=9
+    )
     return fig, ax
 
 
@@ -238,8 +296,9 @@ def attribution_heatmap(attr, *, ax=None, cmap: str = "RdBu_r"):
     return fig, ax
 
 
-def attribution_image(attr, image: int = 0, token=None, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r",
-                      title: str | None = None):
+def attribution_image(
+    attr, image: int = 0, token=None, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r", title: str | None = None
+):
     """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`: clear where a unit
     scores 0, up to ``alpha`` opaque at the largest |score|, with a colour bar."""
     picture = attr.inputs.image(image).image
@@ -257,11 +316,12 @@ def faithfulness_curves(curves, *, ax=None, title: str | None = None):
     fig, ax = _axes(ax, (6, 3.5))
     for curve in curves:
         style = dict(color="#9ca3af", ls="--") if curve.method == "random" else {}
-        ax.plot(curve.fractions, curve.log_probs, marker=".", label=f"{curve.method} (area {curve.area:.2f})",
-                **style)
+        ax.plot(curve.fractions, curve.log_probs, marker=".", label=f"{curve.method} (area {curve.area:.2f})", **style)
     kinds = {c.kind for c in curves}
-    ax.set_xlabel("share of units " + ("removed" if kinds == {"deletion"} else "inserted" if kinds == {"insertion"}
-                                        else "removed / inserted"))
+    ax.set_xlabel(
+        "share of units "
+        + ("removed" if kinds == {"deletion"} else "inserted" if kinds == {"insertion"} else "removed / inserted")
+    )
     ax.set_ylabel("log p(target)")
     ax.legend(fontsize=8)
     ax.set_title(title or f"{' and '.join(sorted(kinds))} curves", fontsize=9)

@@ -34,8 +34,7 @@ _EXPORTS = {
     "ChatFormatError": "prompting",
 }
 
-__all__ = [*_EXPORTS, "register", "register_config", "register_model", "register_image_processor",
-           "register_processor"]
+__all__ = [*_EXPORTS, "register", "register_config", "register_model", "register_image_processor", "register_processor"]
 
 
 def __getattr__(name: str):

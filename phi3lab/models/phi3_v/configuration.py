@@ -31,10 +31,16 @@ CLIP_VIT_L14_336 = dict(
     dropout=0.0,
     projection_dim=768,
 )
-DEFAULT_EMBD_LAYER = dict(embedding_cls="image", hd_transform_order="sub_glb", projection_cls="mlp",
-                          use_hd_transform=True, with_learnable_separator=True)
-DEFAULT_IMG_PROCESSOR = dict(name="clip_vision_model", model_name="openai/clip-vit-large-patch14-336",
-                             image_dim_out=1024, num_img_tokens=144)
+DEFAULT_EMBD_LAYER = dict(
+    embedding_cls="image",
+    hd_transform_order="sub_glb",
+    projection_cls="mlp",
+    use_hd_transform=True,
+    with_learnable_separator=True,
+)
+DEFAULT_IMG_PROCESSOR = dict(
+    name="clip_vision_model", model_name="openai/clip-vit-large-patch14-336", image_dim_out=1024, num_img_tokens=144
+)
 
 
 def _su_to_longrope(rope: dict | None, factor: float) -> dict | None:

@@ -23,8 +23,17 @@ import math
 import numbers
 
 __all__ = [
-    "CROP", "CELLS", "CLIP_MEAN", "CLIP_STD", "DEFAULT_NUM_CROPS", "MAX_NUM_CROPS",
-    "HDLayout", "check_num_crops", "hd_layout", "num_image_tokens", "tokens_for_grid",
+    "CROP",
+    "CELLS",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_NUM_CROPS",
+    "MAX_NUM_CROPS",
+    "HDLayout",
+    "check_num_crops",
+    "hd_layout",
+    "num_image_tokens",
+    "tokens_for_grid",
 ]
 
 CROP = 336  # CLIP ViT-L/14-336 input size: the side of every crop and of the global view

@@ -66,8 +66,14 @@ class Phi3VImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values", "image_sizes"]
 
-    def __init__(self, num_crops: int = 1, image_mean=CLIP_MEAN, image_std=CLIP_STD, num_img_tokens: int = CELLS * CELLS,
-                 **kwargs):
+    def __init__(
+        self,
+        num_crops: int = 1,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        num_img_tokens: int = CELLS * CELLS,
+        **kwargs,
+    ):
         kwargs.pop("auto_map", None)
         kwargs.pop("image_processor_type", None)
         super().__init__(**kwargs)
@@ -120,7 +126,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
         rows, cols = h // CROP, w // CROP
         out = torch.zeros(crops_budget + 1, 3, CROP, CROP, dtype=torch.float32)
         out[0] = F.interpolate(hd[None], size=(CROP, CROP), mode="bicubic", align_corners=False)[0]
-        out[1:1 + rows * cols] = hd.view(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
+        out[1 : 1 + rows * cols] = hd.view(3, rows, CROP, cols, CROP).permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP)
         return out, (h, w), tokens_for_grid(rows, cols)
 
     def preprocess(self, images, num_crops: int | None = None, return_tensors: str = "pt", **kwargs) -> BatchFeature:

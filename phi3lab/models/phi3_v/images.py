@@ -59,7 +59,9 @@ def open_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
     except UnidentifiedImageError as exc:
         raise ImageInputError(f"{path.name} is not an image PIL can read (unknown or corrupt format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageInputError(f"{path.name} could not be decoded ({exc}); the file may be truncated or corrupt") from exc
+        raise ImageInputError(
+            f"{path.name} could not be decoded ({exc}); the file may be truncated or corrupt"
+        ) from exc
     return image
 
 
@@ -90,9 +92,7 @@ def to_rgb(image) -> Image.Image:
     elif hasattr(image, "numpy") and hasattr(image, "dim"):  # a torch tensor, HWC
         image = _from_array(image.detach().cpu().numpy())
     if not isinstance(image, Image.Image):
-        raise ImageInputError(
-            f"expected a PIL image, a numpy array or a file path, got {type(image).__name__}"
-        )
+        raise ImageInputError(f"expected a PIL image, a numpy array or a file path, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise ImageInputError(f"an image must be at least 1×1 pixel, got {image.width}×{image.height}")
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

@@ -106,8 +106,9 @@ class Phi3ImageEmbedding(nn.Module):
         return hidden.reshape(-1, g // 2, 2, g // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, g // 2, g // 2, 4 * c)
 
     @staticmethod
-    def views(pixel_values: torch.Tensor, grids: list[tuple[int, int]],
-              share: bool = True) -> tuple[list[tuple[int, int]], list[list[int]]]:
+    def views(
+        pixel_values: torch.Tensor, grids: list[tuple[int, int]], share: bool = True
+    ) -> tuple[list[tuple[int, int]], list[list[int]]]:
         """Which crops CLIP must see: ``(crops, where)`` where ``crops`` lists ``(image, crop)`` pairs
         to run and ``where[i]`` gives, for image ``i``'s global view and each sub-crop, its row in
         that list.
@@ -326,8 +327,9 @@ class Phi3VForCausalLM(_VisionInit, Phi3ForCausalLM):
             **kwargs,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_sizes=None,
-                                      **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, pixel_values=None, image_sizes=None, **kwargs
+    ):
         inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
         ids = inputs.get("input_ids")
         if ids is not None and bool(self.model.image_positions(ids).any()):  # prefill: the vision tower runs once

@@ -38,8 +38,13 @@ class Phi3VProcessor:
 
     attributes = ["image_processor", "tokenizer"]
 
-    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer, image_token: str = "<|image|>",
-                 model_image_token_id: int | None = None):
+    def __init__(
+        self,
+        image_processor: Phi3VImageProcessor,
+        tokenizer,
+        image_token: str = "<|image|>",
+        model_image_token_id: int | None = None,
+    ):
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.image_token = image_token
@@ -71,8 +76,16 @@ class Phi3VProcessor:
     def num_crops(self) -> int:
         return self.image_processor.num_crops
 
-    def __call__(self, text: str, images=None, *, num_crops: int | None = None, return_tensors: str = "pt",
-                 image_ids: str = "negative", image_order: str = "strict") -> BatchFeature:
+    def __call__(
+        self,
+        text: str,
+        images=None,
+        *,
+        num_crops: int | None = None,
+        return_tensors: str = "pt",
+        image_ids: str = "negative",
+        image_order: str = "strict",
+    ) -> BatchFeature:
         """Encode one prompt (a rendered chat string) with its images.
 
         Args:
@@ -123,8 +136,9 @@ class Phi3VProcessor:
             )
         tags = image_tag_numbers(text)
         if image_order == "strict":
-            check_image_tags([(f"tag {k} of the prompt", n) for k, n in enumerate(tags, start=1)], len(images),
-                             "prompt")
+            check_image_tags(
+                [(f"tag {k} of the prompt", n) for k, n in enumerate(tags, start=1)], len(images), "prompt"
+            )
         elif image_order == "official":
             if sorted(set(tags)) != list(range(1, len(images) + 1)) or len(tags) != len(images):
                 raise ChatFormatError(
@@ -137,12 +151,15 @@ class Phi3VProcessor:
         input_ids = torch.tensor([ids])
         if image_ids == "token":
             input_ids = torch.where(input_ids < 0, torch.full_like(input_ids, self.image_token_id), input_ids)
-        batch = as_batch({
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "pixel_values": pixels["pixel_values"],
-            "image_sizes": pixels["image_sizes"],
-        }, return_tensors)
+        batch = as_batch(
+            {
+                "input_ids": input_ids,
+                "attention_mask": torch.ones_like(input_ids),
+                "pixel_values": pixels["pixel_values"],
+                "image_sizes": pixels["image_sizes"],
+            },
+            return_tensors,
+        )
         # an attribute, not a key: the mapping holds exactly what forward/generate take
         batch.num_img_tokens = list(pixels["num_img_tokens"])
         return batch
@@ -160,8 +177,10 @@ class Phi3VProcessor:
         with_images = [e for e in encodings if "pixel_values" in e]
         if with_images:
             slots = max(e["pixel_values"].shape[1] for e in with_images)
-            pixels = [torch.nn.functional.pad(e["pixel_values"], (0, 0, 0, 0, 0, 0, 0, slots - e["pixel_values"].shape[1]))
-                      for e in with_images]
+            pixels = [
+                torch.nn.functional.pad(e["pixel_values"], (0, 0, 0, 0, 0, 0, 0, slots - e["pixel_values"].shape[1]))
+                for e in with_images
+            ]
             out["pixel_values"] = torch.cat(pixels)
             out["image_sizes"] = torch.cat([e["image_sizes"] for e in with_images])
         return BatchFeature(out)
@@ -185,4 +204,3 @@ def _token_id(tokenizer, token: str) -> int | None:
     if token_id is None or token_id == getattr(tokenizer, "unk_token_id", None):
         return None
     return int(token_id)
-

@@ -96,6 +96,7 @@ def tokenize_prompt(
     """
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     if encode is None:
+
         def encode(start: int, end: int, add_special: bool):
             enc = tokenizer(text[start:end], add_special_tokens=add_special, return_offsets_mapping=True)
             return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -117,7 +118,9 @@ def tokenize_prompt(
             if not 1 <= k <= len(counts):
                 raise ChatFormatError(
                     f"the prompt has <|image_{k}|> but {len(counts)} image(s): tags run from <|image_1|> "
-                    f"to <|image_{len(counts)}|>" if counts else f"the prompt has <|image_{k}|> but no images"
+                    f"to <|image_{len(counts)}|>"
+                    if counts
+                    else f"the prompt has <|image_{k}|> but no images"
                 )
             ids += [-k] * counts[k - 1]
             spans += [match.span()] * counts[k - 1]

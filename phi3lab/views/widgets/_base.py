@@ -23,8 +23,20 @@ import anywidget
 import numpy as np
 import traitlets
 
-__all__ = ["front_end_dir", "module_source", "stylesheet", "PhiWidget", "u8", "u32", "data_url",
-           "HEAT_STOPS", "heat_colour", "text_colour", "MessageLog", "state_bytes"]
+__all__ = [
+    "front_end_dir",
+    "module_source",
+    "stylesheet",
+    "PhiWidget",
+    "u8",
+    "u32",
+    "data_url",
+    "HEAT_STOPS",
+    "heat_colour",
+    "text_colour",
+    "MessageLog",
+    "state_bytes",
+]
 
 # ColorBrewer YlOrBr, light to dark: low heat stays close to the page, high heat stands out in both
 # light and dark themes.  The browser receives these stops and interpolates the same way.
@@ -82,7 +94,7 @@ def data_url(image, max_side: int = 448, fmt: str = "JPEG") -> str:
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
-    return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
 
 
 def heat_colour(fraction: float) -> str:
@@ -103,17 +115,21 @@ def chip(text: str, background: str, title: str = "", underline: str | None = No
     """One inline token chip for the static forms (the same look as the live strip)."""
     line = f"box-shadow:inset 0 -3px 0 {underline};" if underline else ""
     hover = f' title="{html.escape(title)}"' if title else ""
-    return (f'<span class="phi3lab-chip"{hover} style="background:{background};color:{text_colour(background)};'
-            f'{line}padding:1px 3px 3px;margin:1px;border-radius:3px;display:inline-block;'
-            f'font-family:monospace;white-space:pre">{html.escape(text)}</span>')
+    return (
+        f'<span class="phi3lab-chip"{hover} style="background:{background};color:{text_colour(background)};'
+        f"{line}padding:1px 3px 3px;margin:1px;border-radius:3px;display:inline-block;"
+        f'font-family:monospace;white-space:pre">{html.escape(text)}</span>'
+    )
 
 
 def colour_bar(vmax: float, label: str) -> str:
     stops = ",".join(HEAT_STOPS)
-    return (f'<div style="display:flex;align-items:center;gap:6px;font-size:85%;margin:4px 0">'
-            f'<span>0</span><span style="display:inline-block;width:140px;height:10px;'
-            f'background:linear-gradient(90deg,{stops});border-radius:2px"></span>'
-            f'<span>{vmax:.3g}</span><span>{html.escape(label)}</span></div>')
+    return (
+        f'<div style="display:flex;align-items:center;gap:6px;font-size:85%;margin:4px 0">'
+        f'<span>0</span><span style="display:inline-block;width:140px;height:10px;'
+        f'background:linear-gradient(90deg,{stops});border-radius:2px"></span>'
+        f"<span>{vmax:.3g}</span><span>{html.escape(label)}</span></div>"
+    )
 
 
 def display_label(token: str) -> str:

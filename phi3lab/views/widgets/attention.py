@@ -51,8 +51,9 @@ def check_cache(cache, who: str):
     if not isinstance(cache, Cache):
         raise TypeError(f"{who} takes the Cache of `_, cache = lab.run_with_cache(...)`, got {type(cache).__name__}")
     if not cache.layers:
-        raise ValueError(f"{who} needs captured attention; this cache holds no layers. "
-                         "Run lab.run_with_cache(..., layers='all')")
+        raise ValueError(
+            f"{who} needs captured attention; this cache holds no layers. Run lab.run_with_cache(..., layers='all')"
+        )
     return cache
 
 
@@ -108,8 +109,10 @@ class AttentionView:
         chosen = list(cache.layers) if layers is None else ([layers] if isinstance(layers, int) else list(layers))
         missing = [layer for layer in chosen if layer not in cache.layers]
         if missing or not chosen:
-            raise ValueError(f"layers {missing or chosen} were not captured; this cache holds layers "
-                             f"{list(cache.layers)}. Run lab.run_with_cache(..., layers='all') or pick from those")
+            raise ValueError(
+                f"layers {missing or chosen} were not captured; this cache holds layers "
+                f"{list(cache.layers)}. Run lab.run_with_cache(..., layers='all') or pick from those"
+            )
         self.layers = chosen
         self.items, self.chip_of_key = strip_items(cache)
         self.rows = sorted({item[2] for item in self.items if item[2] >= 0})
@@ -125,8 +128,10 @@ class AttentionView:
 
     def _index(self, row: int) -> int:
         if row not in self.rows:
-            raise IndexError(f"row {row} has no captured attention here; rows with attention: {self.rows[:8]}"
-                             f"{'…' if len(self.rows) > 8 else ''} (run with queries='all' for every token)")
+            raise IndexError(
+                f"row {row} has no captured attention here; rows with attention: {self.rows[:8]}"
+                f"{'…' if len(self.rows) > 8 else ''} (run with queries='all' for every token)"
+            )
         return self.rows.index(row)
 
     def chip_sums(self, weights: np.ndarray) -> np.ndarray:
@@ -183,8 +188,14 @@ class AttentionView:
         heat_b64, vmax = u8(heat)
         normed = thumbs / np.maximum(peaks[..., None], 1e-12)
         thumbs_b64, _ = u8(normed, 1.0)
-        return {"heat": heat_b64, "vmax": round(vmax, 6), "thumbs": thumbs_b64, "thumb_bins": int(thumbs.shape[-1]),
-                "thumb_peaks": [round(float(x), 4) for x in peaks.reshape(-1)], "info": self.describe(row, agg, layer, head)}
+        return {
+            "heat": heat_b64,
+            "vmax": round(vmax, 6),
+            "thumbs": thumbs_b64,
+            "thumb_bins": int(thumbs.shape[-1]),
+            "thumb_peaks": [round(float(x), 4) for x in peaks.reshape(-1)],
+            "info": self.describe(row, agg, layer, head),
+        }
 
     def describe(self, row: int, agg: str, layer: int, head: int) -> str:
         position = self.cache.positions[row]
@@ -200,8 +211,16 @@ class AttentionView:
     def initial(self) -> dict:
         """The widget's first state: the strip, the colours, and the first answer row."""
         row = self.cache.answer_rows[0] if self.cache.answer_rows[0] in self.rows else self.rows[-1]
-        return {"items": self.items, "roles": ROLES, "palette": list(HEAT_STOPS), "layers": self.layers,
-                "heads": self.heads, "row": row, "pinned": row, **self.payload(row)}
+        return {
+            "items": self.items,
+            "roles": ROLES,
+            "palette": list(HEAT_STOPS),
+            "layers": self.layers,
+            "heads": self.heads,
+            "row": row,
+            "pinned": row,
+            **self.payload(row),
+        }
 
     def to_text(self, row: int, agg: str = "mean", layer: int = -1, head: int = -1, top: int = 5) -> str:
         heat = self.heat(row, agg, layer, head)
@@ -219,8 +238,10 @@ class AttentionView:
             if item_row == row:
                 title += " · the row shown"
             chips.append(chip(label, background, title, ROLES.get(role)))
-        return (f'<div style="font-size:90%">{html.escape(self.describe(row, agg, layer, head))}</div>'
-                f'<div style="line-height:1.9">{"".join(chips)}</div>{colour_bar(top, "share of attention")}')
+        return (
+            f'<div style="font-size:90%">{html.escape(self.describe(row, agg, layer, head))}</div>'
+            f'<div style="line-height:1.9">{"".join(chips)}</div>{colour_bar(top, "share of attention")}'
+        )
 
 
 class AttentionExplorer(PhiWidget):

@@ -82,13 +82,17 @@ def image_grids(attribution, image: int, patch_view) -> list[tuple[np.ndarray, n
     from phi3lab.prompts.patches import CELLS, image_tokens
 
     if not callable(getattr(attribution, "image_map", None)):
-        raise ValueError(f"{type(attribution).__name__} has no image_map(image, token); attribute with image "
-                         "units (units='image-regions', 'crops' or 'images')")
+        raise ValueError(
+            f"{type(attribution).__name__} has no image_map(image, token); attribute with image "
+            "units (units='image-regions', 'crops' or 'images')"
+        )
     answer = list(patch_view.cache.answer_ids)
-    target = [int(i) for i in getattr(attribution, "target_ids", answer[:len(attribution.target_tokens)])]
-    if answer[:len(target)] != target:
-        raise ValueError(f"the attribution explains another answer ({attribution.target_tokens}) than this cache's "
-                         "(run both on the same prompt; the attribution's target is the model's greedy answer)")
+    target = [int(i) for i in getattr(attribution, "target_ids", answer[: len(attribution.target_tokens)])]
+    if answer[: len(target)] != target:
+        raise ValueError(
+            f"the attribution explains another answer ({attribution.target_tokens}) than this cache's "
+            "(run both on the same prompt; the attribution's target is the model's greedy answer)"
+        )
     span = patch_view.span
     tokens = image_tokens(span.width, span.height, span.num_crops)
     crop = [t for t in tokens if t.kind == "crop"]
@@ -111,14 +115,17 @@ class AttributionPayload:
     def __init__(self, attribution):
         for name in ("units", "target_tokens", "scores"):
             if not hasattr(attribution, name):
-                raise TypeError(f"AttributionView takes an attribution (phi3lab.attribution.attribute(...)); "
-                                f"{type(attribution).__name__} has no {name!r}")
+                raise TypeError(
+                    f"AttributionView takes an attribution (phi3lab.attribution.attribute(...)); "
+                    f"{type(attribution).__name__} has no {name!r}"
+                )
         self.attribution = attribution
         self.scores = _scores(attribution)
         units, tokens = list(attribution.units), list(attribution.target_tokens)
         if self.scores.shape != (len(tokens), len(units)):
-            raise ValueError(f"scores must be [target tokens, units] = [{len(tokens)}, {len(units)}], "
-                             f"got {list(self.scores.shape)}")
+            raise ValueError(
+                f"scores must be [target tokens, units] = [{len(tokens)}, {len(units)}], got {list(self.scores.shape)}"
+            )
         self.labels = [str(getattr(u, "label", u)) for u in units]
         self.targets = [display_label(t) for t in tokens]
         if callable(getattr(attribution, "segments", None)):
@@ -136,14 +143,18 @@ class AttributionPayload:
 
     def row(self, token: int) -> np.ndarray:
         if not -1 <= token < len(self.targets):
-            raise IndexError(f"token {token} does not exist; choose -1 (the whole answer) or 0..{len(self.targets) - 1}")
+            raise IndexError(
+                f"token {token} does not exist; choose -1 (the whole answer) or 0..{len(self.targets) - 1}"
+            )
         return self.scores.sum(0) if token == -1 else self.scores[token]
 
     def maps(self, token: int) -> list[np.ndarray]:
         """Each picture's image map pooled to at most 48 × 48 cells (means)."""
         out = []
         for image in self.images:
-            pixels = np.asarray(self.attribution.image_map(image, token=None if token == -1 else token), dtype=np.float64)
+            pixels = np.asarray(
+                self.attribution.image_map(image, token=None if token == -1 else token), dtype=np.float64
+            )
             h, w = pixels.shape
             ny, nx = min(MAP_CELLS, h), min(MAP_CELLS, w)
             ys, xs = np.linspace(0, h, ny + 1).astype(int), np.linspace(0, w, nx + 1).astype(int)
@@ -156,9 +167,13 @@ class AttributionPayload:
         scale = float(np.abs(row).max()) if row.size else 0.0
         maps = self.maps(token)
         map_scale = max((float(np.abs(m).max()) for m in maps), default=0.0)
-        return {"scores": s8(row, scale), "scale": round(scale, 6), "map_scale": round(map_scale, 6),
-                "maps": [{"shape": list(m.shape), "values": s8(m, map_scale)} for m in maps],
-                "info": f"{self.name(token)}: red supports it, blue works against it · scale ±{scale:.3g}"}
+        return {
+            "scores": s8(row, scale),
+            "scale": round(scale, 6),
+            "map_scale": round(map_scale, 6),
+            "maps": [{"shape": list(m.shape), "values": s8(m, map_scale)} for m in maps],
+            "info": f"{self.name(token)}: red supports it, blue works against it · scale ±{scale:.3g}",
+        }
 
     def name(self, token: int) -> str:
         return "the whole answer" if token == -1 else repr(self.targets[token])
@@ -166,9 +181,16 @@ class AttributionPayload:
     def initial(self) -> dict:
         spans = {s.index: s for s in getattr(getattr(self.attribution, "inputs", None), "images", ())}
         pictures = [{"image": i + 1, "src": data_url(spans[i].image, 320)} for i in self.images]
-        return {"labels": self.labels, "targets": self.targets, "segments": self.segments, "pictures": pictures,
-                "method": str(getattr(self.attribution, "method", "")), "colours": [list(POSITIVE), list(NEGATIVE)],
-                "token": -1, **self.payload(-1)}
+        return {
+            "labels": self.labels,
+            "targets": self.targets,
+            "segments": self.segments,
+            "pictures": pictures,
+            "method": str(getattr(self.attribution, "method", "")),
+            "colours": [list(POSITIVE), list(NEGATIVE)],
+            "token": -1,
+            **self.payload(-1),
+        }
 
     def to_text(self, token: int) -> str:
         own = getattr(self.attribution, "to_text", None)
@@ -189,7 +211,7 @@ class AttributionPayload:
             rgb = POSITIVE if value >= 0 else NEGATIVE
             a = min(abs(value) / scale, 1.0)
             mix = tuple(round(255 * (1 - a) + c * a) for c in rgb)
-            chips.append(chip(label, "#%02x%02x%02x" % mix, f"{value:+.3f}"))
+            chips.append(chip(label, "#{:02x}{:02x}{:02x}".format(*mix), f"{value:+.3f}"))
         return f"<div>{html.escape(self.name(token))}</div><div style='line-height:1.9'>{''.join(chips)}</div>"
 
 
@@ -217,8 +239,9 @@ class AttributionView(PhiWidget):
     def __init__(self, attribution):
         self.view = AttributionPayload(attribution)
         super().__init__(**self.view.initial())
-        self.observe(lambda change: self._refresh(change, lambda: self.view.payload(self.token), {"token": -1}),
-                     names=["token"])
+        self.observe(
+            lambda change: self._refresh(change, lambda: self.view.payload(self.token), {"token": -1}), names=["token"]
+        )
 
     def to_text(self) -> str:
         return self.view.to_text(self.token)

@@ -65,8 +65,13 @@ class ChatWidget(PhiWidget):
         self._stop = threading.Event()
         self._images: list = []
         self._worker: threading.Thread | None = None
-        super().__init__(model_name=lab.spec.name, vision=lab.spec.modality == "vision", system=system or "",
-                         temperature=float(temperature), max_new_tokens=int(max_new_tokens))
+        super().__init__(
+            model_name=lab.spec.name,
+            vision=lab.spec.modality == "vision",
+            system=system or "",
+            temperature=float(temperature),
+            max_new_tokens=int(max_new_tokens),
+        )
         self.session = self._lab.session(system=system or None)
 
     # --- turns ----------------------------------------------------------------------------------
@@ -84,8 +89,10 @@ class ChatWidget(PhiWidget):
         from phi3lab.prompts.images import to_rgb
 
         if not self.vision:
-            raise ValueError(f"{self.model_name} is a text model and takes no images; load a vision model "
-                             "(phi3lab.load('tiny-vision')) to chat about pictures")
+            raise ValueError(
+                f"{self.model_name} is a text model and takes no images; load a vision model "
+                "(phi3lab.load('tiny-vision')) to chat about pictures"
+            )
         picture = to_rgb(image)
         self._images.append(picture)
         self.pending = [*self.pending, {"name": name, "thumb": data_url(picture, 96)}]
@@ -137,9 +144,15 @@ class ChatWidget(PhiWidget):
 
     def _answer(self, text: str, images: list) -> None:
         try:
-            result = self.session.chat(text, images or None, stream=False, max_new_tokens=self.max_new_tokens,
-                                       temperature=self.temperature, stop=self._stop,
-                                       on_text=lambda piece: self.send({"type": "delta", "text": piece}))
+            result = self.session.chat(
+                text,
+                images or None,
+                stream=False,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                stop=self._stop,
+                on_text=lambda piece: self.send({"type": "delta", "text": piece}),
+            )
         except Exception as exc:  # a refused prompt, a prompt over the context: say so, keep nothing
             with self.hold_sync():
                 self.messages = self.messages[:-1]
@@ -187,9 +200,11 @@ class ChatWidget(PhiWidget):
         shown = ([{"role": "system", "content": self.system}] if self.system else []) + list(self.messages)
         for m in shown:
             pictures = "".join(f'<img src="{t}" style="max-height:48px;margin:2px">' for t in m.get("images", ()))
-            rows.append(f"<div style='background:{colours[m['role']]};color:#111827;padding:3px 8px;margin:3px 0;"
-                        f"border-radius:6px;white-space:pre-wrap'><b>{m['role']}</b> {pictures}"
-                        f"{html.escape(m['content'])}</div>")
+            rows.append(
+                f"<div style='background:{colours[m['role']]};color:#111827;padding:3px 8px;margin:3px 0;"
+                f"border-radius:6px;white-space:pre-wrap'><b>{m['role']}</b> {pictures}"
+                f"{html.escape(m['content'])}</div>"
+            )
             if m.get("stats"):
                 rows.append(f"<div style='font-size:85%;opacity:0.8'>{html.escape(m['stats'])}</div>")
         return "".join(rows)

@@ -56,9 +56,11 @@ def export_html(notebook, output=None, *, execute: bool = False, timeout: int = 
         from nbconvert.preprocessors import ExecutePreprocessor
 
         ExecutePreprocessor(timeout=timeout, store_widget_state=True).preprocess(
-            nb, {"metadata": {"path": str(source.resolve().parent)}})
-    exporter = HTMLExporter(widget_renderer_url=renderer_url(), require_js_url=EMPTY_SCRIPT,
-                            mathjax_url=EMPTY_SCRIPT, embed_images=True)
+            nb, {"metadata": {"path": str(source.resolve().parent)}}
+        )
+    exporter = HTMLExporter(
+        widget_renderer_url=renderer_url(), require_js_url=EMPTY_SCRIPT, mathjax_url=EMPTY_SCRIPT, embed_images=True
+    )
     body, _ = exporter.from_notebook_node(nb)
     target = Path(output) if output else source.with_suffix(".html")
     target.write_text(body, encoding="utf-8")

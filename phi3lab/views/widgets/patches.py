@@ -47,10 +47,15 @@ def _lab(cache):
 def _check_image(cache, image: int, who: str):
     if not cache.inputs.images:
         spec = getattr(_lab(cache), "spec", None)
-        why = (f"{getattr(spec, 'name', 'this model')} is a text model" if getattr(spec, "modality", "") == "text"
-               else "this cache's prompt has no image")
-        raise ValueError(f"{who} shows an image's patches, and {why}: load a vision model "
-                         "(phi3lab.load('tiny-vision')) and run a prompt with <|image_1|> and images=[picture]")
+        why = (
+            f"{getattr(spec, 'name', 'this model')} is a text model"
+            if getattr(spec, "modality", "") == "text"
+            else "this cache's prompt has no image"
+        )
+        raise ValueError(
+            f"{who} shows an image's patches, and {why}: load a vision model "
+            "(phi3lab.load('tiny-vision')) and run a prompt with <|image_1|> and images=[picture]"
+        )
     return cache.inputs.image(image)  # IndexError naming the images there are
 
 
@@ -88,8 +93,10 @@ class PatchView:
         self.rows = list(cache.answer_rows)
         tokenizer = _lab(cache).tokenizer
         produced = list(cache.answer_ids) or [None]
-        self.targets = [[display_label(tokenizer.convert_ids_to_tokens(t)) if t is not None else "next token", r]
-                        for t, r in zip(produced, self.rows)]
+        self.targets = [
+            [display_label(tokenizer.convert_ids_to_tokens(t)) if t is not None else "next token", r]
+            for t, r in zip(produced, self.rows)
+        ]
         self.layers = list(cache.layers)
         # the answer rows only: [targets, layers, heads, keys]
         per_layer = [cache.attention(layer)[0][:, self.rows].float().numpy() for layer in self.layers]
@@ -108,8 +115,10 @@ class PatchView:
     def row_values(self, target: int, source: str = "attention", layer: int = -1) -> np.ndarray:
         """Values over every key position for one answer token (index into :attr:`targets`)."""
         if not 0 <= target < len(self.targets):
-            raise IndexError(f"target {target} does not exist; there are {len(self.targets)} answer tokens "
-                             f"(0..{len(self.targets) - 1})")
+            raise IndexError(
+                f"target {target} does not exist; there are {len(self.targets)} answer tokens "
+                f"(0..{len(self.targets) - 1})"
+            )
         if source == "attention":
             weights = self._weights[target]
             if layer != -1:
@@ -137,25 +146,41 @@ class PatchView:
             return ImageHeat(crops, glob, 0.0, span.width, span.height, span.num_crops)
         row = self.row_values(target, source, layer)
         pad = np.zeros(span.end)
-        pad[:min(len(row), span.end)] = row[:span.end]
-        return ImageHeat(pad[self.crop_pos], pad[self.global_pos], float(pad[self.separator_pos].sum()),
-                         span.width, span.height, span.num_crops)
+        pad[: min(len(row), span.end)] = row[: span.end]
+        return ImageHeat(
+            pad[self.crop_pos],
+            pad[self.global_pos],
+            float(pad[self.separator_pos].sum()),
+            span.width,
+            span.height,
+            span.num_crops,
+        )
 
     def payload(self, target: int, source: str = "attention", layer: int = -1) -> dict:
         heat = self.grids(target, source, layer)
         crops, crops_max = u8(np.abs(heat.crops))
         glob, glob_max = u8(np.abs(heat.global_view))
-        return {"heat_crops": crops, "vmax_crops": round(crops_max, 6), "heat_global": glob,
-                "vmax_global": round(glob_max, 6), "info": self.describe(target, source, layer, heat)}
+        return {
+            "heat_crops": crops,
+            "vmax_crops": round(crops_max, 6),
+            "heat_global": glob,
+            "vmax_global": round(glob_max, 6),
+            "info": self.describe(target, source, layer, heat),
+        }
 
     def describe(self, target: int, source: str, layer: int, heat: ImageHeat | None = None) -> str:
         label, row = self.targets[target]
-        what = {"attention": f"mean attention over {'layer ' + str(layer) if layer != -1 else 'every layer'}, all heads",
-                "rollout": "attention rollout", "attribution": "attribution"}[source]
+        what = {
+            "attention": f"mean attention over {'layer ' + str(layer) if layer != -1 else 'every layer'}, all heads",
+            "rollout": "attention rollout",
+            "attribution": "attribution",
+        }[source]
         text = f"{label!r} (row {self.cache.positions[row]}): {what}"
         if heat is not None and source != "attribution":
-            text += (f" · on this image {heat.total:.3f} of the row (crops {heat.crops.sum():.3f}, "
-                     f"global view {heat.global_view.sum():.3f})")
+            text += (
+                f" · on this image {heat.total:.3f} of the row (crops {heat.crops.sum():.3f}, "
+                f"global view {heat.global_view.sum():.3f})"
+            )
         return text
 
     def initial(self) -> dict:
@@ -163,13 +188,26 @@ class PatchView:
         layout = span.layout
         return {
             "picture": data_url(span.image),
-            "geometry": {"width": span.width, "height": span.height, "num_crops": span.num_crops,
-                         "padded": list(layout.padded), "pad_box": list(layout.pad_box), "grid": list(layout.grid),
-                         "cells": CELLS, "image": span.index + 1},
+            "geometry": {
+                "width": span.width,
+                "height": span.height,
+                "num_crops": span.num_crops,
+                "padded": list(layout.padded),
+                "pad_box": list(layout.pad_box),
+                "grid": list(layout.grid),
+                "cells": CELLS,
+                "image": span.index + 1,
+            },
             "crop_pos": u32(self.crop_pos.reshape(-1)),
             "global_pos": u32(self.global_pos.reshape(-1)),
-            "targets": self.targets, "layers": self.layers, "sources": self.sources, "palette": list(HEAT_STOPS),
-            "target": 0, "source": "attention", "layer": -1, **self.payload(0),
+            "targets": self.targets,
+            "layers": self.layers,
+            "sources": self.sources,
+            "palette": list(HEAT_STOPS),
+            "target": 0,
+            "source": "attention",
+            "layer": -1,
+            **self.payload(0),
         }
 
     def to_text(self, target: int, source: str = "attention", layer: int = -1) -> str:
@@ -180,17 +218,26 @@ class PatchView:
         parts = []
         for view, name in (("crops", "HD crops"), ("global", "global view")):
             grid = np.abs(heat.crops if view == "crops" else heat.global_view)
-            png = overlay_png(self.span.image, np.abs(heat.to_pixels(view)), float(grid.max()),
-                              self.span.layout.grid if view == "crops" else None)
-            parts.append(f'<figure style="margin:0 8px 0 0"><img src="{png}" style="max-width:336px" alt="{name}">'
-                         f'<figcaption style="font-size:85%">{name}{colour_bar(float(grid.max()), "")}'
-                         f'</figcaption></figure>')
-        return (f'<div style="font-size:90%">{html.escape(self.describe(target, source, layer, heat))}</div>'
-                f'<div style="display:flex;flex-wrap:wrap">{"".join(parts)}</div>')
+            png = overlay_png(
+                self.span.image,
+                np.abs(heat.to_pixels(view)),
+                float(grid.max()),
+                self.span.layout.grid if view == "crops" else None,
+            )
+            parts.append(
+                f'<figure style="margin:0 8px 0 0"><img src="{png}" style="max-width:336px" alt="{name}">'
+                f'<figcaption style="font-size:85%">{name}{colour_bar(float(grid.max()), "")}'
+                f"</figcaption></figure>"
+            )
+        return (
+            f'<div style="font-size:90%">{html.escape(self.describe(target, source, layer, heat))}</div>'
+            f'<div style="display:flex;flex-wrap:wrap">{"".join(parts)}</div>'
+        )
 
 
-def overlay_png(image, pixels: np.ndarray, vmax: float, grid: tuple[int, int] | None = None,
-                max_side: int = 336) -> str:
+def overlay_png(
+    image, pixels: np.ndarray, vmax: float, grid: tuple[int, int] | None = None, max_side: int = 336
+) -> str:
     """The picture under a translucent heat (``pixels``, image-sized) as a PNG ``data:`` URL, with the
     crop grid drawn when ``grid`` is given (static forms)."""
     from PIL import Image
