@@ -91,13 +91,13 @@ def main() -> None:
 
     def case_b():
         model.set_attn_implementation("sdpa")
-        with capture(model, layers=[0], queries="all") as cap:
+        with capture(model, layers=[0], positions="all") as cap:
             forward()
         return cap
 
     def case_c():
         model.set_attn_implementation("sdpa")
-        with capture(model, layers="all", queries="last") as cap:
+        with capture(model, layers="all", positions="last") as cap:
             forward()
         return cap
 
@@ -109,7 +109,7 @@ def main() -> None:
 
     def case_e():
         model.set_attn_implementation("sdpa")
-        with capture(model, layers="all", queries="last", keep_qk=True) as cap:
+        with capture(model, layers="all", positions="last", keep_qk=True) as cap:
             forward()
         layers = []
         for i, attn in enumerate(model.model.layers):

@@ -131,8 +131,8 @@ def main() -> int:
         with torch.inference_mode():
             timed_generate(torch, model, ids, 8)  # warm-up
             plain = decode_rate(torch, model, ids)
-            last_rows = decode_rate(torch, model, ids, lambda m=model: capture(m, queries="last"))
-            one_layer = decode_rate(torch, model, ids, lambda m=model: capture(m, layers=[16], queries="last"))
+            last_rows = decode_rate(torch, model, ids, lambda m=model: capture(m, positions="last"))
+            one_layer = decode_rate(torch, model, ids, lambda m=model: capture(m, layers=[16], positions="last"))
         rows.append((attn, plain, bound, last_rows, one_layer))
         print(
             f"{attn:18s} decode {plain:7.1f} tokens/s = {plain / bound:5.1%} of the bound {bound:7.1f} "

@@ -64,7 +64,7 @@ def main() -> None:
     vision = phi3lab.load("tiny-vision", verbose=False)
     vision.processor.image_processor.num_crops = 16
     picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB").resize((1344, 1344))
-    _, cache = vision.run_with_cache(QUESTION, [picture], max_new_tokens=8)
+    _, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=8)
     config = vision.model.config
     print(
         f"{cache.prompt_tokens} prompt + {len(cache.answer_ids)} answer tokens, 1344×1344 picture, num_crops 16 "

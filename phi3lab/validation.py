@@ -21,6 +21,8 @@ import numbers
 import os
 from collections.abc import Sequence
 
+from phi3lab.errors import Phi3LabError
+
 __all__ = [
     "ContextOverflowError",
     "check_bool",
@@ -37,7 +39,7 @@ __all__ = [
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 
 
-class ContextOverflowError(ValueError):
+class ContextOverflowError(Phi3LabError, ValueError):
     """A prompt plus the tokens to generate would not fit in the model's context."""
 
 

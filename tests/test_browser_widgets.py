@@ -38,7 +38,7 @@ text = phi3lab.load("tiny", verbose=False)
 vision = phi3lab.load("tiny-vision", verbose=False)
 picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
 question = "<|image_1|>\\nWhat colour is the triangle?"
-_, cache = vision.run_with_cache(question, [picture], max_new_tokens=6)"""
+_, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)"""
 
 ATTRIBUTION = """\
 try:

@@ -4,9 +4,10 @@ import pytest
 import torch
 from test_attention import eager
 
-from phi3lab.inspect.capture import AttentionBudgetError, capture
+from phi3lab.inspect.capture import capture
 from phi3lab.inspect.lens import logit_lens
 from phi3lab.inspect.maps import image_heat, rollout
+from phi3lab.inspect.memory import MemoryLimitError
 from phi3lab.prompts.inputs import Inputs
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
@@ -107,7 +108,7 @@ def test_cache_on_the_vision_model_equals_eager(vision, picture):
     ref = eager_outputs(vision.model, vision.encode(QUESTION, [picture]))
     for layer in (0, 3):
         torch.testing.assert_close(cache.attention(layer), ref.attentions[layer], atol=1e-4, rtol=0)
-    with pytest.raises(KeyError, match="layer 1 was not captured"):
+    with pytest.raises(KeyError, match="layer 1 of 'pattern' was not kept"):
         cache.attention(1)
 
 
@@ -121,7 +122,7 @@ def test_logit_lens_from_the_cache_equals_the_standalone_lens(tiny):
 
 def test_generation_records_the_answers_rows(tiny):
     text = "My name is Ada. What is my name?"
-    result, cache = tiny.run_with_cache(text, max_new_tokens=8, queries="last")
+    result, cache = tiny.generate_with_cache(text, max_new_tokens=8, positions="last")
     assert result.text == tiny.chat(text, stream=False, max_new_tokens=8).text == "Your name is Ada."
     n = cache.prompt_tokens
     assert cache.positions == list(range(n - 1, n - 1 + len(result.token_ids)))
@@ -135,8 +136,8 @@ def test_generation_records_the_answers_rows(tiny):
 
 def test_rollout_rows_equal_full_rollout_both_ways(tiny):
     text = "My name is Ada. What is my name?"
-    result, by_maps = tiny.run_with_cache(text, max_new_tokens=6)
-    _, by_qk = tiny.run_with_cache(text, max_new_tokens=6, queries="last", rollout=True)
+    result, by_maps = tiny.generate_with_cache(text, max_new_tokens=6)
+    _, by_qk = tiny.generate_with_cache(text, max_new_tokens=6, positions="last", rollout=True)
     maps = torch.stack([by_maps.attention(i) for i in range(tiny.model.config.num_hidden_layers)])
     full = rollout(maps)  # [N, N]
     rows = [by_maps.positions[r] for r in by_maps.answer_rows]
@@ -149,13 +150,13 @@ def test_rollout_needs_what_it_needs(tiny):
     _, cache = tiny.run_with_cache("Hi", layers=[0])
     with pytest.raises(ValueError, match="layers='all'"):
         cache.rollout()
-    _, cache = tiny.run_with_cache("Hi", queries="last")
+    _, cache = tiny.run_with_cache("Hi", positions="last")
     with pytest.raises(ValueError, match="rollout=True"):
         cache.rollout()
 
 
 def test_image_heat_uses_the_layout_of_the_inputs(vision, picture):
-    result, cache = vision.run_with_cache(QUESTION, [picture], max_new_tokens=4, queries="last")
+    result, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=4, positions="last")
     heat = cache.image_heat(0)
     span = cache.inputs.image(0)
     manual = image_heat(cache.mean_attention(), span.start, *picture.size, vision.num_crops)
@@ -181,7 +182,7 @@ def test_image_heat_uses_the_layout_of_the_inputs(vision, picture):
 
 
 def test_nested_in_a_capture_and_repeated(tiny):
-    with capture(tiny.model, layers=[1], queries="all") as outer, torch.no_grad():
+    with capture(tiny.model, layers=[1], positions="all") as outer, torch.no_grad():
         _, first = tiny.run_with_cache("Hi")
         _, second = tiny.run_with_cache("Hi")
     torch.testing.assert_close(first.attention(1), second.attention(1))
@@ -193,8 +194,8 @@ def test_memory_is_checked_before_anything_runs(tiny):
     calls = []
     handle = tiny.model.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
-        with pytest.raises(AttentionBudgetError, match="run_with_cache on .* prompt tokens"):
-            tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=20, budget=10_000)
+        with pytest.raises(MemoryLimitError, match="keeping pattern, embed, resid_post over .* prompt tokens"):
+            tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=20, max_bytes=10_000)
     finally:
         handle.remove()
     assert calls == []
@@ -203,15 +204,34 @@ def test_memory_is_checked_before_anything_runs(tiny):
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [
-        (dict(max_new_tokens=-1), TypeError, "max_new_tokens must be an int"),
-        (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an int"),
+        (dict(max_new_tokens=4), TypeError, "use lab.generate_with_cache"),
+        (dict(queries="last"), TypeError, "queries is now positions"),
+        (dict(budget=10), TypeError, "budget is now max_bytes"),
         (dict(layers="last"), ValueError, "'all', an int"),
-        (dict(queries="first"), ValueError, "'last', 'all'"),
+        (dict(positions="first"), ValueError, "'all', 'last'"),
+        (dict(positions=slice(5, 2)), ValueError, "selects no positions"),
+        (dict(positions=[99]), IndexError, "positions \\[99\\] do not exist"),
+        (dict(sites=["resid"]), ValueError, "'resid' is not a site"),
+        (dict(sites=[]), ValueError, "sites is empty"),
+        (dict(max_bytes=-5), TypeError, "max_bytes must be"),
     ],
 )
 def test_bad_arguments(tiny, kwargs, error, words):
     with pytest.raises(error, match=words):
         tiny.run_with_cache("Hi", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be at least 1"),
+        (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be"),
+        (dict(temperature=0.5), TypeError, "unexpected keyword argument"),
+    ],
+)
+def test_bad_generation_arguments(tiny, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        tiny.generate_with_cache("Hi", **kwargs)
 
 
 def test_bad_rows(tiny):

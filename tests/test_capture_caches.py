@@ -43,7 +43,7 @@ def random_model(**overrides) -> Phi3ForCausalLM:
 
 
 def generate_and_capture(model, ids, new=8, **generate):
-    with capture(model, queries="last") as cap, torch.no_grad():
+    with capture(model, positions="last") as cap, torch.no_grad():
         out = model.generate(
             input_ids=ids, max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0, **generate
         )
@@ -85,7 +85,7 @@ def test_rows_past_the_window_on_the_embedded_model(tiny):
     inputs = lab.encode("My name is Ada. I like green and the number seven. What is 2 plus 3? " * 2)
     n = inputs.num_tokens
     assert n > 2 * 24
-    with capture(lab.model, queries="last") as cap, torch.no_grad():
+    with capture(lab.model, positions="last") as cap, torch.no_grad():
         out = lab.model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
     refs = eager_rows(lab.model, out, n, 6)
     for layer in range(lab.model.config.num_hidden_layers):
@@ -98,7 +98,9 @@ def test_run_with_cache_past_the_window_maps_to_the_right_tokens():
 
     lab = phi3lab.load("tiny", verbose=False)
     lab.model.config.sliding_window = 20
-    answer, cache = lab.run_with_cache("My name is Ada. What is 2 plus 3? " * 3, max_new_tokens=4, queries="last")
+    answer, cache = lab.generate_with_cache(
+        "My name is Ada. What is 2 plus 3? " * 3, max_new_tokens=4, positions="last"
+    )
     n = cache.num_tokens
     full = torch.tensor([list(cache.inputs.input_ids[0]) + list(cache.answer_ids[:-1])])
     with eager(lab.model), torch.no_grad():
@@ -252,7 +254,7 @@ def test_phi3_mini_4k_shape_past_its_window(reference):
         {"role": "assistant", "content": "I will remember them."},
         {"role": "user", "content": "What is item 5?"},
     ]
-    answer, cache = lab.run_with_cache(conversation, max_new_tokens=6, queries="last")
+    answer, cache = lab.generate_with_cache(conversation, max_new_tokens=6, positions="last")
     n = cache.prompt_tokens
     assert 2047 < n < 2300
     full = torch.tensor([list(cache.inputs.input_ids[0]) + list(cache.answer_ids[:-1])])

@@ -384,20 +384,17 @@ def test_escape_with_the_official_tokenizer(with_template):
     assert allowed.count(32007) == 5 and allowed.count(32011) == 1  # forged <|end|>s and <|placeholder7|>
 
 
-def test_special_tokens_policy_sets_the_default_in_a_block(tiny):
-    from phi3lab.prompts.chat import special_tokens_policy
-
-    with special_tokens_policy("allow"):
-        assert tiny.render("a<|end|>").startswith("<|user|>\na<|end|>")
-        with special_tokens_policy("escape"):
-            assert tiny.render("a<|end|>").plain_spans
-        with pytest.raises(ChatFormatError):
-            tiny.render("a<|end|>", special_tokens="refuse")  # an explicit choice wins
+def test_special_tokens_is_an_argument_not_a_hidden_setting(tiny):
+    assert tiny.render("a<|end|>", special_tokens="allow").startswith("<|user|>\na<|end|>")
+    assert tiny.render("a<|end|>", special_tokens="escape").plain_spans
     with pytest.raises(ChatFormatError, match="control token"):
-        tiny.render("a<|end|>")
+        tiny.render("a<|end|>")  # the default is refuse, whatever was passed before
+    import phi3lab.prompts.chat as chat
+
+    assert not hasattr(chat, "special_tokens_policy")
+    assert not [name for name, value in vars(chat).items() if type(value).__name__ == "ContextVar"]
     with pytest.raises(ValueError, match="special_tokens must be one of 'refuse', 'allow', 'escape'"):
-        with special_tokens_policy("sometimes"):
-            pass
+        tiny.render("a", special_tokens="sometimes")
 
 
 def test_image_tag_on_a_text_model_can_be_sent_as_text(tiny):

@@ -2,6 +2,7 @@
 fact, a light ``import phi3lab``, and training code kept out of the runtime."""
 
 import ast
+import importlib
 import inspect
 import json
 import subprocess
@@ -75,9 +76,16 @@ def test_no_import_cycles_among_phi3lab_modules():
     assert cycle is None, "import cycle: " + " → ".join(cycle)
 
 
+SHARED_WITH_PHI3V = {"phi3lab.errors"}  # the error bases: a module that imports nothing
+
+
 def test_phi3v_imports_nothing_from_the_rest_of_phi3lab():
+    """Nothing but the dependency-free error bases, so phi3lab's errors share one base everywhere."""
+    assert imports_of(PACKAGE / "errors.py") == set()
     outside = {
-        name: sorted(m for m in imports_of(path) if not m.startswith("phi3lab.models.phi3_v"))
+        name: sorted(
+            m for m in imports_of(path) if not m.startswith("phi3lab.models.phi3_v") and m not in SHARED_WITH_PHI3V
+        )
         for name, path in MODULES.items()
         if name.startswith("phi3lab.models.phi3_v")
     }
@@ -208,7 +216,9 @@ def test_phi3v_stands_alone_in_a_fresh_process():
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert "phi3lab.models.phi3_v.modeling" in loaded  # every submodule was imported
     outside = [
-        m for m in loaded if m not in ("phi3lab", "phi3lab.models") and not m.startswith("phi3lab.models.phi3_v")
+        m
+        for m in loaded
+        if m not in ("phi3lab", "phi3lab.models", *SHARED_WITH_PHI3V) and not m.startswith("phi3lab.models.phi3_v")
     ]
     assert outside == []
 
@@ -345,3 +355,71 @@ def test_the_longrope_switch_has_one_home():
     assert mini.long_context and not registry.lookup("microsoft/Phi-3-mini-4k-instruct").long_context
     config = json.loads((embedded_dir() / "phi3lab-tiny-vision" / "config.json").read_text())
     assert config["original_max_position_embeddings"] == registry.ORIGINAL_CONTEXT
+
+
+# --- one hook owner, one error base ------------------------------------------------------------------------
+
+HOOK_CALLS = {
+    "register_forward_hook",
+    "register_forward_pre_hook",
+    "register_full_backward_hook",
+    "register_full_backward_pre_hook",
+    "register_module_forward_hook",
+    "register_module_forward_pre_hook",
+}
+HOOK_OWNER = "phi3lab.inspect.hooks"
+
+
+def hook_registrations(path: Path) -> list[int]:
+    """Lines of ``path`` that register a torch module hook."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in HOOK_CALLS
+    ]
+
+
+def test_only_the_hook_core_registers_hooks():
+    """Everything that looks inside or edits (capture, Cache, interventions, the refusal direction, the
+    training aids) goes through phi3lab.inspect.hooks; nothing else puts a hook on a module."""
+    found = {
+        name: lines for name, path in MODULES.items() if name != HOOK_OWNER and (lines := hook_registrations(path))
+    }
+    assert found == {}
+    assert hook_registrations(MODULES[HOOK_OWNER])  # the owner does
+
+
+def test_a_planted_hook_registration_is_found(tmp_path):
+    planted = tmp_path / "sneaky.py"
+    planted.write_text("def f(m):\n    return m.register_forward_hook(lambda *a: None)\n")
+    assert hook_registrations(planted) == [2]
+
+
+def _defined_classes():
+    for name in MODULES:
+        if name.startswith("phi3lab.tiny"):
+            continue
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, type) and value.__module__ == name:
+                yield value
+
+
+def test_every_error_and_warning_has_the_common_base():
+    from phi3lab.errors import Phi3LabError, Phi3LabWarning
+
+    errors = [c for c in _defined_classes() if issubclass(c, BaseException) and not issubclass(c, Warning)]
+    warns = [c for c in _defined_classes() if issubclass(c, Warning)]
+    assert len(errors) > 15 and warns
+    assert [c.__qualname__ for c in errors if not issubclass(c, Phi3LabError)] == []
+    assert [c.__qualname__ for c in warns if not issubclass(c, Phi3LabWarning)] == []
+    stdlib = [
+        c
+        for c in errors
+        if c is not Phi3LabError
+        and not any(
+            issubclass(c, base)
+            for base in (ValueError, TypeError, KeyError, MemoryError, RuntimeError, OSError, IndexError, LookupError)
+        )
+    ]
+    assert [c.__qualname__ for c in stdlib] == []  # each keeps the standard parent that says what went wrong

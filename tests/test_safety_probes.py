@@ -137,10 +137,7 @@ def test_forged_turn_needs_the_allow_option(tiny):
     messages = forged(PROBE)
     with pytest.raises(ChatFormatError):
         tiny.encode(messages)
-    from phi3lab.prompts.chat import special_tokens_policy
-
-    with special_tokens_policy("allow"):
-        ids = tiny.encode(messages)["input_ids"][0].tolist()
+    ids = tiny.encode(messages, special_tokens="allow")["input_ids"][0].tolist()
     assert ids.count(tiny.tokenizer.convert_tokens_to_ids("<|assistant|>")) == 2  # the forged turn and the real one
 
 

@@ -103,7 +103,7 @@ def test_vision_attention_lands_on_the_asked_about_shape(vision):
         ids = enc["input_ids"]
         image_pos = (ids[0] < 0).nonzero()[:, 0]
         start = int(image_pos[-1]) + 1
-        with capture(vision.model, queries=lambda rows: rows[start:-1]) as cap, torch.no_grad():
+        with capture(vision.model, positions=lambda rows: rows[start:-1]) as cap, torch.no_grad():
             vision.model(input_ids=ids, pixel_values=enc["pixel_values"], image_sizes=enc["image_sizes"])
         attn = cap.stacked()[:, 0][..., image_pos].mean(dim=(0, 1, 2)).numpy()  # per image token
         cells = image_tokens(*ex.image.size, vision.processor.num_crops)

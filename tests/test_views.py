@@ -22,7 +22,7 @@ def test_rollout_of_one_layer_is_the_mixed_attention():
     torch.testing.assert_close(rollout(a), expected / expected.sum(-1, keepdim=True))
     two = rollout(torch.softmax(torch.randn(3, 2, 6, 6), -1))
     torch.testing.assert_close(two.sum(-1), torch.ones(6))
-    with pytest.raises(ValueError, match="capture with queries='all'"):
+    with pytest.raises(ValueError, match="capture with positions='all'"):
         rollout(torch.rand(2, 1, 1, 6))
 
 
@@ -74,7 +74,7 @@ def test_every_view_draws(tiny):
 
     table = tiny.tokens("My name is Ada. What is my name?")
     inputs = tiny.tokenizer([table.prompt], return_tensors="pt", add_special_tokens=False)
-    with capture(tiny.model, queries="all") as cap, torch.no_grad():
+    with capture(tiny.model, positions="all") as cap, torch.no_grad():
         tiny.model(**inputs)
     maps = cap.stacked()[:, 0]
     image = Image.new("RGB", (300, 200), "white")

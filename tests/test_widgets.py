@@ -18,20 +18,20 @@ QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
 @pytest.fixture(scope="module")
 def vcache(vision, picture):
-    _, cache = vision.run_with_cache(QUESTION, [picture], max_new_tokens=6)
+    _, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=6)
     return cache
 
 
 @pytest.fixture(scope="module")
 def last_rows(tiny):
-    """A cache with only the last prompt row and the answer rows (queries='last')."""
-    _, cache = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=4, queries="last")
+    """A cache with only the last prompt row and the answer rows (positions='last')."""
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=4, positions="last")
     return cache
 
 
 @pytest.fixture(scope="module")
 def tcache(tiny):
-    _, cache = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=4)
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=4)
     return cache
 
 
@@ -101,7 +101,7 @@ def test_max_and_rollout_differ_from_mean_and_rollout_needs_every_row(last_rows,
     assert explorer.heat != mean and explorer.error == ""
     explorer.agg = "rollout"  # this cache has the answer rows only: refused, with the fix, back to mean
     assert explorer.agg == "mean" and "rollout=True" in explorer.error and explorer.heat == mean
-    _, full = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
+    _, full = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
     rolled = AttentionExplorer(full)
     rolled.agg = "rollout"
     expected = rolled.view.chip_sums(full.rollout([rolled.row]).numpy()[0])
@@ -121,7 +121,7 @@ def test_explorer_refuses_what_it_cannot_show(vcache, last_rows):
     with pytest.raises(ValueError, match=r"layers \[7\] were not captured"):
         AttentionExplorer(vcache, layers=[7])
     explorer = AttentionExplorer(last_rows)
-    explorer.row = 99  # no such row (queries='last' kept 5)
+    explorer.row = 99  # no such row (positions='last' kept 5)
     assert "no captured attention" in explorer.error and explorer.heat  # the view stays as it was
 
 

@@ -49,6 +49,7 @@ from phi3lab.attribution.units import (
     image_fill,
     text_baseline_id,
 )
+from phi3lab.errors import Phi3LabError
 
 __all__ = [
     "attribute",
@@ -67,7 +68,7 @@ __all__ = [
 METHODS = ("ablation", "shapley", "ig")
 
 
-class TargetError(ValueError):
+class TargetError(Phi3LabError, ValueError):
     """A target the model cannot produce from this prompt (empty, past a stop token, too long)."""
 
 

@@ -27,14 +27,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from phi3lab.inspect.kernel import embed_inputs
+
 __all__ = ["Scorer", "GradientForward"]
-
-
-def _embed(model, input_ids, pixel_values=None, image_sizes=None) -> torch.Tensor:
-    base = getattr(model, "model", model)
-    if hasattr(base, "embed"):  # phi3lab's Phi-3-vision: token embeddings with image features written in
-        return base.embed(input_ids, pixel_values, image_sizes)
-    return model.get_input_embeddings()(input_ids)
 
 
 def _log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,7 +61,7 @@ class Scorer:
         self.evaluations = 0  # rows run, for progress and benchmarks
         self.on_rows = None  # callback(number of rows) for a progress bar
         with torch.no_grad():
-            self.embeds = _embed(model, self.ids, self.pixels, self.sizes)
+            self.embeds = embed_inputs(model, self.ids, self.pixels, self.sizes)
             # a cache without the config keeps every key, also past a sliding window (a windowed cache
             # keeps only the last window − 1 keys, so a prefix cut from it would be the wrong keys);
             # the model still masks by its window, so reused and fresh forwards see the same keys

@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from phi3lab.attribution.units import HEADERS
-from phi3lab.prompts.token_view import SEGMENT_COLOURS
+from phi3lab.prompts.token_view import HEADERS, SEGMENT_COLOURS
 
 __all__ = ["Attribution", "Curve", "compare", "score_colour"]
 

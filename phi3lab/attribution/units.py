@@ -47,7 +47,6 @@ TEXT_UNITS = ("tokens", "words", "messages", "roles")
 IMAGE_UNITS = ("image-regions", "crops", "images")
 UNIT_KINDS = TEXT_UNITS + IMAGE_UNITS
 CONTENT = ("system", "user", "assistant")
-HEADERS = {"<|system|>": "system", "<|user|>": "user", "<|assistant|>": "assistant"}
 IMAGE_BASELINES = ("white", "mean", "black")
 
 
@@ -109,17 +108,6 @@ def check_kinds(units) -> tuple[str, ...]:
     return kinds
 
 
-def _turns(table) -> list[tuple[int | None, str | None]]:
-    """Per token: (message number, role) from the role headers seen so far."""
-    out, message, role = [], None, None
-    for row in table.rows:
-        if row.segment == "special" and row.token in HEADERS:
-            message = 0 if message is None else message + 1
-            role = HEADERS[row.token]
-        out.append((message, role))
-    return out
-
-
 def _turn_names(turns) -> dict[int, str]:
     names, counts = {}, {}
     for message, role in turns:
@@ -142,7 +130,7 @@ def _new_word(prompt: str, table, group, row, where: str) -> bool:
 
 
 def _text_units(kind: str, table, include_template: bool) -> list[Unit]:
-    prompt, turns = table.prompt, _turns(table)
+    prompt, turns = table.prompt, table.turns()
     names = _turn_names(turns)
     groups: list[tuple[str, list[int]]] = []  # (where, positions)
     for row, (message, _) in zip(table.rows, turns):
@@ -292,7 +280,7 @@ def build_units(
         for span in inputs.images:
             units += _image_units(kind, span, region_size)
     if include_template and not any(k in TEXT_UNITS for k in kinds):
-        units += _template_units(inputs.table, _turns(inputs.table), _turn_names(_turns(inputs.table)))
+        units += _template_units(inputs.table, inputs.table.turns(), _turn_names(inputs.table.turns()))
     if not units:
         raise ValueError(
             "nothing to attribute: the prompt has no text outside the chat template"

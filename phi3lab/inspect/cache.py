@@ -1,123 +1,105 @@
-"""Run a model once and keep what happened inside: attention rows, the residual stream, the answer.
+"""Run a model once and keep what happened inside, by site: the attention rows, the residual stream, heads.
 
     >>> import phi3lab
     >>> lab = phi3lab.load("tiny", verbose=False)
     >>> logits, cache = lab.run_with_cache("What is 2 plus 3?")
-    >>> cache.attention(0).shape[:2], cache.num_tokens == logits.shape[1]
+    >>> cache["pattern", 0].shape[:2], cache["resid_post", 3].shape[1] == logits.shape[1]
     (torch.Size([1, 4]), True)
 
 :meth:`phi3lab.Lab.run_with_cache` (TransformerLens' ``logits, cache = model.run_with_cache(tokens)``
-for Phi-3) encodes the conversation once (:class:`~phi3lab.prompts.inputs.Inputs`), installs hooks on that
-model's own modules for the duration of the run — the attention rows of :func:`phi3lab.inspect.capture.capture`
-and the residual stream after every decoder layer — and returns a :class:`Cache` that answers the
-usual questions without re-running anything or typing a size again:
+for Phi-3) encodes the conversation once (:class:`~phi3lab.prompts.inputs.Inputs`; token ids and an
+``Inputs`` are taken as they are), reads the asked sites (:mod:`phi3lab.inspect.sites`) through the
+hook core for the duration of one forward, and returns a :class:`Cache`:
 
-* ``cache.attention(layer)`` → ``[batch, heads, rows, keys]``, equal to eager ``output_attentions``;
-* ``cache.residual(layer)`` → ``[batch, rows, hidden]``, ``cache.embeddings()`` the input to layer 0;
-* ``cache.logit_lens(row)``, ``cache.rollout(rows)``, ``cache.image_heat(image)``, ``cache.to_text()``.
+* ``cache["resid_post", 3]``, ``cache["pattern", 2]``, ``cache["z", 1]``, ``cache["embed"]`` — what each
+  site held at the kept positions (``sites=`` says which; by default the attention rows and the
+  residual stream);
+* views on them that answer the usual questions without re-running anything or typing a size again:
+  ``cache.attention(layer)`` (equal to eager ``output_attentions``), ``cache.residual(layer)``,
+  ``cache.logit_lens(row)``, ``cache.rollout(rows)``, ``cache.image_heat(image)``, ``cache.to_text()``.
 
-With ``max_new_tokens > 0`` the model generates greedily and the cache also holds one row per
-answer token (the rows that predicted it), as ``capture`` records them across ``generate``.
-Everything is estimated before the run and refused above the memory budget, with advice.
+:meth:`phi3lab.Lab.generate_with_cache` generates greedily instead and returns ``(ChatResult, Cache)``;
+the cache then also holds one row per answer token (the rows that predicted it).  Everything is
+estimated before the run, counting every site asked, and refused above the memory limit, with advice.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
 from collections.abc import Sequence
 
 import torch
 
-from phi3lab.inspect.capture import (
-    AttentionCapture,
-    QuerySpec,
-    _select_rows,
-    attention_layers,
-    capture,
-    check_budget,
-)
+from phi3lab.inspect.hooks import Hooks, NothingRecordedError
+from phi3lab.inspect.kernel import attention_modules
+from phi3lab.inspect.lens import read_lens
+from phi3lab.inspect.maps import head_summary, image_heat, map_rows, qk_rows, rollout_rows, top_keys
+from phi3lab.inspect.memory import check_max_bytes, check_memory, human_bytes, memory_limit
+from phi3lab.inspect.sites import SITES, Positions, check_site, choose_heads, choose_layers
+from phi3lab.runtime.generation import chat_result, generate_kwargs
+from phi3lab.validation import check_context, check_int
 
-__all__ = ["Cache", "run_with_cache"]
+__all__ = ["Cache", "run_with_cache", "generate_with_cache", "DEFAULT_SITES", "estimate_bytes"]
 
-
-class _Residuals:
-    """Hooks that keep the residual stream at the captured rows: layer 0's input and every layer's output."""
-
-    def __init__(self, model, queries: QuerySpec):
-        base = getattr(model, "model", model)
-        self.layers = list(base.layers)
-        self.queries = queries
-        self.states: dict[int, list[torch.Tensor]] = {i: [] for i in range(-1, len(self.layers))}
-        self.handles: list = []
-
-    def _keep(self, index: int, hidden: torch.Tensor, past: bool) -> None:
-        q_len = hidden.shape[1]
-        rows = torch.tensor([0]) if past and q_len == 1 else _select_rows(self.queries, q_len)
-        self.states[index].append(hidden[:, rows.to(hidden.device)].detach().float().cpu())
-
-    def _before(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self._keep(-1, hidden, _has_past(kwargs))
-        return None
-
-    def _after(self, index, module, args, kwargs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        self._keep(index, hidden, _has_past(kwargs))
-        return None
-
-    def __enter__(self):
-        self.handles.append(self.layers[0].register_forward_pre_hook(self._before, with_kwargs=True))
-        for i, layer in enumerate(self.layers):
-            self.handles.append(layer.register_forward_hook(functools.partial(self._after, i), with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-
-def _has_past(kwargs) -> bool:
-    cache = kwargs.get("past_key_values")
-    return cache is not None and cache.get_seq_length() > 0
+DEFAULT_SITES = ("pattern", "embed", "resid_post")
+"""What a cache keeps unless told: attention rows and the residual stream (what the views read)."""
 
 
 class Cache:
-    """What one :meth:`~phi3lab.Lab.run_with_cache` saw.
+    """What one :meth:`~phi3lab.Lab.run_with_cache` (or ``generate_with_cache``) saw.
 
     Attributes:
+        lab: the :class:`~phi3lab.Lab` that ran.
         inputs: the :class:`~phi3lab.prompts.inputs.Inputs` that were run (token table, image layouts).
+        sites: the sites kept.
+        layers, heads: the layers and heads kept (``heads`` is ``None`` for all).
         answer_ids: the generated ids (empty for a single forward).
-        layers, heads: what was captured (``heads`` is ``None`` for all).
-        capture: the underlying :class:`~phi3lab.inspect.capture.AttentionCapture`.
+        hooks: the :class:`~phi3lab.inspect.hooks.Hooks` block that recorded it.
     """
 
-    def __init__(
-        self,
-        lab,
-        inputs,
-        cap: AttentionCapture,
-        residuals: _Residuals | None,
-        answer_ids: Sequence[int],
-        rollout_ready: bool,
-    ):
-        self._lab = lab
+    def __init__(self, lab, inputs, hooks: Hooks, sites, layers, heads, answer_ids: Sequence[int]):
+        self.lab = lab
         self.inputs = inputs
-        self.capture = cap
-        self.layers, self.heads = cap.layers, cap.heads
-        self._residuals = residuals
+        self.hooks = hooks
+        self.sites = tuple(sites)
+        self.layers, self.heads = list(layers), heads
         self.answer_ids = tuple(int(i) for i in answer_ids)
-        self._rollout_ready = rollout_ready
         self._maps: dict[int, torch.Tensor] = {}
 
-    @property
-    def lab(self):
-        """The :class:`~phi3lab.Lab` that ran (model, tokenizer, spec)."""
-        return self._lab
+    # --- sites -----------------------------------------------------------------------------------------
 
-    # --- what was run --------------------------------------------------------------------------
+    def __getitem__(self, key) -> torch.Tensor:
+        """``cache[site]`` or ``cache[site, layer]``: the kept values (see :mod:`phi3lab.inspect.sites`)."""
+        site = key if isinstance(key, str) else key[0]
+        check_site(site)
+        if site not in self.sites:
+            raise NothingRecordedError(
+                f"this cache did not keep {site!r}; it holds {', '.join(self.sites)}. Run with sites=[..., {site!r}]"
+            )
+        if not isinstance(key, str) and SITES[site].per_layer and site not in ("image_embeds", "clip"):
+            self._layer(key[1])
+        try:
+            return self.hooks[key]
+        except NothingRecordedError:
+            layer = key[1] if not isinstance(key, str) else None
+            raise NothingRecordedError(
+                f"layer {layer} of {site!r} was not kept; kept layers: {self.layers} (run with layers=[...] or 'all')"
+            ) from None
+
+    def __contains__(self, key) -> bool:
+        site = key if isinstance(key, str) else key[0]
+        if site not in self.sites:
+            return False
+        if isinstance(key, str):
+            return True
+        return (site, key[1]) in self.hooks.recorded()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache holds."""
+        return self.hooks.nbytes
+
+    # --- what was run ----------------------------------------------------------------------------------
 
     @property
     def prompt_tokens(self) -> int:
@@ -131,14 +113,23 @@ class Cache:
     @property
     def tokens(self) -> list[str]:
         """A label per processed position (image positions as ``<img1>``…), answer tokens included."""
-        tok = self._lab.tokenizer
+        tok = self.lab.tokenizer
         labels = [f"<img{-r.id}>" if r.segment == "image" else r.token for r in self.inputs.table.rows]
+        labels = ["<pad>"] * self.inputs.padding[0] + labels
         return labels + tok.convert_ids_to_tokens(list(self.answer_ids[:-1]))
+
+    def _row_site(self) -> str:
+        for site in ("pattern", "resid_post", "embed", "resid_pre", "attn_out", "mlp_out", "resid_mid", "z", "q"):
+            if site in self.sites:
+                return site
+        raise ValueError(f"this cache keeps no per-position site ({', '.join(self.sites)})")
 
     @property
     def positions(self) -> list[int]:
-        """Absolute position of every captured row (batch row 0)."""
-        return [int(p) for p in self.capture.positions(self.layers[0])[0]]
+        """Absolute position of every kept row."""
+        site = self._row_site()
+        layer = None if not SITES[site].per_layer else self.layers[0]
+        return [int(p) for p in self.hooks.positions(site, layer)]
 
     @property
     def answer_rows(self) -> list[int]:
@@ -156,7 +147,7 @@ class Cache:
             return self.answer_rows
         if rows == "all":
             return list(range(n))
-        items = [rows] if isinstance(rows, int) else list(rows)
+        items = [rows] if isinstance(rows, int) else list(rows) if isinstance(rows, (list, tuple, range)) else None
         if not items or any(isinstance(r, bool) or not isinstance(r, int) for r in items):
             raise TypeError(f"rows must be 'answer', 'all', an int or a list of ints, got {rows!r}")
         bad = [r for r in items if not -n <= r < n]
@@ -164,22 +155,22 @@ class Cache:
             raise IndexError(f"rows {bad} do not exist; the cache holds {n} rows (0..{n - 1}, negative from the end)")
         return [r % n for r in items]
 
-    # --- attention -----------------------------------------------------------------------------
-
-    def attention(self, layer: int) -> torch.Tensor:
-        """``[batch, heads, rows, keys]`` attention probabilities of a captured layer (assembled once)."""
-        layer = self._layer(layer)
-        if layer not in self._maps:
-            self._maps[layer] = self.capture.weights(layer)
-        return self._maps[layer]
-
-    def _layer(self, layer: int) -> int:
-        n = self._lab.model.config.num_hidden_layers
+    def _layer(self, layer) -> int:
+        n = self.lab.model.config.num_hidden_layers
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"layer must be an int, got {type(layer).__name__}")
         if not -n <= layer < n:
             raise IndexError(f"layer {layer} does not exist; the model has layers 0..{n - 1}")
         return layer % n
+
+    # --- attention -------------------------------------------------------------------------------------
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """``[batch, heads, rows, keys]`` attention probabilities of a kept layer (``cache["pattern", layer]``)."""
+        layer = self._layer(layer)
+        if layer not in self._maps:
+            self._maps[layer] = self["pattern", layer]
+        return self._maps[layer]
 
     def mean_attention(self, layers=None, heads=None, rows="answer") -> torch.Tensor:
         """Attention averaged over layers, heads and rows: one ``[keys]`` row (batch row 0)."""
@@ -195,16 +186,14 @@ class Cache:
             if self.heads is not None:
                 missing = [h for h in head_list if h not in self.heads]
                 if missing:
-                    raise KeyError(f"heads {missing} were not captured; captured heads: {self.heads}")
+                    raise KeyError(f"heads {missing} were not kept; kept heads: {self.heads}")
                 head_list = [self.heads.index(h) for h in head_list]
             stacked = stacked[:, head_list]
         return stacked.mean(dim=(0, 1, 2))
 
     def head_shares(self, keys, rows="answer") -> torch.Tensor:
-        """``[layers, heads]``: share of each captured head's attention on ``keys`` (positions, a
-        slice, or ``"image"`` for every image position), averaged over ``rows``."""
-        from phi3lab.inspect.maps import head_summary
-
+        """``[layers, heads]``: share of each kept head's attention on ``keys`` (positions, a slice, or
+        ``"image"`` for every image position), averaged over ``rows``."""
         if isinstance(keys, str):
             if keys != "image" or not self.inputs.images:
                 raise ValueError(f"keys={keys!r}: give positions, a slice, or 'image' (for a prompt with images)")
@@ -216,37 +205,42 @@ class Cache:
         """Attention rollout of the chosen rows through every layer: ``[len(rows), keys]``.
 
         Computed as vector–matrix products from the top layer down, ``chunk`` query rows at a time,
-        from the kept queries and keys (``run_with_cache(..., rollout=True)``) or from the stored
-        maps when every row of every layer was captured — never an ``N × N`` matrix per layer.
+        from the kept ``q`` and ``k`` sites (``run_with_cache(..., rollout=True)`` keeps them) or from
+        the kept attention rows when every row of every head was kept — never an ``N × N`` matrix per layer.
         """
-        from phi3lab.inspect.maps import map_rows, qk_rows, rollout_rows
-
-        n_layers = self._lab.model.config.num_hidden_layers
+        if isinstance(residual, bool) or not isinstance(residual, (int, float)) or not 0 <= residual <= 1:
+            raise ValueError(
+                f"residual={residual!r} must be a number in [0, 1]: the weight of the skip connection mixed into "
+                "every layer (0.5 in Abnar & Zuidema)"
+            )
+        chunk = check_int("chunk", chunk, minimum=1)
+        n_layers = self.lab.model.config.num_hidden_layers
         if len(self.layers) != n_layers:
             raise ValueError(f"rollout needs every layer; this cache holds layers {self.layers}. Run with layers='all'")
         n = self.num_tokens
         wanted = [self.positions[r] for r in self._rows(rows)]
-        if self._rollout_ready:
-            modules = attention_layers(self._lab.model)
+        if "q" in self.sites and "k" in self.sites:
+            modules = attention_modules(self.lab.model)
             getters = []
             for layer in range(n_layers):
-                q, k, groups = self.capture.queries_keys(layer)
+                q = self["q", layer][0].transpose(0, 1)  # [H, T, d]
+                k = self["k", layer][0].transpose(0, 1)
                 getters.append(
                     qk_rows(
-                        q[0],
-                        k[0],
+                        q,
+                        k,
                         modules[layer].scaling,
-                        groups,
+                        modules[layer].num_key_value_groups,
                         self._key_mask(n),
-                        getattr(self._lab.model.config, "sliding_window", None),
+                        getattr(self.lab.model.config, "sliding_window", None),
                     )
                 )
-        elif self.heads is None and self.positions == list(range(n)):
+        elif "pattern" in self.sites and self.heads is None and self.positions == list(range(n)):
             getters = [map_rows(self.attention(layer)[0]) for layer in range(n_layers)]
         else:
             raise ValueError(
-                "rollout needs every query row of every head: run with rollout=True "
-                "(scales to long prompts) or with queries='all' and heads=None"
+                "rollout needs every query row of every head: run with rollout=True (scales to long prompts) "
+                "or with positions='all' and heads=None"
             )
         return rollout_rows(getters, wanted, n, residual=residual, chunk=chunk)
 
@@ -260,12 +254,10 @@ class Cache:
 
         Args:
             image: 0-based image index.
-            layers, heads: what to average (default: everything captured).
+            layers, heads: what to average (default: everything kept).
             rows: ``"answer"`` (default), ``"all"``, or row indices.
             source: ``"attention"`` (raw attention, averaged) or ``"rollout"``.
         """
-        from phi3lab.inspect.maps import image_heat
-
         span = self.inputs.image(image)
         if source == "attention":
             row = self.mean_attention(layers, heads, rows)
@@ -275,48 +267,45 @@ class Cache:
             raise ValueError(f"source must be 'attention' or 'rollout', got {source!r}")
         return image_heat(row, span.start, span.width, span.height, span.num_crops)
 
-    # --- residual stream -----------------------------------------------------------------------
-
-    def _stream(self, index: int) -> torch.Tensor:
-        if self._residuals is None:
-            raise RuntimeError("the residual stream was not kept; run with residual=True")
-        return torch.cat(self._residuals.states[index], dim=1)
+    # --- residual stream -------------------------------------------------------------------------------
 
     def residual(self, layer: int) -> torch.Tensor:
-        """``[batch, rows, hidden]``: the residual stream after decoder layer ``layer`` (before the final norm)."""
-        return self._stream(self._layer(layer))
+        """``[batch, rows, hidden]``: the residual stream after decoder layer ``layer`` (``cache["resid_post", layer]``)."""
+        return self["resid_post", self._layer(layer)]
 
     def embeddings(self) -> torch.Tensor:
-        """``[batch, rows, hidden]``: the input to layer 0 (token embeddings, image features written in)."""
-        return self._stream(-1)
+        """``[batch, rows, hidden]``: the input to layer 0 (``cache["embed"]``)."""
+        return self["embed"]
 
-    def logit_lens(self, row: int = -1, top_k: int = 5):
-        """What each layer would predict at one captured row (a :class:`~phi3lab.inspect.lens.LogitLens`)."""
-        from phi3lab.inspect.lens import read_lens
-
+    def logit_lens(self, row: int = -1, top: int = 5):
+        """What each layer would predict at one kept row (a :class:`~phi3lab.inspect.lens.LogitLens`)."""
+        top = check_int("top", top, minimum=1, maximum=self.lab.model.config.vocab_size)
         index = self._rows(row)[0]
-        n = self._lab.model.config.num_hidden_layers
+        n = self.lab.model.config.num_hidden_layers
         hidden = torch.stack([self.embeddings()[0, index]] + [self.residual(i)[0, index] for i in range(n)])
-        model = self._lab.model
+        model = self.lab.model
         base = getattr(model, "model", model)
         with torch.inference_mode():
             device = next(model.parameters()).device
             normed = base.norm(hidden.to(device, next(model.parameters()).dtype))
-            return read_lens(model, self._lab.tokenizer, normed, self.positions[index], top_k)
+            return read_lens(model, self.lab.tokenizer, normed, self.positions[index], top)
 
-    # --- text -----------------------------------------------------------------------------------
+    # --- text -----------------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """What the cache holds: prompt and answer, sites, layers, heads, rows, memory."""
+        heads = "all heads" if self.heads is None else f"heads {self.heads}"
+        rows = len(self.positions) if any(SITES[s].per_layer or s in ("embed",) for s in self.sites) else 0
+        return (
+            f"{self.prompt_tokens} prompt tokens + {len(self.answer_ids)} answer tokens; sites "
+            f"{', '.join(self.sites)}; layers {_ranges(self.layers)}, {heads}, {rows} rows, {human_bytes(self.nbytes)}"
+        )
 
     def to_text(self, top: int = 3) -> str:
-        """A summary: what ran, what was kept, and where the answer's rows look (last captured layer)."""
-        from phi3lab.inspect.maps import top_keys
-
-        tok = self._lab.tokenizer
-        heads = "all heads" if self.heads is None else f"heads {self.heads}"
-        lines = [
-            f"{self.prompt_tokens} prompt tokens + {len(self.answer_ids)} answer tokens; "
-            f"layers {_ranges(self.layers)}, {heads}, {len(self.positions)} rows, "
-            f"{self.capture.bytes / 2**20:.1f} MiB",
-        ]
+        """A summary: what ran, what was kept, and where the answer's rows look (last kept layer)."""
+        top = check_int("top", top, minimum=1)
+        tok = self.lab.tokenizer
+        lines = [self.summary()]
         if self.answer_ids:
             lines.append(f"answer: {tok.decode(list(self.answer_ids), skip_special_tokens=True)!r}")
         for im in self.inputs.images:
@@ -324,6 +313,8 @@ class Cache:
                 f"image {im.index + 1}: {im.width}×{im.height}, {im.layout.grid[0]}×{im.layout.grid[1]} "
                 f"crops, tokens {im.start}..{im.end - 1}"
             )
+        if "pattern" not in self.sites:
+            return "\n".join(lines)
         labels = self.tokens
         last = self.layers[-1]
         weights = self.attention(last)[0].mean(0)  # [rows, keys]
@@ -339,8 +330,8 @@ class Cache:
 
     def __repr__(self) -> str:
         return (
-            f"Cache({self.prompt_tokens} prompt + {len(self.answer_ids)} answer tokens, "
-            f"layers {_ranges(self.layers)}, {len(self.positions)} rows)"
+            f"Cache({self.prompt_tokens} prompt + {len(self.answer_ids)} answer tokens, sites {list(self.sites)}, "
+            f"layers {_ranges(self.layers)}, {human_bytes(self.nbytes)})"
         )
 
 
@@ -351,22 +342,95 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(map(str, values))
 
 
-def _estimate(model, layers: list[int], heads, queries, prompt: int, steps: int, residual: bool, keep_qk: bool) -> int:
-    """Bytes the run will keep: attention rows, residual rows and (for rollout) queries and keys."""
+def estimate_bytes(
+    model, sites, layers: list[int], heads, positions: Positions, prompt: int, steps: int, images: Sequence = ()
+) -> int:
+    """Bytes a run will keep for ``sites`` at ``layers`` over a prompt of ``prompt`` positions and ``steps``
+    generated tokens (float32 on the CPU)."""
     config = model.config
     n_heads = len(heads) if heads is not None else config.num_attention_heads
-    prefill = len(_select_rows(queries, prompt))
-    step_keys = sum(prompt + s for s in range(1, steps))  # each decode step: one row over all keys so far
-    nbytes = 4 * len(layers) * n_heads * (prefill * prompt + step_keys)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    prefill = len(positions.rows(seen=0, length=prompt, prompt=prompt))
     rows = prefill + max(steps - 1, 0)
-    if residual:
-        nbytes += 4 * (config.num_hidden_layers + 1) * config.hidden_size * rows
-    if keep_qk:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        element = next(model.parameters()).element_size()
-        total = prompt + max(steps - 1, 0)
-        nbytes += element * len(layers) * (config.num_attention_heads + config.num_key_value_heads) * head_dim * total
-    return nbytes
+    total = 0
+    for site in sites:
+        per_row = {
+            "embed": config.hidden_size,
+            "logits": config.vocab_size,
+        }.get(site)
+        if site in ("embed", "logits"):
+            total += 4 * per_row * rows
+        elif site in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"):
+            total += 4 * len(layers) * config.hidden_size * rows
+        elif site in ("q", "z"):
+            total += 4 * len(layers) * n_heads * head_dim * rows
+        elif site in ("k", "v"):
+            total += 4 * len(layers) * (kv_heads if heads is None else n_heads) * head_dim * rows
+        elif site == "pattern":
+            decode_keys = sum(prompt + s for s in range(1, steps))  # each decode step: one row over all keys so far
+            total += 4 * len(layers) * n_heads * (prefill * prompt + decode_keys)
+        elif site == "image_embeds":
+            total += 4 * config.hidden_size * sum(im.num_tokens for im in images)
+        elif site == "clip":
+            vision = config.vision_config if hasattr(config, "vision_config") else None
+            if vision is not None:
+                patches = (vision.image_size // vision.patch_size) ** 2 + 1
+                views = sum(im.layout.grid[0] * im.layout.grid[1] + 1 for im in images)
+                total += 4 * vision.num_hidden_layers * views * patches * vision.hidden_size
+    return total
+
+
+def _prepare(
+    lab, conversation, images, sites, layers, heads, positions, max_bytes, steps, num_crops, render_kwargs, whole=()
+):
+    """Encode, check the context and the memory for every site asked, and ready the hooks (``whole``: sites
+    kept at every position whatever ``positions`` says)."""
+    if isinstance(sites, str):
+        sites = [sites]
+    sites = list(dict.fromkeys(check_site(s).name for s in sites))
+    if not sites:
+        raise ValueError(f"sites is empty; ask for at least one (e.g. sites={list(DEFAULT_SITES)})")
+    inputs = lab.encode(conversation, images, num_crops=num_crops, **render_kwargs)
+    check_context(
+        inputs.num_tokens,
+        steps,
+        lab.spec.context_length,
+        image_tokens=sum(im.num_tokens for im in inputs.images),
+    )
+    model = lab.model
+    n_layers = model.config.num_hidden_layers
+    chosen_layers = choose_layers(layers, n_layers)
+    chosen_heads = choose_heads(heads, model.config.num_attention_heads)
+    where = Positions(positions, new=True)
+    _check_reach(where, inputs.num_tokens, steps)
+    everywhere = Positions("all")
+    limit = check_max_bytes(max_bytes)
+    limit = limit if limit is not None else memory_limit(next(model.parameters()).device)
+    parts = [[s for s in sites if s not in whole], [s for s in sites if s in whole]]
+    need = sum(
+        estimate_bytes(model, group, chosen_layers, chosen_heads, at, inputs.num_tokens, steps, inputs.images)
+        for group, at in zip(parts, (where, everywhere))
+    )
+    check_memory(
+        need,
+        limit,
+        f"keeping {', '.join(sites)} over {inputs.num_tokens} prompt tokens" + (f" + {steps} new" if steps else ""),
+        "keep fewer sites, layers or heads, positions='last', a shorter prompt, or pass max_bytes= if you know "
+        "the memory is there",
+    )
+    hooks = Hooks(model, max_bytes=limit)
+    for site in sites:
+        info = SITES[site]
+        at = everywhere if site in whole else where
+        kwargs = {"heads": chosen_heads} if info.heads == "query" and site not in whole else {}
+        if info.vision:
+            hooks.read(site)
+        elif not info.per_layer:
+            hooks.read(site, positions=at, **kwargs)
+        else:
+            hooks.read(site, chosen_layers, positions=at, **kwargs)
+    return inputs, hooks, sites, chosen_layers, chosen_heads
 
 
 def run_with_cache(
@@ -374,72 +438,158 @@ def run_with_cache(
     conversation,
     images: Sequence | None = None,
     *,
+    sites: Sequence[str] = DEFAULT_SITES,
     layers="all",
     heads=None,
-    queries: QuerySpec = "all",
-    max_new_tokens: int = 0,
-    residual: bool = True,
+    positions="all",
     rollout: bool = False,
-    budget: int | None = None,
+    max_bytes: int | None = None,
     num_crops: int | None = None,
-    **render_kwargs,
+    fold_system_prompt: bool | None = None,
+    special_tokens: str | None = None,
+    **unknown,
 ):
-    """Encode a conversation, run the model with hooks, and return ``(output, Cache)``.
+    """Encode (if needed), run one forward with the asked sites read, and return ``(logits, Cache)``.
 
     Args:
         lab: a :class:`~phi3lab.Lab`.
-        conversation: a string (one user turn) or HF messages.
+        conversation: a string (one user turn), HF messages, token ids or an :class:`~phi3lab.prompts.inputs.Inputs`.
         images: pictures for the ``<|image_N|>`` tags (vision models).
-        layers, heads, queries: what attention to keep (see :func:`phi3lab.inspect.capture.capture`); the
-            prompt's rows follow ``queries`` and every generated token adds its own row.
-        max_new_tokens: 0 runs one forward; more generates greedily (stopping at the stop ids).
-        residual: keep the residual stream at the captured rows (for the logit lens).
-        rollout: keep every position's queries and keys, so :meth:`Cache.rollout` scales to long prompts.
-        budget: bytes the cache may keep (default a quarter of free memory); checked before running.
+        sites: what to keep (:mod:`phi3lab.inspect.sites`; default ``("pattern", "embed", "resid_post")``).
+        layers, heads, positions: where to keep it (``positions``: ``"all"`` (default), ``"last"``, positions,
+            a slice or a function; :class:`~phi3lab.inspect.sites.Positions`).
+        rollout: also keep ``q`` and ``k`` at every position, so :meth:`Cache.rollout` scales to long prompts.
+        max_bytes: bytes the cache may keep (default a quarter of free memory); checked before running.
         num_crops: crop budget for the images (default the processor's).
+        fold_system_prompt, special_tokens: as for :func:`phi3lab.prompts.chat.render`.
 
     Returns:
-        ``(logits, cache)`` for a single forward (logits ``[1, tokens, vocab]``), or
-        ``(ChatResult, cache)`` when generating.
+        ``(logits [batch, tokens, vocab], cache)``.
     """
-    from phi3lab.runtime.generation import chat_result, generate_kwargs
+    _refuse(unknown, "run_with_cache")
+    render_kwargs = _render_kwargs(fold_system_prompt, special_tokens)
+    sites = _with_rollout(sites, rollout)
+    inputs, hooks, sites, chosen_layers, chosen_heads = _prepare(
+        lab,
+        conversation,
+        images,
+        sites,
+        layers,
+        heads,
+        positions,
+        max_bytes,
+        0,
+        num_crops,
+        render_kwargs,
+        whole=("q", "k") if rollout else (),
+    )
+    with torch.inference_mode(), hooks:
+        logits = lab.model(**inputs, use_cache=False).logits
+    return logits, Cache(lab, inputs, hooks, sites, chosen_layers, chosen_heads, ())
 
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise TypeError(f"max_new_tokens must be an int ≥ 0 (0 runs one forward), got {max_new_tokens!r}")
-    from phi3lab.validation import check_context
 
-    inputs = lab.encode(conversation, images, num_crops=num_crops, **render_kwargs)
-    check_context(
-        inputs.num_tokens,
-        max_new_tokens,
-        lab.spec.context_length,
-        image_tokens=sum(im.num_tokens for im in inputs.images),
+def generate_with_cache(
+    lab,
+    conversation,
+    images: Sequence | None = None,
+    *,
+    max_new_tokens: int = 16,
+    sites: Sequence[str] = DEFAULT_SITES,
+    layers="all",
+    heads=None,
+    positions="all",
+    rollout: bool = False,
+    max_bytes: int | None = None,
+    num_crops: int | None = None,
+    fold_system_prompt: bool | None = None,
+    special_tokens: str | None = None,
+    **unknown,
+):
+    """Like :func:`run_with_cache`, but generating greedily: returns ``(ChatResult, Cache)``.
+
+    The cache keeps the prompt's rows at ``positions`` and every answer token's row (the row that
+    predicted the next one), over every key so far.
+    """
+    _refuse(unknown, "generate_with_cache")
+    render_kwargs = _render_kwargs(fold_system_prompt, special_tokens)
+    steps = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    sites = _with_rollout(sites, rollout)
+    inputs, hooks, sites, chosen_layers, chosen_heads = _prepare(
+        lab,
+        conversation,
+        images,
+        sites,
+        layers,
+        heads,
+        positions,
+        max_bytes,
+        steps,
+        num_crops,
+        render_kwargs,
+        whole=("q", "k") if rollout else (),
     )
-    model = lab.model
-    probe = capture(model, layers=layers, heads=heads, queries=queries, budget=budget, keep_qk=rollout)
-    cap_layers = probe.cap.layers
-    limit = probe.cap.budget
-    need = _estimate(
-        model, cap_layers, probe.cap.heads, probe.cap.queries, inputs.num_tokens, max_new_tokens, residual, rollout
+    if inputs.batch_size != 1:
+        raise ValueError("generate_with_cache takes one conversation; run a batch with lab.run_with_cache(inputs)")
+    kwargs = generate_kwargs(lab, steps, 0.0, 1.0)
+    with torch.inference_mode(), hooks:
+        started = time.perf_counter()
+        out = lab.model.generate(**inputs, **kwargs)
+        ended = time.perf_counter()
+    new_ids = [int(i) for i in out[0, inputs.num_tokens :]]
+    result = chat_result(lab, new_ids, inputs.messages or [], inputs.num_tokens, started, None, ended)
+    return result, Cache(lab, inputs, hooks, sites, chosen_layers, chosen_heads, result.token_ids)
+
+
+def _with_rollout(sites, rollout) -> list[str]:
+    sites = [sites] if isinstance(sites, str) else list(sites)
+    if rollout:
+        sites += [s for s in ("q", "k") if s not in sites]
+    return sites
+
+
+_KEYWORDS = "sites, layers, heads, positions, rollout, max_bytes, num_crops, fold_system_prompt, special_tokens"
+
+
+def _refuse(unknown: dict, name: str) -> None:
+    if not unknown:
+        return
+    if name == "run_with_cache" and "max_new_tokens" in unknown:
+        raise TypeError(
+            "run_with_cache runs one forward and returns its logits; to generate and keep the answer's rows, use "
+            f"lab.generate_with_cache(conversation, max_new_tokens={unknown['max_new_tokens']!r})"
+        )
+    renamed = {"queries": "positions", "budget": "max_bytes", "residual": "sites (e.g. sites=['pattern'])"}
+    hints = [f"{k} is now {renamed[k]}" for k in unknown if k in renamed]
+    raise TypeError(
+        f"{name}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f"; it takes {_KEYWORDS}"
+        + (", max_new_tokens" if name == "generate_with_cache" else "")
     )
-    check_budget(
-        need,
-        limit,
-        f"run_with_cache on {inputs.num_tokens} prompt tokens" + (f" + {max_new_tokens} new" if max_new_tokens else ""),
-        "capture fewer layers or heads, queries='last', residual=False or rollout=False, a shorter "
-        "prompt, or pass budget= if you know the memory is there",
-    )
-    keeper = _Residuals(model, probe.cap.queries) if residual else None
-    with torch.inference_mode(), probe as cap, keeper or contextlib.nullcontext():
-        if max_new_tokens == 0:
-            output = model(**inputs, use_cache=False).logits
-            answer: list[int] = []
-        else:
-            kwargs = generate_kwargs(lab, max_new_tokens, 0.0, 1.0)
-            started = time.perf_counter()
-            out = model.generate(**inputs, **kwargs)
-            ended = time.perf_counter()
-            new_ids = [int(i) for i in out[0, inputs.num_tokens :]]
-            output = chat_result(lab, new_ids, inputs.messages, inputs.num_tokens, started, None, ended)
-            answer = list(output.token_ids)
-    return output, Cache(lab, inputs, cap, keeper, answer, rollout_ready=rollout)
+
+
+def _render_kwargs(fold_system_prompt, special_tokens) -> dict:
+    out = {}
+    if fold_system_prompt is not None:
+        out["fold_system_prompt"] = fold_system_prompt
+    if special_tokens is not None:
+        out["special_tokens"] = special_tokens
+    return out
+
+
+def _check_reach(where: Positions, prompt: int, steps: int) -> None:
+    """Positions given as numbers must exist in this run (the prompt, then the tokens it may generate)."""
+    spec = where.spec
+    items = [spec] if isinstance(spec, int) else spec if isinstance(spec, list) else None
+    if items is None:
+        if isinstance(spec, slice) and not len(where.rows(seen=0, length=prompt, prompt=prompt)) and not steps:
+            raise ValueError(f"positions={spec!r} selects none of the prompt's {prompt} positions")
+        return
+    reach = prompt + max(steps - 1, 0)
+    bad = [i for i in items if not -prompt <= i < reach]
+    if bad:
+        raise IndexError(
+            f"positions {bad} do not exist: this run has positions 0..{reach - 1} ({prompt} in the prompt"
+            + (f", then {steps - 1} fed back while generating" if steps > 1 else "")
+            + "; negative ones count from the prompt's end)"
+        )

@@ -45,7 +45,7 @@ def rollout(attentions: torch.Tensor, residual: float = 0.5) -> torch.Tensor:
         attentions = attentions[:, 0]
     if attentions.shape[-2] != attentions.shape[-1]:
         raise ValueError(
-            f"rollout needs square maps (every query row), got {tuple(attentions.shape[-2:])}; capture with queries='all'"
+            f"rollout needs square maps (every query row), got {tuple(attentions.shape[-2:])}; capture with positions='all'"
         )
     n = attentions.shape[-1]
     eye = torch.eye(n, dtype=torch.float64)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 from phi3lab.prompts.chat import render, tokenize_prompt
 
-__all__ = ["TokenRow", "TokenTable", "token_table", "label_tokens", "SEGMENT_COLOURS"]
+__all__ = ["TokenRow", "TokenTable", "token_table", "label_tokens", "table_from_ids", "SEGMENT_COLOURS", "HEADERS"]
 
 SEGMENT_COLOURS = {
     "system": "#e9d5ff",
@@ -34,7 +34,10 @@ SEGMENT_COLOURS = {
     "image": "#fed7aa",
     "special": "#d1d5db",
     "separator": "#f3f4f6",
+    "text": "#fef9c3",
 }
+HEADERS = {"<|system|>": "system", "<|user|>": "user", "<|assistant|>": "assistant"}
+"""The role headers of Phi-3's templates."""
 CHIP_TEXT = "#111827"  # dark text on every pastel chip, whatever the page's theme
 _TURN = re.compile(r"<\|(system|user|assistant)\|>\n(.*?)(?=<\|end\|>|<\|assistant\|>|\Z)", re.S)
 
@@ -62,6 +65,16 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def turns(self) -> list[tuple[int | None, str | None]]:
+        """Per token, ``(message number, role)`` from the role headers seen so far (``(None, None)`` before the first)."""
+        out, message, role = [], None, None
+        for row in self.rows:
+            if row.segment == "special" and row.token in HEADERS:
+                message = 0 if message is None else message + 1
+                role = HEADERS[row.token]
+            out.append((message, role))
+        return out
 
     def counts(self) -> dict[str, int]:
         """Tokens per segment, in a fixed order."""
@@ -186,3 +199,46 @@ def label_tokens(tokenizer, prompt: str, ids: Sequence[int], spans: Sequence[tup
             segment, piece = labels[start], tok.convert_ids_to_tokens(token_id)
         rows.append(TokenRow(index, token_id, piece, start, end, segment))
     return TokenTable(prompt, tuple(rows))
+
+
+def table_from_ids(tokenizer, ids: Sequence[int]) -> TokenTable:
+    """A :class:`TokenTable` of token ids given without their conversation.
+
+    The prompt is rebuilt from the pieces (``▁`` as a space, byte pieces as their characters), so
+    turns written with Phi-3's role headers are labelled by role as usual; anything outside a turn is
+    ``"text"``.  Image positions (ids < 0) are labelled ``"image"``.
+    """
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    special_ids = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    pieces, spans, at = [], [], 0
+    after_special = True
+    for token_id in ids:
+        if token_id < 0:
+            text = f"<|image_{-token_id}|>"
+        else:
+            piece = tok.convert_ids_to_tokens(int(token_id))
+            # a lone "▁" after a control token is the tokenizer's dummy prefix, not a space of the text
+            text = "" if piece == "▁" and after_special else _piece_text(piece)
+        after_special = token_id >= 0 and int(token_id) in special_ids
+        pieces.append(text)
+        spans.append((at, at + len(text)))
+        at += len(text)
+    prompt = "".join(pieces)
+    table = label_tokens(tok, prompt, [int(i) for i in ids], spans)
+    rows = tuple(
+        dataclasses.replace(r, segment="text") if r.segment == "separator" and _outside(r, table) else r
+        for r in table.rows
+    )
+    return TokenTable(prompt, rows)
+
+
+def _piece_text(piece: str) -> str:
+    match = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+    if match:
+        return chr(int(match.group(1), 16))
+    return piece.replace("▁", " ")
+
+
+def _outside(row: TokenRow, table: TokenTable) -> bool:
+    """A separator-labelled piece that is not next to any role header: plain text."""
+    return not any(r.segment == "special" for r in table.rows[max(0, row.index - 2) : row.index + 2])

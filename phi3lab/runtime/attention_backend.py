@@ -24,6 +24,7 @@ import platform
 
 import torch
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.runtime.hardware import HardwareReport, Probes, probe
 
 __all__ = ["AttentionChoice", "AttentionRequestError", "select_attention", "parse_dtype", "hardware_report"]
@@ -42,7 +43,7 @@ _DTYPE_NAMES = {
 }
 
 
-class AttentionRequestError(ValueError):
+class AttentionRequestError(Phi3LabError, ValueError):
     """A device, dtype or attention kernel was asked for that this machine cannot run."""
 
 

@@ -10,6 +10,7 @@ answers several prompts at once with left padding.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -20,7 +21,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from phi3lab.prompts.chat import ChatFormatError, as_messages, special_tokens_policy
+from phi3lab.prompts.chat import ChatFormatError, as_messages
 from phi3lab.validation import (
     check_bool,
     check_context,
@@ -112,6 +113,19 @@ class _StopWhenSet(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device):
+    """Sample with ``seed`` inside the block and give the global random state back afterwards
+    (``None``: the global state as it is)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def generate_kwargs(lab, max_new_tokens: int, temperature: float, top_p: float) -> dict:
@@ -240,15 +254,13 @@ def chat(
     if stop is not None and not isinstance(stop, threading.Event):
         raise TypeError(f"stop must be a threading.Event (set it to end the answer), got {type(stop).__name__}")
     started = time.perf_counter()
-    with special_tokens_policy(special_tokens):
-        inputs = encode(lab, messages, images)
+    inputs = lab.encode(messages, images, special_tokens=special_tokens)
     _check_fits(lab, inputs["input_ids"], kwargs["max_new_tokens"])
     streamer = _Streamer(lab.tokenizer, lab.spec.stop_ids, echo=stream, on_text=on_text)
     if stop is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stop)])
-    if seed is not None:
-        torch.manual_seed(seed)
-    out = lab.model.generate(**inputs, streamer=streamer, **kwargs)
+    with _seeded(seed, lab.model.device):  # the caller's global RNG is left as it was
+        out = lab.model.generate(**inputs, streamer=streamer, **kwargs)
     ended = time.perf_counter()
     prompt_len = inputs["input_ids"].shape[1]
     new_ids = [int(i) for i in out[0, prompt_len:]]
@@ -292,24 +304,23 @@ def chat_batch(
     kwargs = generate_kwargs(lab, max_new_tokens, temperature, top_p)
     started = time.perf_counter()
     all_messages = [as_messages(c) for c in conversations]
-    with special_tokens_policy(special_tokens):
-        encoded = [encode(lab, m)["input_ids"][0].tolist() for m in all_messages]
-    longest = max(range(len(encoded)), key=lambda row: len(encoded[row]))
+    batch = lab.encode_batch(all_messages, special_tokens=special_tokens)  # padded once (left_pad)
+    rows = batch.rows()
+    longest = max(range(len(rows)), key=lambda row: rows[row].num_tokens)
     _check_fits(
         lab,
-        torch.tensor(encoded[longest]),
+        rows[longest].input_ids[0],
         kwargs["max_new_tokens"],
-        what="the prompt" if len(encoded) == 1 else f"prompt {longest} of the batch (the longest)",
+        what="the prompt" if len(rows) == 1 else f"prompt {longest} of the batch (the longest)",
     )
-    width = max(len(ids) for ids in encoded)
-    pad = kwargs["pad_token_id"]
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=lab.model.device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=lab.model.device)
-    out = lab.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    width = batch.num_tokens
+    out = lab.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
     ended = time.perf_counter()
     return [
-        chat_result(lab, [int(i) for i in out[row, width:]], all_messages[row], len(encoded[row]), started, None, ended)
-        for row in range(len(encoded))
+        chat_result(
+            lab, [int(i) for i in out[row, width:]], all_messages[row], rows[row].num_tokens, started, None, ended
+        )
+        for row in range(len(rows))
     ]
 
 

@@ -99,7 +99,7 @@ class Lab:
 
         return template_revision(self.tokenizer)
 
-    def render(self, conversation, *, images: Sequence = (), add_generation_prompt: bool = True, **kwargs) -> str:
+    def render(self, conversation, images: Sequence = (), *, add_generation_prompt: bool = True, **kwargs) -> str:
         """The prompt string the model's own template makes of a conversation (validated)."""
         from phi3lab.prompts.chat import render
 
@@ -125,23 +125,59 @@ class Lab:
     def encode(self, conversation, images: Sequence | None = None, *, num_crops: int | None = None, **kwargs):
         """Validate, render and tokenize a conversation once: an :class:`~phi3lab.prompts.inputs.Inputs`.
 
-        ``model(**inputs)`` and ``model.generate(**inputs)`` take it as it is; it also carries the
-        token table and each image's HD layout and token span (see :mod:`phi3lab.prompts.inputs`).
+        ``conversation`` is a string, HF messages, or token ids (a list of ints or a tensor); an ``Inputs``
+        is returned as it is.  ``model(**inputs)`` and ``model.generate(**inputs)`` take the result as it
+        is; it also carries the token table, each image's HD layout and token span, and
+        :meth:`~phi3lab.prompts.inputs.Inputs.positions` by meaning (see :mod:`phi3lab.prompts.inputs`).
         """
         from phi3lab.prompts.inputs import encode
 
         return encode(self, conversation, images, num_crops=num_crops, **kwargs)
 
-    def run_with_cache(self, conversation, images: Sequence | None = None, **kwargs):
-        """Run the model with hooks and return ``(output, Cache)`` — see :func:`phi3lab.inspect.cache.run_with_cache`.
+    def encode_batch(self, conversations: Sequence, images: Sequence | None = None, **kwargs):
+        """Several conversations as one left-padded :class:`~phi3lab.prompts.inputs.Inputs` (``images``:
+        one list of pictures per conversation)."""
+        from phi3lab.prompts.inputs import encode_batch
 
-        Keyword arguments: ``layers``, ``heads``, ``queries`` (default ``"all"``), ``max_new_tokens``
-        (0: one forward, returns logits; more: greedy generation, returns a ChatResult),
-        ``residual``, ``rollout``, ``budget``, ``num_crops``.
+        return encode_batch(self, conversations, images, **kwargs)
+
+    def hooks(self, *, max_bytes: int | None = None):
+        """A :class:`~phi3lab.inspect.hooks.Hooks` block on this model: read or edit any named site."""
+        from phi3lab.inspect.hooks import Hooks
+
+        return Hooks(self.model, max_bytes=max_bytes)
+
+    def run_with_cache(self, conversation, images: Sequence | None = None, **kwargs):
+        """One forward with the asked sites kept: ``(logits, Cache)`` — see :func:`phi3lab.inspect.cache.run_with_cache`.
+
+        Keyword arguments: ``sites`` (default attention rows and the residual stream), ``layers``, ``heads``,
+        ``positions`` (default ``"all"``), ``rollout``, ``max_bytes``, ``num_crops``.
         """
         from phi3lab.inspect.cache import run_with_cache
 
         return run_with_cache(self, conversation, images, **kwargs)
+
+    def generate_with_cache(self, conversation, images: Sequence | None = None, **kwargs):
+        """Greedy generation with the asked sites kept: ``(ChatResult, Cache)`` — see
+        :func:`phi3lab.inspect.cache.generate_with_cache` (``max_new_tokens`` and the keywords of
+        :meth:`run_with_cache`)."""
+        from phi3lab.inspect.cache import generate_with_cache
+
+        return generate_with_cache(self, conversation, images, **kwargs)
+
+    def patch(self, clean, corrupted, **kwargs):
+        """Activation patching clean → corrupted over sites × layers × positions — see
+        :func:`phi3lab.inspect.patching.patch`."""
+        from phi3lab.inspect.patching import patch
+
+        return patch(self, clean, corrupted, **kwargs)
+
+    def verify(self, conversation="What is 2 plus 3?", images: Sequence | None = None, **kwargs):
+        """Run a short prompt plainly and through the hook core and compare every site with transformers'
+        own outputs — see :func:`phi3lab.inspect.verify.verify`."""
+        from phi3lab.inspect.verify import verify
+
+        return verify(self, conversation, images, **kwargs)
 
     def attribute(self, conversation, images: Sequence | None = None, **kwargs):
         """Which words, turns or image regions the answer came from — see :func:`phi3lab.attribution.attribute`."""
@@ -152,7 +188,7 @@ class Lab:
     def _crops(self, num_crops: int | None) -> int:
         return self.num_crops if num_crops is None else num_crops
 
-    def tokens(self, conversation, *, images: Sequence = (), num_crops: int | None = None, **kwargs):
+    def tokens(self, conversation, images: Sequence = (), *, num_crops: int | None = None, **kwargs):
         """A :class:`~phi3lab.prompts.token_view.TokenTable` of what the model sees, role by role."""
         from phi3lab.prompts.budget import image_size
         from phi3lab.prompts.patches import num_image_tokens
@@ -171,7 +207,7 @@ class Lab:
         )
 
     def budget(
-        self, conversation, *, images: Sequence = (), num_crops: int | None = None, max_new_tokens: int = 0, **kwargs
+        self, conversation, images: Sequence = (), *, num_crops: int | None = None, max_new_tokens: int = 0, **kwargs
     ):
         """Token counts (images from their sizes alone) against the context; flags LongRoPE.
 

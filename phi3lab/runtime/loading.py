@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.paths import embedded_dir
 from phi3lab.runtime.attention_backend import AttentionChoice, select_attention
 from phi3lab.runtime.lab import Lab
@@ -52,18 +53,18 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 _SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.md"]
 
 
-class ModelNotFoundError(FileNotFoundError, ValueError):
+class ModelNotFoundError(Phi3LabError, FileNotFoundError, ValueError):
     """The source names no embedded model, no existing folder and no plausible hub id.
 
     Also a :class:`ValueError`: the source given cannot be used (an empty string, a typo).
     """
 
 
-class ModelNotAvailableError(FileNotFoundError):
+class ModelNotAvailableError(Phi3LabError, FileNotFoundError):
     """A hub model's files are neither in the HF cache nor downloadable right now."""
 
 
-class ModelFilesError(ValueError):
+class ModelFilesError(Phi3LabError, ValueError):
     """A model folder's files are damaged, incomplete or do not belong together.
 
     The message names the file, what is wrong with it and how to get a good copy; ``path`` is
@@ -75,7 +76,7 @@ class ModelFilesError(ValueError):
         self.path = path
 
 
-class NotEnoughMemoryError(MemoryError):
+class NotEnoughMemoryError(Phi3LabError, MemoryError):
     """The model's weights cannot fit in the memory of the chosen device."""
 
 

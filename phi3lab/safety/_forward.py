@@ -12,21 +12,20 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from phi3lab.prompts.chat import special_tokens_policy
+from phi3lab.models.phi3_v.prompting import left_pad
 
 
 def encode_ids(lab, conversations: Sequence, special_tokens: str = "refuse") -> list[list[int]]:
     """Token ids of each conversation's prompt, ending with the assistant header."""
-    with special_tokens_policy(special_tokens):
-        return [lab.encode(c)["input_ids"][0].tolist() for c in conversations]
+    return [lab.encode(c, special_tokens=special_tokens)["input_ids"][0].tolist() for c in conversations]
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad: int, device) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    """Model inputs of left-padded rows (:func:`~phi3lab.models.phi3_v.prompting.left_pad`, the one padding
+    rule) with the position ids generation uses."""
+    ids, mask = left_pad(rows, pad)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
 
 def pad_id(lab) -> int:

@@ -12,7 +12,7 @@
    refusal most, among those that pass, is chosen.
 3. :meth:`RefusalDirection.ablate` removes it — ``x ← x − (x·r̂) r̂`` on the input of every layer, on
    what every MLP reads and on the last layer's output, i.e. wherever the stream is read — and
-   :meth:`RefusalDirection.add` adds ``r`` after its layer, both as hooks on the model's own modules
+   :meth:`RefusalDirection.add` adds ``r`` after its layer, both through the hook core
    (:func:`phi3lab.inspect.interventions.edit_residual`).  :func:`evaluate_direction` measures the change in
    generated refusals and the KL on harmless text; :meth:`RefusalDirection.project` places any prompt
    on the direction, to set against what the model did with it.
@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 import torch
 
+from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.interventions import edit_residual, project_out
 from phi3lab.safety._forward import batched_logits, encode_ids, pad_id, pad_left
 from phi3lab.safety.refusal import first_token_scores, refusal, refusal_token_ids
@@ -179,22 +180,23 @@ class RefusalDirection:
 
 
 class _Reader:
-    """Hooks that keep the residual stream after chosen layers at the last ``last`` positions, in float64."""
+    """Reads the residual stream after chosen layers at each forward's last ``last`` positions (float64)."""
 
     def __init__(self, model, layers: Sequence[int], last: int):
-        self.last = last
-        self.kept: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-        self._edit = edit_residual(model, self._keep, layers=list(layers), where="output")
+        self.layers = list(layers)
+        self.hooks = Hooks(model).read("resid_post", self.layers, positions=slice(-last, None))
 
-    def _keep(self, layer, hidden):
-        self.kept[layer].append(hidden[:, -self.last :].detach().double().cpu())
-        return None
+    @property
+    def kept(self) -> dict[int, list[torch.Tensor]]:
+        """Per layer, one ``[batch, last, hidden]`` float64 tensor per forward."""
+        return {i: [r.value.double() for r in self.hooks.calls("resid_post", i)] for i in self.layers}
 
     def __enter__(self):
+        self.hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._edit.__exit__(*exc)
+        self.hooks.__exit__(*exc)
 
 
 def _check(value, choices, name):
@@ -229,17 +231,13 @@ class _Edit(contextlib.ExitStack):
 
 
 class _Ablation(_Edit):
-    """``fn`` on every layer's input, on what every MLP reads, and on the last layer's output."""
+    """``fn`` wherever the stream is read: every layer's input, between attention and MLP (what the MLP
+    reads and what the stream carries on), and the last layer's output."""
 
     def __init__(self, model, fn, where: str, index=None):
-        layers = list(getattr(model, "model", model).layers)
         super().__init__(model, fn, "all", "input", where, index)
-        self.enter_context(edit_residual(model, self._apply, layers=[len(layers) - 1], where="output"))
-        for i, layer in enumerate(layers):  # what the MLP reads: the stream after attention, inside the block
-            handle = layer.post_attention_layernorm.register_forward_pre_hook(
-                lambda module, args, i=i: None if (x := self._apply(i, args[0])) is None else (x, *args[1:])
-            )
-            self.callback(handle.remove)
+        self.enter_context(edit_residual(model, self._apply, layers="all", where="mid"))
+        self.enter_context(edit_residual(model, self._apply, layers=-1, where="output"))
 
 
 def _means(lab, conversations, layers, k, batch_size) -> torch.Tensor:

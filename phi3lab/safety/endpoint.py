@@ -51,13 +51,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from phi3lab.errors import Phi3LabError
+
 __all__ = ["Endpoint", "EndpointError", "EndpointUnavailableError", "EndpointResponseError", "image_part"]
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 30.0
 
 
-class EndpointError(RuntimeError):
+class EndpointError(Phi3LabError, RuntimeError):
     """A request to the endpoint failed for good; the message says which URL, what and how often."""
 
     def __init__(self, message: str, *, url: str | None = None, status: int | None = None):

@@ -38,6 +38,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.paths import data_dir
 
 __all__ = [
@@ -55,7 +56,7 @@ DEFAULT_PROBES = ("tiny", "over-refusal")
 KINDS = ("harmful", "benign")
 
 
-class ProbeSetError(ValueError):
+class ProbeSetError(Phi3LabError, ValueError):
     """An unknown probe set, or a probe file that does not match its manifest."""
 
 

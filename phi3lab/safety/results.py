@@ -23,6 +23,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabError, Phi3LabWarning
+
 __all__ = [
     "Results",
     "ResultsFileError",
@@ -36,7 +38,7 @@ __all__ = [
 REQUIRED = ("key", "probe", "probe_set", "category", "kind", "transform", "model", "settings", "response", "refused")
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(Phi3LabError, ValueError):
     """A results file that cannot be used: unreadable, locked by another sweep, or (strict) malformed."""
 
 
@@ -44,7 +46,7 @@ class ResultsMismatchError(ResultsFileError):
     """A results file that holds rows of another model or other settings than this sweep's."""
 
 
-class ResultsFileWarning(UserWarning):
+class ResultsFileWarning(Phi3LabWarning):
     """Lines of a results file that were skipped (malformed, torn or duplicated); the good rows are kept."""
 
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.safety.probes import DEFAULT_PROBES, Probe, real_sets, resolve
 from phi3lab.safety.refusal import DETECTOR_VERSION, refusal
 from phi3lab.safety.results import Appender, Results, _parse, check_same_experiment, content_key
@@ -34,7 +35,7 @@ from phi3lab.safety.transforms import Transform, resolve_transforms
 __all__ = ["sweep", "plan", "SafetyGuardError"]
 
 
-class SafetyGuardError(ValueError):
+class SafetyGuardError(Phi3LabError, ValueError):
     """Real harmful behaviours (HarmBench) sent under CI to a model that could answer them."""
 
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
+from phi3lab.errors import Phi3LabError
+
 __all__ = [
     "Transform",
     "TRANSFORMS",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class TransformError(ValueError):
+class TransformError(Phi3LabError, ValueError):
     """An unknown transform name, or one used twice in a sweep."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from phi3lab.inspect.hooks import Hooks
 from phi3lab.models.phi3_v.hd import CELLS, CLIP_MEAN, CLIP_STD
 from phi3lab.paths import embedded_dir
 from phi3lab.runtime.registry import ORIGINAL_CONTEXT
@@ -313,27 +314,16 @@ class TrainingAids(torch.nn.Module):
             if dense_weight
             else torch.nn.ModuleList()
         )
-        self._tokens: list[torch.Tensor] = []
-        self._qkv: dict[int, torch.Tensor] = {}
-        self._rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._hooks = []
+        # what the aids read, through the hook core, with the autograd graph kept
+        self.hooks = Hooks(model)
         if dense_weight:
-            self._hooks.append(
-                model.model.vision_embed_tokens.img_projection.register_forward_hook(
-                    lambda m, i, o: self._tokens.append(o)
-                )
-            )
-        for layer in self.route_layers:
-            attn = model.model.layers[layer].self_attn
-            self._hooks.append(
-                attn.qkv_proj.register_forward_hook(lambda m, i, o, layer=layer: self._qkv.__setitem__(layer, o))
-            )
-            self._hooks.append(
-                attn.register_forward_pre_hook(
-                    lambda m, args, kwargs, layer=layer: self._rope.__setitem__(layer, kwargs["position_embeddings"]),
-                    with_kwargs=True,
-                )
-            )
+            self.hooks.read("image_embeds", keep="graph")
+        if self.route_layers:
+            config = model.config
+            kv_head = route_head // (config.num_attention_heads // config.num_key_value_heads)
+            self.hooks.read("q", list(self.route_layers), heads=[route_head], keep="graph")
+            self.hooks.read("k", list(self.route_layers), heads=[kv_head], keep="graph")
+        self.hooks.__enter__()
         self.register_buffer("cells", _view_cells()[0], persistent=False)
 
     KIND = list(vision_data.ATTRIBUTES).index("kind")
@@ -349,20 +339,17 @@ class TrainingAids(torch.nn.Module):
         return total / (target > 0).sum().clamp(min=1)
 
     def _forget(self) -> None:
-        self._tokens.clear()
-        self._qkv.clear()
-        self._rope.clear()
+        self.hooks.clear()
 
     def detach(self) -> None:
         """Unhook from the model (after training), leaving it as it was."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        self.hooks.close()
         self._forget()
 
     def dense_loss(self, cell_targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the read-outs over the crop-view and global-view cells."""
-        tokens = torch.stack(self._tokens)[:, self.cells]  # [B, 288, hidden]
+        pictures = sorted(layer for site, layer in self.hooks.recorded() if site == "image_embeds")
+        tokens = torch.stack([self.hooks.calls("image_embeds", i)[-1].value for i in pictures])[:, self.cells]
         targets = cell_targets.repeat(1, 2, 1)  # the same targets for both views
         return sum(
             self._cross_entropy(head(tokens), targets[..., j], every_cell=(j == self.KIND))
@@ -378,22 +365,15 @@ class TrainingAids(torch.nn.Module):
     ) -> torch.Tensor:
         """Mean over the routed layers and the queries of −log(attention mass on the targets), the
         head's attention renormalised over the picture's tokens (queries and keys after RoPE)."""
-        from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
-
         config = self.model.config
         head_dim = config.hidden_size // config.num_attention_heads
-        q_at = slice(self.route_head * head_dim, (self.route_head + 1) * head_dim)
-        kv_head = self.route_head // (config.num_attention_heads // config.num_key_value_heads)
-        k_start = config.num_attention_heads * head_dim + kv_head * head_dim
         assert bool((route_rows.diff() >= 0).all()), "route_rows must be in row order, as collate makes them"
         starts = self.model.model.image_positions(input_ids).int().argmax(1).tolist()  # one picture a row
         losses = []
         for layer in self.route_layers:
-            qkv, (cos, sin) = self._qkv[layer], self._rope[layer]
-            q, k = apply_rotary_pos_emb(
-                qkv[..., q_at].unsqueeze(1), qkv[..., k_start : k_start + head_dim].unsqueeze(1), cos, sin
-            )
-            q, k = q[:, 0], k[:, 0]  # [B, T, head_dim]
+            # the routed head's rotated queries and keys of the picture forward: [B, T, head_dim]
+            q = self.hooks.calls("q", layer)[-1].value[:, :, 0]
+            k = self.hooks.calls("k", layer)[-1].value[:, :, 0]
             # row by row, with slices: indexing with repeated rows would sum gradients in a thread-dependent order
             scores = (
                 torch.cat(

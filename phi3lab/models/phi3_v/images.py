@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from phi3lab.errors import Phi3LabError
+
 __all__ = ["ImageInputError", "open_image", "to_rgb", "MAX_PIXELS"]
 
 MAX_PIXELS = 64 * 1024 * 1024  # 64 Mpx: far above any useful HD canvas, far below a bomb
 
 
-class ImageInputError(ValueError):
+class ImageInputError(Phi3LabError, ValueError):
     """An image that cannot be used as it is; the message says why and what to do."""
 
 

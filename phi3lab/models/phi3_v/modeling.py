@@ -35,13 +35,14 @@ from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPEncoder, CLIPVisionEmbeddings
 from transformers.models.phi3.modeling_phi3 import Phi3PreTrainedModel
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.models.phi3_v.configuration import Phi3VConfig
 from phi3lab.models.phi3_v.hd import CELLS
 
 __all__ = ["Phi3VForCausalLM", "Phi3VModel", "Phi3ImageEmbedding", "ImageOrderError"]
 
 
-class ImageOrderError(ValueError):
+class ImageOrderError(Phi3LabError, ValueError):
     """Image placeholder runs that would put image features in the wrong place."""
 
 

@@ -23,7 +23,13 @@ from transformers.feature_extraction_utils import BatchFeature
 
 from phi3lab.models.phi3_v.hd import check_num_crops
 from phi3lab.models.phi3_v.image_processing import Phi3VImageProcessor, as_batch, check_return_tensors
-from phi3lab.models.phi3_v.prompting import ChatFormatError, check_image_tags, image_tag_numbers, tokenize_prompt
+from phi3lab.models.phi3_v.prompting import (
+    ChatFormatError,
+    check_image_tags,
+    image_tag_numbers,
+    left_pad,
+    tokenize_prompt,
+)
 
 __all__ = ["Phi3VProcessor"]
 
@@ -167,13 +173,8 @@ class Phi3VProcessor:
     @staticmethod
     def collate(encodings: list[BatchFeature], pad_token_id: int) -> BatchFeature:
         """Left-pad several single-prompt encodings into one batch (images concatenated in order)."""
-        width = max(e["input_ids"].shape[1] for e in encodings)
-        ids, masks = [], []
-        for e in encodings:
-            pad = width - e["input_ids"].shape[1]
-            ids.append(torch.cat([torch.full((1, pad), pad_token_id), e["input_ids"]], dim=1))
-            masks.append(torch.cat([torch.zeros(1, pad, dtype=torch.long), e["attention_mask"]], dim=1))
-        out = {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+        ids, mask = left_pad([e["input_ids"][0].tolist() for e in encodings], pad_token_id)
+        out = {"input_ids": ids, "attention_mask": mask}
         with_images = [e for e in encodings if "pixel_values" in e]
         if with_images:
             slots = max(e["pixel_values"].shape[1] for e in with_images)

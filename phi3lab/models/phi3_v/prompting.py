@@ -13,13 +13,23 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["IMAGE_TAG", "ChatFormatError", "check_image_tags", "image_tag_numbers", "tag_number", "tokenize_prompt"]
+from phi3lab.errors import Phi3LabError
+
+__all__ = [
+    "left_pad",
+    "IMAGE_TAG",
+    "ChatFormatError",
+    "check_image_tags",
+    "image_tag_numbers",
+    "tag_number",
+    "tokenize_prompt",
+]
 
 IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 MAX_TAG_DIGITS = 6  # <|image_999999|>: far more images than any context holds
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(Phi3LabError, ValueError):
     """A conversation or prompt that Phi-3 cannot be given as it is; the message says how to fix it."""
 
 
@@ -126,3 +136,25 @@ def tokenize_prompt(
             spans += [match.span()] * counts[k - 1]
             start = match.end()
     return ids, spans
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int):
+    """Several prompts' ids as one left-padded batch: ``(input_ids, attention_mask)``, ``[batch, longest]``.
+
+    The one padding rule of phi3lab (the processor's ``collate``, :class:`phi3lab.prompts.inputs.Inputs`
+    batches, batched generation and sweeps): pads go first, so every row's last position is its own
+    last token, as generation needs.
+
+    Examples:
+        >>> ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
+        >>> ids.tolist(), mask.tolist()
+        ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("left_pad needs at least one row of ids")
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + [int(i) for i in r] for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask

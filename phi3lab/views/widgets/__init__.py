@@ -2,7 +2,7 @@
 
     from phi3lab.views.widgets import ChatWidget, AttentionExplorer, PatchExplorer, AttributionView
     ChatWidget(lab)                                   # streams, stop button, images for vision models
-    _, cache = vision.run_with_cache("<|image_1|>\\nWhat colour is the triangle?", [picture], max_new_tokens=8)
+    _, cache = vision.generate_with_cache("<|image_1|>\\nWhat colour is the triangle?", [picture], max_new_tokens=8)
     AttentionExplorer(cache)                          # hover a token: where it looks, per layer × head
     PatchExplorer(cache, image=0)                     # the picture, its HD crops, each cell's token
 

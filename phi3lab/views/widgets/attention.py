@@ -3,7 +3,7 @@
     >>> import phi3lab
     >>> from phi3lab.views.widgets import AttentionExplorer
     >>> lab = phi3lab.load("tiny", verbose=False)
-    >>> _, cache = lab.run_with_cache("What is 2 plus 3?", max_new_tokens=3)
+    >>> _, cache = lab.generate_with_cache("What is 2 plus 3?", max_new_tokens=3)
     >>> explorer = AttentionExplorer(cache)
     >>> explorer.agg, explorer.row == cache.answer_rows[0]
     ('mean', True)
@@ -130,7 +130,7 @@ class AttentionView:
         if row not in self.rows:
             raise IndexError(
                 f"row {row} has no captured attention here; rows with attention: {self.rows[:8]}"
-                f"{'…' if len(self.rows) > 8 else ''} (run with queries='all' for every token)"
+                f"{'…' if len(self.rows) > 8 else ''} (run with positions='all' for every token)"
             )
         return self.rows.index(row)
 
@@ -248,7 +248,7 @@ class AttentionExplorer(PhiWidget):
     """Token strip, per-token attention heat and a layer × head grid, one row at a time.
 
     Args:
-        cache: the :class:`~phi3lab.inspect.cache.Cache` of ``lab.run_with_cache(...)`` (``queries='all'`` lets
+        cache: the :class:`~phi3lab.inspect.cache.Cache` of ``lab.run_with_cache(...)`` (``positions='all'`` lets
             every token be explored; ``'last'`` the last prompt token and the answer).
         layers: the layers to offer (default every captured layer).
 

@@ -5,7 +5,7 @@
     >>> from phi3lab.views.widgets import PatchExplorer
     >>> vision = phi3lab.load("tiny-vision", verbose=False)
     >>> picture = Image.new("RGB", (400, 300), "white")
-    >>> _, cache = vision.run_with_cache("<|image_1|>\\nWhat is this?", [picture], max_new_tokens=2, num_crops=4)
+    >>> _, cache = vision.generate_with_cache("<|image_1|>\\nWhat is this?", [picture], max_new_tokens=2, num_crops=4)
     >>> explorer = PatchExplorer(cache)
     >>> explorer.geometry["grid"], len(explorer.targets) == len(cache.answer_rows)
     ([2, 2], True)
@@ -41,7 +41,7 @@ SOURCES = ("attention", "rollout", "attribution")
 
 
 def _lab(cache):
-    return cache._lab  # the Lab that ran the cache: its tokenizer names the answer tokens
+    return cache.lab  # the Lab that ran the cache: its tokenizer names the answer tokens
 
 
 def _check_image(cache, image: int, who: str):
