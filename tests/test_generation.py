@@ -3,6 +3,7 @@
 import copy
 
 import pytest
+import torch
 
 from phi3lab.prompts.chat import ChatFormatError, tokenize_prompt
 from phi3lab.validation import ContextOverflowError
@@ -237,3 +238,19 @@ def test_pathological_inputs_come_back_quickly(tiny, make):
     kwargs = make()
     with bounded(60), pytest.raises(ValueError):
         chat(tiny, kwargs.pop("conversation"), stream=False, **kwargs)
+
+
+def test_a_seed_samples_without_touching_the_global_random_state(tiny):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = tiny.chat("What is 2 plus 3?", stream=False, temperature=1.0, seed=7, max_new_tokens=6)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's random state is as it was
+    again = tiny.chat("What is 2 plus 3?", stream=False, temperature=1.0, seed=7, max_new_tokens=6)
+    assert first.token_ids == again.token_ids  # and the seed still decides the sample
+
+
+def test_images_are_the_second_argument_everywhere(vision, picture):
+    text = "<|image_1|>\nWhat colour is the triangle?"
+    assert vision.tokens(text, [picture]).counts() == vision.tokens(text, images=[picture]).counts()
+    assert vision.budget(text, [picture]).prompt_tokens == vision.encode(text, [picture]).num_tokens
+    assert vision.render(text, [picture]) == vision.render(text, images=[picture])

@@ -31,7 +31,7 @@ def test_head_summary_and_top_keys():
     w[1, 2, :, 7] = 1.0
     share = head_summary(w, [7])
     assert share[1, 2] == 1.0 and share.sum() == 1.0
-    assert top_keys(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], k=2) == [
+    assert top_keys(torch.tensor([0.1, 0.7, 0.2]), ["a", "b", "c"], top=2) == [
         (1, "b", pytest.approx(0.7)),
         (2, "c", pytest.approx(0.2)),
     ]

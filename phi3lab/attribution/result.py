@@ -159,10 +159,10 @@ class Attribution:
         """``"the whole answer"`` or the chosen target token, quoted."""
         return "the whole answer" if token is None else repr(self.target_tokens[self._token(token)])
 
-    def top(self, k: int = 5, token=None) -> list[tuple[object, float]]:
-        """The ``k`` highest-scoring ``(unit, score)`` pairs."""
+    def top(self, n: int = 5, token=None) -> list[tuple[object, float]]:
+        """The ``n`` highest-scoring ``(unit, score)`` pairs."""
         values = self.row(token)
-        order = torch.argsort(values, descending=True, stable=True)[:k]
+        order = torch.argsort(values, descending=True, stable=True)[:n]
         return [(self.units[i], float(values[i])) for i in order.tolist()]
 
     def image_map(self, image: int = 0, token=None) -> np.ndarray:

@@ -244,10 +244,12 @@ class Hooks:
                 f"{site!r} was recorded from forwards of different batch sizes {sorted(batches)}; read them one "
                 f"forward at a time with hooks.calls({site!r}, {layer})"
             )
+        if len(values) == 1:
+            return values[0]  # the record itself: no copy
         if site == "pattern":
             keys = max(v.shape[-1] for v in values)
-            values = [torch.nn.functional.pad(v, (0, keys - v.shape[-1])) for v in values]
-        return values[0] if len(values) == 1 else torch.cat(values, dim=axis)
+            values = [v if v.shape[-1] == keys else torch.nn.functional.pad(v, (0, keys - v.shape[-1])) for v in values]
+        return torch.cat(values, dim=axis)
 
     def positions(self, site: str, layer: int | None = None) -> torch.Tensor:
         """``[rows]``: the absolute position of each recorded row of ``site`` (at ``layer``)."""

@@ -61,15 +61,15 @@ def _esc(text: str) -> str:
 
 
 @torch.inference_mode()
-def logit_lens(model, tokenizer, inputs: dict, position: int = -1, top_k: int = 5) -> LogitLens:
-    """Top-``top_k`` next tokens predicted from every layer's hidden state at ``position``.
+def logit_lens(model, tokenizer, inputs: dict, position: int = -1, top: int = 5) -> LogitLens:
+    """Top-``top`` next tokens predicted from every layer's hidden state at ``position``.
 
     Args:
         model: a Phi-3 or Phi-3-vision causal LM.
         tokenizer: its tokenizer (to decode ids).
         inputs: model inputs (``input_ids``, ``attention_mask``, and for vision the pixels).
         position: sequence position (negative counts from the end).
-        top_k: tokens per layer.
+        top: tokens per layer.
     """
     out = model(**inputs, output_hidden_states=True, use_cache=False)
     base = getattr(model, "model", model)
@@ -77,17 +77,17 @@ def logit_lens(model, tokenizer, inputs: dict, position: int = -1, top_k: int = 
     # the last entry already went through the final norm in transformers' Phi-3; the others have not
     normed = torch.cat([base.norm(hidden[:-1]), hidden[-1:]])
     seq = inputs["input_ids"].shape[1]
-    return read_lens(model, tokenizer, normed, position % seq, top_k)
+    return read_lens(model, tokenizer, normed, position % seq, top)
 
 
-def read_lens(model, tokenizer, normed: torch.Tensor, position: int, top_k: int = 5) -> LogitLens:
+def read_lens(model, tokenizer, normed: torch.Tensor, position: int, top: int = 5) -> LogitLens:
     """The :class:`LogitLens` of ``[embeddings + layers, hidden]`` states already passed through the final norm."""
     probs = torch.softmax(model.lm_head(normed.to(model.lm_head.weight.dtype)).float(), dim=-1)
-    top = probs.topk(top_k, dim=-1)
+    best = probs.topk(top, dim=-1)
     names = ("embeddings", *(f"layer {i}" for i in range(normed.shape[0] - 1)))
     return LogitLens(
         position=int(position),
         layers=names,
-        tokens=tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in top.indices),
-        probs=tuple(tuple(float(p) for p in row) for row in top.values),
+        tokens=tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in best.indices),
+        probs=tuple(tuple(float(p) for p in row) for row in best.values),
     )

@@ -149,9 +149,9 @@ def head_summary(weights: torch.Tensor, keys: slice | list[int] | torch.Tensor) 
     return mass.reshape(*weights.shape[:3], -1).sum(-1).mean(-1)
 
 
-def top_keys(row: torch.Tensor, tokens: list[str], k: int = 5) -> list[tuple[int, str, float]]:
-    """The ``k`` most attended keys of one attention row: ``(position, token, weight)``."""
-    values, index = row.float().topk(min(k, row.numel()))
+def top_keys(row: torch.Tensor, tokens: list[str], top: int = 5) -> list[tuple[int, str, float]]:
+    """The ``top`` most attended keys of one attention row: ``(position, token, weight)``."""
+    values, index = row.float().topk(min(top, row.numel()))
     return [(int(i), tokens[int(i)] if int(i) < len(tokens) else "?", float(v)) for v, i in zip(values, index)]
 
 
@@ -243,8 +243,8 @@ def image_heat(row: torch.Tensor | np.ndarray, start: int, width: int, height: i
     return ImageHeat(crops, glob, separators, width, height, num_crops)
 
 
-def rows_text(weights: torch.Tensor, table, rows=None, k: int = 3) -> str:
-    """Plain-text form of a heatmap: for each query row, its ``k`` most attended tokens.
+def rows_text(weights: torch.Tensor, table, rows=None, top: int = 3) -> str:
+    """Plain-text form of a heatmap: for each query row, its ``top`` most attended tokens.
 
     Args:
         weights: ``[rows, K]`` attention (one head or an average).
@@ -257,7 +257,7 @@ def rows_text(weights: torch.Tensor, table, rows=None, k: int = 3) -> str:
     lines = []
     for row, position in zip(weights, rows):
         name = tokens[position] if position < len(tokens) else "?"
-        tops = ", ".join(f"{t!r}@{i} {w:.2f}" for i, t, w in top_keys(row, tokens, k))
+        tops = ", ".join(f"{t!r}@{i} {w:.2f}" for i, t, w in top_keys(row, tokens, top))
         lines.append(f"{position:>5} {name!r:<16} → {tops}")
     return "\n".join(lines)
 

@@ -7,8 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phi3lab.prompts import budget as _budget
+from phi3lab.prompts import chat as _chat
+from phi3lab.prompts import inputs as _inputs
+from phi3lab.prompts.patches import num_image_tokens
+from phi3lab.prompts.token_view import token_table
+from phi3lab.runtime import generation as _generation
 from phi3lab.runtime.attention_backend import AttentionChoice
 from phi3lab.runtime.registry import ModelSpec
+from phi3lab.validation import check_sequence
 
 __all__ = ["Lab"]
 
@@ -95,15 +102,13 @@ class Lab:
     @property
     def template_revision(self) -> str:
         """Which Phi-3 chat template the tokenizer carries (see :func:`phi3lab.prompts.chat.template_revision`)."""
-        from phi3lab.prompts.chat import template_revision
 
-        return template_revision(self.tokenizer)
+        return _chat.template_revision(self.tokenizer)
 
     def render(self, conversation, images: Sequence = (), *, add_generation_prompt: bool = True, **kwargs) -> str:
         """The prompt string the model's own template makes of a conversation (validated)."""
-        from phi3lab.prompts.chat import render
 
-        return render(
+        return _chat.render(
             self.tokenizer,
             conversation,
             add_generation_prompt=add_generation_prompt,
@@ -130,16 +135,14 @@ class Lab:
         is; it also carries the token table, each image's HD layout and token span, and
         :meth:`~phi3lab.prompts.inputs.Inputs.positions` by meaning (see :mod:`phi3lab.prompts.inputs`).
         """
-        from phi3lab.prompts.inputs import encode
 
-        return encode(self, conversation, images, num_crops=num_crops, **kwargs)
+        return _inputs.encode(self, conversation, images, num_crops=num_crops, **kwargs)
 
     def encode_batch(self, conversations: Sequence, images: Sequence | None = None, **kwargs):
         """Several conversations as one left-padded :class:`~phi3lab.prompts.inputs.Inputs` (``images``:
         one list of pictures per conversation)."""
-        from phi3lab.prompts.inputs import encode_batch
 
-        return encode_batch(self, conversations, images, **kwargs)
+        return _inputs.encode_batch(self, conversations, images, **kwargs)
 
     def hooks(self, *, max_bytes: int | None = None):
         """A :class:`~phi3lab.inspect.hooks.Hooks` block on this model: read or edit any named site."""
@@ -190,10 +193,6 @@ class Lab:
 
     def tokens(self, conversation, images: Sequence = (), *, num_crops: int | None = None, **kwargs):
         """A :class:`~phi3lab.prompts.token_view.TokenTable` of what the model sees, role by role."""
-        from phi3lab.prompts.budget import image_size
-        from phi3lab.prompts.patches import num_image_tokens
-        from phi3lab.prompts.token_view import token_table
-        from phi3lab.validation import check_sequence
 
         images = check_sequence(
             "images",
@@ -201,7 +200,7 @@ class Lab:
             item="pictures or (width, height) sizes",
             example="images=[picture] or images=[(1920, 1080)]",
         )
-        counts = [num_image_tokens(*image_size(im), self._crops(num_crops)) for im in images] or None
+        counts = [num_image_tokens(*_budget.image_size(im), self._crops(num_crops)) for im in images] or None
         return token_table(
             self.tokenizer, conversation, image_token_counts=counts, vision=self.spec.modality == "vision", **kwargs
         )
@@ -213,8 +212,6 @@ class Lab:
 
         Extra keyword arguments go to :func:`phi3lab.prompts.chat.render` (``fold_system_prompt``, ``special_tokens``).
         """
-        from phi3lab.prompts.budget import token_budget
-        from phi3lab.validation import check_sequence
 
         images = check_sequence(
             "images",
@@ -222,7 +219,7 @@ class Lab:
             item="pictures or (width, height) sizes",
             example="images=[picture] or images=[(1920, 1080)]",
         )
-        return token_budget(
+        return _budget.token_budget(
             self.tokenizer,
             conversation,
             self.spec,
@@ -267,9 +264,8 @@ class Lab:
         Returns:
             A :class:`~phi3lab.runtime.generation.ChatResult` (text, ids, counts, timings).
         """
-        from phi3lab.runtime.generation import chat
 
-        return chat(
+        return _generation.chat(
             self,
             conversation,
             images,
@@ -285,15 +281,13 @@ class Lab:
 
     def chat_batch(self, conversations: Sequence, **kwargs):
         """Answer several text conversations at once (left padding); returns a list of results."""
-        from phi3lab.runtime.generation import chat_batch
 
-        return chat_batch(self, conversations, **kwargs)
+        return _generation.chat_batch(self, conversations, **kwargs)
 
     def session(self, system: str | None = None):
         """A :class:`~phi3lab.runtime.generation.ChatSession` that keeps multi-turn history."""
-        from phi3lab.runtime.generation import ChatSession
 
-        return ChatSession(self, system=system)
+        return _generation.ChatSession(self, system=system)
 
     def __repr__(self) -> str:
         return f"Lab({self.spec.name!r}, {self.attention.impl}, {self.attention.dtype_name}, {self.attention.device})"

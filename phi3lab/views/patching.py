@@ -24,28 +24,39 @@ def patching_grid(result, *, ax=None, normalized: bool = True):
     import matplotlib.pyplot as plt
 
     values = (result.normalized if normalized else result.grid).numpy()
-    label = "restored share of the clean−corrupted gap" if normalized else result.metric
-    if values.ndim == 3:  # layer × position × head: per cell, the head with the largest effect (sign kept)
+    label = "share of the gap restored" if normalized else result.metric
+    columns = "position"
+    if values.ndim == 3 and values.shape[1] == 1:  # one position, every head: a layer × head grid
+        values, columns = values[:, 0], "head"
+    elif values.ndim == 3:  # layer × position × head: per cell, the head with the largest effect (sign kept)
         strongest = np.abs(values).argmax(axis=2)[..., None]
         values = np.take_along_axis(values, strongest, axis=2)[..., 0]
         label += " (strongest head)"
+    elif "head" in result.dims:
+        columns = "head"
     if values.ndim == 1:
         values = values[:, None]
     rows, cols = values.shape
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(2 + 0.42 * cols, 16), 1.2 + 0.45 * rows), layout="constrained")
+        fig, ax = plt.subplots(figsize=(max(4.0, min(2.5 + 0.42 * cols, 16)), 1.4 + 0.45 * rows), layout="constrained")
     else:
         fig = ax.figure
-    bound = float(np.nanmax(np.abs(values))) or 1.0
+    top = float(np.nanmax(np.abs(values))) or 1.0
+    bound = max(1.0, top) if normalized else top  # a share is drawn on its own ±1 scale: 0.3 looks like 0.3
     image = ax.imshow(values, cmap=DIVERGING, vmin=-bound, vmax=bound, aspect="auto")
     fig.colorbar(image, ax=ax, label=label, shrink=0.9)
     ax.set_yticks(range(rows), [f"L{layer}" for layer in result.layers])
-    if "position" in result.dims:
+    if columns == "position":
         ax.set_xticks(range(cols), [result.tokens[p].replace("<0x0A>", "\\n") for p in result.positions], rotation=90)
         ax.set_xlabel("position patched")
-    elif "head" in result.dims:
+    else:
         ax.set_xticks(range(cols), [f"h{h}" for h in result.heads])
-        ax.set_xlabel("head patched (every position)")
+        where = (
+            f"at position {result.positions[0]} {result.tokens[result.positions[0]]!r}"
+            if result.positions
+            else "everywhere"
+        )
+        ax.set_xlabel(f"head patched ({where})")
     ax.set_ylabel("layer")
-    ax.set_title(f"patching {result.site}: clean {result.clean:+.2f}, corrupted {result.corrupted:+.2f}")
+    ax.set_title(f"patching {result.site}\nclean {result.clean:+.2f}, corrupted {result.corrupted:+.2f}", fontsize=10)
     return fig, ax
