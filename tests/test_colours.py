@@ -119,7 +119,7 @@ def test_the_matplotlib_maps_are_the_same_stops():
     pytest.importorskip("matplotlib")
     cmap = colours.colormap("share")
     top = tuple(round(c * 255) for c in cmap(1.0)[:3])
-    assert "#%02x%02x%02x" % top == SEQUENTIAL[-1]
+    assert "#{:02x}{:02x}{:02x}".format(*top) == SEQUENTIAL[-1]
     assert cmap(np.ma.masked_array([0.5], mask=[True]))[0][3] == 0  # no signal: transparent
 
 
