@@ -32,7 +32,8 @@ function render({ model, el }) {
     h("b", { class: "phi3lab-muted" }, `${role}: `),
     pieces.map(([piece, unit]) => {
       if (unit === null || unit === undefined) return h("span", { class: "phi3lab-muted" }, piece);
-      const node = h("span", { class: "phi3lab-chip", title: labels[unit], dataset: { unit: String(unit) } }, piece);
+      const shown = piece.trim() ? piece : piece.replace(/\n/g, "⏎").replace(/ /g, "␣"); // a unit of white space
+      const node = h("span", { class: "phi3lab-chip", title: labels[unit], dataset: { unit: String(unit) } }, shown);
       unitChips.push(node);
       return node;
     })));
@@ -100,7 +101,7 @@ function render({ model, el }) {
     }
     targets.forEach((node) => node.classList.toggle("phi3lab-current", Number(node.dataset.token) === model.get("token")));
     info.textContent = model.get("info");
-    bar.replaceChildren(legend(scale));
+    bar.replaceChildren(legend(scale, pictures.length ? "veil" : undefined));
     paintPictures();
   }
   for (const name of ["scores", "scale", "maps", "token", "info"]) model.on(`change:${name}`, paint);

@@ -58,7 +58,7 @@ function render({ model, el }) {
     const names = message.image_labels || [];
     const pictures = (message.images || []).map((src, k) => {
       const name = names[k] || `picture ${k + 1}`;
-      if (typeof src !== "string" || !PICTURE.test(src)) return h("span", { class: "phi3lab-muted" }, `[${name}]`);
+      if (typeof src !== "string" || !PICTURE.test(src)) return h("span", { class: "phi3lab-placeholder" }, `[${name}]`);
       return h("figure", { class: "phi3lab-picture" }, h("img", { src, alt: name, title: name }), h("figcaption", {}, name));
     });
     const role = ["user", "assistant", "system"].includes(message.role) ? message.role : "system";

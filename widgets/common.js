@@ -83,10 +83,11 @@ export function textOn(rgb) {
   return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 ? "#111827" : "#ffffff";
 }
 
-// Paint a chip with a byte on a scale; no signal: no fill, a dashed outline (class phi3lab-nosignal).
+// Paint a chip with a byte on a scale. No signal is left uncoloured (the theme's chip colour); a signed
+// score under the noise floor also gets a dashed outline (class phi3lab-nosignal), since it may look real.
 export function paintChip(node, scale, byte, title) {
   const rgb = colourOf(scale, byte);
-  node.classList.toggle("phi3lab-nosignal", rgb === null);
+  node.classList.toggle("phi3lab-nosignal", rgb === null && scale.kind === "score");
   node.style.background = rgb ? css(rgb) : "";
   node.style.color = rgb ? textOn(rgb) : "";
   node.dataset.heat = String(byte || 0);
@@ -104,7 +105,7 @@ export function format(x) {
 // The scale drawn with its numbers (ends and middle), its label, and the no-signal swatch.
 export function legend(scale, note) {
   const swatch = [
-    h("span", { class: "phi3lab-swatch-none", title: `under ${scale.floor.toExponential(1)}: no signal` }),
+    h("span", { class: `phi3lab-swatch-none phi3lab-swatch-${scale.kind}`, title: `under ${scale.floor.toExponential(1)}: no signal` }),
     h("span", { class: "phi3lab-muted" }, `no signal (|v| < ${scale.floor.toExponential(1)})`),
   ];
   if (!scale.signal) {
@@ -113,15 +114,18 @@ export function legend(scale, note) {
   }
   const top = scale.vmax;
   const ticks = scale.kind === "score" ? [-top, 0, top] : [0, top / 2, top];
-  const bar = note === "veil"
+  const veiled = note === "veil" && scale.kind === "share";
+  const bar = veiled
     ? `linear-gradient(90deg, ${css(rgbOf(scale.veil), scale.veil_alpha)}, rgba(255, 255, 255, 0))`
     : `linear-gradient(90deg, ${scale.stops.join(", ")})`;
+  const how = note !== "veil" ? "" : veiled ? " (on the picture: clear = most, veiled = little)"
+    : " (on the picture: a rim gives the sign; clear = strongest, veiled = little or none)";
   return h("div", { class: "phi3lab-legend", dataset: { kind: scale.kind, signal: "true" } },
     h("span", { class: "phi3lab-ramp-box" },
       h("span", { class: "phi3lab-ramp", style: { background: bar } }),
       h("span", { class: "phi3lab-ticks" },
         ticks.map((t) => h("span", {}, (scale.kind === "score" && t > 0 ? "+" : "") + format(t))))),
-    h("span", {}, scale.label + (note === "veil" ? " (on the picture: clear = most, veiled = little)" : "")),
+    h("span", {}, scale.label + how),
     swatch);
 }
 

@@ -158,7 +158,7 @@ function render({ model, el }) {
     layerSelect.value = String(model.get("layer"));
     layerSelect.disabled = frozen || model.get("source") !== "attention";
     info.textContent = model.get("info");
-    bar.replaceChildren(legend(model.get("scale"), model.get("scale").kind === "share" ? "veil" : undefined));
+    bar.replaceChildren(legend(model.get("scale"), "veil"));
     drawAll();
   }
   for (const name of ["heat_crops", "heat_global", "scale", "target", "source", "layer", "info"]) model.on(`change:${name}`, refresh);

@@ -11,8 +11,8 @@ Every matplotlib figure, widget and rich HTML display in phi3lab colours numbers
 3. **One scale per view.**  The parts of one view — the words and the image regions of one attribution, the
    crops and the global view of one picture — are coloured against one scale: the largest magnitude among
    all of them.  The scale is always drawn, with its numbers (:func:`legend_html`, matplotlib colour bars).
-4. **A noise floor.**  A value whose magnitude is under the view's floor is drawn uncoloured (no fill, a
-   dashed outline) and called *no signal*; a view whose largest value is under the floor says so instead of
+4. **A noise floor.**  A value whose magnitude is under the view's floor is drawn uncoloured and called
+   *no signal* (a signed score also gets a dashed outline, since a tiny score may look like a real one); a view whose largest value is under the floor says so instead of
    stretching noise to full colour.  :func:`noise_floor` derives the floor from the arithmetic that made
    the numbers: ``ulps`` units in the last place of numbers of size ``magnitude`` in ``dtype``.  Scores such as
    Δ log p are differences of log-probabilities computed from logits of size ~16, so the default floor for a
@@ -90,7 +90,7 @@ DIVERGING = (
     "#67001f",
 )
 VEIL = "#1f2937"  # a neutral dark slate: it darkens a picture without changing its hues
-VEIL_ALPHA = 0.62  # the veil's opacity where there is no signal
+VEIL_ALPHA = 0.55  # the veil's opacity where there is no signal
 NO_SIGNAL = "#9ca3af"  # the dashed outline of a value under the noise floor
 DARK_TEXT, LIGHT_TEXT = "#111827", "#ffffff"
 
@@ -313,9 +313,10 @@ def legend_html(s: Scale, width: int = 160) -> str:
     True
     """
     label = html.escape(s.label)
+    edge = f"border:1px dashed {NO_SIGNAL}" if s.kind == "score" else "border:1px solid #d1d5db;background:#f3f4f6"
     swatch = (
         f'<span title="under {s.floor:.1e}: no signal" style="display:inline-block;width:12px;height:10px;'
-        f'border:1px dashed {NO_SIGNAL};border-radius:2px"></span>'
+        f'{edge};border-radius:2px"></span>'
         f'<span style="opacity:0.8">no signal (|v| &lt; {s.floor:.1e})</span>'
     )
     if not s.signal:

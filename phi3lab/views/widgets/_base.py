@@ -92,13 +92,13 @@ def data_url(image, max_side: int = 448, fmt: str = "JPEG") -> str:
     return f"data:image/{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def chip(text: str, background: str | None, title: str = "", underline: str | None = None) -> str:
+def chip(text: str, background: str | None, title: str = "", underline: str | None = None, dashed: bool = True) -> str:
     """One inline token chip for the static forms (the same look as the live strip); ``background=None``
-    draws it as *no signal*: no fill, a dashed outline."""
+    draws it as *no signal*: uncoloured, with a dashed outline when ``dashed`` (signed scores)."""
     line = f"box-shadow:inset 0 -3px 0 {underline};" if underline else ""
     hover = f' title="{html.escape(title)}"' if title else ""
     if background is None:
-        fill = f"border:1px dashed {NO_SIGNAL};"
+        fill = f"border:1px dashed {NO_SIGNAL};" if dashed else "background:#f3f4f6;color:#111827;"
     else:
         fill = f"background:{background};color:{text_on(background)};"
     return (

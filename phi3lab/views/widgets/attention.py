@@ -366,7 +366,7 @@ class AttentionView:
                 title += " · no signal"
             if item_row == row:
                 title += " · the row shown"
-            chips.append(chip(label, colour, title, ROLES.get(role)))
+            chips.append(chip(label, colour, title, ROLES.get(role), dashed=False))
         return (
             f'<div style="font-size:90%">{html.escape(self.describe(row, agg, layer, head))}</div>'
             f'<div style="line-height:1.9">{"".join(chips)}</div>{legend_html(s)}'

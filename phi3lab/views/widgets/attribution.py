@@ -279,7 +279,8 @@ class AttributionPayload:
                     parts.append(html.escape(text))
                     continue
                 title = f"{self.labels[i]}: {row[i]:+.3g}" + (" · no signal" if colours[i] is None else "")
-                parts.append(chip(text, colours[i], title))
+                shown = text if text.strip() else text.replace("\n", "⏎").replace(" ", "␣")  # a unit of white space
+                parts.append(chip(shown, colours[i], title))
             turns.append(f"<div>{''.join(parts)}</div>")
         pictures = "".join(self._picture_html(image, token, s) for image in self.images)
         return (
