@@ -56,7 +56,7 @@ THUMB_VALUES = 16384  # at most this many thumbnail cells per row (32 layers × 
 OFFLINE_TOP = 24  # an exported page keeps each saved row's strongest chips, this many
 ROLES = {**SEGMENT_COLOURS, "answer": SEGMENT_COLOURS["assistant"]}
 SHARE = "share of attention"
-_BLOCK = 128  # rows read at a time for the offline payload
+_BLOCK_VALUES = 4 << 20  # float32 sums held at a time while building the offline payload (16 MiB)
 
 
 def check_cache(cache, who: str):
@@ -153,6 +153,7 @@ class AttentionView:
     def __init__(self, cache, layers="all", *, budget: int | None = None, offline: bool = True):
         self.cache = check_cache(cache, "AttentionExplorer")
         self.layers = choose_layers(cache, layers)
+        self.positions = cache.positions
         self.items, self.chip_of_key = strip_items(cache)
         self.rows = sorted({item[2] for item in self.items if item[2] >= 0})
         if not self.rows:
@@ -171,9 +172,9 @@ class AttentionView:
 
     def _preflight(self, budget: int | None, offline: bool) -> None:
         """Refuse before reading anything when the memory needed is over ``budget``."""
-        rows, keys = len(self.cache.positions), self.cache.num_tokens
+        rows, keys = len(self.positions), self.cache.num_tokens
         assembled = 4 * len(self.layers) * len(self.heads) * rows * keys  # Cache.attention's map per layer
-        working = 4 * len(self.heads) * min(_BLOCK, rows) * keys * 2 if offline else 0  # one block, and its mean
+        working = 8 * 3 * _BLOCK_VALUES if offline else 0  # a block of sums over heads, and its chip sums
         working += 8 * len(self.layers) * len(self.heads) * keys  # one row of every layer and head, float64 sums
         check_budget(
             assembled + working,
@@ -208,6 +209,8 @@ class AttentionView:
         keys = min(weights.shape[-1], len(self.chip_of_key))
         padded = np.zeros(weights.shape[:-1] + (len(self.chip_of_key),), dtype=np.float64)
         padded[..., :keys] = weights[..., :keys]
+        if len(self.items) == len(self.chip_of_key):  # one key per chip (no picture): nothing to sum
+            return padded
         return np.add.reduceat(padded[..., self._order], self._bounds, axis=-1)
 
     def rollout_row(self, row: int) -> np.ndarray:
@@ -266,7 +269,7 @@ class AttentionView:
         }
 
     def describe(self, row: int, agg: str, layer: int, head: int) -> str:
-        position = self.cache.positions[row]
+        position = self.positions[row]
         label = display_label(self.cache.tokens[position])
         if agg == "rollout":
             what = "rollout through every layer and head (a layer or head focus does not apply)"
@@ -299,19 +302,23 @@ class AttentionView:
         top = min(OFFLINE_TOP, n_chips)
         wide = n_chips > 65535
         entry = top * (1 + (4 if wide else 2)) * 4 / 3 + 12  # base64 of value and index bytes, the row's top in JSON
-        answer = [self.rows.index(r) for r in self.cache.answer_rows if r in self.rows]
+        selectable = {r: i for i, r in enumerate(self.rows)}
+        answer = [selectable[r] for r in self.cache.answer_rows if r in selectable]
         kept = [self.rows[i] for i in spread(len(self.rows), answer, int((OFFLINE_BYTES - 1024) // entry))]
         means = np.zeros((len(kept), n_chips))
-        for start in range(0, len(kept), _BLOCK):
-            block = kept[start : start + _BLOCK]
-            contiguous = block == list(range(block[0], block[0] + len(block)))
+        wanted = np.asarray(kept)
+        keys = self.cache.num_tokens
+        step = max(1, _BLOCK_VALUES // max(1, keys))  # rows summed at a time: their sums stay ≤ 16 MiB
+        for start in range(int(wanted.min()), int(wanted.max()) + 1, step):
+            inside = np.flatnonzero((wanted >= start) & (wanted < start + step))
+            if not inside.size:
+                continue
             total = None
-            for layer in self.layers:
-                maps = pattern(self.cache, layer)[0]  # [heads, rows, keys]
-                part = maps[:, block[0] : block[0] + len(block)] if contiguous else maps[:, block]
-                part = part.float().mean(0)
+            for layer in self.layers:  # a contiguous block of rows, summed over heads: no copy of the maps
+                part = pattern(self.cache, layer)[0][:, start : start + step].sum(0)
                 total = part if total is None else total + part
-            means[start : start + len(block)] = self.chip_sums(total.numpy() / len(self.layers))
+            chosen = total[torch.as_tensor(wanted[inside] - start)].double().numpy()
+            means[inside] = self.chip_sums(chosen / (len(self.layers) * len(self.heads)))
         index = (
             np.argpartition(-means, top - 1, axis=1)[:, :top]
             if top < n_chips
