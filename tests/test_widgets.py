@@ -580,3 +580,18 @@ def test_offline_cap_is_the_documented_one():
         _base.OFFLINE_BYTES == 256 * 1024
         and "256 KiB" in (_base.__doc__ or "") + __import__("phi3lab.views.widgets.export", fromlist=["x"]).__doc__
     )
+
+
+def test_anywidgets_local_front_end_is_where_the_readme_says_vscode_looks():
+    """The README's VS Code row: anywidget ships its front end in the environment's share/jupyter/nbextensions,
+    registered with ``window.requirejs?.config`` (the form recent VS Code Jupyter extensions recognise)."""
+    import sys
+    from pathlib import Path
+
+    folder = Path(sys.prefix) / "share" / "jupyter" / "nbextensions" / "anywidget"
+    if not folder.is_dir():
+        pytest.skip(f"anywidget's nbextension is not installed at {folder}")
+    entry = (folder / "extension.js").read_text()
+    assert "window.requirejs?.config(" in entry and '"nbextensions/anywidget/index"' in entry
+    assert (folder / "index.js").is_file()
+    assert (Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "anywidget").is_dir()  # JupyterLab, Notebook 7
