@@ -2,7 +2,7 @@
 // target tokens to switch between — words and regions on one scale, centred at zero, drawn below.
 // State in: labels, targets, segments, pictures, method, scores, scale, maps, info, offline, error.
 // State out: token (-1: the whole answer).
-import { h, mount, bytes, colourOf, fractionOf, valueOf, paintChip, drawVeil, drawRim, legend, format, tokenText, isStatic, offlineNote, errorLine } from "./common.js";
+import { h, mount, bytes, rimColour, signOf, fractionOf, valueOf, paintChip, drawVeil, drawRim, legend, format, tokenText, isStatic, offlineNote, errorLine } from "./common.js";
 
 const SIDE = 320;
 
@@ -72,7 +72,7 @@ function render({ model, el }) {
         }
         drawVeil(ctx, scale, fractions, w, hgt, 0, 0, w, hgt);
         for (const [x0, y0, x1, y1, unit] of p.regions) {
-          const rgb = colourOf(scale, scores[unit]);
+          const rgb = rimColour(scale, scores[unit]);
           if (rgb) drawRim(ctx, rgb, fractionOf(scale, scores[unit]), Math.round(x0 * w), Math.round(y0 * hgt),
             Math.round(x1 * w) - Math.round(x0 * w), Math.round(y1 * hgt) - Math.round(y0 * hgt));
         }
@@ -80,9 +80,13 @@ function render({ model, el }) {
         const [ny, nx] = map.shape;
         const values = bytes(map.values);
         drawVeil(ctx, scale, Array.from(values, (b) => fractionOf(scale, b)), nx, ny, 0, 0, w, hgt);
+        const differs = (k, r, c) => r < 0 || c < 0 || r >= ny || c >= nx || signOf(values[r * nx + c]) !== signOf(values[k]);
         for (let k = 0; k < values.length; k++) {
-          const rgb = colourOf(scale, values[k]);
-          if (rgb) drawRim(ctx, rgb, fractionOf(scale, values[k]), (k % nx) * w / nx, Math.floor(k / nx) * hgt / ny, w / nx, hgt / ny);
+          const rgb = rimColour(scale, values[k]);
+          const r = Math.floor(k / nx);
+          const c = k % nx;
+          if (rgb) drawRim(ctx, rgb, fractionOf(scale, values[k]), c * w / nx, r * hgt / ny, w / nx, hgt / ny,
+            [differs(k, r - 1, c), differs(k, r, c + 1), differs(k, r + 1, c), differs(k, r, c - 1)]);
         }
       }
     });

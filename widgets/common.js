@@ -149,13 +149,32 @@ export function drawVeil(ctx, scale, fractions, nc, nr, x, y, w, hgt) {
   ctx.restore();
 }
 
-// A rim inside a box in the colour of a signed value (faint values, faint rims).
-export function drawRim(ctx, rgb, fraction, x, y, w, hgt) {
-  const width = Math.max(1.5, Math.min(w, hgt) / 8);
+// The rim colour of a signed value: its sign's strongest colour on the diverging map (the veil already
+// says how strong it is).
+export function signOf(byte) {
+  return !byte || byte === 128 ? 0 : byte > 128 ? 1 : -1;
+}
+
+export function rimColour(scale, byte) {
+  const f = fractionOf(scale, byte);
+  if (f === null || f === 0) return null;
+  return rgbOf(scale.stops[f > 0 ? scale.stops.length - 2 : 1]);
+}
+
+// A rim inside a box in the colour of a signed value's sign, fainter for weaker values.
+export function drawRim(ctx, rgb, fraction, x, y, w, hgt, sides = [true, true, true, true]) {
+  const width = Math.min(Math.max(Math.min(w, hgt) / 10, 1.5), 3);
   ctx.save();
-  ctx.strokeStyle = css(rgb, Math.max(0.15, Math.sqrt(Math.abs(fraction))));
+  ctx.strokeStyle = css(rgb, Math.max(0.35, Math.sqrt(Math.abs(fraction))));
   ctx.lineWidth = width;
-  ctx.strokeRect(x + width / 2, y + width / 2, w - width, hgt - width);
+  const [top, right, bottom, left] = sides;
+  const a = width / 2;
+  ctx.beginPath();
+  if (top) { ctx.moveTo(x, y + a); ctx.lineTo(x + w, y + a); }
+  if (right) { ctx.moveTo(x + w - a, y); ctx.lineTo(x + w - a, y + hgt); }
+  if (bottom) { ctx.moveTo(x, y + hgt - a); ctx.lineTo(x + w, y + hgt - a); }
+  if (left) { ctx.moveTo(x + a, y); ctx.lineTo(x + a, y + hgt); }
+  ctx.stroke();
   ctx.restore();
 }
 

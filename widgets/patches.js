@@ -3,7 +3,7 @@
 // the value is high; signed values (attribution) add a rim of their sign's colour.
 // State in: picture, geometry, crop_pos, global_pos, targets, layers, sources, heat_crops, heat_global,
 // scale, info, offline, error. State out: target, source, layer.
-import { h, mount, bytes, uint32s, colourOf, fractionOf, valueOf, drawVeil, drawRim, legend, format, tokenText, isStatic, offlineNote, errorLine, toggles } from "./common.js";
+import { h, mount, bytes, uint32s, rimColour, signOf, fractionOf, valueOf, drawVeil, drawRim, legend, format, tokenText, isStatic, offlineNote, errorLine, toggles } from "./common.js";
 
 const SIDE = 360; // display pixels of the canvas' longer side, per view
 
@@ -89,12 +89,17 @@ function render({ model, el }) {
     const nc = isCrops ? cols * cells : cells;
     const fractions = Array.from(heat, (b) => fractionOf(scale, b));
     drawVeil(ctx, scale, fractions, nc, nr, 0, 0, dw, dh);
-    if (scale.kind === "score") { // the sign of each cell with signal, as a rim
+    if (scale.kind === "score") { // the sign of each region with signal, as a rim around each run of cells of one sign
       const cw = dw / nc;
       const ch = dh / nr;
+      const differs = (k, r, c) => r < 0 || c < 0 || r >= nr || c >= nc || signOf(heat[r * nc + c]) !== signOf(heat[k]);
       for (let k = 0; k < heat.length; k++) {
-        const rgb = colourOf(scale, heat[k]);
-        if (rgb) drawRim(ctx, rgb, fractions[k], (k % nc) * cw, Math.floor(k / nc) * ch, cw, ch);
+        const rgb = rimColour(scale, heat[k]);
+        if (!rgb) continue;
+        const r = Math.floor(k / nc);
+        const c = k % nc;
+        drawRim(ctx, rgb, fractions[k], c * cw, r * ch, cw, ch,
+          [differs(k, r - 1, c), differs(k, r, c + 1), differs(k, r + 1, c), differs(k, r, c - 1)]);
       }
     }
     if (isCrops) { // crop boundaries

@@ -21,8 +21,8 @@ Every matplotlib figure, widget and rich HTML display in phi3lab colours numbers
 5. **Pictures keep their own colours.**  Nothing is painted over a picture in a map colour: an overlay
    puts a neutral veil (:data:`VEIL`, up to :data:`VEIL_ALPHA` opaque) over the cells with little or no
    signal and lifts it where the value is high (:func:`veil_alpha`), so the strongest cells show the picture
-   exactly as it is — an orange square stays orange.  Signed overlays add a rim in each cell's diverging
-   colour (its sign).  The veil is one image drawn without smoothing, so cells leave no seams.
+   exactly as it is — an orange square stays orange.  Signed overlays add a rim around each region in
+   its sign's colour (red or blue; :meth:`Scale.rims`).  The veil is one image drawn without smoothing, so cells leave no seams.
 
 Values travel to the browser as one byte each (:func:`encode`): 0 is *no signal*, 1..255 the value on the
 scale (shares: 1 = just above the floor, 255 = the top; scores: 128 = zero, 1 = −top, 255 = +top); the
@@ -192,6 +192,15 @@ class Scale:
 
     def colours(self, values) -> list[str | None]:
         return [None if np.isnan(c).any() else _hex(c) for c in self.rgb(np.asarray(values)).reshape(-1, 3)]
+
+    def rims(self, values) -> np.ndarray:
+        """``[..., 3]`` rim colours of signed values on a picture: the strongest colour of each value's sign
+        (the veil says how strong it is); NaN for no signal."""
+        f = self.fraction(values)
+        out = np.full(f.shape + (3,), np.nan)
+        out[f > 0] = _rgb(DIVERGING[-2])
+        out[f < 0] = _rgb(DIVERGING[1])
+        return out
 
     def ticks(self) -> list[float]:
         """The numbers printed on a colour bar: its ends and its middle."""

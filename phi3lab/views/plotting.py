@@ -202,7 +202,7 @@ def _veiled(fig, ax, picture, values: np.ndarray, s: Scale, rims=()):
                 fill=False,
                 lw=2,
                 edgecolor=colour,
-                alpha=float(np.clip(np.sqrt(strength), 0.15, 1)),
+                alpha=float(np.clip(np.sqrt(strength), 0.35, 1)),
             )
         )
     if s.kind == "share":
@@ -360,9 +360,9 @@ def attribution_image(attr, image: int = 0, token=None, *, ax=None, floor: float
     s = attribution_scale(attr, token, floor)
     values = attr.row(token).numpy()
     rims = [
-        (unit.box, colour, abs(fraction))
-        for unit, colour, fraction in zip(attr.units, s.colours(values), s.fraction(values))
-        if unit.image == image and unit.box is not None and colour is not None
+        (unit.box, tuple(rgb / 255), abs(fraction))
+        for unit, rgb, fraction in zip(attr.units, s.rims(values), s.fraction(values))
+        if unit.image == image and unit.box is not None and not np.isnan(rgb).any()
     ]
     fig, ax = _axes(ax, (5, 5 * picture.height / picture.width))
     _veiled(fig, ax, picture, attr.image_map(image, token), s, rims)

@@ -311,7 +311,7 @@ class AttributionPayload:
         alpha = veil_alpha(s.fraction(values))[..., None]
         veil = np.array([int(VEIL[k : k + 2], 16) for k in (1, 3, 5)], dtype=np.float64)
         out = pixels * (1 - alpha) + veil * alpha
-        rgb = s.rgb(values)
+        rgb = s.rims(values)
         edge = np.zeros(values.shape, dtype=bool)
         filled = np.nan_to_num(values, nan=np.inf)
         for axis in (0, 1):

@@ -298,12 +298,13 @@ def overlay_png(image, pixels: np.ndarray, s: Scale, grid: tuple[int, int] | Non
     alpha = veil_alpha(s.fraction(values))[..., None]
     veil = np.array([int(VEIL[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
     out = np.asarray(picture, dtype=np.float64) * (1 - alpha) + veil * alpha
-    if s.kind == "score":  # a two-pixel rim inside each region, in its sign's colour
-        rgb = s.rgb(values)
+    if s.kind == "score":  # a two-pixel rim inside each run of cells of one sign, in that sign's colour
+        rgb = s.rims(values)
+        sign = np.sign(np.nan_to_num(s.fraction(values)))
         edge = np.zeros(values.shape, dtype=bool)
         for axis in (0, 1):
             for shift in (1, 2, -1, -2):
-                edge |= np.roll(values, shift, axis=axis) != values
+                edge |= np.roll(sign, shift, axis=axis) != sign
         rim = edge & ~np.isnan(rgb[..., 0])
         out[rim] = rgb[rim]
     if grid is not None:
