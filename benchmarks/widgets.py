@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import statistics
 import sys
 import threading
@@ -189,6 +190,7 @@ def scale() -> bool:
 
 
 def main() -> None:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # captum's progress bar would garble the table
     if sys.argv[1:] == ["scale"]:
         scale()
         return

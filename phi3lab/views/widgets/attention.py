@@ -309,13 +309,15 @@ class AttentionView:
         wanted = np.asarray(kept)
         keys = self.cache.num_tokens
         step = max(1, _BLOCK_VALUES // max(1, keys))  # rows summed at a time: their sums stay ≤ 16 MiB
-        for start in range(int(wanted.min()), int(wanted.max()) + 1, step):
+        first = 0
+        while first < len(wanted):  # blocks start at a saved row, so rows no one can hover are not summed
+            start = int(wanted[first])
             inside = np.flatnonzero((wanted >= start) & (wanted < start + step))
-            if not inside.size:
-                continue
+            first = int(inside[-1]) + 1
+            stop = int(wanted[inside[-1]]) + 1
             total = None
             for layer in self.layers:  # a contiguous block of rows, summed over heads: no copy of the maps
-                part = pattern(self.cache, layer)[0][:, start : start + step].sum(0)
+                part = pattern(self.cache, layer)[0][:, start:stop].sum(0)
                 total = part if total is None else total + part
             chosen = total[torch.as_tensor(wanted[inside] - start)].double().numpy()
             means[inside] = self.chip_sums(chosen / (len(self.layers) * len(self.heads)))
