@@ -30,8 +30,10 @@ import sys
 import threading
 import time
 
-import torch
-from PIL import Image
+os.environ.setdefault("TQDM_DISABLE", "1")  # captum's progress bar would garble the table
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import phi3lab
 from phi3lab.paths import data_dir
@@ -190,7 +192,6 @@ def scale() -> bool:
 
 
 def main() -> None:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # captum's progress bar would garble the table
     if sys.argv[1:] == ["scale"]:
         scale()
         return
