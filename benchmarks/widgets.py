@@ -156,7 +156,7 @@ def scale() -> bool:
     rows = []
     for name, lab in (("tiny (4 layers × 4 heads)", tiny), ("Phi-3-mini width (2 × 32)", wide_lab(tiny))):
         text = prompt_of(lab, 2048)
-        _, cache = lab.run_with_cache(text, layers="all", queries="all", residual=False)
+        _, cache = lab.run_with_cache(text, sites=("pattern",), layers="all", positions="all")
         config = lab.model.config
         first = build(cache)[:2]  # the cache's maps are assembled on this first read
         again = build(cache)

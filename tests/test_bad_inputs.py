@@ -1079,9 +1079,9 @@ def _widget_cache(env, vision: bool = False):
     if not hasattr(env, key):
         if vision:
             picture = phi3lab.sample_image("shapes.png")
-            cache = env.vision.run_with_cache("<|image_1|>\nWhat is this?", [picture], max_new_tokens=2)[1]
+            cache = env.vision.generate_with_cache("<|image_1|>\nWhat is this?", [picture], max_new_tokens=2)[1]
         else:
-            cache = env.tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=2)[1]
+            cache = env.tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=2)[1]
         setattr(env, key, cache)
     return getattr(env, key)
 
@@ -1122,10 +1122,10 @@ def _words(scores, tokens=("▁a",)):
     )
 
 
-def _budget_error():
-    from phi3lab.inspect.capture import AttentionBudgetError
+def _memory_error():
+    from phi3lab.inspect.memory import MemoryLimitError
 
-    return AttentionBudgetError
+    return MemoryLimitError
 
 
 CASES += [
@@ -1151,11 +1151,11 @@ CASES += [
         ("layers [99] were not captured", "layers='all'"),
     ),
     widget_case(
-        "widget-explorer-budget",
-        "AttentionExplorer(cache, budget=1024)",
-        lambda env: (_views()[0].AttentionExplorer, (_widget_cache(env),), {"budget": 1024}),
-        _budget_error(),
-        ("AttentionExplorer over", "over the budget", "pass layers=[...]", "budget="),
+        "widget-explorer-max-bytes",
+        "AttentionExplorer(cache, max_bytes=1024)",
+        lambda env: (_views()[0].AttentionExplorer, (_widget_cache(env),), {"max_bytes": 1024}),
+        _memory_error(),
+        ("AttentionExplorer over", "over the limit", "pass layers=[...]", "max_bytes="),
     ),
     widget_case(
         "widget-patches-text-model",

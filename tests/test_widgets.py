@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from phi3lab.inspect.capture import AttentionBudgetError
+from phi3lab.inspect.memory import MemoryLimitError
 from phi3lab.views.colours import DIVERGING, scale
 from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer, _base
 from phi3lab.views.widgets._base import OFFLINE_BYTES, MessageLog, display_mode, module_source, state_bytes, stylesheet
@@ -24,20 +24,20 @@ QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
 @pytest.fixture(scope="module")
 def vcache(vision, picture):
-    _, cache = vision.run_with_cache(QUESTION, [picture], max_new_tokens=6)
+    _, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=6)
     return cache
 
 
 @pytest.fixture(scope="module")
 def last_rows(tiny):
-    """A cache with only the last prompt row and the answer rows (queries='last')."""
-    _, cache = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=4, queries="last")
+    """A cache with only the last prompt row and the answer rows (positions='last')."""
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=4, positions="last")
     return cache
 
 
 @pytest.fixture(scope="module")
 def tcache(tiny):
-    _, cache = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=4)
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=4)
     return cache
 
 
@@ -158,7 +158,7 @@ def test_the_info_line_says_the_aggregation_shown(vcache):
 
 
 def test_rollout_clears_the_head_focus_and_choosing_a_head_goes_back_to_mean(tiny):
-    _, full = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
+    _, full = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
     explorer = AttentionExplorer(full)
     explorer.show(layer=1, head=2)
     explorer.agg = "rollout"
@@ -188,15 +188,15 @@ def test_layers_all_is_accepted_and_other_layers_are_checked(vcache):
 
 
 def test_the_memory_preflight_refuses_before_reading(vcache):
-    with pytest.raises(AttentionBudgetError, match=r"AttentionExplorer over 4 layer.*pass layers=\[\.\.\.\].*budget="):
-        AttentionExplorer(vcache, budget=1024)
+    with pytest.raises(MemoryLimitError, match=r"AttentionExplorer over 4 layer.*pass layers=\[\.\.\.\].*max_bytes="):
+        AttentionExplorer(vcache, max_bytes=1024)
 
 
 def test_explorer_refuses_what_it_cannot_show(vcache, last_rows):
     with pytest.raises(TypeError, match="run_with_cache"):
         AttentionExplorer("not a cache")
     explorer = AttentionExplorer(last_rows)
-    explorer.row = 99  # no such row (queries='last' kept 5)
+    explorer.row = 99  # no such row (positions='last' kept 5)
     assert "no captured attention" in explorer.error and explorer.heat  # the view stays as it was
 
 

@@ -3,7 +3,7 @@
     >>> import phi3lab
     >>> from phi3lab.views.widgets import AttentionExplorer
     >>> lab = phi3lab.load("tiny", verbose=False)
-    >>> _, cache = lab.run_with_cache("What is 2 plus 3?", max_new_tokens=3)
+    >>> _, cache = lab.generate_with_cache("What is 2 plus 3?", max_new_tokens=3)
     >>> explorer = AttentionExplorer(cache)
     >>> explorer.agg, explorer.row == cache.answer_rows[0], explorer.scale["kind"]
     ('mean', True, 'share')
@@ -15,11 +15,12 @@ Python for that one row: the heat on every chip (mean or max over the chosen lay
 rollout) and a thumbnail per layer × head, all on one scale drawn under the strip.
 
 Nothing is copied out of the cache: a row is read from each layer's attention when it is asked for
-(rows on demand), summed per chip and sent at one byte per value.  Building the explorer reads one
+(rows on demand, from :meth:`~phi3lab.inspect.cache.Cache.attention`), summed per chip and sent at one byte
+per value.  Building the explorer reads one
 row, plus — for the ``offline`` payload an exported page uses — each saved row's mean over every
 layer and head, a block of rows at a time.  Before it reads anything it checks the memory it will
 need (the cache assembling each shown layer's ``[heads, rows, keys]`` map, as
-:meth:`~phi3lab.inspect.cache.Cache.attention` does on first use) against ``budget``, as
+:meth:`~phi3lab.inspect.cache.Cache.attention` does on first use) against ``max_bytes``, as
 :func:`~phi3lab.inspect.cache.run_with_cache` does, and refuses with advice.
 
 :class:`AttentionView` computes those payloads from a :class:`~phi3lab.inspect.cache.Cache` without any
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import traitlets
 
-from phi3lab.inspect.capture import check_budget, memory_budget
+from phi3lab.inspect.memory import check_max_bytes, check_memory, memory_limit
 from phi3lab.prompts.patches import image_tokens
 from phi3lab.prompts.token_view import SEGMENT_COLOURS
 from phi3lab.views.colours import SHARE_FLOOR, encode, legend_html, scale
@@ -65,20 +66,18 @@ def check_cache(cache, who: str):
 
     if not isinstance(cache, Cache):
         raise TypeError(f"{who} takes the Cache of `_, cache = lab.run_with_cache(...)`, got {type(cache).__name__}")
-    if not cache.layers:
+    if "pattern" not in cache.sites or not cache.layers:
         raise ValueError(
-            f"{who} needs captured attention; this cache holds no layers. Run lab.run_with_cache(..., layers='all')"
+            f"{who} needs the attention rows; this cache keeps {', '.join(cache.sites) or 'nothing'} at layers "
+            f"{list(cache.layers)}. Run lab.run_with_cache(...) with sites=[..., 'pattern'] and layers='all'"
         )
     return cache
 
 
 def pattern(cache, layer: int) -> torch.Tensor:
-    """``[batch, heads, rows, keys]`` attention of one captured layer: ``cache["pattern", layer]`` where the
-    cache has named sites, else ``cache.attention(layer)``."""
-    try:
-        return cache["pattern", layer]
-    except TypeError:  # a cache without named sites
-        return cache.attention(layer)
+    """``[batch, heads, rows, keys]`` attention of one captured layer: ``cache.attention(layer)``, which
+    assembles ``cache["pattern", layer]`` once and keeps it (a ``cache["pattern", layer]`` read copies)."""
+    return cache.attention(layer)
 
 
 def choose_layers(cache, layers) -> list[int]:
@@ -141,47 +140,48 @@ class AttentionView:
     Args:
         cache: a :class:`~phi3lab.inspect.cache.Cache`.
         layers: the layers to offer: ``'all'`` (default, every captured layer), an int or a list.
-        budget: bytes the explorer may make the process use (default a quarter of free memory).
+        max_bytes: bytes the explorer may make the process use (default a quarter of free memory).
         offline: build the payload an exported page answers hovers from (see :data:`OFFLINE_TOP`).
 
     Raises:
         TypeError: ``cache`` is not a Cache, or ``layers`` is neither ``'all'``, an int nor a list of ints.
         ValueError: the cache holds no attention, or ``layers`` asks for one that was not captured.
-        AttentionBudgetError: the memory it needs is over ``budget`` (a ``MemoryError``; says what to pass).
+        MemoryLimitError: the memory it needs is over ``max_bytes`` (a ``MemoryError``; says what to pass).
     """
 
-    def __init__(self, cache, layers="all", *, budget: int | None = None, offline: bool = True):
+    def __init__(self, cache, layers="all", *, max_bytes: int | None = None, offline: bool = True):
         self.cache = check_cache(cache, "AttentionExplorer")
+        max_bytes = check_max_bytes(max_bytes)
         self.layers = choose_layers(cache, layers)
         self.positions = cache.positions
         self.items, self.chip_of_key = strip_items(cache)
         self.rows = sorted({item[2] for item in self.items if item[2] >= 0})
         if not self.rows:
             raise ValueError(
-                "no text token of this cache has a captured row; run lab.run_with_cache(..., queries='all') "
-                "or queries='last' to keep the last prompt row and the answer"
+                "no text token of this cache has a captured row; run lab.run_with_cache(..., positions='all') "
+                "or positions='last' to keep the last prompt row"
             )
         config = cache.lab.model.config
         self.heads = list(cache.heads) if cache.heads is not None else list(range(config.num_attention_heads))
-        self._preflight(budget, offline)
+        self._preflight(max_bytes, offline)
         order = np.argsort(self.chip_of_key, kind="stable")
         self._order, self._bounds = order, np.searchsorted(self.chip_of_key[order], np.arange(len(self.items)))
         self._rollout: dict[int, np.ndarray] | None = None
         self._last: tuple[int, np.ndarray] | None = None
         self.offline = self._offline() if offline else {}
 
-    def _preflight(self, budget: int | None, offline: bool) -> None:
-        """Refuse before reading anything when the memory needed is over ``budget``."""
+    def _preflight(self, max_bytes: int | None, offline: bool) -> None:
+        """Refuse before reading anything when the memory needed is over ``max_bytes``."""
         rows, keys = len(self.positions), self.cache.num_tokens
         assembled = 4 * len(self.layers) * len(self.heads) * rows * keys  # Cache.attention's map per layer
         working = 8 * 3 * _BLOCK_VALUES if offline else 0  # a block of sums over heads, and its chip sums
         working += 8 * len(self.layers) * len(self.heads) * keys  # one row of every layer and head, float64 sums
-        check_budget(
+        check_memory(
             assembled + working,
-            memory_budget() if budget is None else budget,
+            memory_limit() if max_bytes is None else max_bytes,
             f"AttentionExplorer over {len(self.layers)} layer(s) × {len(self.heads)} heads × {rows} rows × {keys} keys",
-            "pass layers=[...] to show fewer layers, capture fewer rows (run_with_cache(..., queries='last')), "
-            "or pass budget= if you know the memory is there",
+            "pass layers=[...] to show fewer layers, capture fewer rows (run_with_cache(..., positions='last')), "
+            "or pass max_bytes= if you know the memory is there",
         )
 
     # --- one row --------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ class AttentionView:
         if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or row not in self.rows:
             raise IndexError(
                 f"row {row!r} has no captured attention here; rows with attention: {self.rows[:8]}"
-                f"{'…' if len(self.rows) > 8 else ''} (run with queries='all' for every token)"
+                f"{'…' if len(self.rows) > 8 else ''} (run with positions='all' for every token)"
             )
         return int(row)
 
@@ -386,10 +386,11 @@ class AttentionExplorer(PhiWidget):
     """Token strip, per-token attention heat and a layer × head grid, one row at a time.
 
     Args:
-        cache: the :class:`~phi3lab.inspect.cache.Cache` of ``lab.run_with_cache(...)`` (``queries='all'`` lets
-            every token be explored; ``'last'`` the last prompt token and the answer).
+        cache: the :class:`~phi3lab.inspect.cache.Cache` of ``lab.run_with_cache(...)`` or
+            ``lab.generate_with_cache(...)`` (``positions='all'`` lets every token be explored; ``'last'`` the
+            last prompt token and the answer).
         layers: the layers to offer: ``'all'`` (default), an int or a list of captured layers.
-        budget: bytes it may make the process use (default a quarter of free memory; checked first).
+        max_bytes: bytes it may make the process use (default a quarter of free memory; checked first).
         offline: save the payload an exported page answers hovers from (default ``True``).
 
     Hover a token to preview its row, click to keep it; pick ``mean``, ``max`` or ``rollout``; click a
@@ -415,8 +416,8 @@ class AttentionExplorer(PhiWidget):
     info = traitlets.Unicode().tag(sync=True)
     offline = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, cache, layers="all", *, budget: int | None = None, offline: bool = True):
-        self.view = AttentionView(cache, layers, budget=budget, offline=offline)
+    def __init__(self, cache, layers="all", *, max_bytes: int | None = None, offline: bool = True):
+        self.view = AttentionView(cache, layers, max_bytes=max_bytes, offline=offline)
         self._adjusting = False
         super().__init__(**self.view.initial())
         self.observe(self._update, names=["row", "agg", "focus"])
