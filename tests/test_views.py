@@ -248,3 +248,31 @@ def test_text_forms_of_heatmap_and_grid(tiny):
     grid[2, 1] = 0.5
     out = grid_text(grid)
     assert out.splitlines()[0] == "layer × head: strongest layer 2 head 1 (0.500)" and len(out.splitlines()) == 6
+
+
+def test_a_patching_grid_speaks_the_colour_language():
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from phi3lab.views.patching import patching_grid
+
+    values = torch.tensor([[0.9, -0.25, 1e-7], [0.0, 0.5, -0.9]])
+    result = types.SimpleNamespace(
+        normalized=values,
+        grid=values,
+        metric="logit difference",
+        layers=[0, 1],
+        dims=("layer", "position"),
+        positions=[0, 1, 2],
+        tokens=["▁a", "▁b", "▁c"],
+        site="resid_pre",
+        clean=2.0,
+        corrupted=-1.0,
+    )
+    fig, ax = patching_grid(result)
+    drawn = ax.images[0].get_array()
+    assert drawn.mask.tolist() == [[False, False, True], [True, False, False]]  # noise and zero: no signal
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["−0.9", "0", "+0.9"] and "no signal" in bar.get_ylabel()
+    plt.close(fig)

@@ -1,6 +1,7 @@
 """Drawing an activation-patching grid (:class:`phi3lab.inspect.patching.PatchingResult`).
 
-Signed values on a diverging map centred at zero with its scale; positions labelled by their tokens.
+Signed values on :mod:`phi3lab.views.colours`' diverging map centred at zero, with its scale drawn and its
+numbers; cells under the noise floor left blank (no signal); positions labelled by their tokens.
 Returns ``(fig, ax)`` and never calls ``plt.show()``; the numbers are the result's own.
 """
 
@@ -8,20 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from phi3lab.views.colours import colormap, scale
+
 __all__ = ["patching_grid"]
 
-DIVERGING = "RdBu_r"  # blue below zero, white at zero, red above
 
-
-def patching_grid(result, *, ax=None, normalized: bool = True):
+def patching_grid(result, *, ax=None, normalized: bool = True, floor: float | None = None):
     """The ``[layer, position]`` (or ``[layer, head]``) grid of a patching result, coloured around 0.
 
     Args:
         result: a :class:`~phi3lab.inspect.patching.PatchingResult`.
         normalized: draw ``(patched − corrupted) / (clean − corrupted)`` (1 = the clean answer restored);
             else the raw metric.
+        floor: magnitudes drawn as no signal (default :data:`phi3lab.views.colours.SCORE_FLOOR`).
     """
     import matplotlib.pyplot as plt
+
+    from phi3lab.views.plotting import _colour_bar, _masked, _norm_args
 
     values = (result.normalized if normalized else result.grid).numpy()
     label = "restored share of the clean−corrupted gap" if normalized else result.metric
@@ -36,9 +40,9 @@ def patching_grid(result, *, ax=None, normalized: bool = True):
         fig, ax = plt.subplots(figsize=(min(2 + 0.42 * cols, 16), 1.2 + 0.45 * rows), layout="constrained")
     else:
         fig = ax.figure
-    bound = float(np.nanmax(np.abs(values))) or 1.0
-    image = ax.imshow(values, cmap=DIVERGING, vmin=-bound, vmax=bound, aspect="auto")
-    fig.colorbar(image, ax=ax, label=label, shrink=0.9)
+    s = scale(values, kind="score", label=label, floor=floor)
+    ax.imshow(_masked(values, s), cmap=colormap("score"), aspect="auto", interpolation="nearest", **_norm_args(s))
+    _colour_bar(fig, ax, s)
     ax.set_yticks(range(rows), [f"L{layer}" for layer in result.layers])
     if "position" in result.dims:
         ax.set_xticks(range(cols), [result.tokens[p].replace("<0x0A>", "\\n") for p in result.positions], rotation=90)
