@@ -1,10 +1,14 @@
 """The widgets in a real browser: headless Chromium against JupyterLab 4 and Notebook 7 started here
 on 127.0.0.1, and an exported HTML page opened with the network off.
 
-Each test checks that every widget renders, that an interaction changes what is shown, that the
-page logged no console error, and that no request left 127.0.0.1 (every other request is blocked
-and recorded).  One browser and one Jupyter server serve the whole session.  Without Chromium or
-Playwright the tests skip and say what to install; ``-m "not browser"`` deselects them.
+Each test checks that every widget renders, that an interaction changes what is shown, that each view
+draws its colour scale with numbers, that noise-level attributions are drawn uncoloured (and real ones
+in the colours :mod:`phi3lab.views.colours` computes), that nothing a message carries runs as script,
+that the page logged no console error, and that no request left 127.0.0.1 (every other request is
+blocked and recorded).  The exported page must carry the notebook's name as its title and answer hovers
+and clicks from the saved payload.  One browser and one Jupyter server serve the whole session.  Without
+Chromium or Playwright the tests skip and say what to install; ``-m "not browser"`` deselects them.
+``PHI3LAB_BROWSER_SHOTS=<folder>`` saves screenshots of each page and each widget to look at.
 """
 
 from __future__ import annotations

@@ -595,3 +595,24 @@ def test_anywidgets_local_front_end_is_where_the_readme_says_vscode_looks():
     assert "window.requirejs?.config(" in entry and '"nbextensions/anywidget/index"' in entry
     assert (folder / "index.js").is_file()
     assert (Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "anywidget").is_dir()  # JupyterLab, Notebook 7
+
+
+def test_a_noise_level_attribution_on_the_picture_is_no_signal_and_not_the_opening_token(vcache):
+    """PatchExplorer's attribution source once drew a 2.0e-6 maximum as saturated heat and opened on '▁The'."""
+    span = vcache.inputs.images[0]
+
+    class Fake:
+        target_ids = list(vcache.answer_ids)
+        target_tokens = [f"t{i}" for i in range(len(target_ids))]
+
+        def image_map(self, image, token=None):
+            heat = np.full((span.height, span.width), 2.0e-6 if token != 1 else 0.0)
+            if token == 1:
+                heat[: span.height // 2] = 0.8
+            return heat
+
+    explorer = PatchExplorer(vcache, attribution=Fake())
+    assert explorer.target == 1 and explorer.source == "attribution" and explorer.scale["signal"]
+    explorer.show(target=0, source="attribution")
+    assert not explorer.scale["signal"] and "no signal" in explorer.info
+    assert set(_bytes(explorer.heat_crops)) == {0} and set(_bytes(explorer.heat_global)) == {0}
