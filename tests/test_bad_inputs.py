@@ -1070,6 +1070,229 @@ CASES: list[Case] = [
 ]
 
 
+# --- widgets and the exported page (phi3lab.views.widgets) -----------------------------------------
+
+
+def _widget_cache(env, vision: bool = False):
+    """A small cache of the text or the vision model, made once per run."""
+    key = "_vision_cache" if vision else "_text_cache"
+    if not hasattr(env, key):
+        if vision:
+            picture = phi3lab.sample_image("shapes.png")
+            cache = env.vision.generate_with_cache("<|image_1|>\nWhat is this?", [picture], max_new_tokens=2)[1]
+        else:
+            cache = env.tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=2)[1]
+        setattr(env, key, cache)
+    return getattr(env, key)
+
+
+def _notebook(env, name: str, text: str | None = None) -> Path:
+    """A notebook file in the run's folder (``text`` replaces its contents: a torn or foreign file)."""
+    import nbformat
+
+    path = env.tmp / name
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")]), path)
+    if text is not None:
+        path.write_text(text)
+    return path
+
+
+def _foreign(env) -> Path:
+    notes = env.tmp / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    return notes
+
+
+def widget_case(id, shown, make, error, says):
+    return Case(id, "widgets", shown, make, error, says)
+
+
+def _views():
+    from phi3lab.views import widgets
+    from phi3lab.views.widgets import _base, export
+
+    return widgets, _base, export
+
+
+def _words(scores, tokens=("▁a",)):
+    import types
+
+    return types.SimpleNamespace(
+        units=[types.SimpleNamespace(label="w", image=None)], target_tokens=list(tokens), scores=scores
+    )
+
+
+def _memory_error():
+    from phi3lab.inspect.memory import MemoryLimitError
+
+    return MemoryLimitError
+
+
+CASES += [
+    widget_case(
+        "widget-explorer-not-cache",
+        "AttentionExplorer('cache')",
+        lambda env: (_views()[0].AttentionExplorer, ("cache",), {}),
+        TypeError,
+        ("takes the Cache of", "run_with_cache"),
+    ),
+    widget_case(
+        "widget-explorer-layers-str",
+        "AttentionExplorer(cache, layers='al')",
+        lambda env: (_views()[0].AttentionExplorer, (_widget_cache(env),), {"layers": "al"}),
+        TypeError,
+        ("layers must be 'all', an int or a list of ints", "'al'"),
+    ),
+    widget_case(
+        "widget-explorer-layers-missing",
+        "AttentionExplorer(cache, layers=[99])",
+        lambda env: (_views()[0].AttentionExplorer, (_widget_cache(env),), {"layers": [99]}),
+        ValueError,
+        ("layers [99] were not captured", "layers='all'"),
+    ),
+    widget_case(
+        "widget-explorer-max-bytes",
+        "AttentionExplorer(cache, max_bytes=1024)",
+        lambda env: (_views()[0].AttentionExplorer, (_widget_cache(env),), {"max_bytes": 1024}),
+        _memory_error(),
+        ("AttentionExplorer over", "over the limit", "pass layers=[...]", "max_bytes="),
+    ),
+    widget_case(
+        "widget-patches-text-model",
+        "PatchExplorer(<cache of a text model>)",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env),), {}),
+        ValueError,
+        ("is a text model", "tiny-vision"),
+    ),
+    widget_case(
+        "widget-patches-image-index",
+        "PatchExplorer(vision_cache, image=3)",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"image": 3}),
+        IndexError,
+        ("image 3 does not exist",),
+    ),
+    widget_case(
+        "widget-attribution-not-one",
+        "AttributionView(42)",
+        lambda env: (_views()[0].AttributionView, (42,), {}),
+        TypeError,
+        ("has no 'units'", "phi3lab.attribution.attribute"),
+    ),
+    widget_case(
+        "widget-attribution-shape",
+        "AttributionView(<1 unit, scores [1, 2]>)",
+        lambda env: (_views()[0].AttributionView, (_words([[1.0, 2.0]]),), {}),
+        ValueError,
+        ("scores must be [target tokens, units] = [1, 1]", "[1, 2]"),
+    ),
+    widget_case(
+        "widget-attribution-no-tokens",
+        "AttributionView(<no target tokens>)",
+        lambda env: (_views()[0].AttributionView, (_words(__import__("numpy").zeros((0, 1)), tokens=()),), {}),
+        ValueError,
+        ("0 target token(s)", "needs at least one"),
+    ),
+    widget_case(
+        "widget-chat-not-lab",
+        "ChatWidget('tiny')",
+        lambda env: (_views()[0].ChatWidget, ("tiny",), {}),
+        TypeError,
+        ("takes the Lab of phi3lab.load(...)", "got str"),
+    ),
+    widget_case(
+        "widget-chat-mnt-str",
+        "ChatWidget(lab, max_new_tokens='abc')",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"max_new_tokens": "abc"}),
+        TypeError,
+        ("max_new_tokens must be an integer", "ChatWidget(lab, max_new_tokens=128)"),
+    ),
+    widget_case(
+        "widget-chat-mnt-zero",
+        "ChatWidget(lab, max_new_tokens=0)",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"max_new_tokens": 0}),
+        ValueError,
+        ("max_new_tokens must be at least 1", "ChatWidget(lab, max_new_tokens=128)"),
+    ),
+    widget_case(
+        "widget-chat-mnt-huge",
+        "ChatWidget(lab, max_new_tokens=10**9)",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"max_new_tokens": 10**9}),
+        ValueError,
+        ("max_new_tokens must be at most 4096",),
+    ),
+    widget_case(
+        "widget-chat-temp-nan",
+        "ChatWidget(lab, temperature=nan)",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"temperature": float("nan")}),
+        ValueError,
+        ("temperature must be a finite number", "ChatWidget(lab, temperature=0.7)"),
+    ),
+    widget_case(
+        "widget-chat-temp-str",
+        "ChatWidget(lab, temperature='hot')",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"temperature": "hot"}),
+        TypeError,
+        ("temperature must be a number", "got str"),
+    ),
+    widget_case(
+        "widget-chat-system-bytes",
+        "ChatWidget(lab, system=b'Be brief.')",
+        lambda env: (_views()[0].ChatWidget, (env.tiny,), {"system": b"Be brief."}),
+        TypeError,
+        ("system must be a string", "decode bytes first"),
+    ),
+    widget_case(
+        "widget-display-mode",
+        "display_mode('fancy')",
+        lambda env: (_views()[1].display_mode, ("fancy",), {}),
+        ValueError,
+        ("display mode must be one of", "'static'"),
+    ),
+    widget_case(
+        "export-missing",
+        "export_html('missing.ipynb')",
+        lambda env: (_views()[2].export_html, (env.tmp / "missing.ipynb",), {}),
+        FileNotFoundError,
+        ("missing.ipynb does not exist", "pass the path of an .ipynb file"),
+    ),
+    widget_case(
+        "export-torn",
+        "export_html(<a notebook cut in half>)",
+        lambda env: (_views()[2].export_html, (_notebook(env, "torn.ipynb", '{"cells": [{"cell_ty'),), {}),
+        ValueError,
+        ("torn.ipynb is not valid JSON", "git checkout --", "save it again from Jupyter"),
+    ),
+    widget_case(
+        "export-not-notebook",
+        "export_html(<a file holding [1, 2]>)",
+        lambda env: (_views()[2].export_html, (_notebook(env, "list.ipynb", "[1, 2]"),), {}),
+        ValueError,
+        ("list.ipynb is not a valid notebook",),
+    ),
+    widget_case(
+        "export-missing-folder",
+        "export_html(nb, 'no/such/folder/page.html')",
+        lambda env: (_views()[2].export_html, (_notebook(env, "a.ipynb"), env.tmp / "no" / "such" / "page.html"), {}),
+        FileNotFoundError,
+        ("does not exist; create it first", "mkdir -p"),
+    ),
+    widget_case(
+        "export-foreign-file",
+        "export_html(nb, 'notes.html') where notes.html is the user's",
+        lambda env: (_views()[2].export_html, (_notebook(env, "a.ipynb"), _foreign(env)), {}),
+        FileExistsError,
+        ("is not a page phi3lab's export wrote", "--force", "overwrite=True"),
+    ),
+    widget_case(
+        "export-over-notebook",
+        "export_html(nb, nb)",
+        lambda env: (_views()[2].export_html, (_notebook(env, "a.ipynb"), env.tmp / "a.ipynb"), {}),
+        ValueError,
+        ("would overwrite the notebook", "pass -o with an .html path"),
+    ),
+]
+
+
 def _without_template(tokenizer):
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = None
@@ -1336,7 +1559,10 @@ def render_table() -> str:
         "(`PHI3LAB_TRACEBACK=1` shows it); Ctrl-C exits 130; weights larger than the device's memory raise",
         "`NotEnoughMemoryError` before loading; damage to the embedded model points at git and the training",
         "command. Success paths that must not mutate their arguments are in `tests/test_generation.py` and",
-        "`tests/test_chat.py`.",
+        "`tests/test_chat.py`. The widgets answer bad messages from the browser (a send without text, an unknown",
+        "message, a row or token that does not exist) in their own error line, and `python -m",
+        "phi3lab.views.widgets.export` answers a missing or torn notebook and an `-o` into a missing folder with",
+        "one line and exit 2 (`tests/test_widgets.py`).",
         "",
     ]
     return "\n".join(lines)

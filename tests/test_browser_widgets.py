@@ -1,10 +1,14 @@
 """The widgets in a real browser: headless Chromium against JupyterLab 4 and Notebook 7 started here
 on 127.0.0.1, and an exported HTML page opened with the network off.
 
-Each test checks that every widget renders, that an interaction changes what is shown, that the
-page logged no console error, and that no request left 127.0.0.1 (every other request is blocked
-and recorded).  One browser and one Jupyter server serve the whole session.  Without Chromium or
-Playwright the tests skip and say what to install; ``-m "not browser"`` deselects them.
+Each test checks that every widget renders, that an interaction changes what is shown, that each view
+draws its colour scale with numbers, that noise-level attributions are drawn uncoloured (and real ones
+in the colours :mod:`phi3lab.views.colours` computes), that nothing a message carries runs as script,
+that the page logged no console error, and that no request left 127.0.0.1 (every other request is
+blocked and recorded).  The exported page must carry the notebook's name as its title and answer hovers
+and clicks from the saved payload.  One browser and one Jupyter server serve the whole session.  Without
+Chromium or Playwright the tests skip and say what to install; ``-m "not browser"`` deselects them.
+``PHI3LAB_BROWSER_SHOTS=<folder>`` saves screenshots of each page and each widget to look at.
 """
 
 from __future__ import annotations
@@ -50,13 +54,31 @@ except ImportError:  # the minimal protocol: unit labels, target tokens, scores
                                       target_tokens=["▁The", "▁triangle"], scores=torch.tensor([[0.2, -0.1], [0.0, 0.9]]))
 AttributionView(explained)"""
 
+NOISE = """\
+import types, torch
+# '▁is' scores ±2.3e-6 (rounding noise); '▁red' has a real attribution
+AttributionView(types.SimpleNamespace(units=[types.SimpleNamespace(label=w, image=None) for w in ("What", "colour", "is")],
+                                      target_tokens=["▁is", "▁red"],
+                                      scores=torch.tensor([[2.3e-6, -1.1e-6, 1e-7], [0.5, -3.0, 0.0]])))"""
+
+HOSTILE = """\
+from IPython.display import HTML, display
+hostile = ChatWidget(text)
+hostile.messages = [{"role": "user", "content": '<img src=x onerror="window.__xss = 1">',
+                     "images": ['x" onerror="window.__xss = 4', "javascript:window.__xss = 5"]}]
+display(HTML(hostile.to_html()))
+hostile"""
+
 CELLS = [
     SETUP,
     'ChatWidget(text, system="Answer briefly.", max_new_tokens=24)',
     "AttentionExplorer(cache)",
     "PatchExplorer(cache)",
     ATTRIBUTION,
+    NOISE,
+    HOSTILE,
 ]
+KINDS = ("chat", "attention", "patches", "attribution")
 
 
 def _chromium() -> str | None:
@@ -197,9 +219,51 @@ def _heat(page, selector):
     return page.eval_on_selector_all(selector, "nodes => nodes.map(n => n.dataset.heat || '').join(',')")
 
 
+def check_scales(page):
+    """Each view that colours numbers draws its scale, with numbers."""
+    for kind in ("attention", "patches", "attribution"):
+        ticks = page.eval_on_selector(
+            f".phi3lab-{kind} .phi3lab-legend[data-signal='true'] .phi3lab-ticks",
+            "node => Array.from(node.children).map(n => n.textContent)",
+        )
+        assert len(ticks) == 3 and all(re.search(r"\d", t) for t in ticks), f"{kind}: scale ticks {ticks}"
+
+
+def check_noise_is_uncoloured(page):
+    """The noise-level target: every word uncoloured and labelled; the real one: Python's colours."""
+    from phi3lab.views.colours import scale
+
+    view = page.locator(".phi3lab-attribution").nth(1)
+    view.locator(".phi3lab-toolbar .phi3lab-chip[data-token='0']").click()
+    page.wait_for_function(
+        "el => el.querySelector('.phi3lab-legend').dataset.signal === 'false'",
+        arg=view.element_handle(),
+        timeout=30_000,
+    )
+    chips = view.locator(".phi3lab-chip[data-unit]")
+    styles = chips.evaluate_all("nodes => nodes.map(n => [n.className, getComputedStyle(n).backgroundColor, n.title])")
+    assert all(
+        "phi3lab-nosignal" in c and bg in ("rgba(0, 0, 0, 0)", "transparent") and "no signal" in t
+        for c, bg, t in styles
+    ), styles
+    assert "no signal" in view.locator(".phi3lab-info").inner_text()
+    view.locator(".phi3lab-toolbar .phi3lab-chip[data-token='1']").click()
+    page.wait_for_function(
+        "el => el.querySelector('.phi3lab-legend').dataset.signal === 'true'", arg=view.element_handle(), timeout=30_000
+    )
+    expected = scale([0.5, -3.0, 0.0], kind="score", label="").colours([0.5, -3.0])
+    shown = chips.evaluate_all("nodes => nodes.slice(0, 2).map(n => getComputedStyle(n).backgroundColor)")
+    assert shown == [f"rgb({int(c[1:3], 16)}, {int(c[3:5], 16)}, {int(c[5:7], 16)})" for c in expected], shown
+
+
+def check_nothing_fired(page):
+    assert page.evaluate("window.__xss") is None, "an escaped message ran a script"
+    assert page.locator("img[onerror]").count() == 0
+
+
 def check_widgets(page, timeout=180_000):
     """Every widget rendered; clicking / typing changes what each shows."""
-    for kind in ("chat", "attention", "patches", "attribution"):
+    for kind in KINDS:
         page.wait_for_selector(f".phi3lab-{kind}", timeout=timeout)
         stray = page.eval_on_selector(
             f".phi3lab-{kind}",
@@ -224,6 +288,26 @@ def check_widgets(page, timeout=180_000):
     page.wait_for_function(
         "document.querySelector('.phi3lab-attention .phi3lab-info').textContent.includes('max over')", timeout=30_000
     )
+    # one head focused: mean and max draw the same heat, the info line must still follow the button
+    page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='mean']").click()
+    page.locator(".phi3lab-attention canvas.phi3lab-thumb[data-layer='0'][data-head='1']").click()
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-attention .phi3lab-info').textContent.includes('mean over layer 0 × head 1')",
+        timeout=30_000,
+    )
+    page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='max']").click()
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-attention .phi3lab-info').textContent.includes('max over layer 0 × head 1')",
+        timeout=30_000,
+    )
+    page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='rollout']").click()
+    page.wait_for_function(
+        "document.querySelector('.phi3lab-attention .phi3lab-focus').textContent.startsWith('rollout')",
+        timeout=60_000,
+    )
+    assert page.locator(".phi3lab-attention canvas.phi3lab-thumb.phi3lab-dim").count() == 0
+    assert page.locator(".phi3lab-attention .phi3lab-all").is_disabled()
+    page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='mean']").click()
 
     # patches: another answer token changes the overlay; hovering a cell names its token
     canvas = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
@@ -244,17 +328,25 @@ def check_widgets(page, timeout=180_000):
     )
 
     # chat: a typed question streams an answer with its stats
-    page.locator(".phi3lab-chat textarea.phi3lab-message").fill("What is 2 plus 3?")
-    page.locator(".phi3lab-chat .phi3lab-send").click()
+    page.locator(".phi3lab-chat textarea.phi3lab-message").first.fill("What is 2 plus 3?")
+    page.locator(".phi3lab-chat .phi3lab-send").first.click()
     page.wait_for_selector(".phi3lab-chat .phi3lab-stats", timeout=60_000)
     answer = page.locator(".phi3lab-chat .phi3lab-msg-assistant").last.inner_text()
     stats = page.locator(".phi3lab-chat .phi3lab-stats").last.inner_text()
     assert answer.strip() and re.search(r"\d+ prompt \+ \d+ new tokens · first token after \d+ ms", stats)
+    chat = page.locator(".phi3lab-chat").first
+    assert chat.locator("textarea.phi3lab-system").is_disabled()  # a conversation has started
+    chat.locator("button", has_text="New chat").click()
+    page.wait_for_function(
+        "el => !el.querySelector('textarea.phi3lab-system').disabled", arg=chat.element_handle(), timeout=30_000
+    )
 
     # attribution: another target token recolours the words
     units = ".phi3lab-attribution .phi3lab-chip[data-unit]"
     before = page.eval_on_selector_all(units, "nodes => nodes.map(n => n.dataset.score).join(',')")
-    page.locator(".phi3lab-attribution .phi3lab-toolbar .phi3lab-chip").nth(2).click()
+    current = page.eval_on_selector(".phi3lab-attribution .phi3lab-toolbar .phi3lab-current", "n => n.dataset.token")
+    other = "0" if current != "0" else "1"
+    page.locator(f".phi3lab-attribution .phi3lab-toolbar .phi3lab-chip[data-token='{other}']").first.click()
     page.wait_for_function(
         """([sel, before]) => Array.from(document.querySelectorAll(sel))
         .map(n => n.dataset.score).join(',') !== before""",
@@ -275,10 +367,16 @@ def _contrast(a: str, b: str) -> float:
 
 
 def _shot(page, name):
-    """Screenshots for a person to look at, when PHI3LAB_BROWSER_SHOTS names a folder."""
+    """Screenshots for a person to look at, when PHI3LAB_BROWSER_SHOTS names a folder: the page, and each
+    widget on its own (``<name>-<kind>-<n>.png``), scrolled into view."""
     folder = os.environ.get("PHI3LAB_BROWSER_SHOTS")
     if folder:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        for kind in KINDS:
+            widgets = page.locator(f".phi3lab-{kind}")
+            for n in range(widgets.count()):
+                widgets.nth(n).scroll_into_view_if_needed()
+                widgets.nth(n).screenshot(path=str(Path(folder) / f"{name}-{kind}-{n}.png"))
 
 
 def check_readable(page):
@@ -294,10 +392,14 @@ def check_readable(page):
 
 
 def open_and_check(watch, url):
-    """Open a notebook, run every cell, and check every widget renders and reacts."""
+    """Open a notebook, run every cell, and check every widget renders, reacts, shows its scales, draws
+    noise uncoloured and runs no script a message carried."""
     watch.page.goto(url)
     _run_all(watch.page)
     check_widgets(watch.page)
+    check_scales(watch.page)
+    check_noise_is_uncoloured(watch.page)
+    check_nothing_fired(watch.page)
     return watch.page
 
 
@@ -312,6 +414,7 @@ def test_browser_jupyterlab_light_and_dark(browser, jupyter):
         page.wait_for_function("document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
         page.wait_for_timeout(500)
         check_readable(page)
+        check_scales(page)
         _shot(page, "lab-dark")
         watch.check()
     finally:
@@ -341,10 +444,10 @@ def test_browser_notebook7(browser, jupyter):
         watch.close()
 
 
-def test_browser_exported_page_renders_offline(browser, tmp_path):
+def test_browser_exported_page_is_explorable_offline(browser, tmp_path):
     from phi3lab.views.widgets.export import export_html
 
-    page_path = export_html(write_notebook(tmp_path / "export.ipynb"), execute=True)
+    page_path = export_html(write_notebook(tmp_path / "my_analysis.ipynb"), execute=True)
     html = page_path.read_text()
     assert not re.search(r"""<script[^>]+src=["']https?:""", html)
     state = json.loads(
@@ -352,24 +455,52 @@ def test_browser_exported_page_renders_offline(browser, tmp_path):
             1
         )
     )
-    assert sum("_esm" in m["state"] for m in state["state"].values()) == 4
+    assert sum("_esm" in m["state"] for m in state["state"].values()) == 6
     watch = Watch(browser, offline=True)
     page = watch.page
     try:
         page.goto(page_path.as_uri())
         page.wait_for_selector("body[data-phi3lab-widgets='rendered']", timeout=30_000)
-        for kind in ("chat", "attention", "patches", "attribution"):
-            assert page.locator(f".phi3lab-{kind} .phi3lab-note").count() == 1  # says it is a saved view
-        assert page.locator(".phi3lab-attention .phi3lab-chip[data-heat]:not([data-heat='0'])").count() > 3
-        page.wait_for_function("document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000")
-        # what a kernel is needed for is off; what the saved state holds still reacts (hovering a cell)
-        assert page.locator(".phi3lab-chat .phi3lab-send").is_disabled()
+        assert page.title() == "my_analysis"
+        for kind in KINDS:
+            assert page.locator(f".phi3lab-{kind} .phi3lab-note").count() >= 1  # says what the saved page holds
+        assert "at most 256 KiB per widget" in page.locator(".phi3lab-attention .phi3lab-note").first.inner_text()
+        check_scales(page)
+        check_nothing_fired(page)
+        assert page.locator(".phi3lab-chat .phi3lab-send").first.is_disabled()
+
+        # attention: hovering another saved token repaints the strip from the saved rows
+        strip = ".phi3lab-attention .phi3lab-strip .phi3lab-chip"
+        before = _heat(page, strip)
+        page.locator(".phi3lab-attention .phi3lab-strip .phi3lab-selectable").nth(2).hover()
+        page.wait_for_function(
+            """([sel, before]) => Array.from(document.querySelectorAll(sel))
+            .map(n => n.dataset.heat || '').join(',') !== before""",
+            arg=[strip, before],
+            timeout=10_000,
+        )
+        assert "saved in this page" in page.locator(".phi3lab-attention .phi3lab-info").first.inner_text()
+
+        # patches: another answer token redraws the overlay; hovering a cell names its token
         crops = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
+        page.wait_for_function("document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000")
+        before = crops.evaluate("c => c.toDataURL()")
+        current = page.eval_on_selector(".phi3lab-patches .phi3lab-targets .phi3lab-current", "n => n.dataset.target")
+        page.locator(
+            f".phi3lab-patches .phi3lab-targets .phi3lab-chip[data-target='{1 - int(current == '1')}']"
+        ).click()
+        page.wait_for_function(
+            "b => document.querySelector('.phi3lab-patches canvas').toDataURL() !== b", arg=before, timeout=10_000
+        )
         box = crops.bounding_box()
         crops.hover(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
         page.wait_for_function(
             "document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')"
         )
+
+        # attribution: the noise-level target is drawn uncoloured here too
+        check_noise_is_uncoloured(page)
+        _shot(page, "export-offline")
         watch.check()
     finally:
         watch.close()

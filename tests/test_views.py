@@ -118,19 +118,21 @@ def test_patch_layout_shows_the_picture_in_its_box_over_white_padding():
     plt.close(fig)
 
 
-def test_image_attention_keeps_the_picture_and_has_a_colour_scale():
+def test_image_attention_keeps_the_pictures_colours_where_the_attention_is():
     import matplotlib.pyplot as plt
 
-    image = Image.new("RGB", (336, 336), (30, 90, 200))
+    image = Image.new("RGB", (336, 336), (255, 140, 0))  # the orange square of the colour question
     n = num_image_tokens(336, 336, 1)
     row = torch.zeros(n)
     row[0] = 1.0  # all attention on the crop's first cell (top left)
     fig, ax = plotting.image_attention(image, image_heat(row, 0, 336, 336, 1), "crops")
-    assert _pixel(ax, 300, 300) == (30, 90, 200), "a cell without attention must show the picture unchanged"
-    hot = _pixel(ax, 14, 14)
-    assert hot != (30, 90, 200) and sum(hot) < sum((30, 90, 200)), "the attended cell must be drawn over"
+    hot, cold = _pixel(ax, 14, 14), _pixel(ax, 300, 300)
+    assert all(abs(a - b) <= 2 for a, b in zip(hot, (255, 140, 0))), f"the attended cell must stay orange, got {hot}"
+    expected = _veiled((255, 140, 0), 1.0)
+    assert all(abs(a - b) <= 3 for a, b in zip(cold, expected)) and cold[0] > cold[1] > cold[2], (cold, expected)
     colourbar = fig.axes[-1]
-    assert colourbar is not ax and colourbar.get_ylabel() == "share of attention per cell"
+    assert colourbar is not ax and colourbar.get_ylabel().startswith("share of attention per cell")
+    assert [t.get_text() for t in colourbar.get_yticklabels()] == ["0", "0.5", "1"]
     plt.close(fig)
 
 
@@ -139,12 +141,97 @@ def test_heatmaps_have_labelled_colour_bars_and_show_the_space_piece(tiny):
 
     table = tiny.tokens("My name is Ada.")
     fig, ax = plotting.token_heatmap(torch.rand(3, len(table)), table)
-    assert [a.get_ylabel() for a in fig.axes] == ["query", "attention weight"]
+    assert fig.axes[0].get_ylabel() == "query" and fig.axes[1].get_ylabel().startswith("share of attention\n")
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert "▁" in ticks and "·" not in "".join(ticks)
     plt.close(fig)
     fig, ax = plotting.layer_head_grid(torch.rand(2, 4))
-    assert fig.axes[-1].get_ylabel() == "share of attention"
+    assert fig.axes[-1].get_ylabel().startswith("share of attention") and "no signal" in fig.axes[-1].get_ylabel()
+    plt.close(fig)
+
+
+def test_values_under_the_noise_floor_are_left_blank_in_a_heatmap(tiny):
+    import matplotlib.pyplot as plt
+
+    table = tiny.tokens("My name is Ada.")
+    w = torch.full((2, len(table)), 1e-9)
+    w[0, 1] = 0.5
+    fig, ax = plotting.token_heatmap(w, table)
+    drawn = ax.images[0].get_array()
+    assert drawn.mask.sum() == w.numel() - 1 and not drawn.mask[0, 1]
+    plt.close(fig)
+
+
+def _veiled(rgb, strength: float) -> tuple[int, ...]:
+    """A picture colour under the veil at ``strength`` (1: no signal) — the rule of phi3lab.views.colours."""
+    from phi3lab.views.colours import VEIL, VEIL_ALPHA
+
+    veil = [int(VEIL[i : i + 2], 16) for i in (1, 3, 5)]
+    a = VEIL_ALPHA * strength
+    return tuple(round(c * (1 - a) + v * a) for c, v in zip(rgb, veil))
+
+
+class _Attribution:
+    """What the attribution figures read: a word scoring +23.5 and four picture regions, one at +1.0."""
+
+    def __init__(self, scores):
+        import types
+
+        self.units = [types.SimpleNamespace(label="square?", image=None, box=None)] + [
+            types.SimpleNamespace(
+                label=f"r{k}", image=0, box=(168 * (k % 2), 168 * (k // 2), 168 * (k % 2) + 168, 168 * (k // 2) + 168)
+            )
+            for k in range(4)
+        ]
+        self.scores = torch.tensor(scores, dtype=torch.float32)
+        self.method, self.kinds, self.target_tokens = "ablation", ("words", "image-regions"), ["▁red", "▁is"]
+        self.target_text = "red is"
+        picture = Image.new("RGB", (336, 336), (255, 140, 0))
+        self.inputs = types.SimpleNamespace(image=lambda i: types.SimpleNamespace(image=picture))
+
+    def row(self, token=None):
+        return self.scores.sum(0) if token is None else self.scores[token]
+
+    def token_name(self, token=None):
+        return "the whole answer" if token is None else repr(self.target_tokens[token])
+
+    def segments(self):
+        return [("user", [("[image 1]", None), (" square?", 0)])]
+
+    def image_map(self, image=0, token=None):
+        heat = np.zeros((336, 336))
+        for unit, value in zip(self.units[1:], self.row(token)[1:].tolist()):
+            x0, y0, x1, y1 = unit.box
+            heat[y0:y1, x0:x1] = value
+        return heat
+
+
+def test_the_words_and_the_picture_share_one_scale():
+    import matplotlib.pyplot as plt
+
+    attr = _Attribution([[23.5, 1.0, 0.0, 0.0, -0.5], [2.3e-6, -1e-6, 0.0, 0.0, 0.0]])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    plotting.attribution_text(attr, token=0, ax=left)
+    plotting.attribution_image(attr, token=0, ax=right)
+    bars = [a for a in fig.axes if a not in (left, right)]
+    assert [[t.get_text() for t in b.get_yticklabels()] for b in bars] == [["−23.5", "0", "+23.5"]] * 2
+    region = _pixel(right, 84, 84)  # +1.0 of 23.5: nearly veiled, not solid colour
+    expected = _veiled((255, 140, 0), 1 - 1 / 23.5)
+    assert all(abs(a - b) <= 3 for a, b in zip(region, expected)), f"a weak region must look weak: {region}"
+    plt.close(fig)
+
+
+def test_noise_level_attributions_are_drawn_uncoloured():
+    import matplotlib.pyplot as plt
+
+    attr = _Attribution([[23.5, 1.0, 0.0, 0.0, -0.5], [2.3e-6, -1e-6, 0.0, 0.0, 0.0]])
+    fig, ax = plotting.attribution_text(attr, token=1)
+    faces = [t.get_bbox_patch().get_facecolor() for t in ax.texts if t.get_text() == "square?"]
+    assert faces and faces[0][3] == 0, "a score of 2.3e-6 is rounding noise: no fill"
+    assert "no signal" in ax.get_title()
+    plt.close(fig)
+    fig, ax = plotting.attribution_image(attr, token=1)
+    assert [p for p in ax.patches if p.get_edgecolor()[3] > 0] == [], "no region rims for noise"
     plt.close(fig)
 
 
@@ -161,3 +248,31 @@ def test_text_forms_of_heatmap_and_grid(tiny):
     grid[2, 1] = 0.5
     out = grid_text(grid)
     assert out.splitlines()[0] == "layer × head: strongest layer 2 head 1 (0.500)" and len(out.splitlines()) == 6
+
+
+def test_a_patching_grid_speaks_the_colour_language():
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from phi3lab.views.patching import patching_grid
+
+    values = torch.tensor([[0.9, -0.25, 1e-7], [0.0, 0.5, -0.9]])
+    result = types.SimpleNamespace(
+        normalized=values,
+        grid=values,
+        metric="logit difference",
+        layers=[0, 1],
+        dims=("layer", "position"),
+        positions=[0, 1, 2],
+        tokens=["▁a", "▁b", "▁c"],
+        site="resid_pre",
+        clean=2.0,
+        corrupted=-1.0,
+    )
+    fig, ax = patching_grid(result)
+    drawn = ax.images[0].get_array()
+    assert drawn.mask.tolist() == [[False, False, True], [True, False, False]]  # noise and zero: no signal
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["−0.9", "0", "+0.9"] and "no signal" in bar.get_ylabel()
+    plt.close(fig)

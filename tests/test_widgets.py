@@ -1,17 +1,23 @@
-"""phi3lab.views.widgets without a browser or kernel: payloads, sizes, interactions, bad input, static forms."""
+"""phi3lab.views.widgets without a browser or kernel: payloads, scales, sizes, interactions, bad input, static
+forms, offline payloads and the exported page."""
 
 import base64
 import io
 import re
+import types
 
+import nbformat
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
-from phi3lab.views.widgets._base import MessageLog, module_source, state_bytes, stylesheet
+from phi3lab.inspect.memory import MemoryLimitError
+from phi3lab.views.colours import DIVERGING, scale
+from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer, _base
+from phi3lab.views.widgets._base import OFFLINE_BYTES, MessageLog, display_mode, module_source, state_bytes, stylesheet
 from phi3lab.views.widgets.attention import strip_items
+from phi3lab.views.widgets.export import GENERATOR, export_html, main
 
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
@@ -36,7 +42,23 @@ def tcache(tiny):
 
 
 def _bytes(b64):
-    return np.frombuffer(base64.b64decode(b64), dtype=np.uint8)
+    return np.frombuffer(base64.b64decode(b64), dtype=np.uint8).astype(float)
+
+
+def decode(b64, s: dict) -> np.ndarray:
+    """Values as the browser reads them (widgets/common.js valueOf): 0 is no signal."""
+    q = _bytes(b64)
+    f = (q - 128) / 127 if s["kind"] == "score" else q / 255
+    return np.where(q == 0, 0.0, f * s["vmax"])
+
+
+class Words:
+    """The smallest object AttributionView reads: labels, target tokens, scores."""
+
+    def __init__(self, scores, words=("What", "is", "2", "plus", "3")):
+        self.units = [types.SimpleNamespace(label=w, image=None) for w in words]
+        self.scores = torch.tensor(scores, dtype=torch.float64)
+        self.target_tokens = [f"▁t{i}" for i in range(len(self.scores))]
 
 
 # --- front end ------------------------------------------------------------------------------------
@@ -48,6 +70,19 @@ def test_each_module_is_self_contained_and_fetches_nothing(name):
     assert "export default" in source and "function h(" in source  # common.js inlined
     assert not re.search(r"^\s*import\s", source, re.M), "a leftover import would need a server to resolve"
     assert not re.search(r"https?://|//cdn|unpkg|jsdelivr", source + stylesheet())
+
+
+def test_static_display_mode_leaves_the_widget_out(tcache):
+    explorer = AttentionExplorer(tcache)
+    assert "application/vnd.jupyter.widget-view+json" in explorer._repr_mimebundle_()[0]
+    display_mode("static")
+    try:
+        data, _ = explorer._repr_mimebundle_()
+        assert set(data) == {"text/plain", "text/html"} and "phi3lab-legend" in data["text/html"]
+    finally:
+        display_mode("live")
+    with pytest.raises(ValueError, match="display mode must be one of"):
+        display_mode("fancy")
 
 
 # --- attention explorer ---------------------------------------------------------------------------
@@ -66,12 +101,22 @@ def test_explorer_heat_is_the_caches_mean_attention_summed_per_chip(vcache):
     explorer = AttentionExplorer(vcache)
     row = vcache.answer_rows[2]
     explorer.show(row=row)
-    heat = _bytes(explorer.heat) / 255 * explorer.vmax
     expected = explorer.view.chip_sums(vcache.mean_attention(rows=[row]).numpy())
-    assert np.allclose(heat, expected, atol=explorer.vmax / 255)
+    top = explorer.scale["vmax"]
+    assert top == pytest.approx(expected.max()) and explorer.scale["kind"] == "share"
+    assert np.allclose(decode(explorer.heat, explorer.scale), expected, atol=top / 255)
     explorer.show(row=row, layer=1, head=2)
     expected = explorer.view.chip_sums(vcache.attention(1)[0, 2, row].numpy())
-    assert np.allclose(_bytes(explorer.heat) / 255 * explorer.vmax, expected, atol=explorer.vmax / 255)
+    assert np.allclose(decode(explorer.heat, explorer.scale), expected, atol=explorer.scale["vmax"] / 255)
+
+
+def test_the_grid_has_one_scale_for_every_head(vcache):
+    explorer = AttentionExplorer(vcache)
+    thumbs = decode(explorer.thumbs, explorer.thumb_scale).reshape(len(explorer.layers) * len(explorer.heads), -1)
+    peaks = np.array(explorer.thumb_peaks)
+    assert explorer.thumb_scale["vmax"] == pytest.approx(peaks.max(), rel=1e-3)
+    assert np.allclose(thumbs.max(1), peaks, atol=peaks.max() / 255)  # a weak head stays weak, not stretched
+    assert len(_bytes(explorer.thumbs)) == len(peaks) * explorer.thumb_bins == len(peaks) * len(explorer.items)
 
 
 def test_an_interaction_sends_only_the_new_row(vcache):
@@ -83,9 +128,10 @@ def test_an_interaction_sends_only_the_new_row(vcache):
     assert sent["heat"] != before and set(sent) <= {
         "row",
         "heat",
-        "vmax",
+        "scale",
         "thumbs",
         "thumb_bins",
+        "thumb_scale",
         "thumb_peaks",
         "info",
         "error",
@@ -94,35 +140,87 @@ def test_an_interaction_sends_only_the_new_row(vcache):
     assert log.bytes() < 4096 < state_bytes(explorer)
 
 
-def test_max_and_rollout_differ_from_mean_and_rollout_needs_every_row(last_rows, tiny):
+def test_rows_are_read_on_demand_and_nothing_is_copied_out_of_the_cache(vcache):
+    explorer = AttentionExplorer(vcache)
+    held = sum(v.nbytes for v in vars(explorer.view).values() if isinstance(v, np.ndarray))
+    held += sum(a.nbytes for a in (explorer.view._last or (None, ()))[1:] if isinstance(a, np.ndarray))
+    one_layer = vcache.attention(0).numel() * 4
+    assert held < one_layer / 20, f"the explorer holds {held} bytes; one layer's map is {one_layer}"
+
+
+def test_the_info_line_says_the_aggregation_shown(vcache):
+    explorer = AttentionExplorer(vcache)
+    explorer.show(row=vcache.answer_rows[0], layer=0, head=1)
+    assert "mean over layer 0 × head 1" in explorer.info
+    before = explorer.heat
+    explorer.agg = "max"  # one head: max equals mean, only the words change
+    assert explorer.heat == before and "max over layer 0 × head 1" in explorer.info
+
+
+def test_rollout_clears_the_head_focus_and_choosing_a_head_goes_back_to_mean(tiny):
+    _, full = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
+    explorer = AttentionExplorer(full)
+    explorer.show(layer=1, head=2)
+    explorer.agg = "rollout"
+    assert explorer.focus == [-1, -1] and "focus does not apply" in explorer.info and explorer.error == ""
+    expected = explorer.view.chip_sums(full.rollout([explorer.row]).numpy()[0])
+    assert np.allclose(decode(explorer.heat, explorer.scale), expected, atol=explorer.scale["vmax"] / 255)
+    explorer.set_state({"focus": [0, 1]})  # a thumbnail clicked in rollout mode
+    assert explorer.agg == "mean" and "mean over layer 0 × head 1" in explorer.info
+
+
+def test_max_differs_from_mean_and_rollout_needs_every_row(last_rows):
     explorer = AttentionExplorer(last_rows)
     mean = explorer.heat
     explorer.agg = "max"
     assert explorer.heat != mean and explorer.error == ""
     explorer.agg = "rollout"  # this cache has the answer rows only: refused, with the fix, back to mean
     assert explorer.agg == "mean" and "rollout=True" in explorer.error and explorer.heat == mean
-    _, full = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
-    rolled = AttentionExplorer(full)
-    rolled.agg = "rollout"
-    expected = rolled.view.chip_sums(full.rollout([rolled.row]).numpy()[0])
-    assert rolled.error == "" and np.allclose(_bytes(rolled.heat) / 255 * rolled.vmax, expected, atol=rolled.vmax / 255)
 
 
-def test_thumbnails_cover_every_layer_and_head(vcache):
-    explorer = AttentionExplorer(vcache)
-    cells = len(explorer.layers) * len(explorer.heads)
-    assert len(_bytes(explorer.thumbs)) == cells * explorer.thumb_bins and len(explorer.thumb_peaks) == cells
-    assert explorer.thumb_bins == len(explorer.items)  # few chips: not pooled
+def test_layers_all_is_accepted_and_other_layers_are_checked(vcache):
+    assert AttentionExplorer(vcache, layers="all").layers == list(vcache.layers)
+    assert AttentionExplorer(vcache, layers=1).layers == [1]
+    with pytest.raises(ValueError, match=r"layers \[7\] were not captured.*layers='all'"):
+        AttentionExplorer(vcache, layers=[7])
+    with pytest.raises(TypeError, match="layers must be 'all', an int or a list of ints, got 'al'"):
+        AttentionExplorer(vcache, layers="al")
+
+
+def test_the_memory_preflight_refuses_before_reading(vcache):
+    with pytest.raises(MemoryLimitError, match=r"AttentionExplorer over 4 layer.*pass layers=\[\.\.\.\].*max_bytes="):
+        AttentionExplorer(vcache, max_bytes=1024)
 
 
 def test_explorer_refuses_what_it_cannot_show(vcache, last_rows):
     with pytest.raises(TypeError, match="run_with_cache"):
         AttentionExplorer("not a cache")
-    with pytest.raises(ValueError, match=r"layers \[7\] were not captured"):
-        AttentionExplorer(vcache, layers=[7])
     explorer = AttentionExplorer(last_rows)
     explorer.row = 99  # no such row (positions='last' kept 5)
     assert "no captured attention" in explorer.error and explorer.heat  # the view stays as it was
+
+
+def test_the_offline_payload_is_each_rows_mean_within_the_cap(vcache):
+    explorer = AttentionExplorer(vcache)
+    offline = explorer.offline
+    assert offline["rows"] == explorer.view.rows and len(str(offline)) < OFFLINE_BYTES  # a small cache: all of it
+    for row in (explorer.view.rows[0], vcache.answer_rows[-1]):
+        expected = explorer.view.chip_sums(vcache.mean_attention(rows=[row]).numpy())
+        saved = explorer.view.offline_row(row)
+        kept = saved > 0
+        assert kept.sum() == min(offline["top"], (expected >= 1e-6).sum())
+        assert np.allclose(saved[kept], expected[kept], atol=expected.max() / 255)
+        assert expected[~kept].max() <= expected[kept].min() + 1e-9  # the strongest chips are the ones kept
+
+
+def test_a_small_cap_keeps_the_answer_rows_and_spreads_the_rest(vcache, monkeypatch):
+    from phi3lab.views.widgets import attention
+
+    monkeypatch.setattr(attention, "OFFLINE_BYTES", 2 * 1024)
+    view = attention.AttentionView(vcache)
+    rows = view.offline["rows"]
+    assert set(vcache.answer_rows) <= set(rows) and len(rows) < len(view.rows)
+    assert len(str(view.offline)) < 2 * 1024 + 512
 
 
 def test_explorer_static_forms(tcache):
@@ -131,6 +229,7 @@ def test_explorer_static_forms(tcache):
     assert text.startswith("row at position") and "most attended" in text
     page = explorer._repr_html_()
     assert "<script" not in page and page.count("phi3lab-chip") == len(explorer.items)
+    assert "phi3lab-legend" in page and "share of attention" in page
     data, _ = explorer._repr_mimebundle_()
     assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(data)
 
@@ -138,15 +237,23 @@ def test_explorer_static_forms(tcache):
 # --- patch explorer -------------------------------------------------------------------------------
 
 
-def test_patch_heat_equals_the_caches_image_heat(vcache):
+def test_patch_heat_equals_the_caches_image_heat_on_one_scale(vcache):
     explorer = PatchExplorer(vcache)
     for target in (0, 3):
         explorer.show(target=target)
         expected = vcache.image_heat(0, rows=[vcache.answer_rows[target]])
-        crops = _bytes(explorer.heat_crops).reshape(expected.crops.shape) / 255 * explorer.vmax_crops
-        glob = _bytes(explorer.heat_global).reshape(12, 12) / 255 * explorer.vmax_global
-        assert np.allclose(crops, expected.crops, atol=explorer.vmax_crops / 255)
-        assert np.allclose(glob, expected.global_view, atol=explorer.vmax_global / 255)
+        top = explorer.scale["vmax"]
+        assert top == pytest.approx(max(expected.crops.max(), expected.global_view.max()))
+        crops = decode(explorer.heat_crops, explorer.scale).reshape(expected.crops.shape)
+        glob = decode(explorer.heat_global, explorer.scale).reshape(12, 12)
+        assert np.allclose(crops, expected.crops, atol=top / 255)
+        assert np.allclose(glob, expected.global_view, atol=top / 255)
+
+
+def test_patch_explorer_opens_on_the_token_that_looks_at_the_picture_most(vcache):
+    explorer = PatchExplorer(vcache)
+    totals = [vcache.image_heat(0, rows=[r]).total for r in vcache.answer_rows]
+    assert explorer.target == int(np.argmax(totals)) and explorer.source == "attention"
 
 
 def test_patch_positions_follow_the_image_token_order(vcache):
@@ -164,9 +271,17 @@ def test_patch_interaction_is_small_and_changes_the_overlay(vcache):
     explorer = PatchExplorer(vcache)
     log = MessageLog(explorer)
     before = explorer.heat_crops
-    explorer.target = 2
+    explorer.target = (explorer.target + 1) % len(explorer.targets)
     assert log.updates()["heat_crops"] != before and log.bytes() < 8192
     assert state_bytes(explorer) < 512 * 1024
+
+
+def test_patch_offline_payload_holds_every_answer_token(vcache):
+    explorer = PatchExplorer(vcache)
+    saved = explorer.offline["payloads"]["attention"]
+    assert sorted(map(int, saved)) == list(range(len(explorer.targets)))
+    explorer.show(target=2)
+    assert saved["2"]["heat_crops"] == explorer.heat_crops and saved["2"]["scale"] == explorer.scale
 
 
 def test_patch_explorer_refuses_bad_input(vcache, tcache):
@@ -183,11 +298,24 @@ def test_patch_explorer_refuses_bad_input(vcache, tcache):
     assert "layer 9 was not captured" in explorer.error
 
 
-def test_patch_static_forms_show_both_views(vcache):
+def test_patch_static_forms_show_both_views_and_the_scale(vcache):
     explorer = PatchExplorer(vcache)
     page = explorer.to_html()
-    assert page.count("<img") == 2 and "global view" in page and "<script" not in page
-    assert "top crops cells" in explorer.to_text()
+    assert page.count("<img") == 2 and "global view" in page and "<script" not in page and "phi3lab-legend" in page
+    assert "top crops cells" in explorer.to_text() and "share of attention per cell: 0 …" in explorer.to_text()
+
+
+def test_the_overlay_keeps_the_pictures_colours_where_the_heat_is(vcache):
+    from phi3lab.views.widgets.patches import overlay_png
+
+    orange = Image.new("RGB", (100, 100), (255, 140, 0))
+    values = np.zeros((100, 100))
+    values[:50] = 1.0  # the top half has all the attention
+    png = overlay_png(orange, values, scale(values, kind="share", label=""))
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(png.split(",")[1]))).convert("RGB")).astype(int)
+    assert tuple(pixels[10, 50]) == (255, 140, 0), "where the heat is, the picture must be exactly as it is"
+    veiled = pixels[90, 50]
+    assert veiled.sum() < 255 + 140 and veiled[0] > veiled[1] > veiled[2], "a veil darkens but keeps the hue order"
 
 
 # --- chat -----------------------------------------------------------------------------------------
@@ -205,11 +333,6 @@ def test_chat_streams_and_keeps_history_as_a_session_does(tiny):
         {"role": "user", "content": "What is 2 plus 3?"},
         {"role": "assistant", "content": reference.text},
     ]
-    assert (
-        box.messages[-1]["stats"]
-        == reference.stats().split(" · first")[0]
-        + box.messages[-1]["stats"][len(reference.stats().split(" · first")[0]) :]
-    )
     assert re.search(
         r"prompt \+ \d+ new tokens · first token after \d+ ms · [\d.]+ tokens/s", box.messages[-1]["stats"]
     )
@@ -240,23 +363,26 @@ def test_chat_errors_show_in_the_widget_and_keep_nothing(tiny):
     assert "unknown message" in box.error
 
 
-def test_chat_uploaded_picture_becomes_an_image_tag(vision, picture):
+@pytest.mark.parametrize("text", [None, 42, ["Hi"]])
+def test_a_send_without_text_sends_nothing(tiny, text):
+    box = ChatWidget(tiny, max_new_tokens=4)
+    box._dispatch(box, {"type": "send", "text": text}, [])
+    assert box.messages == [] and box.history == [] and "must be text" in box.error and not box.busy
+
+
+def test_chat_uploaded_picture_becomes_a_tag_for_the_model_and_a_labelled_thumbnail(vision, picture):
     box = ChatWidget(vision, max_new_tokens=8)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
-    box._dispatch(
-        box,
-        {
-            "type": "image",
-            "name": "shapes.png",
-            "data": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
-        },
-        [],
-    )
+    data = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    box._dispatch(box, {"type": "image", "name": "shapes.png", "data": data}, [])
     assert [p["name"] for p in box.pending] == ["shapes.png"]
     box.ask("What colour is the triangle?")
     assert box.history[0]["content"] == "<|image_1|>\nWhat colour is the triangle?" and box.pending == []
-    assert len(box.session.images) == 1 and box.messages[0]["images"]
+    shown = box.messages[0]
+    assert shown["content"] == "What colour is the triangle?" and "<|image" not in box.to_text() + box.to_html()
+    assert shown["image_labels"] == ["image 1"] and len(box.session.images) == 1 and shown["images"]
+    assert "user: [image 1] What colour" in box.to_text()
     box._dispatch(box, {"type": "image", "name": "notes.txt", "data": base64.b64encode(b"hello").decode()}, [])
     assert "not a picture" in box.error
 
@@ -271,40 +397,222 @@ def test_chat_state_and_static_forms(tiny):
     assert box.messages == [] and box.history == []
 
 
+def test_the_static_form_escapes_everything_a_message_carries(tiny):
+    box = ChatWidget(tiny)
+    hostile = 'x" onerror="alert(4)'
+    box.messages = [
+        {"role": "user", "content": "<img src=x onerror=alert(1)>", "images": [hostile, "data:image/png;base64,AAAA"]},
+        {"role": '<b onclick="alert(2)">', "content": "hi", "stats": "<script>alert(3)</script>"},
+    ]
+    page = box.to_html()
+    assert "onerror=" not in page.replace("onerror=alert(1)&gt;", "") and "<script" not in page
+    assert "<b onclick" not in page and "not a picture URL" in page and page.count("<img") == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, says",
+    [
+        (dict(max_new_tokens="abc"), TypeError, "max_new_tokens must be an integer"),
+        (dict(max_new_tokens=0), ValueError, "max_new_tokens must be at least 1"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be a finite number"),
+        (dict(temperature="hot"), TypeError, "temperature must be a number"),
+        (dict(system=42), TypeError, "system must be a string"),
+    ],
+)
+def test_chat_options_are_checked_with_the_fix(tiny, kwargs, error, says):
+    with pytest.raises(error, match=says) as info:
+        ChatWidget(tiny, **kwargs)
+    assert "pass e.g. ChatWidget(lab, " in str(info.value)
+
+
 # --- attribution view -----------------------------------------------------------------------------
 
 
-class _Minimal:
-    """The smallest object AttributionView reads: labels, target tokens, scores."""
-
-    def __init__(self):
-        self.units = [type("U", (), {"label": w, "image": None})() for w in ("What", "is", "2", "plus", "3")]
-        self.target_tokens = ["▁5", "<|end|>"]
-        self.scores = torch.tensor([[0.1, -0.2, 1.0, 0.3, 0.9], [0.0, 0.0, 0.1, 0.0, -0.1]])
-
-
-def test_attribution_view_reads_the_minimal_protocol():
-    view = AttributionView(_Minimal())
-    scores = _bytes(view.scores).astype(int) - 127
-    assert scores.tolist() == [12, -23, 127, 35, 92]  # summed over targets, scaled to ±127
+def test_attribution_view_reads_the_minimal_protocol_and_opens_on_the_strongest_token():
+    view = AttributionView(Words([[0.1, -0.2, 1.0, 0.3, 0.9], [0.0, 0.0, 0.1, 0.0, -4.0]]))
+    assert view.token == 1 and view.scale["vmax"] == 4.0  # ▁t1 holds the largest |score|
     log = MessageLog(view)
-    view.token = 1
-    assert log.updates()["scores"] != view.view.payload(-1)["scores"] and log.bytes() < 1024
-    assert "'▁5'" not in view.info and "<|end|>" in view.info
+    view.token = 0
+    assert decode(view.scores, view.scale) == pytest.approx([0.1, -0.2, 1.0, 0.3, 0.9], abs=1 / 127)
+    assert log.bytes() < 1024 and "'▁t0'" in view.info
     view.token = 5
     assert "token 5 does not exist" in view.error and view.token == -1
     with pytest.raises(TypeError, match="has no 'units'"):
         AttributionView(object())
 
 
+def test_noise_level_scores_are_no_signal():
+    view = AttributionView(Words([[2.3e-6, -1.1e-6, 0.0, 1e-7, -2e-6], [0.5, -3.0, 0.0, 0.0, 0.0]]))
+    view.token = 0  # the '▁is' of notebook 03: ±2.3e-6, rounding noise
+    assert set(_bytes(view.scores)) == {0} and not view.scale["signal"]
+    assert "no signal" in view.info and "1.5e-05" in view.info
+    assert view.to_html().count("dashed") >= 5 and "background:" not in view.to_html().split("phi3lab-legend")[0]
+    view.token = 1
+    chips = re.findall(r"background:(#[0-9a-f]{6})", view.to_html())
+    assert chips[:2] == [scale([0.5, -3.0], kind="score", label="").colour(0.5), DIVERGING[0]]
+
+
+def test_nan_and_infinite_scores_are_drawn_as_no_signal_not_an_error():
+    view = AttributionView(Words([[np.nan, np.inf, 1.0, -np.inf, 0.5]]))
+    assert view.scale["vmax"] == 1.0 and "3 score(s) are NaN or infinite" in view.info
+    page = view.to_html()
+    assert "nan" in page and page.count("dashed") >= 3
+    assert "no signal" in view.to_text()
+
+
+def test_words_and_picture_regions_share_one_scale():
+    picture = Image.new("RGB", (40, 40), (255, 140, 0))
+    span = types.SimpleNamespace(index=0, image=picture, width=40, height=40)
+    units = [types.SimpleNamespace(label="square?", image=None)] + [
+        types.SimpleNamespace(
+            label=f"r{k}", image=0, box=(20 * (k % 2), 20 * (k // 2), 20 * (k % 2) + 20, 20 * (k // 2) + 20)
+        )
+        for k in range(4)
+    ]
+    attr = types.SimpleNamespace(
+        units=units,
+        target_tokens=["▁red"],
+        scores=torch.tensor([[23.5, 1.0, 0.0, 0.0, -0.5]]),
+        inputs=types.SimpleNamespace(images=[span]),
+    )
+    view = AttributionView(attr)
+    assert view.scale["vmax"] == 23.5 and view.pictures[0]["regions"][0] == [0.0, 0.0, 0.5, 0.5, 1]
+    scores = decode(view.scores, view.scale)
+    assert scores[1] == pytest.approx(1.0, abs=23.5 / 127) and scores[2] == 0  # region 1 is faint, not saturated
+    png = re.search(r'src="data:image/png;base64,([^"]+)"', view.to_html()).group(1)
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(png))).convert("RGB")).astype(int)
+    assert pixels[10, 10].sum() < 255 + 140 - 100, "a +1.0 region beside a +23.5 word stays nearly veiled"
+
+
 def test_attribution_view_of_a_real_attribution(vision, picture, vcache):
     attribution = pytest.importorskip("phi3lab.attribution")
     attr = attribution.attribute(vision, QUESTION, [picture], units=["words", "image-regions"])
     view = AttributionView(attr)
-    assert view.targets == [t for t in attr.target_tokens] and len(view.maps) == 1
-    assert view.to_html() == attr.to_html()
-    view.token = 0
-    assert view.error == "" and view.info.startswith(repr(attr.target_tokens[0]))
+    assert view.targets == list(attr.target_tokens) and len(view.pictures[0]["regions"]) > 0
+    peaks = attr.scores.abs().max(1).values
+    assert view.token == int(peaks.argmax())
+    assert view.scale["vmax"] == pytest.approx(float(attr.row(view.token).abs().max()), rel=1e-6)
+    assert "phi3lab-legend" in view.to_html()
     explorer = PatchExplorer(vcache, attribution=attr)
-    explorer.show(target=len(attr.target_tokens) - 1, source="attribution")
-    assert explorer.error == "" and explorer.vmax_crops > 0
+    assert explorer.source == "attribution" and explorer.scale["kind"] == "score" and explorer.error == ""
+    grids = [max(np.abs(c).max(), np.abs(g).max()) for c, g in explorer.view._maps]
+    assert explorer.target == int(np.argmax(grids))
+    assert sorted(explorer.offline["sources"]) == ["attention", "attribution"]
+
+
+# --- the exported page ----------------------------------------------------------------------------
+
+
+def _notebook(path, cells=("print('hi')",)):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_the_page_is_titled_with_the_notebooks_name_and_marked(tmp_path):
+    page = export_html(_notebook(tmp_path / "02_vision_analysis.ipynb"))
+    text = page.read_text()
+    assert "<title>02_vision_analysis</title>" in text and GENERATOR in text
+    assert export_html(tmp_path / "02_vision_analysis.ipynb") == page  # our own page may be replaced
+
+
+def test_the_page_is_written_atomically_and_a_failure_leaves_the_old_page(tmp_path, monkeypatch):
+    notebook = _notebook(tmp_path / "a.ipynb")
+    page = export_html(notebook)
+    before = page.read_text()
+
+    def broken(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    import os
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        export_html(_notebook(tmp_path / "a.ipynb", ("print('changed')",)))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert page.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "a.ipynb"]
+
+
+def test_a_file_that_is_not_our_page_is_never_replaced_unless_asked(tmp_path):
+    notebook = _notebook(tmp_path / "a.ipynb")
+    notes = tmp_path / "notes.html"
+    notes.write_text("<p>my notes</p>")
+    with pytest.raises(FileExistsError, match="not a page phi3lab's export wrote.*--force"):
+        export_html(notebook, notes)
+    assert notes.read_text() == "<p>my notes</p>"
+    export_html(notebook, notes, overwrite=True)
+    assert GENERATOR in notes.read_text()
+    with pytest.raises(ValueError, match="would overwrite the notebook"):
+        export_html(notebook, notebook)
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        (lambda d: [str(d / "missing.ipynb")], "missing.ipynb does not exist; pass the path of an .ipynb file"),
+        (lambda d: [str(_torn(d))], "torn.ipynb is not valid JSON"),
+        (lambda d: [str(_notebook(d / "a.ipynb")), "-o", str(d / "no" / "such" / "a.html")], "mkdir -p"),
+        (lambda d: [str(_list_notebook(d))], "is not a valid notebook"),
+    ],
+)
+def test_the_export_command_says_what_is_wrong_in_one_line(tmp_path, capsys, make, says):
+    assert main(make(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _torn(folder):
+    path = _notebook(folder / "torn.ipynb")
+    path.write_text(path.read_text()[:40])
+    return path
+
+
+def _list_notebook(folder):
+    path = folder / "list.ipynb"
+    path.write_text("[1, 2]")
+    return path
+
+
+def test_offline_cap_is_the_documented_one():
+    assert (
+        _base.OFFLINE_BYTES == 256 * 1024
+        and "256 KiB" in (_base.__doc__ or "") + __import__("phi3lab.views.widgets.export", fromlist=["x"]).__doc__
+    )
+
+
+def test_anywidgets_local_front_end_is_where_the_readme_says_vscode_looks():
+    """The README's VS Code row: anywidget ships its front end in the environment's share/jupyter/nbextensions,
+    registered with ``window.requirejs?.config`` (the form recent VS Code Jupyter extensions recognise)."""
+    import sys
+    from pathlib import Path
+
+    folder = Path(sys.prefix) / "share" / "jupyter" / "nbextensions" / "anywidget"
+    if not folder.is_dir():
+        pytest.skip(f"anywidget's nbextension is not installed at {folder}")
+    entry = (folder / "extension.js").read_text()
+    assert "window.requirejs?.config(" in entry and '"nbextensions/anywidget/index"' in entry
+    assert (folder / "index.js").is_file()
+    assert (Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "anywidget").is_dir()  # JupyterLab, Notebook 7
+
+
+def test_a_noise_level_attribution_on_the_picture_is_no_signal_and_not_the_opening_token(vcache):
+    """PatchExplorer's attribution source once drew a 2.0e-6 maximum as saturated heat and opened on '▁The'."""
+    span = vcache.inputs.images[0]
+
+    class Fake:
+        target_ids = list(vcache.answer_ids)
+        target_tokens = [f"t{i}" for i in range(len(target_ids))]
+
+        def image_map(self, image, token=None):
+            heat = np.full((span.height, span.width), 2.0e-6 if token != 1 else 0.0)
+            if token == 1:
+                heat[: span.height // 2] = 0.8
+            return heat
+
+    explorer = PatchExplorer(vcache, attribution=Fake())
+    assert explorer.target == 1 and explorer.source == "attribution" and explorer.scale["signal"]
+    explorer.show(target=0, source="attribution")
+    assert not explorer.scale["signal"] and "no signal" in explorer.info
+    assert set(_bytes(explorer.heat_crops)) == {0} and set(_bytes(explorer.heat_global)) == {0}

@@ -1,7 +1,9 @@
 // ChatWidget: messages, streaming answer, stop, system prompt, temperature, image upload.
 // State in: model_name, vision, messages, pending, busy, error; both ways: system, temperature,
 // max_new_tokens. Messages out: send, stop, reset, image, clear_images. Messages in: delta.
-import { h, mount, isStatic, staticNote, errorLine } from "./common.js";
+import { h, mount, isStatic, offlineNote, errorLine } from "./common.js";
+
+const PICTURE = /^data:image\/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=]*$/;
 
 function render({ model, el }) {
   const frozen = isStatic(model);
@@ -53,8 +55,14 @@ function render({ model, el }) {
   }
 
   function bubble(message) {
-    const pictures = (message.images || []).map((src) => h("img", { src, alt: "attached picture" }));
-    return h("div", { class: `phi3lab-msg phi3lab-msg-${message.role}` }, pictures, message.content);
+    const names = message.image_labels || [];
+    const pictures = (message.images || []).map((src, k) => {
+      const name = names[k] || `picture ${k + 1}`;
+      if (typeof src !== "string" || !PICTURE.test(src)) return h("span", { class: "phi3lab-placeholder" }, `[${name}]`);
+      return h("figure", { class: "phi3lab-picture" }, h("img", { src, alt: name, title: name }), h("figcaption", {}, name));
+    });
+    const role = ["user", "assistant", "system"].includes(message.role) ? message.role : "system";
+    return h("div", { class: `phi3lab-msg phi3lab-msg-${role}` }, pictures, String(message.content ?? ""));
   }
 
   function drawMessages() {
@@ -93,7 +101,7 @@ function render({ model, el }) {
       log.scrollTop = log.scrollHeight;
     }
   });
-  model.on("change:messages", drawMessages);
+  model.on("change:messages", () => { drawMessages(); drawControls(); });
   model.on("change:busy", () => { drawMessages(); drawControls(); });
   for (const name of ["system", "temperature", "max_new_tokens", "pending", "vision"]) model.on(`change:${name}`, drawControls);
   model.on("change:system", drawMessages);
@@ -104,7 +112,7 @@ function render({ model, el }) {
     h("div", { class: "phi3lab-settings" },
       h("span", { class: "phi3lab-muted" }, model.get("model_name")), system, temperatureValue, temperature,
       h("label", { class: "phi3lab-muted" }, "max tokens ", maxTokens), newChat),
-    frozen ? staticNote() : null,
+    frozen ? offlineNote("Saved conversation: the messages as they were when the notebook ran. Chatting needs a kernel.") : null,
     errorLine(model),
     log,
     pending,

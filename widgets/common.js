@@ -1,5 +1,9 @@
 // Helpers shared by phi3lab's widgets. Each widget module imports what it needs from here;
 // phi3lab.views.widgets inlines this file into the module it hands to anywidget (no bundler, no network).
+//
+// Colours follow phi3lab.views.colours: Python sends a scale {kind, stops, vmax, floor, label, signal,
+// veil, veil_alpha, no_signal} with the values, one byte each: 0 = no signal; shares 1..255 (255 = the
+// top); scores 1..255 around 128 (zero), 1 = -top, 255 = +top.
 
 // Create an element: h("span", {class: "x", title: "t", onclick: fn}, child, "text", ...)
 export function h(tag, attrs = {}, ...children) {
@@ -17,7 +21,7 @@ export function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-// base64 -> Uint8Array (heat quantised to 0..255)
+// base64 -> Uint8Array (values on a scale, one byte each)
 export function bytes(b64) {
   const raw = atob(b64 || "");
   const out = new Uint8Array(raw.length);
@@ -25,64 +29,153 @@ export function bytes(b64) {
   return out;
 }
 
-// base64 of little-endian uint32 -> array of numbers (positions)
-export function uint32s(b64) {
+// base64 of little-endian unsigned integers (2 or 4 bytes) -> array of numbers (positions, indices)
+export function uints(b64, size = 4) {
   const raw = bytes(b64);
   const view = new DataView(raw.buffer);
-  const out = new Array(raw.length / 4);
-  for (let i = 0; i < out.length; i++) out[i] = view.getUint32(4 * i, true);
+  const out = new Array(raw.length / size);
+  for (let i = 0; i < out.length; i++) out[i] = size === 2 ? view.getUint16(2 * i, true) : view.getUint32(4 * i, true);
   return out;
 }
 
-function rgbOf(hex) {
+export function uint32s(b64) {
+  return uints(b64, 4);
+}
+
+export function rgbOf(hex) {
   return [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
 }
 
-// The colour of a fraction 0..1 on the palette Python sends (linear between its stops).
-export function heatRGB(palette, fraction) {
-  const f = Math.min(Math.max(fraction, 0), 1) * (palette.length - 1);
-  const i = Math.min(Math.floor(f), palette.length - 2);
-  const a = rgbOf(palette[i]);
-  const b = rgbOf(palette[i + 1]);
+function ramp(stops, fraction) {
+  const f = Math.min(Math.max(fraction, 0), 1) * (stops.length - 1);
+  const i = Math.min(Math.floor(f), stops.length - 2);
+  const a = rgbOf(stops[i]);
+  const b = rgbOf(stops[i + 1]);
   return a.map((c, k) => Math.round(c * (1 - (f - i)) + b[k] * (f - i)));
 }
 
-export function css(rgb) {
-  return `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
+// A byte's place on its scale: 0..1 for shares, -1..1 for scores; null for no signal.
+export function fractionOf(scale, byte) {
+  if (!byte || !scale || scale.signal === false) return null;
+  return scale.kind === "score" ? (byte - 128) / 127 : byte / 255;
 }
 
-// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.views.widgets._base.text_colour).
+// A byte's colour on its scale, [r, g, b] or null (no signal).
+export function colourOf(scale, byte) {
+  const f = fractionOf(scale, byte);
+  if (f === null) return null;
+  return ramp(scale.stops, scale.kind === "score" ? (f + 1) / 2 : f);
+}
+
+// A byte's value (about: one byte per value) in the scale's unit.
+export function valueOf(scale, byte) {
+  const f = fractionOf(scale, byte);
+  return f === null ? null : f * scale.vmax;
+}
+
+export function css(rgb, alpha = 1) {
+  return alpha === 1 ? `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})` : `rgba(${rgb[0]}, ${rgb[1]}, ${rgb[2]}, ${alpha})`;
+}
+
+// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.views.colours.text_on).
 export function textOn(rgb) {
   const [r, g, b] = rgb.map((c) => c / 255);
   return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 ? "#111827" : "#ffffff";
 }
 
-// Paint a chip with a heat value 0..255 (0: no heat, the theme's own chip colour).
-export function paintChip(node, palette, value) {
-  if (value > 0) {
-    const rgb = heatRGB(palette, value / 255);
-    node.style.background = css(rgb);
-    node.style.color = textOn(rgb);
-  } else {
-    node.style.background = "";
-    node.style.color = "";
-  }
-  node.dataset.heat = String(value);
-}
-
-export function colourBar(palette, vmax, label) {
-  const stops = palette.join(", ");
-  return h("div", { class: "phi3lab-colourbar" },
-    h("span", {}, "0"),
-    h("span", { class: "phi3lab-ramp", style: { background: `linear-gradient(90deg, ${stops})` } }),
-    h("span", {}, format(vmax)),
-    h("span", { class: "phi3lab-muted" }, label));
+// Paint a chip with a byte on a scale. No signal is left uncoloured (the theme's chip colour); a signed
+// score under the noise floor also gets a dashed outline (class phi3lab-nosignal), since it may look real.
+export function paintChip(node, scale, byte, title) {
+  const rgb = colourOf(scale, byte);
+  node.classList.toggle("phi3lab-nosignal", rgb === null && scale.kind === "score");
+  node.style.background = rgb ? css(rgb) : "";
+  node.style.color = rgb ? textOn(rgb) : "";
+  node.dataset.heat = String(byte || 0);
+  if (title !== undefined) node.title = title;
 }
 
 export function format(x) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
   if (x === 0) return "0";
-  if (Math.abs(x) >= 0.01) return x.toFixed(3);
-  return x.toExponential(1);
+  const a = Math.abs(x);
+  const text = a >= 1e-3 && a < 1e4 ? String(Number(x.toPrecision(3))) : x.toExponential(2);
+  return text.replace("-", "−");
+}
+
+// The scale drawn with its numbers (ends and middle), its label, and the no-signal swatch.
+export function legend(scale, note) {
+  const swatch = [
+    h("span", { class: `phi3lab-swatch-none phi3lab-swatch-${scale.kind}`, title: `under ${scale.floor.toExponential(1)}: no signal` }),
+    h("span", { class: "phi3lab-muted" }, `no signal (|v| < ${scale.floor.toExponential(1)})`),
+  ];
+  if (!scale.signal) {
+    return h("div", { class: "phi3lab-legend", dataset: { kind: scale.kind, signal: "false" } }, swatch,
+      h("span", {}, `${scale.label}: every value is under the noise floor (largest ${scale.vmax.toExponential(1)})`));
+  }
+  const top = scale.vmax;
+  const ticks = scale.kind === "score" ? [-top, 0, top] : [0, top / 2, top];
+  const veiled = note === "veil" && scale.kind === "share";
+  const bar = veiled
+    ? `linear-gradient(90deg, ${css(rgbOf(scale.veil), scale.veil_alpha)}, rgba(255, 255, 255, 0))`
+    : `linear-gradient(90deg, ${scale.stops.join(", ")})`;
+  const how = note !== "veil" ? "" : veiled ? " (on the picture: clear = most, veiled = little)"
+    : " (on the picture: a rim gives the sign; clear = strongest, veiled = little or none)";
+  return h("div", { class: "phi3lab-legend", dataset: { kind: scale.kind, signal: "true" } },
+    h("span", { class: "phi3lab-ramp-box" },
+      h("span", { class: "phi3lab-ramp", style: { background: bar } }),
+      h("span", { class: "phi3lab-ticks" },
+        ticks.map((t) => h("span", {}, (scale.kind === "score" && t > 0 ? "+" : "") + format(t))))),
+    h("span", {}, scale.label + how),
+    swatch);
+}
+
+// Veil over a picture already drawn on ctx: one image of nc × nr cells (no seams), each cell as opaque
+// as phi3lab.views.colours.veil_alpha says for its fraction (null: no signal, fully veiled).
+export function drawVeil(ctx, scale, fractions, nc, nr, x, y, w, hgt) {
+  const cells = document.createElement("canvas");
+  cells.width = nc;
+  cells.height = nr;
+  const image = cells.getContext("2d").createImageData(nc, nr);
+  const [r, g, b] = rgbOf(scale.veil);
+  for (let k = 0; k < nc * nr; k++) {
+    const f = fractions[k];
+    const alpha = f === null ? scale.veil_alpha : scale.veil_alpha * (1 - Math.min(Math.abs(f), 1));
+    image.data.set([r, g, b, Math.round(alpha * 255)], 4 * k);
+  }
+  cells.getContext("2d").putImageData(image, 0, 0);
+  ctx.save();
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(cells, x, y, w, hgt);
+  ctx.restore();
+}
+
+// The rim colour of a signed value: its sign's strongest colour on the diverging map (the veil already
+// says how strong it is).
+export function signOf(byte) {
+  return !byte || byte === 128 ? 0 : byte > 128 ? 1 : -1;
+}
+
+export function rimColour(scale, byte) {
+  const f = fractionOf(scale, byte);
+  if (f === null || f === 0) return null;
+  return rgbOf(scale.stops[f > 0 ? scale.stops.length - 2 : 1]);
+}
+
+// A rim inside a box in the colour of a signed value's sign, fainter for weaker values.
+export function drawRim(ctx, rgb, fraction, x, y, w, hgt, sides = [true, true, true, true]) {
+  const width = Math.min(Math.max(Math.min(w, hgt) / 10, 1.5), 3);
+  ctx.save();
+  ctx.strokeStyle = css(rgb, Math.max(0.35, Math.sqrt(Math.abs(fraction))));
+  ctx.lineWidth = width;
+  const [top, right, bottom, left] = sides;
+  const a = width / 2;
+  ctx.beginPath();
+  if (top) { ctx.moveTo(x, y + a); ctx.lineTo(x + w, y + a); }
+  if (right) { ctx.moveTo(x + w - a, y); ctx.lineTo(x + w - a, y + hgt); }
+  if (bottom) { ctx.moveTo(x, y + hgt - a); ctx.lineTo(x + w, y + hgt - a); }
+  if (left) { ctx.moveTo(x + a, y); ctx.lineTo(x + a, y + hgt); }
+  ctx.stroke();
+  ctx.restore();
 }
 
 export function tokenText(label) {
@@ -97,17 +190,17 @@ export function debounce(fn, ms) {
   };
 }
 
-// In an exported page (phi3lab's embed.js) there is no kernel: controls that need Python are off.
+// In an exported page (phi3lab's embed.js) there is no kernel: the saved `offline` payload answers
+// what it can, and the controls that need Python are off.
 export function isStatic(model) {
   return model.get("__static") === true;
 }
 
-export function staticNote() {
-  return h("div", { class: "phi3lab-note" },
-    "Saved view: the values shown when the notebook ran. Open the notebook with a kernel to explore.");
+export function offlineNote(text) {
+  return h("div", { class: "phi3lab-note" }, text);
 }
 
-// Fill the widget's element, leaving out the children that are null (e.g. no static note).
+// Fill the widget's element, leaving out the children that are null (e.g. no offline note).
 export function mount(el, ...children) {
   el.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
 }
@@ -124,12 +217,13 @@ export function errorLine(model) {
   return line;
 }
 
-// A row of toggle buttons; `current()` says which is on, `choose(value)` is called on click.
-export function toggles(values, current, choose, disabled = false) {
+// A row of toggle buttons; `current()` says which is on, `choose(value)` is called on click;
+// `enabled(value)` (optional) says which can be pressed.
+export function toggles(values, current, choose, enabled = () => true) {
   const bar = h("span", { class: "phi3lab-toggles" });
   const buttons = values.map((value) =>
-    h("button", { type: "button", class: "phi3lab-button", "data-value": value, disabled, onclick: () => choose(value) },
-      value));
+    h("button", { type: "button", class: "phi3lab-button", "data-value": value, disabled: !enabled(value),
+      onclick: () => choose(value) }, value));
   bar.append(...buttons);
   const refresh = () => {
     for (const b of buttons) b.classList.toggle("phi3lab-on", b.dataset.value === String(current()));

@@ -1,14 +1,16 @@
-// PatchExplorer: the picture in its HD canvas, crops view and global view, heat per cell.
-// State in: picture, geometry, crop_pos, global_pos, targets, layers, sources, palette,
-// heat_crops, heat_global, vmax_crops, vmax_global, info, error. State out: target, source, layer.
-import { h, mount, bytes, uint32s, heatRGB, colourBar, format, tokenText, isStatic, staticNote, errorLine, toggles } from "./common.js";
+// PatchExplorer: the picture in its HD canvas, crops view and global view, one scale for both.
+// The picture keeps its colours: a neutral veil covers cells with little or no signal and lifts where
+// the value is high; signed values (attribution) add a rim of their sign's colour.
+// State in: picture, geometry, crop_pos, global_pos, targets, layers, sources, heat_crops, heat_global,
+// scale, info, offline, error. State out: target, source, layer.
+import { h, mount, bytes, uint32s, rimColour, signOf, fractionOf, valueOf, drawVeil, drawRim, legend, format, tokenText, isStatic, offlineNote, errorLine, toggles } from "./common.js";
 
 const SIDE = 360; // display pixels of the canvas' longer side, per view
 
 function render({ model, el }) {
   const frozen = isStatic(model);
   const geo = model.get("geometry");
-  const palette = model.get("palette");
+  const offline = model.get("offline") || {};
   const [W, H] = geo.padded;
   const [left, top, right, bottom] = geo.pad_box;
   const [rows, cols] = geo.grid;
@@ -20,7 +22,15 @@ function render({ model, el }) {
   const dh = Math.round(H * s);
   el.classList.add("phi3lab-w", "phi3lab-patches");
 
+  const savedPayload = (source, target) => ((offline.payloads || {})[source] || {})[String(target)];
   const send = (changes) => {
+    if (frozen) {
+      const next = { target: model.get("target"), source: model.get("source"), ...changes };
+      const payload = savedPayload(next.source, next.target);
+      if (!payload) return;
+      for (const [k, v] of Object.entries({ ...next, ...payload })) model.set(k, v);
+      return;
+    }
     for (const [k, v] of Object.entries(changes)) model.set(k, v);
     model.save_changes();
   };
@@ -30,17 +40,17 @@ function render({ model, el }) {
 
   function makeView(kind, title) {
     const canvas = h("canvas", { width: dw, height: dh, class: `phi3lab-canvas-${kind}`, dataset: { view: kind } });
-    const bar = h("div");
     canvas.addEventListener("mousemove", (event) => {
       const box = canvas.getBoundingClientRect();
       hovered = [(event.clientX - box.left) / box.width * W, (event.clientY - box.top) / box.height * H];
       drawAll();
     });
     canvas.addEventListener("mouseleave", () => { hovered = null; drawAll(); });
-    return { kind, canvas, bar, node: h("div", { class: "phi3lab-view" }, h("span", { class: "phi3lab-muted" }, title), canvas, bar) };
+    return { kind, canvas, node: h("div", { class: "phi3lab-view" }, h("span", { class: "phi3lab-muted" }, title), canvas) };
   }
   const crops = makeView("crops", `HD crops (${rows} × ${cols}, ${cells} × ${cells} tokens each)`);
   const global = makeView("global", `global view (${cells} × ${cells} tokens)`);
+  const bar = h("div", { class: "phi3lab-legend-slot" });
 
   function cellAt(kind, point) {
     if (!point) return null;
@@ -73,19 +83,23 @@ function render({ model, el }) {
       ctx.drawImage(picture, left * s, top * s, (right - left) * s, (bottom - top) * s);
     }
     const isCrops = view.kind === "crops";
+    const scale = model.get("scale");
     const heat = bytes(model.get(isCrops ? "heat_crops" : "heat_global"));
     const nr = isCrops ? rows * cells : cells;
     const nc = isCrops ? cols * cells : cells;
-    const cw = dw / nc;
-    const ch = dh / nr;
-    for (let r = 0; r < nr; r++) {
-      for (let c = 0; c < nc; c++) {
-        const v = heat[r * nc + c];
-        if (!v) continue;
-        const f = v / 255;
-        const [red, green, blue] = heatRGB(palette, f);
-        ctx.fillStyle = `rgba(${red}, ${green}, ${blue}, ${0.15 + 0.6 * f})`;
-        ctx.fillRect(c * cw, r * ch, cw + 0.5, ch + 0.5);
+    const fractions = Array.from(heat, (b) => fractionOf(scale, b));
+    drawVeil(ctx, scale, fractions, nc, nr, 0, 0, dw, dh);
+    if (scale.kind === "score") { // the sign of each region with signal, as a rim around each run of cells of one sign
+      const cw = dw / nc;
+      const ch = dh / nr;
+      const differs = (k, r, c) => r < 0 || c < 0 || r >= nr || c >= nc || signOf(heat[r * nc + c]) !== signOf(heat[k]);
+      for (let k = 0; k < heat.length; k++) {
+        const rgb = rimColour(scale, heat[k]);
+        if (!rgb) continue;
+        const r = Math.floor(k / nc);
+        const c = k % nc;
+        drawRim(ctx, rgb, fractions[k], c * cw, r * ch, cw, ch,
+          [differs(k, r - 1, c), differs(k, r, c + 1), differs(k, r + 1, c), differs(k, r, c - 1)]);
       }
     }
     if (isCrops) { // crop boundaries
@@ -103,8 +117,6 @@ function render({ model, el }) {
       ctx.strokeRect(cell.box[0] * s, cell.box[1] * s, cell.box[2] * s, cell.box[3] * s);
     }
     view.canvas.dataset.target = String(model.get("target"));
-    const vmax = model.get(isCrops ? "vmax_crops" : "vmax_global");
-    view.bar.replaceChildren(colourBar(palette, vmax, model.get("source") === "attribution" ? "|attribution|" : "share of attention"));
   }
 
   const hoverLine = h("div", { class: "phi3lab-info", "aria-live": "polite" }, "Hover a cell to see its image token.");
@@ -112,11 +124,13 @@ function render({ model, el }) {
     const a = cellAt("crops", hovered);
     const b = cellAt("global", hovered);
     if (!a || !b) { hoverLine.textContent = "Hover a cell to see its image token."; return; }
-    const heatA = bytes(model.get("heat_crops"))[a.index] / 255 * model.get("vmax_crops");
-    const heatB = bytes(model.get("heat_global"))[b.index] / 255 * model.get("vmax_global");
+    const scale = model.get("scale");
+    const say = (byte) => { const v = valueOf(scale, byte); return v === null ? "no signal" : `≈${format(v)}`; };
+    const heatA = bytes(model.get("heat_crops"))[a.index];
+    const heatB = bytes(model.get("heat_global"))[b.index];
     const crop = Math.floor(a.r / cells) * cols + Math.floor(a.c / cells) + 1;
-    hoverLine.textContent = `crop ${crop}, cell (${a.r}, ${a.c}) → token #${cropPos[a.index]}: ≈${format(heatA)}`
-      + ` · global view cell (${b.r}, ${b.c}) → token #${globalPos[b.index]}: ≈${format(heatB)}`;
+    hoverLine.textContent = `crop ${crop}, cell (${a.r}, ${a.c}) → token #${cropPos[a.index]}: ${say(heatA)}`
+      + ` · global view cell (${b.r}, ${b.c}) → token #${globalPos[b.index]}: ${say(heatB)}`;
   }
 
   function drawAll() {
@@ -130,34 +144,43 @@ function render({ model, el }) {
   // --- answer tokens, source, layer -------------------------------------------------------------
   const targets = model.get("targets").map(([label, row], i) =>
     h("span", { class: "phi3lab-chip phi3lab-selectable", title: `answer token ${i} (row ${row})`,
-      dataset: { target: String(i) }, onclick: frozen ? undefined : () => send({ target: i }) }, tokenText(label)));
+      dataset: { target: String(i) }, onclick: () => send({ target: i }) }, tokenText(label)));
   const sources = toggles(model.get("sources"), () => model.get("source"), (source) => {
-    if (source === "rollout" && model.get("source") !== "rollout") info.textContent = "computing rollout (once, for every answer token)…";
+    if (!frozen && source === "rollout" && model.get("source") !== "rollout") info.textContent = "computing rollout (once, for every answer token)…";
     send({ source });
-  }, frozen);
+  }, (source) => !frozen || (offline.sources || []).includes(source));
   const layerSelect = h("select", { disabled: frozen, onchange: (e) => send({ layer: Number(e.target.value) }) },
     h("option", { value: "-1" }, "all layers"),
     model.get("layers").map((layer) => h("option", { value: String(layer) }, `layer ${layer}`)));
   const info = h("div", { class: "phi3lab-info" });
 
   function refresh() {
-    targets.forEach((node, i) => node.classList.toggle("phi3lab-current", i === model.get("target")));
+    targets.forEach((node, i) => {
+      node.classList.toggle("phi3lab-current", i === model.get("target"));
+      if (frozen && !savedPayload(model.get("source"), i)) node.classList.remove("phi3lab-selectable");
+    });
     sources.refresh();
     layerSelect.value = String(model.get("layer"));
     layerSelect.disabled = frozen || model.get("source") !== "attention";
     info.textContent = model.get("info");
+    bar.replaceChildren(legend(model.get("scale"), "veil"));
     drawAll();
   }
-  for (const name of ["heat_crops", "heat_global", "target", "source", "layer", "info"]) model.on(`change:${name}`, refresh);
+  for (const name of ["heat_crops", "heat_global", "scale", "target", "source", "layer", "info"]) model.on(`change:${name}`, refresh);
   refresh();
 
+  const note = frozen ? offlineNote(
+    `Saved page: click an answer token or switch between ${(offline.sources || []).join(" and ")} — `
+    + `${(offline.targets || []).length} of ${model.get("targets").length} answer tokens saved (at most `
+    + `${Math.round((offline.cap_bytes || 0) / 1024)} KiB per widget). One layer at a time and rollout need a kernel.`) : null;
   mount(el,
     h("div", { class: "phi3lab-toolbar" }, h("span", { class: "phi3lab-muted" }, `image ${geo.image}: ${geo.width} × ${geo.height}, num_crops ${geo.num_crops}`), sources.bar, layerSelect),
-    frozen ? staticNote() : null,
+    note,
     errorLine(model),
     h("div", { class: "phi3lab-targets" }, h("span", { class: "phi3lab-muted" }, "answer: "), targets),
     info,
     h("div", { class: "phi3lab-views" }, crops.node, global.node),
+    bar,
     hoverLine,
   );
 }

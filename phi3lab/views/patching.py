@@ -1,6 +1,7 @@
 """Drawing an activation-patching grid (:class:`phi3lab.inspect.patching.PatchingResult`).
 
-Signed values on a diverging map centred at zero with its scale; positions labelled by their tokens.
+Signed values on :mod:`phi3lab.views.colours`' diverging map centred at zero, with its scale drawn and its
+numbers; cells under the noise floor left blank (no signal); positions labelled by their tokens.
 Returns ``(fig, ax)`` and never calls ``plt.show()``; the numbers are the result's own.
 """
 
@@ -8,20 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from phi3lab.views.colours import colormap, scale
+
 __all__ = ["patching_grid"]
 
-DIVERGING = "RdBu_r"  # blue below zero, white at zero, red above
 
-
-def patching_grid(result, *, ax=None, normalized: bool = True):
+def patching_grid(result, *, ax=None, normalized: bool = True, floor: float | None = None):
     """The ``[layer, position]`` (or ``[layer, head]``) grid of a patching result, coloured around 0.
 
     Args:
         result: a :class:`~phi3lab.inspect.patching.PatchingResult`.
         normalized: draw ``(patched − corrupted) / (clean − corrupted)`` (1 = the clean answer restored);
             else the raw metric.
+        floor: magnitudes drawn as no signal (default :data:`phi3lab.views.colours.SCORE_FLOOR`).
     """
     import matplotlib.pyplot as plt
+
+    from phi3lab.views.plotting import _colour_bar, _masked, _norm_args
 
     values = (result.normalized if normalized else result.grid).numpy()
     label = "share of the gap restored" if normalized else result.metric
@@ -41,10 +45,11 @@ def patching_grid(result, *, ax=None, normalized: bool = True):
         fig, ax = plt.subplots(figsize=(max(4.0, min(2.5 + 0.42 * cols, 16)), 1.4 + 0.45 * rows), layout="constrained")
     else:
         fig = ax.figure
-    top = float(np.nanmax(np.abs(values))) or 1.0
-    bound = max(1.0, top) if normalized else top  # a share is drawn on its own ±1 scale: 0.3 looks like 0.3
-    image = ax.imshow(values, cmap=DIVERGING, vmin=-bound, vmax=bound, aspect="auto")
-    fig.colorbar(image, ax=ax, label=label, shrink=0.9)
+    top = float(np.nanmax(np.abs(values))) if values.size else 0.0
+    # a restored share is drawn on a ±1 scale at least, so 0.3 looks like 0.3 and 1 like all of it
+    s = scale(values, kind="score", label=label, floor=floor, vmax=max(1.0, top) if normalized else None)
+    ax.imshow(_masked(values, s), cmap=colormap("score"), aspect="auto", interpolation="nearest", **_norm_args(s))
+    _colour_bar(fig, ax, s)
     ax.set_yticks(range(rows), [f"L{layer}" for layer in result.layers])
     if columns == "position":
         ax.set_xticks(range(cols), [result.tokens[p].replace("<0x0A>", "\\n") for p in result.positions], rotation=90)

@@ -3,6 +3,10 @@
 Nothing here computes anything the tests need: the numbers come from :mod:`phi3lab.inspect.capture`,
 :mod:`phi3lab.inspect.maps`, :mod:`phi3lab.prompts.patches` and :mod:`phi3lab.prompts.token_view`, whose
 plain-text forms are the tested contract.  matplotlib is imported when a function is called.
+
+Every figure speaks :mod:`phi3lab.views.colours`: shares on the sequential map from 0, signed scores on the
+diverging map centred at 0, one scale per figure drawn as a colour bar with its numbers, values under the
+noise floor left blank ("no signal"), and pictures in their own colours under a veil rather than a tint.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 
 from phi3lab.prompts.patches import CELL, CROP, DEFAULT_NUM_CROPS, hd_layout, num_image_tokens
 from phi3lab.prompts.token_view import SEGMENT_COLOURS, TokenTable
+from phi3lab.views.colours import NO_SIGNAL, VEIL, VEIL_ALPHA, Scale, colormap, scale, text_on, tick, veil_alpha
 
 __all__ = ["token_heatmap", "layer_head_grid", "rollout_map", "image_attention", "patch_layout"]
 
@@ -42,6 +47,37 @@ def _label(table: TokenTable, i: int) -> str:
     return row.token.replace("<0x0A>", "\\n")
 
 
+def _colour_bar(fig, ax, s: Scale, label: str | None = None, cmap=None):
+    """A colour bar with the scale's numbers; its label names the unit and the noise floor."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    top = s.vmax if s.signal else max(s.floor, 1e-12)
+    norm = Normalize(0 if s.kind == "share" else -top, top)
+    from matplotlib.ticker import FuncFormatter
+
+    bar = fig.colorbar(ScalarMappable(norm, cmap or colormap(s.kind)), ax=ax, fraction=0.046, pad=0.02)
+    bar.set_ticks(s.ticks() if s.signal else [])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: tick(x, s.kind)))
+    blank = "fully veiled" if cmap is not None else "blank"
+    floor = f"{blank}: under {s.floor:.0e}, no signal" if s.signal else f"no signal: all under {s.floor:.0e}"
+    bar.set_label(f"{label or s.label}\n({floor})", fontsize=8)
+    if not s.signal:
+        bar.solids.set_alpha(0.25)
+    return bar
+
+
+def _masked(values, s: Scale):
+    """``values`` with *no signal* (under the floor, not finite, or a share of 0) masked: drawn as background."""
+    v = np.asarray(values, dtype=np.float64)
+    return np.ma.masked_array(v, mask=np.isnan(s.fraction(v)))
+
+
+def _norm_args(s: Scale) -> dict:
+    top = s.vmax if s.signal else max(s.floor, 1e-12)
+    return {"vmin": 0 if s.kind == "share" else -top, "vmax": top}
+
+
 def token_heatmap(
     weights,
     table: TokenTable,
@@ -50,28 +86,31 @@ def token_heatmap(
     ax=None,
     max_labels: int = 80,
     title: str | None = None,
-    colour_label: str = "attention weight",
+    colour_label: str = SHARE,
+    vmax: float | None = None,
 ):
-    """Query rows × keys heatmap with tick labels coloured by role segment.
+    """Query rows × keys heatmap (shares of attention) with tick labels coloured by role segment.
 
     Args:
         weights: ``[rows, K]`` attention (one head or a head average).
         table: the prompt's :class:`~phi3lab.prompts.token_view.TokenTable` (labels and colours).
         rows: absolute positions of the rows (default: the last ``len(weights)`` positions).
+        vmax: a fixed top of the scale (to compare figures); default the largest value.
     """
     w = np.asarray(torch.as_tensor(weights).float())
     k = w.shape[1]
     rows = list(range(k - w.shape[0], k)) if rows is None else [int(r) for r in rows]
     fig, ax = _axes(ax, (min(14, 2 + 0.18 * k), min(10, 1.5 + 0.25 * len(rows))))
-    image = ax.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, label=colour_label)
+    s = scale(w, kind="share", label=colour_label, vmax=vmax)
+    ax.imshow(_masked(w, s), aspect="auto", cmap=colormap("share"), interpolation="nearest", **_norm_args(s))
+    _colour_bar(fig, ax, s)
     step = max(1, k // max_labels)
     xs = list(range(0, k, step))
     ax.set_xticks(xs, [_label(table, i) if i < len(table) else "" for i in xs], rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), [_label(table, r) if r < len(table) else str(r) for r in rows], fontsize=7)
-    for tick, i in zip(ax.get_xticklabels(), xs):
+    for label, i in zip(ax.get_xticklabels(), xs):
         if i < len(table):
-            tick.set_backgroundcolor(SEGMENT_COLOURS[table.rows[i].segment])
+            label.set_backgroundcolor(SEGMENT_COLOURS[table.rows[i].segment])
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query")
     if title:
@@ -79,16 +118,17 @@ def token_heatmap(
     return fig, ax
 
 
-def layer_head_grid(values, *, ax=None, title: str = "attention share per layer and head", cmap: str = "magma"):
-    """A ``[layers, heads]`` matrix (e.g. :func:`phi3lab.inspect.maps.head_summary`) as a grid."""
+def layer_head_grid(values, *, ax=None, title: str = "attention share per layer and head", vmax: float | None = None):
+    """A ``[layers, heads]`` matrix of shares (e.g. :func:`phi3lab.inspect.maps.head_summary`) as a grid."""
     v = np.asarray(torch.as_tensor(values).float())
     fig, ax = _axes(ax, (1 + 0.4 * v.shape[1], 1 + 0.35 * v.shape[0]))
-    image = ax.imshow(v, cmap=cmap, aspect="auto", vmin=0)
+    s = scale(v, kind="share", label=SHARE, vmax=vmax)
+    ax.imshow(_masked(v, s), cmap=colormap("share"), aspect="auto", interpolation="nearest", **_norm_args(s))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(v.shape[1]))
     ax.set_yticks(range(v.shape[0]))
-    fig.colorbar(image, ax=ax, fraction=0.046, label=SHARE)
+    _colour_bar(fig, ax, s)
     ax.set_title(title)
     return fig, ax
 
@@ -111,48 +151,64 @@ def image_attention(
     view: str = "crops",
     *,
     ax=None,
-    alpha: float = 0.75,
     vmax: float | None = None,
-    cmap: str = "magma_r",
     title: str | None = None,
 ):
-    """Overlay an :class:`~phi3lab.inspect.maps.ImageHeat` view on the original picture.
+    """An :class:`~phi3lab.inspect.maps.ImageHeat` view over the original picture, which keeps its colours.
 
-    The picture keeps its colours; the heat is drawn on top, transparent where a cell has no
-    attention and up to ``alpha`` opaque at ``vmax`` (default: the strongest cell), with a colour
-    bar of each cell's share of the attention row.  Pass the same ``vmax`` to compare two views.
+    Where a cell gets little or no attention a neutral veil covers the picture; the veil lifts as the
+    cell's share rises and is gone at ``vmax`` (default: the strongest cell of *both* views, crops and
+    global, so the two figures of one picture share a scale).  Nothing is tinted, so an orange square
+    stays orange.  The colour bar maps the veil to the numbers.
     """
     fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
-    pixels = heat.to_pixels(view)
-    # no attention: transparent, so the picture shows through
-    _overlay(
-        fig,
-        ax,
-        image,
-        pixels,
-        cmap,
-        np.linspace(0, alpha, 256),
-        0,
-        vmax or max(float(pixels.max()), 1e-9),
-        f"{SHARE} per cell",
-    )
+    s = scale(heat.crops, heat.global_view, kind="share", label=f"{SHARE} per cell", vmax=vmax)
+    _veiled(fig, ax, image, heat.to_pixels(view), s)
     ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
     return fig, ax
 
 
-def _overlay(fig, ax, picture, values, cmap: str, alphas: np.ndarray, vmin: float, vmax: float, label: str):
-    """The picture in its own colours with ``values`` (picture-sized) on top, each colour of ``cmap``
-    as opaque as ``alphas`` says (256 steps), and a labelled colour bar; no ticks, but the frame
-    stays, so a white picture's edge shows."""
-    from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
+def _veil_cmap():
+    """Veil over white, from fully veiled (little) to clear (the top): the colour bar of an overlay."""
+    from matplotlib.colors import LinearSegmentedColormap
 
-    ramp = colormaps[cmap](np.linspace(0, 1, 256))
-    ramp[:, 3] = alphas
+    veiled = tuple(VEIL_ALPHA * c + (1 - VEIL_ALPHA) for c in _unit_rgb(VEIL))
+    return LinearSegmentedColormap.from_list("phi3lab_veil", [veiled, (1, 1, 1)], N=256)
+
+
+def _unit_rgb(colour: str) -> tuple[float, float, float]:
+    return tuple(int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def _veiled(fig, ax, picture, values: np.ndarray, s: Scale, rims=()):
+    """The picture in its own colours under a veil that lifts as |value| rises (one image, no seams), the
+    ``rims`` — ``(box, colour, |fraction of the scale|)`` — outlined, and a colour bar; no ticks, but the frame stays."""
+    from matplotlib.patches import Rectangle
+
+    alpha = veil_alpha(s.fraction(values))
+    veil = np.zeros(alpha.shape + (4,))
+    veil[..., :3] = _unit_rgb(VEIL)
+    veil[..., 3] = alpha
     extent = (0, picture.width, picture.height, 0)
     ax.imshow(picture, extent=extent)
-    shown = ax.imshow(values, cmap=ListedColormap(ramp), extent=extent, interpolation="nearest", vmin=vmin, vmax=vmax)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=label)
+    ax.imshow(veil, extent=extent, interpolation="nearest")
+    inset = 0.012 * max(picture.width, picture.height)
+    for (x0, y0, x1, y1), colour, strength in rims:  # faint values, faint rims: a rim says the sign
+        ax.add_patch(
+            Rectangle(
+                (x0 + inset / 2, y0 + inset / 2),
+                x1 - x0 - inset,
+                y1 - y0 - inset,
+                fill=False,
+                lw=2,
+                edgecolor=colour,
+                alpha=float(np.clip(np.sqrt(strength), 0.35, 1)),
+            )
+        )
+    if s.kind == "share":
+        _colour_bar(fig, ax, s, f"{s.label}\n(clear = most; veiled = little)", _veil_cmap())
+    else:
+        _colour_bar(fig, ax, s, f"{s.label}\n(rim: sign; clear = strongest)")
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -225,22 +281,25 @@ def patch_layout(image, num_crops: int = DEFAULT_NUM_CROPS, *, ax=None):
 ATTRIBUTION = "attribution (Δ log p)"
 
 
-def _symmetric(values) -> float:
-    return max(float(np.abs(np.asarray(values)).max()) if np.size(values) else 0.0, 1e-9)
+def attribution_scale(attr, token=None, floor: float | None = None, vmax: float | None = None) -> Scale:
+    """The one diverging scale of an attribution's view for ``token``: every unit's score (words, turns and
+    image regions alike), with the attribution's ``noise_floor`` if it has one."""
+    if floor is None:
+        floor = getattr(attr, "noise_floor", None)
+    return scale(attr.row(token).numpy(), kind="score", label=ATTRIBUTION, floor=floor, vmax=vmax)
 
 
-def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, cmap: str = "RdBu_r"):
-    """An :class:`~phi3lab.attribution.Attribution` as text heat: the prompt turn by turn, each
-    unit's text on the colour of its score (red supports the target, blue works against it)."""
-    from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
+def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, floor: float | None = None):
+    """An :class:`~phi3lab.attribution.Attribution` as text heat: the prompt turn by turn, each unit's text
+    on the colour of its score (red supports the target, blue works against it; dashed outline: no signal).
 
+    The scale is the one of :func:`attribution_scale` — shared with :func:`attribution_image` — and drawn."""
     values = attr.row(token).numpy()
-    norm, colours = Normalize(-_symmetric(values), _symmetric(values)), colormaps[cmap]
+    s = attribution_scale(attr, token, floor)
+    colours = s.colours(values)
     fig, ax = _axes(ax, (9, 3))
     ax.set_axis_off()
-    fig.colorbar(ScalarMappable(norm, colours), ax=ax, fraction=0.03, pad=0.01, label=ATTRIBUTION)
+    _colour_bar(fig, ax, s)
     width_pt = ax.get_window_extent().width * 72 / fig.dpi  # after the colour bar took its share
     columns = max(20, int(width_pt / (0.61 * fontsize)))  # monospace characters per line
     y = 0.0
@@ -256,57 +315,57 @@ def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, cmap: st
             if x + len(text) > columns:
                 x, y = len(role) + 2, y + 1
             space = False
-            if i is not None:
-                face = colours(norm(values[i]))
+            if i is not None and colours[i] is not None:
+                box = dict(facecolor=colours[i], edgecolor="none", pad=1.5)
+                ink = text_on(colours[i])
+            elif i is not None:  # a unit under the noise floor: no colour, a dashed outline
+                box = dict(facecolor="none", edgecolor=NO_SIGNAL, linestyle="--", pad=1.5)
+                ink = "#6b7280"
             else:
                 face = SEGMENT_COLOURS["image"] if text.startswith("[image") else "none"
-            dark = i is not None and abs(norm(values[i]) - 0.5) > 0.35
-            ax.text(
-                x,
-                y,
-                text,
-                family="monospace",
-                fontsize=fontsize,
-                va="top",
-                color="white" if dark else "black",
-                bbox=dict(facecolor=face, edgecolor="none", pad=1.5),
-            )
+                box, ink = dict(facecolor=face, edgecolor="none", pad=1.5), "black"
+            ax.text(x, y, text, family="monospace", fontsize=fontsize, va="top", color=ink, bbox=box)
             x += len(text) + 0.3
         y += 1.5
     ax.set_xlim(0, columns)
     ax.set_ylim(max(y, 6), -0.5)
-    ax.set_title(
-        f"{attr.method} over {' + '.join(attr.kinds)}: {attr.token_name(token)} of {attr.target_text!r}", fontsize=9
-    )
+    heading = f"{attr.method} over {' + '.join(attr.kinds)}: {attr.token_name(token)} of {attr.target_text!r}"
+    ax.set_title(heading if s.signal else f"{heading}\nno signal: every |score| is under {s.floor:.0e}", fontsize=9)
     return fig, ax
 
 
-def attribution_heatmap(attr, *, ax=None, cmap: str = "RdBu_r"):
-    """Target tokens × units scores of an :class:`~phi3lab.attribution.Attribution`, centred at 0."""
+def attribution_heatmap(attr, *, ax=None, floor: float | None = None):
+    """Target tokens × units scores of an :class:`~phi3lab.attribution.Attribution`, on one scale centred at 0."""
     scores = attr.scores.numpy()
     fig, ax = _axes(ax, (min(14, 2 + 0.35 * scores.shape[1]), 1.5 + 0.3 * scores.shape[0]))
-    scale = _symmetric(scores)
-    image = ax.imshow(scores, cmap=cmap, vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
+    if floor is None:
+        floor = getattr(attr, "noise_floor", None)
+    s = scale(scores, kind="score", label=ATTRIBUTION, floor=floor)
+    ax.imshow(_masked(scores, s), cmap=colormap("score"), aspect="auto", interpolation="nearest", **_norm_args(s))
     ax.set_xticks(range(len(attr.units)), [u.label for u in attr.units], rotation=90, fontsize=7)
     ax.set_yticks(range(len(attr.target_tokens)), attr.target_tokens, fontsize=7)
     ax.set_xlabel("unit")
     ax.set_ylabel("target token")
-    fig.colorbar(image, ax=ax, fraction=0.046, label=ATTRIBUTION)
+    _colour_bar(fig, ax, s)
     ax.set_title(f"{attr.method}: target token × unit")
     return fig, ax
 
 
-def attribution_image(
-    attr, image: int = 0, token=None, *, ax=None, alpha: float = 0.55, cmap: str = "RdBu_r", title: str | None = None
-):
-    """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`: clear where a unit
-    scores 0, up to ``alpha`` opaque at the largest |score|, with a colour bar."""
+def attribution_image(attr, image: int = 0, token=None, *, ax=None, floor: float | None = None, title=None):
+    """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`, in its own colours: veiled
+    where its units have no or little signal, clear at the strongest, each unit with signal outlined in its
+    score's colour.  The scale is the whole attribution's (:func:`attribution_scale`), so a region scoring
+    +1 beside a word at +23.5 stays nearly veiled."""
     picture = attr.inputs.image(image).image
-    heat = attr.image_map(image, token)
-    scale = _symmetric(heat)
+    s = attribution_scale(attr, token, floor)
+    values = attr.row(token).numpy()
+    rims = [
+        (unit.box, tuple(rgb / 255), abs(fraction))
+        for unit, rgb, fraction in zip(attr.units, s.rims(values), s.fraction(values))
+        if unit.image == image and unit.box is not None and not np.isnan(rgb).any()
+    ]
     fig, ax = _axes(ax, (5, 5 * picture.height / picture.width))
-    # 0 in the middle of the diverging scale: the picture shows through
-    _overlay(fig, ax, picture, heat, cmap, np.abs(np.linspace(-alpha, alpha, 256)), -scale, scale, ATTRIBUTION)
+    _veiled(fig, ax, picture, attr.image_map(image, token), s, rims)
     ax.set_title(title or f"{attr.method} on image {image + 1} ({' + '.join(attr.kinds)})", fontsize=9)
     return fig, ax
 
@@ -328,4 +387,4 @@ def faithfulness_curves(curves, *, ax=None, title: str | None = None):
     return fig, ax
 
 
-__all__ += ["attribution_text", "attribution_heatmap", "attribution_image", "faithfulness_curves"]
+__all__ += ["attribution_scale", "attribution_text", "attribution_heatmap", "attribution_image", "faithfulness_curves"]

@@ -5,9 +5,15 @@ stylesheet, run as they are (no bundler).  A widget's module may start with
 ``import { ... } from "./common.js";``; :func:`module_source` inlines ``common.js`` in place of that
 line, because anywidget loads one module from a string and a string has no folder to import from.
 
-Arrays travel as base64 text (``u8`` heat, ``u32`` positions) inside ordinary JSON traits: a quarter
-to a third of the bytes of a JSON list of numbers, and the same in a live kernel, in a notebook's
-saved widget state and in an exported page.
+Arrays travel as base64 text (values as one byte each on their view's scale — see
+:func:`phi3lab.views.colours.encode` —, ``u32`` positions) inside ordinary JSON traits: a quarter to a
+third of the bytes of a JSON list of numbers, and the same in a live kernel, in a notebook's saved
+widget state and in an exported page.  Colours are :mod:`phi3lab.views.colours`' (the browser gets the
+stops, the top of the scale and the noise floor with the values).
+
+Each widget also saves an ``offline`` payload in its state, at most :data:`OFFLINE_BYTES` of text: what
+an exported page (no kernel) needs to answer hovering and clicking by itself — captured rows at one
+byte per value, the strongest chips of each row, rows evenly spaced when there are more than fit.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import functools
 import html
 import io
+import os
 import re
 from pathlib import Path
 
@@ -23,25 +30,25 @@ import anywidget
 import numpy as np
 import traitlets
 
+from phi3lab.views.colours import NO_SIGNAL, text_on
+
 __all__ = [
     "front_end_dir",
     "module_source",
     "stylesheet",
     "PhiWidget",
-    "u8",
     "u32",
     "data_url",
-    "HEAT_STOPS",
-    "heat_colour",
-    "text_colour",
+    "chip",
+    "display_label",
     "MessageLog",
     "state_bytes",
+    "OFFLINE_BYTES",
+    "spread",
+    "display_mode",
 ]
 
-# ColorBrewer YlOrBr, light to dark: low heat stays close to the page, high heat stands out in both
-# light and dark themes.  The browser receives these stops and interpolates the same way.
-HEAT_STOPS = ("#fff7bc", "#fee391", "#fec44f", "#fe9929", "#ec7014", "#cc4c02", "#8c2d04")
-DARK_TEXT, LIGHT_TEXT = "#111827", "#ffffff"
+OFFLINE_BYTES = 256 * 1024  # text saved per widget for pages without a kernel (base64 and JSON)
 _IMPORT = re.compile(r'^import\s*\{[^}]*\}\s*from\s*"\./common\.js";\s*$', re.M)
 
 
@@ -68,14 +75,6 @@ def stylesheet() -> str:
     return (front_end_dir() / "phi3lab.css").read_text(encoding="utf-8")
 
 
-def u8(values, vmax: float | None = None) -> tuple[str, float]:
-    """Quantise non-negative values to 0..255 of ``vmax`` (default their maximum): ``(base64, vmax)``."""
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
-    top = float(v.max()) if vmax is None and v.size else float(vmax or 0.0)
-    scaled = np.zeros(v.shape) if top <= 0 else np.clip(np.rint(v / top * 255), 0, 255)
-    return base64.b64encode(scaled.astype(np.uint8).tobytes()).decode("ascii"), top
-
-
 def u32(values) -> str:
     """Little-endian unsigned 32-bit integers as base64 (positions, indices)."""
     return base64.b64encode(np.asarray(values, dtype="<u4").tobytes()).decode("ascii")
@@ -93,43 +92,58 @@ def data_url(image, max_side: int = 448, fmt: str = "JPEG") -> str:
     return f"data:image/{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def _rgb(hex_colour: str) -> np.ndarray:
-    return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
-
-
-def heat_colour(fraction: float) -> str:
-    """The heat colour of ``fraction`` in 0..1, interpolated between :data:`HEAT_STOPS`."""
-    f = min(max(float(fraction), 0.0), 1.0) * (len(HEAT_STOPS) - 1)
-    i = min(int(f), len(HEAT_STOPS) - 2)
-    rgb = _rgb(HEAT_STOPS[i]) * (1 - (f - i)) + _rgb(HEAT_STOPS[i + 1]) * (f - i)
-    return "#" + "".join(f"{int(round(c)):02x}" for c in rgb)
-
-
-def text_colour(background: str) -> str:
-    """Dark or white text, whichever reads on ``background`` (relative luminance above 0.4: dark)."""
-    r, g, b = _rgb(background) / 255
-    return DARK_TEXT if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 else LIGHT_TEXT
-
-
-def chip(text: str, background: str, title: str = "", underline: str | None = None) -> str:
-    """One inline token chip for the static forms (the same look as the live strip)."""
+def chip(text: str, background: str | None, title: str = "", underline: str | None = None, dashed: bool = True) -> str:
+    """One inline token chip for the static forms (the same look as the live strip); ``background=None``
+    draws it as *no signal*: uncoloured, with a dashed outline when ``dashed`` (signed scores)."""
     line = f"box-shadow:inset 0 -3px 0 {underline};" if underline else ""
     hover = f' title="{html.escape(title)}"' if title else ""
+    if background is None:
+        fill = f"border:1px dashed {NO_SIGNAL};" if dashed else "background:#f3f4f6;color:#111827;"
+    else:
+        fill = f"background:{background};color:{text_on(background)};"
     return (
-        f'<span class="phi3lab-chip"{hover} style="background:{background};color:{text_colour(background)};'
-        f"{line}padding:1px 3px 3px;margin:1px;border-radius:3px;display:inline-block;"
-        f'font-family:monospace;white-space:pre">{html.escape(text)}</span>'
+        f'<span class="phi3lab-chip"{hover} style="{fill}{line}padding:1px 3px 3px;margin:1px;border-radius:3px;'
+        f'display:inline-block;font-family:monospace;white-space:pre">{html.escape(text)}</span>'
     )
 
 
-def colour_bar(vmax: float, label: str) -> str:
-    stops = ",".join(HEAT_STOPS)
-    return (
-        f'<div style="display:flex;align-items:center;gap:6px;font-size:85%;margin:4px 0">'
-        f'<span>0</span><span style="display:inline-block;width:140px;height:10px;'
-        f'background:linear-gradient(90deg,{stops});border-radius:2px"></span>'
-        f"<span>{vmax:.3g}</span><span>{html.escape(label)}</span></div>"
-    )
+def spread(total: int, first: list[int], fits: int) -> list[int]:
+    """Which of ``range(total)`` to keep when only ``fits`` fit: every index of ``first`` (in order, up to
+    ``fits``), then the rest evenly spaced.
+
+    >>> spread(10, [9], 4)
+    [0, 4, 8, 9]
+    """
+    fits = max(0, min(fits, total))
+    chosen = list(dict.fromkeys(i for i in first if 0 <= i < total))[:fits]
+    rest = [i for i in range(total) if i not in set(chosen)]
+    room = fits - len(chosen)
+    if room > 0 and rest:
+        picks = np.linspace(0, len(rest) - 1, room).round().astype(int)
+        chosen += [rest[i] for i in dict.fromkeys(picks.tolist())]
+    return sorted(chosen)
+
+
+_MODES = ("live", "static")
+_mode = {"value": os.environ.get("PHI3LAB_WIDGETS", "live").strip().lower() or "live"}
+
+
+def display_mode(mode: str | None = None) -> str:
+    """Get or set how phi3lab's widgets display: ``"live"`` (the interactive widget, with its static forms
+    alongside) or ``"static"`` (only the static HTML and text forms — for front ends that cannot load the
+    widget's JavaScript, e.g. VS Code or Colab without access to anywidget's CDN).  The environment
+    variable ``PHI3LAB_WIDGETS=static`` sets it for a whole kernel.
+
+    >>> display_mode()
+    'live'
+    """
+    if mode is not None:
+        if mode not in _MODES:
+            raise ValueError(f"display mode must be one of {_MODES}, got {mode!r}")
+        _mode["value"] = mode
+    if _mode["value"] not in _MODES:
+        raise ValueError(f"PHI3LAB_WIDGETS must be 'live' or 'static', got {_mode['value']!r}; fix the variable")
+    return _mode["value"]
 
 
 def display_label(token: str) -> str:
@@ -195,6 +209,8 @@ class PhiWidget(anywidget.AnyWidget):
         return f'<div class="phi3lab-static">{self.to_html()}</div>'
 
     def _repr_mimebundle_(self, **kwargs):
+        if display_mode() == "static":
+            return {"text/plain": self.to_text(), "text/html": self._repr_html_()}, {}
         bundle = super()._repr_mimebundle_(**kwargs)
         if bundle is None:
             return None

@@ -13,6 +13,10 @@ messages: the stop button sets the ``stop`` event that ``chat`` checks after eve
 tokens reach the browser (through ``chat``'s ``on_text``) as small ``delta`` messages while they
 are produced; the finished turn (with :meth:`~phi3lab.runtime.generation.ChatResult.stats`, which ends in
 ``stopped`` when Stop ended it) lands in the ``messages`` trait, which is what a saved notebook keeps.
+
+A user bubble shows what was typed: attached pictures as thumbnails labelled ``image N`` (the tags the
+model gets, ``<|image_N|>``, stay in :attr:`ChatWidget.history`).  Everything the static HTML form writes
+is escaped, and only ``data:image/…`` URLs become pictures.
 """
 
 from __future__ import annotations
@@ -20,16 +24,28 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 import threading
 
 import traitlets
 
+from phi3lab.validation import check_float, check_int, check_text
 from phi3lab.views.widgets._base import PhiWidget, data_url
 
 __all__ = ["ChatWidget"]
 
-_TAG = re.compile(r"<\|image_\d+\|>")
+_TAG = re.compile(r"<\|image_(\d+)\|>")
+_PICTURE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=]*$")
+COLOURS = {"user": "#bfdbfe", "assistant": "#bbf7d0", "system": "#e9d5ff"}
+
+
+def _option(check, name: str, value, example: str, **bounds):
+    """``check(name, value, **bounds)`` with the fix named in the message."""
+    try:
+        return check(name, value, **bounds)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"ChatWidget: {exc}; pass e.g. ChatWidget(lab, {name}={example})") from None
 
 
 class ChatWidget(PhiWidget):
@@ -61,6 +77,10 @@ class ChatWidget(PhiWidget):
 
         if not isinstance(lab, Lab):
             raise TypeError(f"ChatWidget takes the Lab of phi3lab.load(...), got {type(lab).__name__}")
+        system = _option(check_text, "system", "" if system is None else system, "'Answer briefly.'")
+        temperature = _option(check_float, "temperature", temperature, "0.7", minimum=0.0)
+        context = int(getattr(lab.spec, "context_length", 0) or 0) or None
+        max_new_tokens = _option(check_int, "max_new_tokens", max_new_tokens, "128", minimum=1, maximum=context)
         self._lab = lab
         self._stop = threading.Event()
         self._images: list = []
@@ -68,9 +88,9 @@ class ChatWidget(PhiWidget):
         super().__init__(
             model_name=lab.spec.name,
             vision=lab.spec.modality == "vision",
-            system=system or "",
-            temperature=float(temperature),
-            max_new_tokens=int(max_new_tokens),
+            system=system,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
         )
         self.session = self._lab.session(system=system or None)
 
@@ -120,8 +140,26 @@ class ChatWidget(PhiWidget):
     def history(self) -> list[dict]:
         return self.session.history
 
+    @traitlets.validate("max_new_tokens")
+    def _valid_tokens(self, proposal):
+        value = proposal["value"]
+        if value < 1:
+            raise traitlets.TraitError(f"max_new_tokens must be at least 1, got {value}")
+        return value
+
+    @traitlets.validate("temperature")
+    def _valid_temperature(self, proposal):
+        value = proposal["value"]
+        if not math.isfinite(value) or value < 0:
+            raise traitlets.TraitError(f"temperature must be a finite number ≥ 0 (0: greedy), got {value}")
+        return value
+
     def _msg_send(self, content: dict) -> None:
-        text = str(content.get("text", "")).strip()
+        text = content.get("text")
+        if not isinstance(text, str):
+            self.error = f"the message must be text, got {type(text).__name__}: type a message and press Send"
+            return
+        text = text.strip()
         if self.busy:
             self.error = "an answer is still being generated; press Stop first"
             return
@@ -131,13 +169,18 @@ class ChatWidget(PhiWidget):
         if not self.messages:  # a first turn takes the system prompt as it reads now
             self.session = self._lab.session(system=self.system or None)
         images, self._images = self._images, []
+        shown = _TAG.sub(lambda m: f"[image {m.group(1)}]", text)  # the bubble: what was typed, no raw tags
+        first = len(self.session.images) + 1
         if images and not _TAG.search(text):  # number new pictures after those already in the conversation
-            first = len(self.session.images) + 1
             text = "".join(f"<|image_{first + k}|>\n" for k in range(len(images))) + text
         thumbs = [p["thumb"] for p in self.pending]
+        names = [f"image {first + k}" for k in range(len(thumbs))]
         with self.hold_sync():
             self.error, self.busy, self.pending = "", True, []
-            self.messages = [*self.messages, {"role": "user", "content": text, "images": thumbs}]
+            self.messages = [
+                *self.messages,
+                {"role": "user", "content": shown, "images": thumbs, "image_labels": names},
+            ]
         self._stop.clear()
         self._worker = threading.Thread(target=self._answer, args=(text, images), daemon=True)
         self._worker.start()
@@ -189,22 +232,33 @@ class ChatWidget(PhiWidget):
         head = f"chat with {self.model_name}: {len(self.messages)} message(s)"
         lines = [head] + ([f"system: {self.system}"] if self.system else [])
         for m in self.messages:
-            lines.append(f"{m['role']}: {m['content']}")
+            pictures = "".join(f"[{name}] " for name in m.get("image_labels") or ())
+            lines.append(f"{m.get('role')}: {pictures}{m.get('content', '')}")
             if m.get("stats"):
                 lines.append(f"  ({m['stats']})")
         return "\n".join(lines)
 
     def to_html(self) -> str:
-        colours = {"user": "#bfdbfe", "assistant": "#bbf7d0", "system": "#e9d5ff"}
-        rows = [f"<div style='font-size:85%;opacity:0.8'>chat with {html.escape(self.model_name)}</div>"]
+        """The conversation as HTML; every text is escaped and only ``data:image/…`` URLs become pictures."""
+        rows = [f"<div style='font-size:85%;opacity:0.8'>chat with {html.escape(str(self.model_name))}</div>"]
         shown = ([{"role": "system", "content": self.system}] if self.system else []) + list(self.messages)
         for m in shown:
-            pictures = "".join(f'<img src="{t}" style="max-height:48px;margin:2px">' for t in m.get("images", ()))
+            role = str(m.get("role", ""))
+            labels = list(m.get("image_labels") or [])
+            pictures = []
+            for k, source in enumerate(m.get("images") or ()):
+                name = html.escape(str(labels[k]) if k < len(labels) else f"picture {k + 1}")
+                if isinstance(source, str) and _PICTURE.match(source):
+                    pictures.append(
+                        f'<img src="{html.escape(source)}" alt="{name}" title="{name}" style="max-height:48px;margin:2px">'
+                    )
+                else:
+                    pictures.append(f"<span style='opacity:0.7'>[{name}: not a picture URL, not shown]</span>")
             rows.append(
-                f"<div style='background:{colours[m['role']]};color:#111827;padding:3px 8px;margin:3px 0;"
-                f"border-radius:6px;white-space:pre-wrap'><b>{m['role']}</b> {pictures}"
-                f"{html.escape(m['content'])}</div>"
+                f"<div style='background:{COLOURS.get(role, '#e5e7eb')};color:#111827;padding:3px 8px;margin:3px 0;"
+                f"border-radius:6px;white-space:pre-wrap'><b>{html.escape(role)}</b> {''.join(pictures)}"
+                f"{html.escape(str(m.get('content', '')))}</div>"
             )
             if m.get("stats"):
-                rows.append(f"<div style='font-size:85%;opacity:0.8'>{html.escape(m['stats'])}</div>")
+                rows.append(f"<div style='font-size:85%;opacity:0.8'>{html.escape(str(m['stats']))}</div>")
         return "".join(rows)

@@ -12,13 +12,21 @@
 
 Two views of one picture, as Phi-3-vision sees it: the HD canvas cut into 336-pixel crops of 12 × 12
 cells (one image token each) and the 12 × 12 global view of the whole canvas.  Hovering a cell names
-its token in both views and the attention it gets; clicking an answer token overlays where the row
-that produced it looks (mean attention over the chosen layers, rollout, or — given an attribution —
-the attribution's image map), each view with its own colour scale.
+its token in both views and the value it gets; clicking an answer token shows where the row that
+produced it looks (mean attention over the chosen layers, rollout, or — given an attribution — the
+attribution's scores on the cells).  Both views share one scale, drawn with its numbers.
+
+The picture keeps its own colours (:mod:`phi3lab.views.colours`): a neutral veil covers the cells with
+little or no signal and lifts where the value is high; signed attributions add a rim of their sign's
+colour.  Values under the noise floor count as no signal.  The explorer opens on the most informative
+answer token: the one whose attribution on this picture is strongest, or, without an attribution, the
+one whose attention on the picture is largest.
 
 The browser gets the picture once (a JPEG of at most 448 pixels a side), the positions of every
 cell's token, and per interaction two grids of bytes.  Every position comes from
-:func:`phi3lab.prompts.patches.image_tokens`, the one home of the token order.
+:func:`phi3lab.prompts.patches.image_tokens`, the one home of the token order.  The ``offline``
+payload holds the attention (and attribution) grids of every answer token, so an exported page
+switches between them without a kernel.
 """
 
 from __future__ import annotations
@@ -32,8 +40,9 @@ import traitlets
 
 from phi3lab.inspect.maps import ImageHeat
 from phi3lab.prompts.patches import CELLS, image_tokens
-from phi3lab.views.widgets._base import HEAT_STOPS, PhiWidget, _rgb, colour_bar, data_url, display_label, u8, u32
-from phi3lab.views.widgets.attention import check_cache
+from phi3lab.views.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
+from phi3lab.views.widgets._base import OFFLINE_BYTES, PhiWidget, data_url, display_label, spread, u32
+from phi3lab.views.widgets.attention import check_cache, pattern
 
 __all__ = ["PatchView", "PatchExplorer", "SOURCES", "overlay_png"]
 
@@ -99,7 +108,7 @@ class PatchView:
         ]
         self.layers = list(cache.layers)
         # the answer rows only: [targets, layers, heads, keys]
-        per_layer = [cache.attention(layer)[0][:, self.rows].float().numpy() for layer in self.layers]
+        per_layer = [pattern(cache, layer)[0][:, self.rows].float().numpy() for layer in self.layers]
         self._weights = np.ascontiguousarray(np.stack(per_layer).transpose(2, 0, 1, 3))
         self._rollout: np.ndarray | None = None
         self.attribution = attribution
@@ -109,6 +118,7 @@ class PatchView:
 
             self._maps = image_grids(attribution, image, self)
         self.sources = ["attention", "rollout"] + (["attribution"] if self._maps is not None else [])
+        self.floor = _attribution_floor(attribution)
 
     # --- one target -----------------------------------------------------------------------------
 
@@ -156,24 +166,31 @@ class PatchView:
             span.num_crops,
         )
 
+    def scale_of(self, heat: ImageHeat, source: str) -> Scale:
+        """One scale for both views: shares for attention and rollout, signed scores for an attribution."""
+        if source == "attribution":
+            return scale(heat.crops, heat.global_view, kind="score", label="attribution (Δ log p)", floor=self.floor)
+        label = "rolled-out attention" if source == "rollout" else "share of attention"
+        return scale(heat.crops, heat.global_view, kind="share", label=f"{label} per cell")
+
     def payload(self, target: int, source: str = "attention", layer: int = -1) -> dict:
         heat = self.grids(target, source, layer)
-        crops, crops_max = u8(np.abs(heat.crops))
-        glob, glob_max = u8(np.abs(heat.global_view))
+        s = self.scale_of(heat, source)
         return {
-            "heat_crops": crops,
-            "vmax_crops": round(crops_max, 6),
-            "heat_global": glob,
-            "vmax_global": round(glob_max, 6),
-            "info": self.describe(target, source, layer, heat),
+            "heat_crops": encode(heat.crops, s),
+            "heat_global": encode(heat.global_view, s),
+            "scale": s.to_json(),
+            "info": self.describe(target, source, layer, heat, s),
         }
 
-    def describe(self, target: int, source: str, layer: int, heat: ImageHeat | None = None) -> str:
+    def describe(
+        self, target: int, source: str, layer: int, heat: ImageHeat | None = None, s: Scale | None = None
+    ) -> str:
         label, row = self.targets[target]
         what = {
             "attention": f"mean attention over {'layer ' + str(layer) if layer != -1 else 'every layer'}, all heads",
             "rollout": "attention rollout",
-            "attribution": "attribution",
+            "attribution": "attribution: red supports it, blue works against it",
         }[source]
         text = f"{label!r} (row {self.cache.positions[row]}): {what}"
         if heat is not None and source != "attribution":
@@ -181,11 +198,39 @@ class PatchView:
                 f" · on this image {heat.total:.3f} of the row (crops {heat.crops.sum():.3f}, "
                 f"global view {heat.global_view.sum():.3f})"
             )
+        if s is not None and not s.signal:
+            text += f" · no signal: every value is under the noise floor {s.floor:.1e}"
         return text
+
+    def most_informative(self) -> int:
+        """The answer token to open on: the strongest attribution on this picture, else the most attention on it."""
+        if self._maps is not None:
+            peaks = [
+                max(float(np.nanmax(np.abs(c), initial=0)), float(np.nanmax(np.abs(g), initial=0)))
+                for c, g in self._maps
+            ]
+            return int(np.argmax(peaks))
+        span = self.span
+        totals = self._weights[..., span.start : span.end].mean(axis=(1, 2)).sum(-1)
+        return int(np.argmax(totals))
+
+    def offline_payload(self) -> dict:
+        """The attention (and attribution) grids of every answer token, for a page without a kernel."""
+        per = {}
+        sources = [s for s in ("attention", "attribution") if s in self.sources]
+        cells = self.crop_pos.size + self.global_pos.size
+        each = cells * 4 / 3 + 600  # base64 of two grids, the scale and the info line
+        kept = spread(len(self.targets), [self.most_informative()], int(OFFLINE_BYTES // (each * len(sources))))
+        for source in sources:
+            have = len(self._maps) if source == "attribution" else len(self.targets)
+            per[source] = {str(t): self.payload(t, source) for t in kept if t < have}
+        return {"targets": kept, "sources": sources, "payloads": per, "cap_bytes": OFFLINE_BYTES}
 
     def initial(self) -> dict:
         span = self.span
         layout = span.layout
+        target = self.most_informative()
+        source = "attribution" if self._maps is not None else "attention"
         return {
             "picture": data_url(span.image),
             "geometry": {
@@ -203,58 +248,65 @@ class PatchView:
             "targets": self.targets,
             "layers": self.layers,
             "sources": self.sources,
-            "palette": list(HEAT_STOPS),
-            "target": 0,
-            "source": "attention",
+            "target": target,
+            "source": source,
             "layer": -1,
-            **self.payload(0),
+            "offline": self.offline_payload(),
+            **self.payload(target, source),
         }
 
     def to_text(self, target: int, source: str = "attention", layer: int = -1) -> str:
-        return self.describe(target, source, layer) + "\n" + self.grids(target, source, layer).to_text()
+        heat = self.grids(target, source, layer)
+        return "\n".join(
+            [self.describe(target, source, layer, heat), self.scale_of(heat, source).to_text(), heat.to_text()]
+        )
 
     def to_html(self, target: int, source: str = "attention", layer: int = -1) -> str:
         heat = self.grids(target, source, layer)
+        s = self.scale_of(heat, source)
         parts = []
         for view, name in (("crops", "HD crops"), ("global", "global view")):
-            grid = np.abs(heat.crops if view == "crops" else heat.global_view)
             png = overlay_png(
-                self.span.image,
-                np.abs(heat.to_pixels(view)),
-                float(grid.max()),
-                self.span.layout.grid if view == "crops" else None,
+                self.span.image, heat.to_pixels(view), s, self.span.layout.grid if view == "crops" else None
             )
             parts.append(
                 f'<figure style="margin:0 8px 0 0"><img src="{png}" style="max-width:336px" alt="{name}">'
-                f'<figcaption style="font-size:85%">{name}{colour_bar(float(grid.max()), "")}'
-                f"</figcaption></figure>"
+                f'<figcaption style="font-size:85%">{name}</figcaption></figure>'
             )
         return (
-            f'<div style="font-size:90%">{html.escape(self.describe(target, source, layer, heat))}</div>'
-            f'<div style="display:flex;flex-wrap:wrap">{"".join(parts)}</div>'
+            f'<div style="font-size:90%">{html.escape(self.describe(target, source, layer, heat, s))}</div>'
+            f'<div style="display:flex;flex-wrap:wrap">{"".join(parts)}</div>{legend_html(s)}'
         )
 
 
-def overlay_png(
-    image, pixels: np.ndarray, vmax: float, grid: tuple[int, int] | None = None, max_side: int = 336
-) -> str:
-    """The picture under a translucent heat (``pixels``, image-sized) as a PNG ``data:`` URL, with the
-    crop grid drawn when ``grid`` is given (static forms)."""
+def _attribution_floor(attribution) -> float | None:
+    return getattr(attribution, "noise_floor", None) if attribution is not None else None
+
+
+def overlay_png(image, pixels: np.ndarray, s: Scale, grid: tuple[int, int] | None = None, max_side: int = 336) -> str:
+    """The picture in its own colours under the veil of scale ``s`` (``pixels``: values, image-sized), signed
+    values with a rim of their colour, the crop grid drawn when ``grid`` is given: a PNG ``data:`` URL."""
     from PIL import Image
 
     picture = image.convert("RGB")
-    scale = min(1.0, max_side / max(picture.size))
-    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    ratio = min(1.0, max_side / max(picture.size))
+    size = (max(1, round(picture.width * ratio)), max(1, round(picture.height * ratio)))
     picture = picture.resize(size)
-    ys = np.minimum((np.arange(size[1]) / scale).astype(int), pixels.shape[0] - 1)
-    xs = np.minimum((np.arange(size[0]) / scale).astype(int), pixels.shape[1] - 1)
-    frac = np.clip(pixels[ys][:, xs] / vmax, 0, 1) if vmax > 0 else np.zeros((size[1], size[0]))
-    stops = np.stack([_rgb(c) for c in HEAT_STOPS])
-    f = frac * (len(HEAT_STOPS) - 1)
-    i = np.minimum(f.astype(int), len(HEAT_STOPS) - 2)
-    colour = stops[i] * (1 - (f - i))[..., None] + stops[i + 1] * (f - i)[..., None]
-    alpha = (0.15 + 0.6 * frac)[..., None] * (frac > 0)[..., None]
-    out = np.asarray(picture, dtype=np.float64) * (1 - alpha) + colour * alpha
+    ys = np.minimum((np.arange(size[1]) / ratio).astype(int), pixels.shape[0] - 1)
+    xs = np.minimum((np.arange(size[0]) / ratio).astype(int), pixels.shape[1] - 1)
+    values = pixels[ys][:, xs]
+    alpha = veil_alpha(s.fraction(values))[..., None]
+    veil = np.array([int(VEIL[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    out = np.asarray(picture, dtype=np.float64) * (1 - alpha) + veil * alpha
+    if s.kind == "score":  # a two-pixel rim inside each run of cells of one sign, in that sign's colour
+        rgb = s.rims(values)
+        sign = np.sign(np.nan_to_num(s.fraction(values)))
+        edge = np.zeros(values.shape, dtype=bool)
+        for axis in (0, 1):
+            for shift in (1, 2, -1, -2):
+                edge |= np.roll(sign, shift, axis=axis) != sign
+        rim = edge & ~np.isnan(rgb[..., 0])
+        out[rim] = rgb[rim]
     if grid is not None:
         rows, cols = grid
         for k in range(1, cols):
@@ -273,7 +325,8 @@ class PatchExplorer(PhiWidget):
         cache: the :class:`~phi3lab.inspect.cache.Cache` of a vision prompt (``max_new_tokens > 0`` gives one
             target per answer token; a single forward gives the next-token row).
         image: 0-based image index.
-        attribution: optional attribution for the same prompt (adds the ``attribution`` source).
+        attribution: optional attribution for the same prompt (adds the ``attribution`` source, and the
+            explorer opens on it).
     """
 
     _front = "patches"
@@ -284,15 +337,14 @@ class PatchExplorer(PhiWidget):
     targets = traitlets.List().tag(sync=True)
     layers = traitlets.List().tag(sync=True)
     sources = traitlets.List().tag(sync=True)
-    palette = traitlets.List().tag(sync=True)
     target = traitlets.Int(0).tag(sync=True)
     source = traitlets.Unicode("attention").tag(sync=True)
     layer = traitlets.Int(-1).tag(sync=True)
     heat_crops = traitlets.Unicode().tag(sync=True)
     heat_global = traitlets.Unicode().tag(sync=True)
-    vmax_crops = traitlets.Float().tag(sync=True)
-    vmax_global = traitlets.Float().tag(sync=True)
+    scale = traitlets.Dict().tag(sync=True)
     info = traitlets.Unicode().tag(sync=True)
+    offline = traitlets.Dict().tag(sync=True)
 
     def __init__(self, cache, image: int = 0, attribution=None):
         self.view = PatchView(cache, image, attribution)
