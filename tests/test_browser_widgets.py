@@ -3,7 +3,7 @@ on 127.0.0.1, and an exported HTML page opened with the network off.
 
 Each test checks that every widget renders, that an interaction changes what is shown, that each view
 draws its colour scale with numbers, that noise-level attributions are drawn uncoloured (and real ones
-in the colours :mod:`phi3lab.views.colours` computes), that nothing a message carries runs as script,
+in the colours :mod:`phi3lab.colours` computes), that nothing a message carries runs as script,
 that the page logged no console error, and that no request left 127.0.0.1 (every other request is
 blocked and recorded).  The exported page must carry the notebook's name as its title and answer hovers
 and clicks from the saved payload.  One browser and one Jupyter server serve the whole session.  Without
@@ -231,7 +231,7 @@ def check_scales(page):
 
 def check_noise_is_uncoloured(page):
     """The noise-level target: every word uncoloured and labelled; the real one: Python's colours."""
-    from phi3lab.views.colours import scale
+    from phi3lab.colours import scale
 
     view = page.locator(".phi3lab-attribution").nth(1)
     view.locator(".phi3lab-toolbar .phi3lab-chip[data-token='0']").click()

@@ -1,4 +1,4 @@
-"""phi3lab.views.colours: one sequential map, one diverging map centred at zero, readable to colour-blind eyes,
+"""phi3lab.colours: one sequential map, one diverging map centred at zero, readable to colour-blind eyes,
 one scale per view, and a noise floor under which nothing is coloured."""
 
 import base64
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from phi3lab.views import colours
-from phi3lab.views.colours import (
+from phi3lab import colours
+from phi3lab.colours import (
     DIVERGING,
     SCORE_FLOOR,
     SEQUENTIAL,

@@ -163,8 +163,8 @@ def test_values_under_the_noise_floor_are_left_blank_in_a_heatmap(tiny):
 
 
 def _veiled(rgb, strength: float) -> tuple[int, ...]:
-    """A picture colour under the veil at ``strength`` (1: no signal) — the rule of phi3lab.views.colours."""
-    from phi3lab.views.colours import VEIL, VEIL_ALPHA
+    """A picture colour under the veil at ``strength`` (1: no signal) — the rule of phi3lab.colours."""
+    from phi3lab.colours import VEIL, VEIL_ALPHA
 
     veil = [int(VEIL[i : i + 2], 16) for i in (1, 3, 5)]
     a = VEIL_ALPHA * strength
@@ -274,5 +274,9 @@ def test_a_patching_grid_speaks_the_colour_language():
     drawn = ax.images[0].get_array()
     assert drawn.mask.tolist() == [[False, False, True], [True, False, False]]  # noise and zero: no signal
     bar = fig.axes[-1]
-    assert [t.get_text() for t in bar.get_yticklabels()] == ["−0.9", "0", "+0.9"] and "no signal" in bar.get_ylabel()
+    # a restored share is drawn on a ±1 scale at least (0.9 looks like 0.9 of the gap, not like all of it) …
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["−1", "0", "+1"] and "no signal" in bar.get_ylabel()
+    plt.close(fig)
+    fig, ax = patching_grid(result, normalized=False)  # … the raw metric on its own largest magnitude
+    assert [t.get_text() for t in fig.axes[-1].get_yticklabels()] == ["−0.9", "0", "+0.9"]
     plt.close(fig)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from phi3lab.colours import DIVERGING, scale
 from phi3lab.inspect.memory import MemoryLimitError
-from phi3lab.views.colours import DIVERGING, scale
 from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer, _base
 from phi3lab.views.widgets._base import OFFLINE_BYTES, MessageLog, display_mode, module_source, state_bytes, stylesheet
 from phi3lab.views.widgets.attention import strip_items

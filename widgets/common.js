@@ -1,7 +1,7 @@
 // Helpers shared by phi3lab's widgets. Each widget module imports what it needs from here;
 // phi3lab.views.widgets inlines this file into the module it hands to anywidget (no bundler, no network).
 //
-// Colours follow phi3lab.views.colours: Python sends a scale {kind, stops, vmax, floor, label, signal,
+// Colours follow phi3lab.colours: Python sends a scale {kind, stops, vmax, floor, label, signal,
 // veil, veil_alpha, no_signal} with the values, one byte each: 0 = no signal; shares 1..255 (255 = the
 // top); scores 1..255 around 128 (zero), 1 = -top, 255 = +top.
 
@@ -77,7 +77,7 @@ export function css(rgb, alpha = 1) {
   return alpha === 1 ? `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})` : `rgba(${rgb[0]}, ${rgb[1]}, ${rgb[2]}, ${alpha})`;
 }
 
-// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.views.colours.text_on).
+// Dark text on light backgrounds, white on dark ones (the rule of phi3lab.colours.text_on).
 export function textOn(rgb) {
   const [r, g, b] = rgb.map((c) => c / 255);
   return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 ? "#111827" : "#ffffff";
@@ -130,7 +130,7 @@ export function legend(scale, note) {
 }
 
 // Veil over a picture already drawn on ctx: one image of nc × nr cells (no seams), each cell as opaque
-// as phi3lab.views.colours.veil_alpha says for its fraction (null: no signal, fully veiled).
+// as phi3lab.colours.veil_alpha says for its fraction (null: no signal, fully veiled).
 export function drawVeil(ctx, scale, fractions, nc, nr, x, y, w, hgt) {
   const cells = document.createElement("canvas");
   cells.width = nc;

@@ -1,6 +1,6 @@
 """Drawing an activation-patching grid (:class:`phi3lab.inspect.patching.PatchingResult`).
 
-Signed values on :mod:`phi3lab.views.colours`' diverging map centred at zero, with its scale drawn and its
+Signed values on :mod:`phi3lab.colours`' diverging map centred at zero, with its scale drawn and its
 numbers; cells under the noise floor left blank (no signal); positions labelled by their tokens.
 Returns ``(fig, ax)`` and never calls ``plt.show()``; the numbers are the result's own.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phi3lab.views.colours import colormap, scale
+from phi3lab.colours import colormap, scale
 
 __all__ = ["patching_grid"]
 
@@ -21,7 +21,7 @@ def patching_grid(result, *, ax=None, normalized: bool = True, floor: float | No
         result: a :class:`~phi3lab.inspect.patching.PatchingResult`.
         normalized: draw ``(patched − corrupted) / (clean − corrupted)`` (1 = the clean answer restored);
             else the raw metric.
-        floor: magnitudes drawn as no signal (default :data:`phi3lab.views.colours.SCORE_FLOOR`).
+        floor: magnitudes drawn as no signal (default :data:`phi3lab.colours.SCORE_FLOOR`).
     """
     import matplotlib.pyplot as plt
 

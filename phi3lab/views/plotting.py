@@ -4,7 +4,7 @@ Nothing here computes anything the tests need: the numbers come from :mod:`phi3l
 :mod:`phi3lab.inspect.maps`, :mod:`phi3lab.prompts.patches` and :mod:`phi3lab.prompts.token_view`, whose
 plain-text forms are the tested contract.  matplotlib is imported when a function is called.
 
-Every figure speaks :mod:`phi3lab.views.colours`: shares on the sequential map from 0, signed scores on the
+Every figure speaks :mod:`phi3lab.colours`: shares on the sequential map from 0, signed scores on the
 diverging map centred at 0, one scale per figure drawn as a colour bar with its numbers, values under the
 noise floor left blank ("no signal"), and pictures in their own colours under a veil rather than a tint.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from phi3lab.colours import NO_SIGNAL, VEIL, VEIL_ALPHA, Scale, colormap, scale, text_on, tick, veil_alpha
 from phi3lab.prompts.patches import CELL, CROP, DEFAULT_NUM_CROPS, hd_layout, num_image_tokens
 from phi3lab.prompts.token_view import SEGMENT_COLOURS, TokenTable
-from phi3lab.views.colours import NO_SIGNAL, VEIL, VEIL_ALPHA, Scale, colormap, scale, text_on, tick, veil_alpha
 
 __all__ = ["token_heatmap", "layer_head_grid", "rollout_map", "image_attention", "patch_layout"]
 

@@ -11,7 +11,7 @@ and stylesheet of the repository's ``widgets/`` folder, handed to the browser as
 built and phi3lab's code fetches nothing.  JupyterLab 4 and Notebook 7 serve anywidget's own front end
 from the Python environment (browser-tested offline); VS Code and Colab may fetch it from a CDN — see the
 README's table, and :func:`~phi3lab.views.widgets._base.display_mode` (``"static"``) for the fallback.
-Colours, scales and the noise floor are :mod:`phi3lab.views.colours`'.
+Colours, scales and the noise floor are :mod:`phi3lab.colours`'.
 
 Each widget is a thin layer over a plain Python class that computes what the browser is sent
 (:class:`~phi3lab.views.widgets.attention.AttentionView`, :class:`~phi3lab.views.widgets.patches.PatchView`,

@@ -6,9 +6,9 @@ stylesheet, run as they are (no bundler).  A widget's module may start with
 line, because anywidget loads one module from a string and a string has no folder to import from.
 
 Arrays travel as base64 text (values as one byte each on their view's scale — see
-:func:`phi3lab.views.colours.encode` —, ``u32`` positions) inside ordinary JSON traits: a quarter to a
+:func:`phi3lab.colours.encode` —, ``u32`` positions) inside ordinary JSON traits: a quarter to a
 third of the bytes of a JSON list of numbers, and the same in a live kernel, in a notebook's saved
-widget state and in an exported page.  Colours are :mod:`phi3lab.views.colours`' (the browser gets the
+widget state and in an exported page.  Colours are :mod:`phi3lab.colours`' (the browser gets the
 stops, the top of the scale and the noise floor with the values).
 
 Each widget also saves an ``offline`` payload in its state, at most :data:`OFFLINE_BYTES` of text: what
@@ -30,7 +30,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from phi3lab.views.colours import NO_SIGNAL, text_on
+from phi3lab.colours import NO_SIGNAL, text_on
 
 __all__ = [
     "front_end_dir",

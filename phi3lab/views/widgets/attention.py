@@ -36,10 +36,10 @@ import numpy as np
 import torch
 import traitlets
 
+from phi3lab.colours import SHARE_FLOOR, encode, legend_html, scale
 from phi3lab.inspect.memory import check_max_bytes, check_memory, memory_limit
 from phi3lab.prompts.patches import image_tokens
 from phi3lab.prompts.token_view import SEGMENT_COLOURS
-from phi3lab.views.colours import SHARE_FLOOR, encode, legend_html, scale
 from phi3lab.views.widgets._base import OFFLINE_BYTES, PhiWidget, chip, display_label, spread
 
 __all__ = [

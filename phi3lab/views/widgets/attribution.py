@@ -21,9 +21,9 @@ It reads any object with this protocol (what :func:`phi3lab.attribution.attribut
 * optional ``image_map(image, token)``: ``[height, width]`` scores on picture ``image``'s pixels, with
   ``inputs.images`` giving the pictures (used when the picture units have no ``box``);
 * optional ``noise_floor``: the magnitude under which a score is rounding noise (default
-  :data:`phi3lab.views.colours.SCORE_FLOOR`, right for a float32 model).
+  :data:`phi3lab.colours.SCORE_FLOOR`, right for a float32 model).
 
-Colours follow :mod:`phi3lab.views.colours`: red supports the token, blue works against it, and the
+Colours follow :mod:`phi3lab.colours`: red supports the token, blue works against it, and the
 words and the picture regions share **one scale**, the largest |score| of the token's row, drawn with its
 numbers.  Scores under the noise floor — and NaN or infinite ones — are drawn uncoloured and called *no
 signal*.  The picture keeps its colours: a veil lifts where a region's |score| is high, and a rim gives
@@ -43,7 +43,7 @@ import io
 import numpy as np
 import traitlets
 
-from phi3lab.views.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
+from phi3lab.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
 from phi3lab.views.widgets._base import OFFLINE_BYTES, PhiWidget, chip, data_url, display_label, spread
 
 __all__ = ["AttributionPayload", "AttributionView", "image_grids"]
@@ -335,7 +335,7 @@ class AttributionView(PhiWidget):
     Args:
         attribution: an :class:`~phi3lab.attribution.Attribution` (or any object with the protocol above).
         floor: the noise floor (default the attribution's ``noise_floor``, else
-            :data:`phi3lab.views.colours.SCORE_FLOOR`).
+            :data:`phi3lab.colours.SCORE_FLOOR`).
     """
 
     _front = "attribution"

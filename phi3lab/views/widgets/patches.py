@@ -16,7 +16,7 @@ its token in both views and the value it gets; clicking an answer token shows wh
 produced it looks (mean attention over the chosen layers, rollout, or — given an attribution — the
 attribution's scores on the cells).  Both views share one scale, drawn with its numbers.
 
-The picture keeps its own colours (:mod:`phi3lab.views.colours`): a neutral veil covers the cells with
+The picture keeps its own colours (:mod:`phi3lab.colours`): a neutral veil covers the cells with
 little or no signal and lifts where the value is high; signed attributions add a rim of their sign's
 colour.  Values under the noise floor count as no signal.  The explorer opens on the most informative
 answer token: the one whose attribution on this picture is strongest, or, without an attribution, the
@@ -38,9 +38,9 @@ import io
 import numpy as np
 import traitlets
 
+from phi3lab.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
 from phi3lab.inspect.maps import ImageHeat
 from phi3lab.prompts.patches import CELLS, image_tokens
-from phi3lab.views.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
 from phi3lab.views.widgets._base import OFFLINE_BYTES, PhiWidget, data_url, display_label, spread, u32
 from phi3lab.views.widgets.attention import check_cache, pattern
 
