@@ -114,6 +114,7 @@ FACADES = {  # modules that hand the user every layer's work through one object,
     "phi3lab.runtime.lab": "Lab.run_with_cache, .attribute, .verify: methods over inspect and attribution",
     "phi3lab.inspect.cache": "Cache.plot-style conveniences draw with views",
     "phi3lab.inspect.patching": "PatchingResult.plot draws with views",
+    "phi3lab.inspect.causal": "CausalMap.plot and MapComparison.plot draw with views",
     "phi3lab.attribution.result": "Attribution.plot draws with views",
 }
 

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phi3lab.prompts.patches import CELL, CELLS, CROP, crop_boxes, image_tokens
+from phi3lab.prompts.patches import CELL, CELLS, CROP, crop_boxes, image_regions, image_tokens
 
 __all__ = ["Unit", "TEXT_UNITS", "IMAGE_UNITS", "UNIT_KINDS", "build_units", "text_baseline_id", "image_fill"]
 
@@ -205,47 +205,23 @@ def _image_units(kind: str, span, region_size: int) -> list[Unit]:
         return units + [Unit("global view", kind, glob, where, span.index, full_box, ((0, 0, CROP, 0, CROP),), run)]
     units = []
     size = region_size * CELL
-    for r in range(rows * CELLS // region_size):
-        for c in range(cols * CELLS // region_size):
-            canvas = (c * size, r * size, (c + 1) * size, (r + 1) * size)
-            cells = [
-                t
-                for t in tokens
-                if t.kind == "crop"
-                and r * region_size <= t.row < (r + 1) * region_size
-                and c * region_size <= t.col < (c + 1) * region_size
-            ]
-            boxes = [t.image_box for t in cells if t.image_box is not None]
-            if not boxes:
-                continue  # all white padding: nothing of the picture to remove
-            box = (
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
+    for region in image_regions(span.width, span.height, span.num_crops, region_size):
+        r, c = region.row, region.col
+        y0, x0 = (r * size) % CROP, (c * size) % CROP
+        views = ((region.crop, y0, y0 + size, x0, x0 + size), _view_rect(region.canvas_box, layout))
+        units.append(
+            Unit(
+                f"{where} r{r}c{c}",
+                kind,
+                tuple(start + i for i in region.tokens),
+                where,
+                span.index,
+                region.image_box,
+                views,
+                run,
             )
-            glob = [t for t in tokens if t.kind == "global" and _centre_in(t.canvas_box, canvas)]
-            crop = cells[0].crop
-            y0, x0 = (r * size) % CROP, (c * size) % CROP
-            views = ((crop, y0, y0 + size, x0, x0 + size), _view_rect(canvas, layout))
-            units.append(
-                Unit(
-                    f"{where} r{r}c{c}",
-                    kind,
-                    tuple(start + t.index for t in cells + glob),
-                    where,
-                    span.index,
-                    box,
-                    views,
-                    run,
-                )
-            )
+        )
     return units
-
-
-def _centre_in(box, canvas) -> bool:
-    x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return canvas[0] <= x < canvas[2] and canvas[1] <= y < canvas[3]
 
 
 def build_units(

@@ -201,6 +201,31 @@ class Cache:
         weights = torch.stack([self.attention(i)[0][:, self._rows(rows)] for i in self.layers])
         return head_summary(weights, keys)
 
+    def image_to_image(self, source: int, target: int | None = None) -> torch.Tensor:
+        """``[layers, heads]``: the share of attention the rows of picture ``target`` (``None``: the answer's
+        rows) put on picture ``source`` — how much one picture reads another in a prompt with several.
+
+        Needs the target picture's rows kept (``positions="all"``, the default).
+        """
+        src = self.inputs.image(source)
+        keys = list(range(src.start, src.end))
+        if target is None:
+            rows = self.answer_rows
+        else:
+            tgt = self.inputs.image(target)
+            if tgt.start < src.end:
+                raise ValueError(
+                    f"picture {target + 1} comes before picture {source + 1} ends: attention is causal, so its rows "
+                    "cannot look at it; ask for a later picture's rows (or target=None for the answer's)"
+                )
+            kept = self.positions
+            rows = [i for i, p in enumerate(kept) if tgt.start <= p < tgt.end]
+            if len(rows) != tgt.num_tokens:
+                raise ValueError(
+                    f"the cache kept {len(rows)} of picture {target + 1}'s {tgt.num_tokens} rows; run with positions='all'"
+                )
+        return self.head_shares(keys, rows=rows)
+
     def rollout(self, rows="answer", residual: float = 0.5, chunk: int = 256) -> torch.Tensor:
         """Attention rollout of the chosen rows through every layer: ``[len(rows), keys]``.
 
@@ -248,7 +273,9 @@ class Cache:
         mask = self.inputs["attention_mask"][0].cpu()
         return torch.cat([mask, torch.ones(n - mask.numel(), dtype=mask.dtype)]) if n > mask.numel() else mask[:n]
 
-    def image_heat(self, image: int = 0, *, layers=None, heads=None, rows="answer", source: str = "attention"):
+    def image_heat(
+        self, image: int = 0, *, layers=None, heads=None, rows="answer", source: str = "attention", sinks="mask"
+    ):
         """Where the chosen rows look on image ``image``: an :class:`~phi3lab.inspect.maps.ImageHeat`
         on the crop and global-view grids, with the size and crop budget the image was processed with.
 
@@ -257,7 +284,18 @@ class Cache:
             layers, heads: what to average (default: everything kept).
             rows: ``"answer"`` (default), ``"all"``, or row indices.
             source: ``"attention"`` (raw attention, averaged) or ``"rollout"``.
+            sinks: ``"mask"`` (default: the picture's attention sinks, :meth:`sinks`, are masked out and
+                their mass reported), ``"show"`` (kept, still listed) or a :class:`~phi3lab.inspect.sinks.Sinks`
+                found over several questions.
         """
+        from phi3lab.inspect.sinks import Sinks
+
+        if isinstance(sinks, Sinks):
+            found, sinks = sinks, "mask"
+        elif sinks in ("mask", "show"):
+            found = self.sinks(image) if "pattern" in self.sites else None
+        else:
+            raise ValueError(f"sinks must be 'mask', 'show' or a Sinks from find_sinks, got {sinks!r}")
         span = self.inputs.image(image)
         if source == "attention":
             row = self.mean_attention(layers, heads, rows)
@@ -265,7 +303,15 @@ class Cache:
             row = self.rollout(rows).mean(0)
         else:
             raise ValueError(f"source must be 'attention' or 'rollout', got {source!r}")
-        return image_heat(row, span.start, span.width, span.height, span.num_crops)
+        indices = found.indices if found is not None else ()
+        return image_heat(row, span.start, span.width, span.height, span.num_crops, indices, mask=sinks == "mask")
+
+    def sinks(self, image: int = 0, **kwargs):
+        """The attention sinks of picture ``image`` read from this cache alone (its layers as the evidence;
+        :func:`phi3lab.inspect.sinks.find_sinks` over several questions is stronger evidence)."""
+        from phi3lab.inspect.sinks import find_sinks
+
+        return find_sinks([self], image, **kwargs)
 
     # --- residual stream -------------------------------------------------------------------------------
 

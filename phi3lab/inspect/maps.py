@@ -180,6 +180,10 @@ class ImageHeat:
         global_view: ``[12, 12]`` mass on the global view.
         separators: mass on the row separators and ``glb_GN``.
         width, height, num_crops: the image and crop budget the grids belong to.
+        sinks: indices (in the image's run of tokens) of the picture's attention sinks
+            (:mod:`phi3lab.inspect.sinks`), masked or not; figures outline their cells.
+        masked: whether the sinks were masked out (their cells hold 0).
+        masked_mass: the attention mass the masked sinks held (0 when not masked).
     """
 
     crops: np.ndarray
@@ -188,6 +192,19 @@ class ImageHeat:
     width: int
     height: int
     num_crops: int
+    sinks: tuple[int, ...] = ()
+    masked: bool = False
+    masked_mass: float = 0.0
+
+    def sink_cells(self) -> list[tuple[str, int, int]]:
+        """``(view, row, col)`` of the sink tokens that are cells (``"crops"`` or ``"global"``)."""
+        tokens = image_tokens(self.width, self.height, self.num_crops)
+        out = []
+        for i in self.sinks:
+            t = tokens[i]
+            if t.kind in ("crop", "global"):
+                out.append(("crops" if t.kind == "crop" else "global", t.row, t.col))
+        return out
 
     @property
     def total(self) -> float:
@@ -211,6 +228,13 @@ class ImageHeat:
             f"crops {self.crops.sum():.3f}, global view {self.global_view.sum():.3f}, "
             f"separators {self.separators:.3f}"
         ]
+        if self.sinks and self.masked:
+            lines.append(
+                f"  {len(self.sinks)} sink token(s) masked, holding {self.masked_mass:.3f} of the mass "
+                "(image_heat(..., sinks='show') keeps them)"
+            )
+        elif self.sinks:
+            lines.append(f"  {len(self.sinks)} sink token(s) shown (outlined in figures)")
         for name, grid in (("crops", self.crops), ("global", self.global_view)):
             flat = np.argsort(grid.reshape(-1))[::-1][:top]
             cells = ", ".join(f"({i // grid.shape[1]},{i % grid.shape[1]}) {grid.reshape(-1)[i]:.3f}" for i in flat)
@@ -218,15 +242,26 @@ class ImageHeat:
         return "\n".join(lines)
 
 
-def image_heat(row: torch.Tensor | np.ndarray, start: int, width: int, height: int, num_crops: int) -> ImageHeat:
+def image_heat(
+    row: torch.Tensor | np.ndarray, start: int, width: int, height: int, num_crops: int, sinks=(), mask: bool = True
+) -> ImageHeat:
     """Spread one attention row's mass on an image run over the crop and global-view grids.
 
     Args:
         row: attention over all keys (``[K]``) for one query.
         start: position of the image's first token in the sequence.
         width, height, num_crops: the image's size and crop budget (as processed).
+        sinks: indices in the image's run of its attention sinks; with ``mask`` their mass is reported,
+            not drawn.
     """
-    row = np.asarray(torch.as_tensor(row).float().cpu())
+    row = np.asarray(torch.as_tensor(row).float().cpu()).copy()
+    sinks = tuple(sorted({int(i) for i in sinks}))
+    masked_mass = 0.0
+    if mask:
+        for i in sinks:
+            if start + i < len(row):
+                masked_mass += float(row[start + i])
+                row[start + i] = 0.0
     tokens = image_tokens(width, height, num_crops)
     rows, cols = hd_layout(width, height, num_crops).grid
     crops = np.zeros((rows * CELLS, cols * CELLS))
@@ -240,7 +275,7 @@ def image_heat(row: torch.Tensor | np.ndarray, start: int, width: int, height: i
             glob[t.row, t.col] = value
         else:
             separators += value
-    return ImageHeat(crops, glob, separators, width, height, num_crops)
+    return ImageHeat(crops, glob, separators, width, height, num_crops, sinks, bool(mask and sinks), masked_mass)
 
 
 def rows_text(weights: torch.Tensor, table, rows=None, top: int = 3) -> str:

@@ -30,6 +30,8 @@ __all__ = [
     "image_tokens",
     "crop_boxes",
     "overlap",
+    "ImageRegion",
+    "image_regions",
 ]
 
 
@@ -133,3 +135,82 @@ def overlap(a: tuple[float, float, float, float] | None, b: tuple[float, float, 
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     area = (a[2] - a[0]) * (a[3] - a[1])
     return w * h / area if area > 0 else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRegion:
+    """A square block of the stitched crop grid and every token of the image that shows it.
+
+    Attributes:
+        row, col: the block's place on the grid of blocks (``region_size`` cells a side).
+        crop: the 1-based crop the block lies in (blocks never straddle crops).
+        tokens: indices in the image's run of tokens: the block's crop cells, then the global-view
+            cells whose centre falls inside it (the same part of the picture, seen whole).
+        canvas_box: the block on the padded HD canvas.
+        image_box: the block's picture pixels in original-image coordinates (never ``None``: blocks of
+            white padding alone are left out).
+    """
+
+    row: int
+    col: int
+    crop: int
+    tokens: tuple[int, ...]
+    canvas_box: tuple[float, float, float, float]
+    image_box: tuple[float, float, float, float]
+
+    @property
+    def label(self) -> str:
+        return f"r{self.row}c{self.col}"
+
+
+def _centre_in(box, canvas) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return canvas[0] <= cx < canvas[2] and canvas[1] <= cy < canvas[3]
+
+
+def image_regions(
+    width: int, height: int, num_crops: int = DEFAULT_NUM_CROPS, region_size: int = 4
+) -> list[ImageRegion]:
+    """The picture cut into ``region_size × region_size`` blocks of merged-patch cells, crop by crop.
+
+    ``region_size`` must divide a crop's 12 cells (1, 2, 3, 4, 6 or 12), so no block straddles two
+    crops; blocks that show only the white padding are left out.  Attribution by image region and
+    causal image maps remove the same blocks.
+
+    Examples:
+        >>> regions = image_regions(336, 336, num_crops=1, region_size=4)
+        >>> len(regions), regions[0].label, len(regions[0].tokens)  # 16 crop cells + 16 global cells
+        (9, 'r0c0', 32)
+    """
+    if isinstance(region_size, bool) or not isinstance(region_size, int) or region_size < 1 or CELLS % region_size:
+        raise ValueError(
+            f"region_size={region_size!r} must divide a crop's {CELLS} cells (1, 2, 3, 4, 6 or 12), so that every "
+            "region lies inside one crop"
+        )
+    layout = hd_layout(width, height, num_crops)
+    rows, cols = layout.grid
+    tokens = image_tokens(width, height, num_crops)
+    crop_cells = [t for t in tokens if t.kind == "crop"]
+    glob = [t for t in tokens if t.kind == "global"]
+    size = region_size * CELL
+    out = []
+    for r in range(rows * CELLS // region_size):
+        for c in range(cols * CELLS // region_size):
+            canvas = (c * size, r * size, (c + 1) * size, (r + 1) * size)
+            cells = [
+                t
+                for t in crop_cells
+                if r * region_size <= t.row < (r + 1) * region_size and c * region_size <= t.col < (c + 1) * region_size
+            ]
+            boxes = [t.image_box for t in cells if t.image_box is not None]
+            if not boxes:
+                continue  # all white padding: nothing of the picture there
+            box = (
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            )
+            seen_whole = [t for t in glob if _centre_in(t.canvas_box, canvas)]
+            out.append(ImageRegion(r, c, cells[0].crop, tuple(t.index for t in cells + seen_whole), canvas, box))
+    return out

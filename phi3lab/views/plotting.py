@@ -164,8 +164,44 @@ def image_attention(
     fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
     s = scale(heat.crops, heat.global_view, kind="share", label=f"{SHARE} per cell", vmax=vmax)
     _veiled(fig, ax, image, heat.to_pixels(view), s)
+    _outline_sinks(ax, heat, view)
     ax.set_title(title or f"attention on the image ({'HD crops' if view == 'crops' else 'global view'})")
     return fig, ax
+
+
+SINK_OUTLINE = "#6b7280"  # grey: a sink is a property of the model, not a value on the scale
+
+
+def _outline_sinks(ax, heat, view: str) -> None:
+    """Dotted grey outlines on the attention sinks' cells of ``view`` (masked ones say so in the legend)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from phi3lab.prompts.patches import image_tokens
+
+    sinks = getattr(heat, "sinks", ())
+    if not sinks:
+        return
+    kind = "crop" if view == "crops" else "global"
+    tokens = image_tokens(heat.width, heat.height, heat.num_crops)
+    drawn = 0
+    for i in sinks:
+        t = tokens[i]
+        if t.kind != kind or t.image_box is None:
+            continue
+        x0, y0, x1, y1 = t.image_box
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls=":", edgecolor=SINK_OUTLINE))
+        drawn += 1
+    if drawn:
+        what = "masked" if heat.masked else "shown"
+        handle = Line2D([], [], color=SINK_OUTLINE, ls=":", lw=1.5)
+        ax.legend(
+            [handle],
+            [f"attention sink ({what}, {drawn} cell{'s' if drawn > 1 else ''})"],
+            loc="lower left",
+            fontsize=7,
+            framealpha=0.8,
+        )
 
 
 def _veil_cmap():
@@ -388,3 +424,70 @@ def faithfulness_curves(curves, *, ax=None, title: str | None = None):
 
 
 __all__ += ["attribution_scale", "attribution_text", "attribution_heatmap", "attribution_image", "faithfulness_curves"]
+
+
+# --- where it looks versus what it uses ------------------------------------------------------------------
+
+
+def _region_rims(regions, values, s: Scale):
+    return [
+        (region.image_box, tuple(rgb / 255), abs(fraction))
+        for region, rgb, fraction in zip(regions, s.rims(values), s.fraction(values))
+        if not np.isnan(rgb).any()
+    ]
+
+
+def causal_image(picture, causal, *, ax=None, title: str | None = None):
+    """A :class:`~phi3lab.inspect.causal.CausalMap` over its picture: veiled where removing a region changes
+    nothing, clear where the answer needs it, each region with signal outlined in its sign's colour
+    (red: the answer needs it; blue: the answer is surer without it).  Diverging scale centred at 0."""
+    s = scale(causal.drops, kind="score", label="log p(answer) drop when removed")
+    fig, ax = _axes(ax, (5, 5 * picture.height / picture.width))
+    _veiled(fig, ax, picture, causal.to_pixels(), s, _region_rims(causal.regions, causal.drops, s))
+    ax.set_title(title or f"causal map ({causal.baseline} baseline, {len(causal.regions)} regions)", fontsize=9)
+    return fig, ax
+
+
+def map_comparison(picture, comparison, *, axes=None):
+    """Attention, attribution and the causal drop on the same regions, then the deletion and insertion curves:
+    one figure, each map on its own scale (shares sequential, signed scores diverging around 0), each with
+    its rank correlation to the causal map in its title."""
+    import matplotlib.pyplot as plt
+
+    names = list(comparison.maps)
+    if axes is None:
+        fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.4 * (len(names) + 1), 4.2), layout="constrained")
+    else:
+        fig = axes[0].figure
+    regions = comparison.causal.regions
+    for ax, name in zip(axes, names):
+        values = comparison.maps[name]
+        kind = "share" if name == "attention" else "score"
+        label = {
+            "attention": f"{SHARE} on the region",
+            "attribution": "attribution score",
+            "causal": "log p drop when removed",
+        }[name]
+        s = scale(values, kind=kind, label=label)
+        pixels = np.zeros((picture.height, picture.width))
+        for region, value in zip(regions, values):
+            x0, y0, x1, y1 = (int(round(v)) for v in region.image_box)
+            pixels[y0:y1, x0:x1] = value
+        rims = _region_rims(regions, values, s) if kind == "score" else ()
+        _veiled(fig, ax, picture, pixels, s, rims)
+        rho = comparison.correlations.get((name, "causal"), comparison.correlations.get(("causal", name)))
+        extra = f"\nrank corr. with causal {rho:+.2f}" if rho is not None and name != "causal" else ""
+        ax.set_title(f"{name}{extra}", fontsize=9)
+    curve_ax = axes[len(names)]
+    steps = np.arange(len(regions) + 1) / max(len(regions), 1)
+    for name, values in comparison.deletion.items():
+        style = dict(color="#9ca3af", ls="--") if name == "random" else {}
+        curve_ax.plot(steps, values, marker=".", label=f"{name} (mean {values.mean():.2f})", **style)
+    curve_ax.set_xlabel("share of regions removed, in each map's order")
+    curve_ax.set_ylabel("log p(answer)")
+    curve_ax.set_title("deletion curves (lower: the order found what is needed)", fontsize=9)
+    curve_ax.legend(fontsize=7)
+    return fig, axes
+
+
+__all__ += ["causal_image", "map_comparison"]

@@ -1,0 +1,232 @@
+"""Vision interpretability on the embedded vision model: attention sinks, the patch lens, causal image
+maps beside attention and attribution, and several pictures in one prompt."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import phi3lab
+from phi3lab.inspect.causal import causal_map, compare_maps, spearman
+from phi3lab.inspect.hooks import Hooks
+from phi3lab.inspect.patch_lens import patch_lens
+from phi3lab.inspect.sinks import find_sinks
+
+QUESTIONS = ["What colour is the triangle?", "What is shown in this image?", "What colour is the square?"]
+
+
+# --- attention sinks --------------------------------------------------------------------------------------
+
+
+def _planted(vision, picture, index: int):
+    """Caches of three questions with one image token made a sink: its keys scaled up in every layer, so
+    every query's score on it grows whatever is asked."""
+    span = vision.encode(f"<|image_1|>\n{QUESTIONS[0]}", [picture]).image(0)
+
+    def louder(k, at):
+        k = k.clone()
+        hit = (at.positions == span.start + index).nonzero()
+        if hit.numel():
+            k[:, int(hit[0])] *= 8.0
+        return k
+
+    caches = []
+    for q in QUESTIONS:
+        with Hooks(vision.model).edit("k", louder):
+            caches.append(vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1])
+    return caches
+
+
+def test_a_planted_sink_is_found_and_masked(vision, picture):
+    index = 60  # a crop cell
+    caches = _planted(vision, picture, index)
+    sinks = find_sinks(caches)
+    assert index in sinks.indices and sinks.evidence == "3 questions × 4 layers"
+    assert sinks.ratio[index] >= 5 and sinks.consistency[index] >= 0.75
+    assert "sink" in sinks.to_text() and sinks.describe(index).startswith("crop 1 cell")
+    masked, shown = caches[0].image_heat(0, sinks=sinks), caches[0].image_heat(0, sinks="show")
+    token = sinks.tokens[index]
+    assert masked.crops[token.row, token.col] == 0 and masked.masked and masked.masked_mass > 0
+    assert shown.crops[token.row, token.col] > 0 and not shown.masked and index in shown.sinks
+    assert ("crops", token.row, token.col) in masked.sink_cells()
+    assert "masked" in masked.to_text()
+
+
+def test_without_a_planted_sink_that_token_is_ordinary(vision, picture):
+    caches = [vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1] for q in QUESTIONS]
+    sinks = find_sinks(caches)
+    assert 60 not in sinks.indices
+    assert np.isclose(sinks.ratio.mean(), 1.0)  # ratios are multiples of a uniform share
+    assert (sinks.activation > 0).all() and (sinks.dims >= 0).all()  # resid_post was kept: activation evidence
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(min_ratio=0.5), ValueError, "min_ratio must be at least 1"),
+        (dict(min_consistency=2), ValueError, "min_consistency must be at most 1"),
+        (dict(image=1), IndexError, "has 1 image"),
+    ],
+)
+def test_bad_sink_requests(vision, picture, kwargs, error, words):
+    _, cache = vision.generate_with_cache(f"<|image_1|>\n{QUESTIONS[0]}", [picture], max_new_tokens=2)
+    with pytest.raises(error, match=words):
+        find_sinks([cache], **kwargs)
+    with pytest.raises(ValueError, match="sinks must be 'mask', 'show'"):
+        cache.image_heat(0, sinks="hide")
+
+
+# --- the patch lens ---------------------------------------------------------------------------------------
+
+
+def test_the_patch_lens_is_the_logit_lens_of_each_image_token(vision, picture):
+    _, cache = vision.run_with_cache(f"<|image_1|>\n{QUESTIONS[1]}", [picture])
+    lens = patch_lens(cache)
+    span = cache.inputs.image(0)
+    model = vision.model
+    with torch.no_grad():  # by hand, for two tokens of layer 2
+        for i in (0, span.num_tokens - 1):
+            hidden = cache["resid_post", 2][0, span.start + i]
+            logits = model.lm_head(model.model.norm(hidden))
+            assert int(logits.argmax()) == int(lens.top_ids[2, i])
+    grid = lens.grid(2, "global")
+    assert grid.shape == (12, 12) and all(grid.reshape(-1))
+    word = int(lens.top_ids[-1, 0])
+    assert 0 < lens.reads(word) <= 1
+    assert lens.to_text(-1).startswith(f"patch lens, image 1, layer {lens.layers[-1]}, global")
+    with pytest.raises(IndexError, match="was not read"):
+        lens.grid(9)
+    _, short = vision.run_with_cache(f"<|image_1|>\n{QUESTIONS[1]}", [picture], positions="last")
+    with pytest.raises(ValueError, match="positions='all'"):
+        patch_lens(short)
+
+
+# --- causal image maps ------------------------------------------------------------------------------------
+
+
+def _answered_right(vision, seed, count):
+    """Held-out pictures of the training family that the model answers right."""
+    from phi3lab.tiny import vision_data
+
+    rng = random.Random(seed)
+    found = []
+    for _ in range(60):
+        example = vision_data.shapes(rng, "test")
+        prompt = f"<|image_1|>\n{example.question}"
+        if vision.chat(prompt, [example.image], stream=False, max_new_tokens=16).text == example.answer:
+            found.append((example, prompt))
+            if len(found) == count:
+                return found
+    pytest.skip(f"only {len(found)} held-out shapes pictures answered right in 60 draws")
+
+
+def test_the_asked_about_shape_is_what_the_answer_uses(vision):
+    """A known answer: for pictures the model answers right, removing the region that holds the asked-about
+    shape lowers the answer's probability, and it is the region the answer needs most in most of them."""
+    firsts = 0
+    for example, prompt in _answered_right(vision, 39, 4):
+        cm = causal_map(vision, prompt, [example.image], region_size=4)
+        x0, y0, x1, y1 = example.boxes[0]
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        holding = [
+            i
+            for i, r in enumerate(cm.regions)
+            if r.image_box[0] <= cx <= r.image_box[2] and r.image_box[1] <= cy <= r.image_box[3]
+        ]
+        assert holding and cm.drops[holding[0]] > 0, cm.to_text()
+        firsts += int(np.argmax(cm.drops) == holding[0])
+        assert cm.answer == example.answer
+    assert firsts >= 3
+
+
+def test_batched_regions_equal_single_forwards(vision, picture):
+    """The batched, prefix-reusing map equals one plain forward per removed region."""
+    prompt = f"<|image_1|>\n{QUESTIONS[0]}"
+    cm = causal_map(vision, prompt, [picture], batch_size=4)
+    inputs = vision.encode(prompt, [picture])
+    span = inputs.image(0)
+    target = list(cm.answer_ids)
+    ids = torch.cat([inputs.input_ids, torch.tensor([target[:-1]])], dim=1)
+    with torch.no_grad():
+        from phi3lab.inspect.kernel import embed_inputs
+
+        embeds = embed_inputs(vision.model, ids, inputs["pixel_values"], inputs["image_sizes"])
+        mean = embeds[0, span.start : span.end].mean(0)
+        for k in (0, len(cm.regions) - 1):
+            edited = embeds.clone()
+            edited[0, [span.start + t for t in cm.regions[k].tokens]] = mean
+            logits = vision.model(inputs_embeds=edited).logits[0, -len(target) :]
+            score = torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum()
+            assert abs(float(cm.base - score) - float(cm.drops[k])) < 1e-4
+
+
+@pytest.mark.parametrize("baseline", ["blur", "other"])
+def test_other_baselines(vision, picture, baseline):
+    other = phi3lab.sample_image("chart.png")
+    cm = causal_map(vision, f"<|image_1|>\n{QUESTIONS[0]}", [picture], baseline=baseline, other=other)
+    assert cm.baseline == baseline and len(cm.drops) == len(cm.regions) and np.isfinite(cm.drops).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(baseline="noise"), ValueError, "baseline='noise' is not a choice"),
+        (dict(baseline="other"), ValueError, "needs other="),
+        (dict(region_size=5), ValueError, "must divide a crop's 12 cells"),
+        (dict(batch_size=0), ValueError, "batch_size must be at least 1"),
+        (dict(image=2), IndexError, "has 1 image"),
+    ],
+)
+def test_bad_causal_requests(vision, picture, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        causal_map(vision, f"<|image_1|>\n{QUESTIONS[0]}", [picture], **kwargs)
+
+
+def test_three_maps_on_the_same_regions(vision, picture):
+    prompt = f"<|image_1|>\n{QUESTIONS[0]}"
+    cm = causal_map(vision, prompt, [picture])
+    _, cache = vision.generate_with_cache(prompt, [picture], max_new_tokens=8)
+    attribution = vision.attribute(prompt, [picture], units="image-regions")
+    comparison = compare_maps(
+        vision, prompt, [picture], cm, heat=cache.image_heat(0, sinks="show"), attribution=attribution
+    )
+    assert set(comparison.maps) == {"attention", "attribution", "causal"}
+    assert all(len(v) == len(cm.regions) for v in comparison.maps.values())
+    assert all(-1 <= r <= 1 for r in comparison.correlations.values())
+    for curves in (comparison.deletion, comparison.insertion):
+        assert set(curves) == {"attention", "attribution", "causal", "random"}
+        assert all(len(v) == len(cm.regions) + 1 for v in curves.values())
+    starts = {round(float(v[0]), 4) for v in comparison.deletion.values()}
+    assert starts == {round(cm.base, 4)}  # nothing removed yet: the whole picture's score
+    assert "rank correlation (Spearman)" in comparison.to_text()
+
+
+def test_spearman():
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# --- several pictures ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_several_pictures_each_have_their_own_views(vision, count):
+    names = ["shapes.png", "chart.png", "word.png"][:count]
+    pictures = [phi3lab.sample_image(n) for n in names]
+    tags = "\n".join(f"<|image_{k + 1}|>" for k in range(count))
+    answer, cache = vision.generate_with_cache(f"{tags}\nWhat is in the last picture?", pictures, max_new_tokens=4)
+    spans = cache.inputs.images
+    assert len(spans) == count and all(spans[k].end <= spans[k + 1].start for k in range(count - 1))
+    for k, picture in enumerate(pictures):
+        heat = cache.image_heat(k, sinks="show")
+        assert (heat.width, heat.height) == picture.size
+        shares = cache.image_to_image(k)
+        assert shares.shape == (4, 4) and float(shares.min()) >= 0
+    later_reads_earlier = cache.image_to_image(0, count - 1)
+    assert 0 < float(later_reads_earlier.mean()) < 1
+    with pytest.raises(ValueError, match="attention is causal"):
+        cache.image_to_image(count - 1, 0)
+    lens = patch_lens(cache, image=count - 1)
+    assert lens.top_ids.shape[1] == spans[-1].num_tokens
