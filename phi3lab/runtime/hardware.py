@@ -59,9 +59,11 @@ class Probes:
     sdpa: bool = True
     cpu_bf16: bool = False
     bitsandbytes: bool = False
-    bitsandbytes_error: str | None = "the bitsandbytes package is not installed"
+    bitsandbytes_error: str | None = (
+        "the bitsandbytes package is not installed (pip install bitsandbytes, or phi3lab[quant])"
+    )
     torchao: bool = False
-    torchao_error: str | None = "the torchao package is not installed"
+    torchao_error: str | None = "the torchao package is not installed (pip install torchao, or phi3lab[quant])"
     gpu_count: int = 0
 
     @property

@@ -16,13 +16,16 @@ What is counted (``b`` = bytes per element of the compute dtype, ``T`` = ``conte
   Embeddings, ``lm_head``, norms and the vision tower stay in the compute dtype, so the module tree
   keeps its names and ``lm_head`` stays exact.
 * **KV cache** (``chat``, ``sweep``) — ``2 · layers · B · min(T, window) · kv_heads · head_dim · b``.
-* **workspace** — the widest step of one forward over ``T`` tokens, one layer at a time: the MLP's
-  ``gate_up`` output and its two halves, the attention projections, the float32 copies RMSNorm
-  makes, the attention mask (``T²`` bytes); eager attention adds ``heads · T²`` scores in ``b`` and in
-  float32; a quantized model adds one dequantized projection; a vision model's CLIP tower runs
-  first, on ``(num_crops + 1)`` crops of 577 positions per image.
-* **logits** — the last position's (``chat``: generation keeps only it), or every position's in ``b``
-  and float32 (``capture``).
+* **workspace** — the widest step of one forward over ``T`` tokens, one layer at a time:
+  ``B · T · ((6·intermediate + 3·hidden + qkv) · b + 4·hidden)`` — the MLP's ``gate_up`` output and
+  its halves' activations, the layer's input and residual, the attention projections, RMSNorm's
+  float32 copy, with the allocator's slack as measured at Phi-3-mini width (the bare minimum is
+  ``4·intermediate + 2·hidden``); plus the attention mask (``T²`` bytes; sdpa's CPU and CUDA kernels
+  keep no ``T²`` scores).  Eager attention adds ``heads · T²`` scores in ``b`` and in float32; a
+  quantized model adds one dequantized projection; a vision model's CLIP tower runs first, on
+  ``(num_crops + 1)`` crops of 577 positions per image.
+* **logits** — the last position's (``chat``: generation keeps only it, and its float32 scores), or
+  every position's in ``b`` (``capture``: the forward returns them all).
 * **kept by a capture** (``capture``) — the residual stream at every position before the first
   layer and after each one, in float32, as :func:`phi3lab.inspect.cache.run_with_cache` keeps it;
   with ``need_weights`` also every layer's eager attention maps (``layers · B · heads · T² · b``).
@@ -79,7 +82,11 @@ _PROJECTION = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 class NotEnoughMemoryError(MemoryError):
     """The model cannot fit the device's available memory in any of the ways allowed; the message
-    gives the numbers of each way and what to change."""
+    gives the numbers of each way and what to change, ``options`` the :class:`Option` records."""
+
+    def __init__(self, message: str, options: Sequence[Option] = ()):
+        super().__init__(message)
+        self.options = tuple(options)
 
 
 class QuantizationError(ValueError):
@@ -260,9 +267,10 @@ def estimate_memory(
     if usage.use in ("chat", "sweep"):
         kv = 2 * arch.layers * B * window * arch.kv_heads * arch.head_dim * b
     qkv = (arch.heads + 2 * arch.kv_heads) * arch.head_dim
-    # the widest step of a layer: gate_up (2I) with silu(gate) and up·silu (I each), the layer's input
-    # and residual (2H), the attention projections; RMSNorm's float32 copy of the hidden state
-    workspace = B * T * ((4 * arch.intermediate + 2 * arch.hidden + qkv) * b + 4 * arch.hidden)
+    # the widest step of a layer, per token: gate_up (2I), silu(gate) and up·silu(gate) (I each), the
+    # layer's input and residual, the attention projections, RMSNorm's float32 copy; 6I + 3H + qkv is
+    # what a forward measures at Phi-3-mini width (the allocator's slack included), not the 4I + 2H minimum
+    workspace = B * T * ((6 * arch.intermediate + 3 * arch.hidden + qkv) * b + 4 * arch.hidden)
     workspace += B * T * T  # the boolean attention mask
     if usage.need_weights:
         workspace += B * arch.heads * T * T * (2 * b + 4)  # scores, float32 softmax, cast back
@@ -273,7 +281,7 @@ def estimate_memory(
         clip = crops * CLIP_POSITIONS * (arch.vision_intermediate + 4 * arch.vision_hidden) * b
         workspace = max(workspace, clip)
     if usage.use == "capture":
-        logits = B * T * arch.vocab * (b + 4)
+        logits = B * T * arch.vocab * b
         kept = 4 * (arch.layers + 1) * B * T * arch.hidden
         if usage.need_weights:
             kept += arch.layers * B * arch.heads * T * T * b
@@ -362,7 +370,9 @@ class MemoryPlan:
         return self.dtype_name if self.quantize is None else f"{self.quantize} ({self.backend})"
 
     def summary(self) -> str:
-        return f"{self.weights_name} · {self.dtype_name} activations · {self.device} — {self.reason}"
+        if self.quantize is None:
+            return f"{self.dtype_name} · {self.device} — {self.reason}"
+        return f"{self.weights_name} weights · {self.dtype_name} activations · {self.device} — {self.reason}"
 
     __str__ = summary
 
@@ -468,12 +478,16 @@ def plan_memory(
     else:
         for dt in dtypes:
             add(dt, None)
+        if dtype is not None:  # an explicit dtype: the other half-memory dtype is listed, not taken
+            half = torch.bfloat16 if device.split(":")[0] == "cpu" or probes.cuda_bf16 else torch.float16
+            if dtype != half:
+                add(half, None, allowed=False)
         for q in QUANTIZATIONS:  # listed either way, so a refusal can say what quantization would need
             add(dtypes[-1], q, allowed=quantize == "auto")
     chosen = next((o for o in options if o.usable), None)
     described = usage.describe()
     if chosen is None:
-        raise NotEnoughMemoryError(_refusal(name, device, memory, options, described, quantize))
+        raise NotEnoughMemoryError(_refusal(name, device, memory, options, described, quantize), options)
     reason = _reason(chosen, options, memory, described, probes, device)
     return MemoryPlan(
         device, chosen.dtype, chosen.quantize, chosen.backend, chosen.estimate, memory, usage, reason, tuple(options)

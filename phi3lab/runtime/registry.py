@@ -246,9 +246,9 @@ STOP_TOKENS = {
 """What each registered stop id is in the published tokenizer (checked against a folder's own)."""
 PHI4_UNVERIFIED = (
     "Phi-4-mini uses another tokenizer (200,064 ids, <|end|> = 200020, <|endoftext|> = 199999) and a chat "
-    "template without a newline after the role tags; neither could be checked offline against the official "
-    "files, so phi3lab uses this checkpoint's own tokenizer.json and chat_template as they are, takes the stop "
-    "ids from its own generation_config.json and tokenizer, and has no Python builder for its template "
+    "template without a newline after the role tags, which could not be checked offline against the official "
+    "files; phi3lab uses this checkpoint's own tokenizer.json and chat_template as they are, takes the stop ids "
+    "from its own generation_config.json and tokenizer, and has no Python builder for its template "
     "(lab.template_revision says 'unknown'); compare a rendered prompt with the model card before trusting it"
 )
 
