@@ -269,7 +269,7 @@ def hardware_report(probes: Probes | None = None, memory=None) -> HardwareReport
         >>> text = hardware_report(Probes(), laptop).to_text()
         >>> print(next(line for line in text.splitlines() if line.startswith("  float32")))
           float32   sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
-        >>> print(next(line for line in text.splitlines() if "Phi-3-mini" in line)[:57])
+        >>> print(next(line for line in text.splitlines() if "Phi-3-mini" in line)[:60])
           microsoft/Phi-3-mini-4k-instruct: bfloat16 · cpu — float32
     """
     import transformers
@@ -278,6 +278,7 @@ def hardware_report(probes: Probes | None = None, memory=None) -> HardwareReport
     from phi3lab.runtime.memory import NotEnoughMemoryError, QuantizationError, Usage, plan_memory, size_text
     from phi3lab.runtime.registry import lookup
 
+    simulated = probes is not None and probes is not probe()
     probes = probes or probe()
     selections = []
     for name in ("float32", "float16", "bfloat16"):
@@ -287,7 +288,9 @@ def hardware_report(probes: Probes | None = None, memory=None) -> HardwareReport
         except AttentionRequestError as exc:
             selections.append((name, f"refused — {exc}"))
     device = probes.default_device
-    if memory is None:
+    if memory is None and simulated:  # this process's memory says nothing about a simulated machine
+        memory = [DeviceMemory(device, None, probes.gpu_memory if probes.cuda else None)]
+    elif memory is None:
         memory = [probe_memory(device)] + ([probe_memory("cpu")] if device != "cpu" else [])
     memory = [memory] if isinstance(memory, DeviceMemory) else list(memory)
     plans = []

@@ -183,8 +183,11 @@ class Lab:
     def num_crops(self) -> int | None:
         """The crop budget images get by default: the processor's own value (``None`` for text models).
 
-        Every counter reads it — :meth:`encode`, :meth:`chat`, :meth:`tokens`, :meth:`budget` — so
-        ``lab.processor.image_processor.num_crops = 4`` changes them all alike.
+        This is the one source of truth: the checkpoint's ``preprocessor_config.json`` sets it (16 for
+        Phi-3-vision, 4 for Phi-3.5-vision), ``spec.num_crops`` repeats the folder's value, and
+        ``hd.DEFAULT_NUM_CROPS`` is only the default of size-only helpers.  Every counter reads it —
+        :meth:`encode`, :meth:`chat`, :meth:`tokens`, :meth:`budget` — so
+        ``lab.processor.image_processor.num_crops = 16`` changes them all alike.
         """
         image_processor = getattr(self.processor, "image_processor", None)
         return None if image_processor is None else int(image_processor.num_crops)
