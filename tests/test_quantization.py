@@ -10,7 +10,7 @@ import torch
 
 import phi3lab
 from phi3lab.runtime.hardware import probe
-from phi3lab.runtime.quantization import SKIPPED_MODULES, quantized_modules
+from phi3lab.runtime.quantization import SKIPPED_MODULES, quantized_modules, weight_of
 
 PROBES = probe()
 BACKENDS = {"int8": PROBES.torchao, "nf4": PROBES.bitsandbytes}
@@ -126,3 +126,20 @@ def test_info_counts_parameters_as_published(quantized, tiny):
     assert quantized.num_parameters == tiny.num_parameters
     size = next(line for line in quantized.info().splitlines() if line.startswith("size"))
     assert quantized.memory.weights_name in size
+
+
+def test_weight_of_gives_the_matrix_a_quantized_layer_multiplies_by(quantized, tiny):
+    """What verify()'s ``Σ_heads z W_O = attn_out`` check needs: ``o_proj.weight`` itself is packed codes."""
+    for name in ("self_attn.o_proj", "mlp.down_proj"):
+        module = quantized.model.get_submodule(f"model.layers.2.{name}")
+        full = tiny.model.get_submodule(f"model.layers.2.{name}").weight
+        weight = weight_of(module)
+        assert weight.shape == full.shape
+        x = torch.randn(5, weight.shape[1], dtype=quantized.attention.dtype)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                module(x), torch.nn.functional.linear(x, weight.to(x.dtype)), atol=1e-4, rtol=1e-3
+            )
+        error = (weight.float() - full.float()).abs().max() / full.abs().max()
+        assert 0 < error < 0.2  # quantized: close to the published matrix, not equal to it
+    assert weight_of(tiny.model.lm_head) is tiny.model.lm_head.weight

@@ -32,7 +32,14 @@ import torch
 
 from phi3lab.runtime.memory import QuantizationError
 
-__all__ = ["SKIPPED_MODULES", "import_backend", "quiet_imports", "quantization_config", "quantized_modules"]
+__all__ = [
+    "SKIPPED_MODULES",
+    "import_backend",
+    "quiet_imports",
+    "quantization_config",
+    "quantized_modules",
+    "weight_of",
+]
 
 SKIPPED_MODULES = ["lm_head", "model.vision_embed_tokens"]
 """Modules left unquantized (by name): the output head, and a vision model's CLIP tower and projector."""
@@ -120,3 +127,31 @@ def quantized_modules(model: torch.nn.Module) -> dict[str, str]:
         elif isinstance(weight, torch.Tensor) and weight.dtype in (torch.int8, torch.uint8):
             found[name] = f"{type(module).__name__} · {weight.dtype}"
     return found
+
+
+def weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """A linear layer's weight as an ordinary float tensor ``[out, in]``, dequantized where it is quantized.
+
+    ``module.weight`` of a quantized layer is not the matrix: a bitsandbytes 4-bit weight is a packed
+    ``[n/2, 1]`` uint8 tensor, an int8 one holds codes and row scales, a torchao weight is a tensor
+    subclass.  Code that reads weights (e.g. splitting ``o_proj`` by head) should read them through
+    this, which returns exactly what the layer multiplies by: ``F.linear(x, weight_of(m)) == m(x)``
+    up to the kernel's rounding.
+
+    Examples:
+        >>> layer = torch.nn.Linear(3, 2)
+        >>> weight_of(layer) is layer.weight
+        True
+    """
+    weight = module.weight
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        import bitsandbytes
+
+        return bitsandbytes.functional.dequantize_4bit(weight.data, weight.quant_state)
+    if kind == "Int8Params":  # LLM.int8: codes with one float scale per row (it also quantizes the input)
+        scales = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
+        return weight.data.float() * scales.float()[:, None] / 127.0
+    if kind not in ("Parameter", "Tensor") and callable(getattr(weight, "dequantize", None)):
+        return weight.dequantize()
+    return weight
