@@ -14,8 +14,10 @@ Each case runs in a fresh process, which measures with the kernel's own peak cou
   maps while converting dtypes) and private;
 * **use** — peak while the model runs, minus the process after loading, against the plan's activation
   estimate: ``chat`` generates 8 tokens after a prompt of ``context - 8`` tokens (``lab.model.generate``),
-  ``capture`` is ``lab.run_with_cache(..., queries="last")`` over ``context`` tokens (one forward, the
-  residual stream of every layer kept at every position, every position's logits).
+  ``capture`` is ``lab.run_with_cache(..., sites=("embed", "resid_post"))`` over ``context`` tokens (one
+  forward keeping the residual stream before and after every layer at every position, in float32, and
+  every position's logits — what the plan's ``capture`` counts; attention rows are budgeted by the hook
+  core itself and left out here).
 
 The stand-ins (:func:`phi3lab.runtime.standins.write_standin`) have Phi-3-mini's published widths
 (hidden 3072, 32 heads, MLP 8192, vocabulary 32,064) and 2 of its 32 layers, with random bf16 weights;
@@ -104,7 +106,7 @@ with torch.inference_mode(), Peak() as using:
         lab.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
                            do_sample=False, pad_token_id=0)
     else:
-        lab.run_with_cache(text, queries="last")
+        lab.run_with_cache(text, sites=("embed", "resid_post"))
 plan = lab.memory
 print(json.dumps(dict(load_resident=loading.resident, load_private=loading.private, load_after=loading.after,
                       load_after_private=loading.after_private, load_after_file=loading.after_file,

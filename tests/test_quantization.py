@@ -92,8 +92,8 @@ def test_quantized_outputs_differ_but_stay_close(quantized, tiny):
 
 
 def test_run_with_cache_and_attribute_run_on_a_quantized_model(quantized, tiny):
-    answer, cache = quantized.run_with_cache("What is 2 plus 3?", max_new_tokens=3)
-    _, plain = tiny.run_with_cache("What is 2 plus 3?", max_new_tokens=3)
+    answer, cache = quantized.generate_with_cache("What is 2 plus 3?", max_new_tokens=3)
+    _, plain = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3)
     assert cache.attention(0).shape[:2] == plain.attention(0).shape[:2]
     assert torch.isfinite(cache.attention(0)).all() and torch.isfinite(cache.residual(1)).all()
     rows = cache.attention(0).sum(-1)
@@ -108,7 +108,7 @@ def test_a_quantized_vision_model_keeps_its_clip_tower_whole(vision, picture):
     names = lab.quantized_modules()
     assert names and not any("vision_embed_tokens" in n for n in names)
     assert "model.vision_embed_tokens" in SKIPPED_MODULES
-    _, cache = lab.run_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=2)
+    _, cache = lab.generate_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=2)
     heat = cache.image_heat(0)
     assert heat.crops.size and "num_crops" in heat.to_text()
 

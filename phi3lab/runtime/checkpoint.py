@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.runtime.registry import ModelSpec
 from phi3lab.runtime.sources import (
     DEFAULT_MODEL,
@@ -23,7 +24,7 @@ from phi3lab.runtime.sources import (
 __all__ = ["ModelFilesError", "CheckpointFiles", "load_processor", "short_reason"]
 
 
-class ModelFilesError(ValueError):
+class ModelFilesError(Phi3LabError, ValueError):
     """A model folder's files are damaged, incomplete or do not belong together.
 
     The message names the file, what is wrong with it and how to get a good copy; ``path`` is

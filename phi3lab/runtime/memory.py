@@ -52,6 +52,7 @@ from collections.abc import Sequence
 
 import torch
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.runtime.hardware import DeviceMemory, Probes, probe, probe_memory
 from phi3lab.runtime.registry import ORIGINAL_CONTEXT, Architecture
 
@@ -80,7 +81,7 @@ _NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes, an 8-bit absmax per 6
 _PROJECTION = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
-class NotEnoughMemoryError(MemoryError):
+class NotEnoughMemoryError(Phi3LabError, MemoryError):
     """The model cannot fit the device's available memory in any of the ways allowed; the message
     gives the numbers of each way and what to change, ``options`` the :class:`Option` records."""
 
@@ -89,7 +90,7 @@ class NotEnoughMemoryError(MemoryError):
         self.options = tuple(options)
 
 
-class QuantizationError(ValueError):
+class QuantizationError(Phi3LabError, ValueError):
     """A weight quantization that cannot run here (no backend, a device it does not support)."""
 
 

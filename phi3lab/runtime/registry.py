@@ -34,6 +34,7 @@ import difflib
 import json
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabWarning
 from phi3lab.models.phi3_v.hd import DEFAULT_NUM_CROPS
 
 __all__ = [
@@ -66,7 +67,7 @@ EMBEDDED = {
 """The embedded tiny models (``data/models``): every accepted name → its folder."""
 
 
-class UnverifiedModelWarning(UserWarning):
+class UnverifiedModelWarning(Phi3LabWarning):
     """A checkpoint whose tokenizer or chat template phi3lab could not check against the official files."""
 
 

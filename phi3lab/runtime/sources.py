@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+from phi3lab.errors import Phi3LabError
 from phi3lab.paths import embedded_dir
 from phi3lab.runtime.registry import EMBEDDED, KNOWN_MODELS, suggest
 
@@ -28,14 +29,14 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 _SNAPSHOT_FILES = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.md"]
 
 
-class ModelNotFoundError(FileNotFoundError, ValueError):
+class ModelNotFoundError(Phi3LabError, FileNotFoundError, ValueError):
     """The source names no embedded model, no existing folder and no plausible hub id.
 
     Also a :class:`ValueError`: the source given cannot be used (an empty string, a typo).
     """
 
 
-class ModelNotAvailableError(FileNotFoundError):
+class ModelNotAvailableError(Phi3LabError, FileNotFoundError):
     """A hub model's files are neither in the HF cache nor downloadable right now."""
 
 
