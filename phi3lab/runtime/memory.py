@@ -17,7 +17,7 @@ What is counted (``b`` = bytes per element of the compute dtype, ``T`` = ``conte
   keeps its names and ``lm_head`` stays exact.
 * **KV cache** (``chat``, ``sweep``) — ``2 · layers · B · min(T, window) · kv_heads · head_dim · b``.
 * **workspace** — the widest step of one forward over ``T`` tokens, one layer at a time:
-  ``B · T · ((6·intermediate + 3·hidden + qkv) · b + 4·hidden)`` — the MLP's ``gate_up`` output and
+  ``B · T · ((7·intermediate + 3·hidden + qkv) · b + 4·hidden)`` — the MLP's ``gate_up`` output and
   its halves' activations, the layer's input and residual, the attention projections, RMSNorm's
   float32 copy, with the allocator's slack as measured at Phi-3-mini width (the bare minimum is
   ``4·intermediate + 2·hidden``); plus the attention mask (``T²`` bytes; sdpa's CPU and CUDA kernels
@@ -269,9 +269,10 @@ def estimate_memory(
         kv = 2 * arch.layers * B * window * arch.kv_heads * arch.head_dim * b
     qkv = (arch.heads + 2 * arch.kv_heads) * arch.head_dim
     # the widest step of a layer, per token: gate_up (2I), silu(gate) and up·silu(gate) (I each), the
-    # layer's input and residual, the attention projections, RMSNorm's float32 copy; 6I + 3H + qkv is
-    # what a forward measures at Phi-3-mini width (the allocator's slack included), not the 4I + 2H minimum
-    workspace = B * T * ((6 * arch.intermediate + 3 * arch.hidden + qkv) * b + 4 * arch.hidden)
+    # layer's input and residual, the attention projections, RMSNorm's float32 copy; 7I + 3H + qkv is
+    # what generation measures at Phi-3-mini width (benchmarks/memory_estimate.py, the allocator's slack
+    # included), not the 4I + 2H minimum
+    workspace = B * T * ((7 * arch.intermediate + 3 * arch.hidden + qkv) * b + 4 * arch.hidden)
     workspace += B * T * T  # the boolean attention mask
     if usage.need_weights:
         workspace += B * arch.heads * T * T * (2 * b + 4)  # scores, float32 softmax, cast back
