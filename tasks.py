@@ -79,8 +79,8 @@ def setup() -> None:
     torch_req = _torch_requirement()
     _say(f"installing {torch_req} (first run only; this takes a few minutes)")
     _run(*pip, torch_req)
-    _say("installing phi3lab with its notebook and test dependencies")
-    _run(*pip, "-e", ".[notebooks,test]")
+    _say("installing phi3lab with its notebook, test and quantization dependencies")
+    _run(*pip, "-e", ".[notebooks,test,quant]")
     STAMP.write_text(want + "\n")
     _say("environment ready")
 

@@ -10,16 +10,25 @@ nothing downloaded) on GPU 0 and measures, for batch 1 and a 128-token prompt:
 * greedy decode tokens/s through ``generate`` under sdpa and, where ``flash_attn`` imports,
   flash_attention_2 (the time of 257 new tokens minus the time of 1, so prefill is left out);
 * the overhead of phi3lab's attention capture during decode (:func:`phi3lab.inspect.capture.capture`,
-  the last row of every layer, all heads; and one layer) against the plain decode.
+  the last row of every layer, all heads; and one layer) against the plain decode;
+* a 4-bit load: a Phi-3-mini-width stand-in (8 of its 32 layers, random bf16 weights written to a
+  temporary folder by :func:`phi3lab.runtime.standins.write_standin`) loaded through ``phi3lab.load`` in
+  bfloat16 and with ``quantize="nf4"`` (bitsandbytes), each in a fresh process: the memory plan's
+  estimate against the GPU memory really allocated (``torch.cuda.max_memory_allocated``, load plus a
+  128-token chat), and decode tokens/s.
 
-On a machine without a CUDA GPU it says so and exits 0.
+On a machine without a CUDA GPU it says so (for the 4-bit load too) and exits 0.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 NEW_TOKENS = 256
 PROMPT = 128
@@ -90,6 +99,59 @@ def decode_rate(torch, model, ids, context=None) -> float:
     return statistics.median(rates)
 
 
+FOUR_BIT_CHILD = r"""
+import json, sys, time, torch
+import phi3lab
+folder, quantize = sys.argv[1], (sys.argv[2] if sys.argv[2] != "none" else None)
+torch.cuda.reset_peak_memory_stats()
+lab = phi3lab.load(folder, device="cuda", quantize=quantize, context=256, verbose=False)
+loaded = torch.cuda.max_memory_allocated()
+ids = torch.randint(10, 2000, (1, 128), device="cuda")
+def run(n):
+    torch.cuda.synchronize(); t = time.perf_counter()
+    lab.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0)
+    torch.cuda.synchronize(); return time.perf_counter() - t
+with torch.inference_mode():
+    run(4)
+    rate = 128 / (run(129) - run(1))
+print(json.dumps(dict(weights=lab.memory.weights_name, estimate=lab.memory.estimate.total,
+                      estimate_weights=lab.memory.estimate.weights, loaded=loaded,
+                      peak=torch.cuda.max_memory_allocated(), rate=rate, modules=len(lab.quantized_modules()))))
+"""
+
+
+def four_bit_load() -> None:
+    """bf16 against NF4 through phi3lab.load, in fresh processes (see the module docstring)."""
+    from phi3lab.runtime.hardware import probe
+    from phi3lab.runtime.standins import write_standin
+
+    if not probe().bitsandbytes:
+        print("4-bit load: bitsandbytes is not installed (pip install -e '.[quant]'); skipped")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_standin(
+            Path(tmp) / "mini-8", "microsoft/Phi-3-mini-4k-instruct", layers=8, width="full", dtype="bfloat16"
+        )
+        for quantize in ("none", "nf4"):
+            done = subprocess.run(
+                [sys.executable, "-c", FOUR_BIT_CHILD, str(folder), quantize],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            if done.returncode != 0:
+                print(f"4-bit load ({quantize}): failed — {done.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(
+                f"4-bit load: Phi-3-mini width x8 layers as {r['weights']:<20} plan {r['estimate'] / 2**30:5.2f} GiB "
+                f"(weights {r['estimate_weights'] / 2**30:5.2f}) | allocated after load {r['loaded'] / 2**30:5.2f} GiB, "
+                f"peak with a 128-token chat {r['peak'] / 2**30:5.2f} GiB (plan/peak {r['estimate'] / r['peak']:.2f}) | "
+                f"decode {r['rate']:6.1f} tokens/s | {r['modules']} quantized modules"
+            )
+
+
 def main() -> int:
     try:
         import torch
@@ -99,7 +161,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print(
             f"gpu_check: no CUDA GPU here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-            "nothing to measure — run it on an NVIDIA machine"
+            "nothing to measure (decode speed, capture overhead, the 4-bit NF4 load) — run it on an NVIDIA machine"
         )
         return 0
     from transformers import Phi3ForCausalLM
@@ -146,6 +208,7 @@ def main() -> int:
         print(f"flash_attention_2 vs sdpa decode: {rows[1][1] / rows[0][1]:.2f}x")
     else:
         print("flash_attn is not installed (pip install -e '.[gpu]'); sdpa only")
+    four_bit_load()
     return 0
 
 

@@ -1495,13 +1495,15 @@ def test_cli_interrupt(monkeypatch, capsys):
 
 
 def test_weights_larger_than_memory_are_refused_before_loading(monkeypatch):
-    from phi3lab.runtime import loading
+    from phi3lab.runtime import memory
+    from phi3lab.runtime.hardware import DeviceMemory
 
-    monkeypatch.setattr(loading, "_device_memory", lambda device: 1024)
+    monkeypatch.setattr(memory, "probe_memory", lambda device: DeviceMemory(device, 1024, 2048))
     with pytest.raises(NotEnoughMemoryError) as info:
         phi3lab.load("tiny", verbose=False)
     msg = str(info.value)
-    assert "needs 0.0 GiB" in msg and "GiB of memory on cpu" in msg and "dtype='bfloat16'" in msg
+    assert "does not fit cpu" in msg and "1.0 KiB available" in msg and "float32: " in msg and "bfloat16: " in msg
+    assert "quantize='auto'" in msg and "phi3lab.load('tiny')" in msg
 
 
 def test_model_files_error_keeps_the_path(env):

@@ -21,9 +21,13 @@ def test_report_for_a_simulated_gpu_lists_everything():
     assert "bf16 on GPU     yes" in text
     assert "flash-attn      imports" in text
     lines = text.splitlines()
-    assert lines[-3].split()[:2] == ["float32", "sdpa"]
-    assert lines[-2].split()[:2] == ["float16", "flash_attention_2"]
-    assert lines[-1].split()[:2] == ["bfloat16", "flash_attention_2"]
+    at = lines.index("attention per dtype:")
+    assert lines[at + 1].split()[:2] == ["float32", "sdpa"]
+    assert lines[at + 2].split()[:2] == ["float16", "flash_attention_2"]
+    assert lines[at + 3].split()[:2] == ["bfloat16", "flash_attention_2"]
+    # no memory was simulated: the plans say it is unknown rather than use this machine's
+    assert "memory          cuda: ? available of 24.0 GiB" in text
+    assert "available memory of cuda is unknown" in text
 
 
 def test_report_shows_refusals():

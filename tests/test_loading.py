@@ -98,8 +98,16 @@ def test_hub_id_resolves_from_the_hf_cache(tiny_folder):
     snap = make_hub_cache(Path(cache), "microsoft/Phi-3-mini-4k-instruct", tiny_folder)
     lab = phi3lab.load("microsoft/Phi-3-mini-4k-instruct", verbose=False)
     assert lab.kind == "hub" and lab.path == snap
-    # the registry's facts for the known id, not the stand-in's own
-    assert lab.spec.stop_ids == (32000, 32001, 32007) and lab.spec.context_length == 4096
+    # the registry's facts for the known id, not the stand-in's own ...
+    assert lab.spec.context_length == 4096 and lab.spec.template == "phi3-mini-2024-07"
+    assert lab.spec.parameters == 3_821_079_552
+    # ... except the stop ids: 32000/32001/32007 are not <|endoftext|>/<|assistant|>/<|end|> in this tokenizer
+    assert lab.spec.stop_ids == (2000, 2001, 2007) and "stop ids are its own" in lab.spec.note
+    assert [lab.tokenizer.convert_ids_to_tokens(i) for i in lab.spec.stop_ids] == [
+        "<|endoftext|>",
+        "<|assistant|>",
+        "<|end|>",
+    ]
 
 
 def test_hub_revision_is_honoured(tiny_folder):

@@ -137,7 +137,10 @@ def token_budget(
 ) -> Budget:
     """Count a conversation's tokens (images from their sizes) against ``spec``'s context.
 
-    ``spec`` is the model's :class:`~phi3lab.runtime.registry.ModelSpec` (``lab.spec``).
+    ``spec`` is the model's :class:`~phi3lab.runtime.registry.ModelSpec` (``lab.spec``).  ``num_crops``
+    defaults to ``spec.num_crops`` — the checkpoint's ``preprocessor_config.json`` value for a loaded
+    model — and to 16 for a spec without one; :meth:`phi3lab.Lab.budget` passes the processor's own
+    value, the one source of truth (``lab.num_crops``).
     """
     crops = num_crops if num_crops is not None else (spec.num_crops or DEFAULT_NUM_CROPS)
     counts = [num_image_tokens(*image_size(im), crops) for im in images]

@@ -83,6 +83,14 @@ class TokenTable:
             out[r.segment] += 1
         return {k: v for k, v in out.items() if v}
 
+    def image_spans(self) -> list[tuple[int, int]]:
+        """Each image's ``(start, end)`` positions (``end`` exclusive), image 1 first: one run per image."""
+        spans: dict[int, tuple[int, int]] = {}
+        for i, j, r in self._runs():
+            if r.segment == "image":
+                spans.setdefault(-r.id, (i, j + 1))
+        return [spans[k] for k in sorted(spans)]
+
     def _runs(self) -> Iterable[tuple[int, int, TokenRow]]:
         """Rows with image runs collapsed: (first index, last index, row)."""
         i = 0

@@ -14,7 +14,8 @@ phi3lab decides from capability probes (:mod:`phi3lab.runtime.hardware`) instead
 
 An explicit request is honoured when the machine can run it; an impossible one raises
 :class:`AttentionRequestError` saying what to do instead.  :func:`hardware_report` puts the
-machine's probes and the choice for each dtype side by side.
+machine's probes, its available memory, the choice for each dtype and the memory plan for the main
+checkpoints (:mod:`phi3lab.runtime.memory`) side by side.
 """
 
 from __future__ import annotations
@@ -243,16 +244,41 @@ def _explicit(attn: str, dev: str, dt: torch.dtype, need_weights: bool, probes: 
     return AttentionChoice(attn, dt, dev, f"requested explicitly (attn={attn!r})")
 
 
-def hardware_report(probes: Probes | None = None) -> HardwareReport:
-    """Summarise this machine and what attention phi3lab would pick for each dtype.
+PLANNED_MODELS = (
+    "microsoft/Phi-3-mini-4k-instruct",
+    "microsoft/Phi-3-vision-128k-instruct",
+    "microsoft/Phi-3-medium-4k-instruct",
+)
+"""The checkpoints :func:`hardware_report` plans a load for (from the registry's numbers, nothing downloaded)."""
+
+
+def hardware_report(probes: Probes | None = None, memory=None) -> HardwareReport:
+    """Summarise this machine, what attention phi3lab would pick for each dtype, and what would fit.
+
+    Args:
+        probes: the machine's capabilities (default: probed now).
+        memory: a :class:`~phi3lab.runtime.hardware.DeviceMemory` (or several) for the default device
+            (default: measured now).  Tests pass both to simulate a machine.
+
+    The load plans are :func:`phi3lab.runtime.memory.plan_memory`'s for chat at 4,096 tokens with
+    ``dtype="auto"`` and ``quantize="auto"``, from the registry's parameter counts.
 
     Examples:
-        >>> from phi3lab.runtime.hardware import Probes
-        >>> print(hardware_report(Probes()).to_text().splitlines()[-3])
+        >>> from phi3lab.runtime.hardware import DeviceMemory, Probes
+        >>> laptop = DeviceMemory("cpu", available=14 * 2**30, total=16 * 2**30)
+        >>> text = hardware_report(Probes(), laptop).to_text()
+        >>> print(next(line for line in text.splitlines() if line.startswith("  float32")))
           float32   sdpa · float32 · cpu — CPU: sdpa is the fastest kernel that runs here
+        >>> print(next(line for line in text.splitlines() if "Phi-3-mini" in line)[:60])
+          microsoft/Phi-3-mini-4k-instruct: bfloat16 · cpu — float32
     """
     import transformers
 
+    from phi3lab.runtime.hardware import DeviceMemory, probe_memory
+    from phi3lab.runtime.memory import NotEnoughMemoryError, QuantizationError, Usage, plan_memory, size_text
+    from phi3lab.runtime.registry import lookup
+
+    simulated = probes is not None and probes is not probe()
     probes = probes or probe()
     selections = []
     for name in ("float32", "float16", "bfloat16"):
@@ -261,10 +287,46 @@ def hardware_report(probes: Probes | None = None) -> HardwareReport:
             selections.append((name, choice.summary()))
         except AttentionRequestError as exc:
             selections.append((name, f"refused — {exc}"))
+    device = probes.default_device
+    if memory is None and simulated:  # this process's memory says nothing about a simulated machine
+        memory = [DeviceMemory(device, None, probes.gpu_memory if probes.cuda else None)]
+    elif memory is None:
+        memory = [probe_memory(device)] + ([probe_memory("cpu")] if device != "cpu" else [])
+    memory = [memory] if isinstance(memory, DeviceMemory) else list(memory)
+    plans = []
+    default = select_attention(probes=probes).dtype
+    for model in PLANNED_MODELS:
+        spec = lookup(model)
+        try:
+            plan = plan_memory(
+                spec.architecture,
+                device=device,
+                default_dtype=default,
+                quantize="auto",
+                usage=Usage(images=1 if spec.modality == "vision" else 0, num_crops=spec.num_crops or 16),
+                probes=probes,
+                memory=memory[0],
+                name=spec.name,
+            )
+            plans.append((spec.name, plan.summary()))
+        except NotEnoughMemoryError as exc:
+            runnable = [o for o in exc.options if not o.why_not] or list(exc.options)
+            least = min(runnable, key=lambda o: o.estimate.total)
+            plans.append(
+                (
+                    spec.name,
+                    f"does not fit: {size_text(memory[0].available)} available; the smallest way, {least.label}, "
+                    f"needs {size_text(least.estimate.total)}",
+                )
+            )
+        except QuantizationError as exc:
+            plans.append((spec.name, f"cannot plan: {exc}"))
     return HardwareReport(
         python=platform.python_version(),
         torch=torch.__version__,
         transformers=transformers.__version__,
         probes=probes,
         selections=tuple(selections),
+        memory=tuple(memory),
+        plans=tuple(plans),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from phi3lab.prompts.patches import num_image_tokens
 from phi3lab.prompts.token_view import token_table
 from phi3lab.runtime import generation as _generation
 from phi3lab.runtime.attention_backend import AttentionChoice
+from phi3lab.runtime.memory import MemoryPlan
 from phi3lab.runtime.registry import ModelSpec
 from phi3lab.validation import check_sequence
 
@@ -28,6 +30,22 @@ def _human(n: float, unit: str = "") -> str:
     return f"{n:.1f}T{unit}"
 
 
+def _numel(p) -> int:
+    """Parameters a weight stands for (a bitsandbytes 4-bit weight packs two per byte)."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return math.prod(shape) if shape is not None else p.numel()
+
+
+def _nbytes(p) -> int:
+    """Bytes a weight takes, counting the inner tensors of a quantized tensor subclass (torchao)."""
+    flatten = getattr(p, "__tensor_flatten__", None)
+    if flatten is not None and type(p).__name__ not in ("Parameter", "Tensor"):
+        names, _ = flatten()
+        return sum(_nbytes(getattr(p, n)) for n in names)
+    return p.numel() * p.element_size()
+
+
 @dataclasses.dataclass
 class Lab:
     """A loaded model with everything needed to run and inspect it.
@@ -40,6 +58,8 @@ class Lab:
         path: the folder the files were read from.
         kind: ``"embedded"``, ``"local"`` or ``"hub"``.
         load_seconds: wall time of the load.
+        memory: the :class:`~phi3lab.runtime.memory.MemoryPlan` it was loaded with: dtype, weight
+            quantization, the estimate and the reason (``None`` for a Lab built by hand).
     """
 
     model: Any
@@ -49,6 +69,7 @@ class Lab:
     path: Path
     kind: str
     load_seconds: float = 0.0
+    memory: MemoryPlan | None = None
 
     _guard: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -68,12 +89,47 @@ class Lab:
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        """Parameters of the model as published (a quantized weight counts what it stands for)."""
+        return sum(_numel(p) for p in self.model.parameters())
+
+    @property
+    def quantization(self) -> str | None:
+        """``None``, ``"int8"`` or ``"nf4"``: how the decoder's projections are stored."""
+        return self.memory.quantize if self.memory is not None else None
+
+    def quantized_modules(self) -> dict[str, str]:
+        """Module name → storage of every quantized module (empty for a full-precision model)."""
+        from phi3lab.runtime.quantization import quantized_modules
+
+        return quantized_modules(self.model)
+
+    def unquantized(self, **kwargs) -> Lab:
+        """The same checkpoint loaded again without quantization (same device, dtype and kernel), to
+        state what quantization changes; keyword arguments go to :func:`phi3lab.load`.
+
+        Raises:
+            NotEnoughMemoryError: the full-precision model does not fit (the message has the numbers).
+        """
+        from phi3lab import load  # the package's lazy name: phi3lab.runtime.loading builds Labs, so no cycle here
+
+        source = self.path.name if self.kind == "embedded" else self.path  # a hub snapshot's folder pins it
+        options = dict(
+            device=self.attention.device,
+            dtype=self.attention.dtype,
+            attn=self.attention.impl,
+            verbose=False,
+            quantize=None,
+        )
+        if self.memory is not None:
+            usage = self.memory.usage
+            options.update(use=usage.use, context=usage.context, batch=usage.batch)
+        options.update(kwargs)
+        return load(source, **options)
 
     def info(self) -> str:
-        """A plain-text table: model, size, parameters, dtype, device, attention, context."""
+        """A plain-text table: model, size, parameters, dtype, device, attention, memory, context."""
         n = self.num_parameters
-        nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        nbytes = sum(_nbytes(p) for p in self.model.parameters())
         tok = self.tokenizer
         stops = ", ".join(f"{i} {tok.convert_ids_to_tokens(i)}" for i in self.spec.stop_ids)
         context = f"{self.spec.context_length:,} tokens"
@@ -83,17 +139,23 @@ class Lab:
             ("model", f"{self.spec.name} ({self.kind}: {self.path})"),
             ("family", f"{self.spec.family} · {self.spec.modality}"),
             ("parameters", f"{_human(n)} ({n:,})"),
-            ("size", f"{nbytes / 2**20:.1f} MiB in {self.attention.dtype_name}"),
+            (
+                "size",
+                f"{nbytes / 2**20:.1f} MiB as {self.memory.weights_name if self.memory else self.attention.dtype_name}",
+            ),
             ("dtype", self.attention.dtype_name),
             ("device", self.attention.device),
             ("attention", f"{self.attention.impl} — {self.attention.reason}"),
-            ("context", context),
-            ("stop ids", stops),
         ]
-        if self.spec.num_crops:
-            rows.append(("num_crops", str(self.spec.num_crops)))
+        if self.memory is not None:
+            rows.append(("memory", self.memory.reason))
+        rows += [("context", context), ("stop ids", stops)]
+        if self.num_crops:
+            rows.append(("num_crops", f"{self.num_crops} (the processor's; lab.processor.image_processor.num_crops)"))
         if self.spec.note:
             rows.append(("note", self.spec.note))
+        if self.spec.unverified:
+            rows.append(("unverified", self.spec.unverified))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -121,8 +183,11 @@ class Lab:
     def num_crops(self) -> int | None:
         """The crop budget images get by default: the processor's own value (``None`` for text models).
 
-        Every counter reads it — :meth:`encode`, :meth:`chat`, :meth:`tokens`, :meth:`budget` — so
-        ``lab.processor.image_processor.num_crops = 4`` changes them all alike.
+        This is the one source of truth: the checkpoint's ``preprocessor_config.json`` sets it (16 for
+        Phi-3-vision, 4 for Phi-3.5-vision), ``spec.num_crops`` repeats the folder's value, and
+        ``hd.DEFAULT_NUM_CROPS`` is only the default of size-only helpers.  Every counter reads it —
+        :meth:`encode`, :meth:`chat`, :meth:`tokens`, :meth:`budget` — so
+        ``lab.processor.image_processor.num_crops = 16`` changes them all alike.
         """
         image_processor = getattr(self.processor, "image_processor", None)
         return None if image_processor is None else int(image_processor.num_crops)

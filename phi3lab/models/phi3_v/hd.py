@@ -40,7 +40,12 @@ CROP = 336  # CLIP ViT-L/14-336 input size: the side of every crop and of the gl
 CELLS = 12  # merged patches per crop side (24 patches of 14 px, merged 2×2)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's per-channel normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-DEFAULT_NUM_CROPS = 16  # Phi-3-vision's preprocessor_config.json (Phi-3.5-vision: 4 for several images)
+DEFAULT_NUM_CROPS = 16
+"""The default of the functions here that count from an image size alone (Phi-3-vision's published value).
+
+A loaded model's crop budget is not this: it is its processor's, read from the checkpoint's
+``preprocessor_config.json`` (Phi-3-vision 16, Phi-3.5-vision 4), which ``Phi3VImageProcessor``
+holds and phi3lab's counters read (``lab.num_crops``)."""
 MAX_NUM_CROPS = 16  # the most crops Phi-3-vision was trained with
 
 
