@@ -143,3 +143,19 @@ def test_weight_of_gives_the_matrix_a_quantized_layer_multiplies_by(quantized, t
         error = (weight.float() - full.float()).abs().max() / full.abs().max()
         assert 0 < error < 0.2  # quantized: close to the published matrix, not equal to it
     assert weight_of(tiny.model.lm_head) is tiny.model.lm_head.weight
+
+
+@pytest.mark.parametrize(
+    "quantize", [pytest.param("int8", marks=needs("int8")), pytest.param("nf4", marks=needs("nf4"))]
+)
+def test_verify_on_a_quantized_model_states_the_difference(quantize):
+    """The hook core reads a quantized model's sites exactly (every check passes), and verify states how
+    far quantization moved the logits and the residual stream from the same checkpoint unquantized."""
+    lab = phi3lab.load("tiny", quantize=quantize, verbose=False)
+    result = lab.verify()
+    assert result.ok, result.to_text()
+    assert result.quantized and result.quantization[0][0] == "logits"
+    moved = dict(result.quantization)
+    assert 0 < moved["logits"] < 5  # moved, but not far
+    assert "(stated, not a check)" in result.to_text()
+    assert not phi3lab.load("tiny", verbose=False).verify().quantized

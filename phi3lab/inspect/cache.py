@@ -34,7 +34,7 @@ from phi3lab.inspect.hooks import Hooks, NothingRecordedError
 from phi3lab.inspect.kernel import attention_modules
 from phi3lab.inspect.lens import read_lens
 from phi3lab.inspect.maps import head_summary, image_heat, map_rows, qk_rows, rollout_rows, top_keys
-from phi3lab.inspect.memory import check_max_bytes, check_memory, human_bytes, memory_limit
+from phi3lab.inspect.memory import check_max_bytes, check_memory, memory_limit, size_text
 from phi3lab.inspect.sites import SITES, Positions, check_site, choose_heads, choose_layers
 from phi3lab.runtime.generation import chat_result, generate_kwargs
 from phi3lab.validation import check_context, check_int
@@ -344,7 +344,7 @@ class Cache:
         rows = len(self.positions) if any(SITES[s].per_layer or s in ("embed",) for s in self.sites) else 0
         return (
             f"{self.prompt_tokens} prompt tokens + {len(self.answer_ids)} answer tokens; sites "
-            f"{', '.join(self.sites)}; layers {_ranges(self.layers)}, {heads}, {rows} rows, {human_bytes(self.nbytes)}"
+            f"{', '.join(self.sites)}; layers {_ranges(self.layers)}, {heads}, {rows} rows, {size_text(self.nbytes)}"
         )
 
     def to_text(self, top: int = 3) -> str:
@@ -377,7 +377,7 @@ class Cache:
     def __repr__(self) -> str:
         return (
             f"Cache({self.prompt_tokens} prompt + {len(self.answer_ids)} answer tokens, sites {list(self.sites)}, "
-            f"layers {_ranges(self.layers)}, {human_bytes(self.nbytes)})"
+            f"layers {_ranges(self.layers)}, {size_text(self.nbytes)})"
         )
 
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from phi3lab.inspect.hooks import Hooks, NothingRecordedError, guard_output_attentions, output_attentions_bytes
-from phi3lab.inspect.memory import human_bytes
 from phi3lab.inspect.sites import Positions
+from phi3lab.runtime.memory import size_text
 
 __all__ = ["AttentionCapture", "capture", "guard_output_attentions", "output_attentions_bytes"]
 
@@ -51,7 +51,7 @@ class AttentionCapture:
 
     def __repr__(self) -> str:
         rows = sum(len(self.hooks.positions("pattern", i)) for i, _ in enumerate(self.layers) if self._has(i))
-        return f"AttentionCapture(layers={self.layers}, {rows} rows, {human_bytes(self.nbytes)})"
+        return f"AttentionCapture(layers={self.layers}, {rows} rows, {size_text(self.nbytes)})"
 
     def _has(self, layer: int) -> bool:
         return ("pattern", layer) in self.hooks.recorded()

@@ -49,7 +49,7 @@ from phi3lab.inspect.kernel import (
     split_heads,
     unrotate,
 )
-from phi3lab.inspect.memory import check_max_bytes, check_memory, human_bytes, memory_limit
+from phi3lab.inspect.memory import check_max_bytes, check_memory, memory_limit, size_text
 from phi3lab.inspect.sites import At, Positions, check_site, choose_heads, choose_layers
 
 __all__ = ["Hooks", "Record", "NothingRecordedError", "as_model", "guard_output_attentions", "output_attentions_bytes"]
@@ -281,7 +281,9 @@ class Hooks:
 
     def __repr__(self) -> str:
         state = "open" if self._open else "closed"
-        return f"Hooks({len(self._wanted)} read/edit(s), {len(self._records)} recorded, {human_bytes(self.nbytes)}, {state})"
+        return (
+            f"Hooks({len(self._wanted)} read/edit(s), {len(self._records)} recorded, {size_text(self.nbytes)}, {state})"
+        )
 
     # --- installing ---------------------------------------------------------------------------------------
 

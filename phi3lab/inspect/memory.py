@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from phi3lab.errors import Phi3LabError
+from phi3lab.runtime.memory import size_text
 
-__all__ = ["MemoryLimitError", "memory_limit", "check_memory", "human_bytes", "check_max_bytes"]
+__all__ = ["MemoryLimitError", "memory_limit", "check_memory", "check_max_bytes"]
 
 
 class MemoryLimitError(Phi3LabError, MemoryError):
@@ -30,25 +31,11 @@ def memory_limit(device: torch.device | str = "cpu", fraction: float = 0.25) -> 
     return int(free * fraction)
 
 
-def human_bytes(n: float) -> str:
-    """``1536`` → ``'1.5 KiB'``.
-
-    Examples:
-        >>> human_bytes(3 * 2**20)
-        '3.0 MiB'
-    """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
-
-
 def check_memory(nbytes: int, limit: int, what: str, advice: str) -> None:
     """Raise :class:`MemoryLimitError` when ``nbytes`` is over ``limit``, saying what and what to do."""
     if nbytes > limit:
         raise MemoryLimitError(
-            f"{what} needs about {human_bytes(nbytes)}, over the limit of {human_bytes(limit)}; {advice}"
+            f"{what} needs about {size_text(nbytes)}, over the limit of {size_text(limit)}; {advice}"
         )
 
 

@@ -27,6 +27,7 @@ import torch
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import attention_modules, language_model
+from phi3lab.runtime.quantization import weight_of
 
 __all__ = ["verify", "Verification", "Check"]
 
@@ -56,6 +57,11 @@ class Verification:
     dtype: str
     tokens: int
     checks: tuple[Check, ...]
+    quantization: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quantization)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +78,12 @@ class Verification:
         for c in self.checks:
             mark = "ok" if c.ok else "FAIL"
             lines.append(f"{c.name:<{width}}  {c.reference:<{ref}}  {c.max_abs:9.2e}  {c.tolerance:9.0e}  {mark}")
+        if self.quantization:
+            lines.append("quantized weights: what quantization changes, against the same checkpoint unquantized")
+            for name, value in self.quantization:
+                lines.append(
+                    f"  {name:<{width - 2}}  {'unquantized model':<{ref}}  {value:9.2e}  (stated, not a check)"
+                )
         return "\n".join(lines)
 
     __str__ = to_text
@@ -91,6 +103,7 @@ def verify(
     images: Sequence | None = None,
     *,
     tolerance: float | None = None,
+    compare_unquantized: bool = True,
 ) -> Verification:
     """Compare every site the hook core reads with transformers' own outputs on one prompt.
 
@@ -99,6 +112,8 @@ def verify(
         conversation, images: the prompt (a short one is enough).
         tolerance: largest |Δ| allowed against the eager reference (default ``1e-4`` in float32, ``2e-2`` in
             16-bit dtypes); the decompositions and the untouched logits are held to the same.
+        compare_unquantized: on a quantized model, also load the checkpoint unquantized
+            (:meth:`~phi3lab.runtime.lab.Lab.unquantized`) and state how far its logits and residual stream are.
     """
     model = lab.model
     inputs = lab.encode(conversation, images)
@@ -150,7 +165,7 @@ def verify(
             note("resid_pre[l+1] = resid_post[l]", _diff(hooks["resid_pre", layer + 1], post))
         attn_module = modules[layer]
         z = hooks["z", layer]  # [B, T, H, d]
-        weight = attn_module.o_proj.weight.detach().float().cpu()  # [D, H*d]
+        weight = weight_of(attn_module.o_proj).detach().float().cpu()  # [D, H*d], dequantized if quantized
         heads = z.shape[2]
         per_head = torch.stack([z[:, :, h] @ weight[:, h * z.shape[3] : (h + 1) * z.shape[3]].T for h in range(heads)])
         note("Σ_heads z W_O = attn_out", _diff(per_head.sum(0), attn))
@@ -164,13 +179,33 @@ def verify(
     }
     for name, value in worst.items():
         checks.append(Check(name, references.get(name, "(identity)"), value, tolerance))
+    quantization = ()
+    quantized = getattr(lab, "quantized_modules", None)
+    if compare_unquantized and quantized is not None and quantized():
+        quantization = _against_unquantized(lab, inputs, hooks, n_layers)
     return Verification(
         model=getattr(lab.spec, "name", type(model).__name__),
         kernel=kernel,
         dtype=str(dtype).removeprefix("torch."),
         tokens=inputs.num_tokens,
         checks=tuple(checks),
+        quantization=quantization,
     )
+
+
+def _against_unquantized(lab, inputs, hooks: Hooks, n_layers: int) -> tuple[tuple[str, float], ...]:
+    """Max |Δ| of the logits and of each layer's resid_post between the quantized model and the same
+    checkpoint loaded unquantized."""
+    full = lab.unquantized()
+    reads = Hooks(full.model).read("resid_post", "all").read("logits")
+    with torch.inference_mode(), reads:
+        full.model(**inputs.to(next(full.model.parameters()).device), use_cache=False)
+    out = [("logits", _diff(hooks["logits"], reads["logits"]))]
+    out += [
+        (f"resid_post {layer}", _diff(hooks["resid_post", layer], reads["resid_post", layer]))
+        for layer in range(n_layers)
+    ]
+    return tuple(out)
 
 
 def _eager_reference(model, inputs):
