@@ -281,7 +281,7 @@ def test_picture_views(vision, star):
     )
     assert "data:image/png;base64," in attr.to_html()
     fig, axes = attr.plot()
-    assert len(axes) == 2 and axes[1].images[1].get_array().shape == (star.image.height, star.image.width)
+    assert len(axes) == 2 and axes[1].images[1].get_array().shape[:2] == (star.image.height, star.image.width)
     for draw in (plotting.attribution_heatmap, plotting.attribution_text):
         f, ax = draw(attr)
         assert f is ax.figure

@@ -159,7 +159,8 @@ def test_image_heat_uses_the_layout_of_the_inputs(vision, picture):
     result, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=4, positions="last")
     heat = cache.image_heat(0)
     span = cache.inputs.image(0)
-    manual = image_heat(cache.mean_attention(), span.start, *picture.size, vision.num_crops)
+    sinks = cache.sinks(0).indices  # masked by default
+    manual = image_heat(cache.mean_attention(), span.start, *picture.size, vision.num_crops, sinks)
     assert (heat.crops == manual.crops).all() and (heat.global_view == manual.global_view).all()
     assert 0 < heat.total <= 1 and heat.to_text().startswith(f"image {picture.width}×{picture.height}")
     shares = cache.head_shares("image")

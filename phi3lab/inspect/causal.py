@@ -174,6 +174,7 @@ def causal_map(
     answer=None,
     max_new_tokens: int = 16,
     batch_size: int = 16,
+    num_crops: int | None = None,
 ) -> CausalMap:
     """Remove each region of picture ``image`` in turn and measure the drop in the answer's log-probability.
 
@@ -188,6 +189,7 @@ def causal_map(
         answer: the answer to score (text or token ids); default the model's own greedy answer.
         max_new_tokens: the longest answer generated when ``answer`` is not given.
         batch_size: regions removed per forward.
+        num_crops: the crop budget (default the processor's).
     """
     if baseline not in BASELINES:
         raise ValueError(f"baseline={baseline!r} is not a choice; use one of {', '.join(map(repr, BASELINES))}")
@@ -197,7 +199,7 @@ def causal_map(
         raise ValueError(f"{lab.spec.name} is a text model; causal image maps need a vision model")
     batch_size = check_int("batch_size", batch_size, minimum=1)
     blur_radius = check_float("blur_radius", blur_radius, above=0)
-    inputs = lab.encode(conversation, images)
+    inputs = lab.encode(conversation, images, num_crops=num_crops)
     span = inputs.image(image)
     regions = image_regions(span.width, span.height, span.num_crops, region_size)
     target = _answer_ids(lab, inputs, answer, max_new_tokens)
