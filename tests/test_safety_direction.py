@@ -99,7 +99,7 @@ def test_evaluate_direction_generates_with_and_without(tiny, direction):
     assert effect.harmless_refusal_added >= 0.5
     assert all(not a.startswith("I'm sorry") for _, a in effect.examples["harmful ablated"])
     assert 0 <= effect.kl_harmless_text < 0.1 and "KL" in effect.to_text()
-    for condition, shares in effect.verdicts.items():  # three kinds, each condition's shares summing to 1
+    for shares in effect.verdicts.values():  # three kinds, each condition's shares summing to 1
         assert set(shares) == {"declined", "off-topic", "complied"} and sum(shares.values()) == pytest.approx(1)
     assert effect.verdicts["harmful"]["declined"] == effect.harmful_refusal == 1
     assert effect.verdicts["harmful ablated"]["declined"] == effect.harmful_refusal_ablated < 1
