@@ -578,7 +578,11 @@ def _redirects(phrase: str, sentence: str, suggesting: bool) -> bool:
     if suggesting and PIVOT_OPEN.fullmatch(phrase):
         return False
     if phrase.lower() in ("instead", "rather than"):
-        return bool(re.search(r"^\W*instead\b|\b(?:i|you|we|let's|let us|your|i'd|i'll)\b", sentence, re.I))
+        first = re.match(r"\W*([a-z']+)", sentence.lower())
+        addressed = bool(first and first.group(1) in IMPERATIVES)  # "Consider a chemistry course instead."
+        return addressed or bool(
+            re.search(r"^\W*instead\b|\b(?:i|you|we|let's|let us|your|i'd|i'll)\b", sentence, re.I)
+        )
     return True
 
 
