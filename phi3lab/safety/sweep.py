@@ -143,6 +143,15 @@ def sweep(
     Returns:
         :class:`~phi3lab.safety.results.Results` of the whole file.
     """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise TypeError(
+            f"out must be the path of the results file (e.g. out='results.jsonl'), got {type(out).__name__} {out!r:.40}"
+        )
+    for name, value in (("benign_transforms", benign_transforms), ("progress", progress), ("first_token", first_token)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.40}")
+    if not callable(detector):
+        raise TypeError(f"detector must be a function detector(response, request), got {type(detector).__name__}")
     target = _as_target(target, **target_settings)
     chosen = resolve(probes)
     chosen_transforms = resolve_transforms(transforms)
