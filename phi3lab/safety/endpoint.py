@@ -584,12 +584,25 @@ class Endpoint:
             return reply.status, raw, dict(reply.headers)
 
     def close(self) -> None:
-        """Close the kept-alive connections (they are also closed when the endpoint is garbage-collected)."""
+        """Close the kept-alive connections (also done when the endpoint is garbage-collected, or at the end
+        of a ``with Endpoint(...) as target:`` block)."""
         with self._lock:
             idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
                 conn.close()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  interpreter shutdown: nothing left to close with
+            pass
 
     def _parse(self, url: str, status: int, raw: bytes) -> str:
         shown = self._clean(raw[:200].decode("utf-8", "replace"))
