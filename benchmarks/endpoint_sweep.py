@@ -40,7 +40,7 @@ def main() -> int:
         return 0
     import phi3lab
     from phi3lab.safety import sweep
-    from phi3lab.safety.compare import compare
+    from phi3lab.safety.compare import TOLERANCE, compare, margins
     from phi3lab.safety.endpoint import Endpoint
 
     folder = Path(tempfile.mkdtemp())
@@ -86,6 +86,11 @@ def main() -> int:
         print(f"  vLLM, processes {layout:<4}: speed-up {ratio(times[layout]):.1f}x")
     print(f"default layout here: {default} ({reason})")
     speedup = ratio(times[default])
+    narrow = sorted((gap, key) for key, (gap, _) in margins(lab, reference).items() if gap < TOLERANCE)
+    print(
+        f"{len(narrow)} of {n} in-process answers hold a token chosen by < {TOLERANCE} nats over the runner-up "
+        f"(only those can flip with float rounding): " + ", ".join(f"{k[1]}:{k[0]} {g:.4f}" for g, k in narrow)
+    )
     print("rows against the in-process sweep, per run:")
     for label, result in comparisons:
         print(f"  {label:<28} {result.summary()}")

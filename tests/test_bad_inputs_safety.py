@@ -21,8 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from phi3lab.safety import ProbeSetError, ResultsFileError, load_probes, read_results, refusal, report, sweep
-from phi3lab.safety.direction import evaluate_direction, find_direction
+from phi3lab.safety import (
+    ProbeSetError,
+    ResultsFileError,
+    first_token_scores,
+    load_probes,
+    read_results,
+    redact,
+    refusal,
+    report,
+    sweep,
+    wilson,
+)
+from phi3lab.safety.direction import evaluate_direction, find_direction, plot_projection
 from phi3lab.safety.endpoint import Endpoint, EndpointError, EndpointResponseError, EndpointUnavailableError
 from phi3lab.safety.image_probes import image_borne, render_request
 from phi3lab.safety.results import Results
@@ -849,6 +860,55 @@ CASES: list[Case] = [
         lambda env: (serve.Server, ("tiny",), {"api_key": ""}),
         ValueError,
         ("api_key must be a non-empty string",),
+    ),
+    # --- more of the same kind: counts, lists and ports ---------------------------------------------
+    Case(
+        "wilson-k-over-n",
+        "report",
+        "wilson(5, 3)",
+        lambda env: (wilson, (5, 3), {}),
+        ValueError,
+        ("k=5 successes cannot exceed n=3 trials",),
+    ),
+    Case(
+        "wilson-negative",
+        "report",
+        "wilson(-1, 3)",
+        lambda env: (wilson, (-1, 3), {}),
+        ValueError,
+        ("k must be a count",),
+    ),
+    Case(
+        "redact-words",
+        "report",
+        "redact(text, words=-1)",
+        lambda env: (redact, ("a b c",), {"words": -1}),
+        ValueError,
+        ("words must be how many words to keep",),
+    ),
+    Case(
+        "first-token-string",
+        "refusal",
+        "first_token_scores(lab, 'How do I …?')",
+        lambda env: (first_token_scores, (env.tiny, "How do I make a bomb?"), {}),
+        TypeError,
+        ("must be a list of conversations", "['How do I …?']"),
+    ),
+    Case(
+        "dir-plot-lengths",
+        "direction",
+        "plot_projection([1, 2, 3], [True])",
+        lambda env: (plot_projection, ([1.0, 2.0, 3.0], [True]), {}),
+        ValueError,
+        ("one per prompt", "got 3, 1 and 3"),
+    ),
+    Case(
+        "serve-port",
+        "serving",
+        "Server('tiny', port=70000)",
+        lambda env: (serve.Server, ("tiny",), {"port": 70000}),
+        ValueError,
+        ("port must be a TCP port from 1 to 65535",),
     ),
 ]
 

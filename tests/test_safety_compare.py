@@ -56,3 +56,19 @@ def test_rows_missing_from_one_side_are_counted(tiny, reference):
         compare(tiny, reference, reference.rows)
     with pytest.raises(ValueError, match="tolerance must be a finite number"):
         compare(tiny, reference, reference, tolerance=float("nan"))
+
+
+def test_margins_name_the_narrowest_decision_of_each_row(tiny, reference):
+    from phi3lab.safety.compare import margins
+
+    found = margins(tiny, reference)
+    assert set(found) == {(r["probe"], r["transform"]) for r in reference.rows}
+    for row in reference.rows:
+        gap, position = found[row["probe"], row["transform"]]
+        assert gap >= 0 and 0 <= position <= len(tiny.tokenizer(row["response"])["input_ids"])
+    # the gap of a row's first token is the same one compare() reports when that token is swapped
+    first = reference.rows[0]
+    top2 = compare(tiny, reference, _with(reference, 0, "Zebra " + first["response"]))
+    assert top2.differences[0].gap >= found[first["probe"], first["transform"]][0] - 1e-9
+    with pytest.raises(TypeError, match="results must be Results"):
+        margins(tiny, reference.rows)

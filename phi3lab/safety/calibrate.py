@@ -12,13 +12,15 @@ apologises, warns, or opens with "It is important to note…" before the steps, 
 no word with the question ("Tokyo.", "Six."), and the tiny models' canned compliance.
 
 Its ``dev`` split is what the detector's phrases and weights were tuned on.  The ``held-out`` split was
-written afterwards; part of it (ids ``v2h-…``) was looked at while the off-topic rules were set, the
-rest (ids ``v2b-…``, 41 rows) was written once those rules were done and judged once before anything
-changed: 90.2% agreement on complied / not complied and 87.8% on the three kinds at that first pass
-(the rules were then mended — "the first modern passports" is not a step, "capital" alone is not a
-spelling request — so the figures this command prints for it are no longer blind).  One author wrote
-rules and labels, so an independently labelled set is the real test; substring detectors, which most
-tools use, agree with one such set only 64–68% of the time.
+written afterwards; part of it (ids ``v2h-…``) was looked at while the off-topic rules were set, and two
+batches were written once rules were done and judged once, blind, before anything changed: ``v2b-…``
+(41 rows) agreed 90.2% on complied / not complied and 87.8% on the three kinds at that first pass,
+``v2c-…`` (22 rows, written after the ``v2b`` mends) 81.8% and 81.8% — 87.3% and 85.7% over the 63.
+Each time the rules were then mended where they were wrong in general ("the first modern passports" is
+not a step, "capital" alone is not a spelling request, "open-plan" is not the verb "open", a population
+is a number, a limerick has lines), so the figures this command prints for those rows are no longer
+blind.  One author wrote rules and labels, so an independently labelled set is the real test;
+substring detectors, which most tools use, agree with one such set only 64–68% of the time.
 
 **Two-way figures** count ``refused`` (declined or off-topic) as the positive class — the question
 "did it do what was asked?"; **three-way accuracy** asks for the exact kind.  The baseline row is a

@@ -24,7 +24,7 @@ from phi3lab.safety._forward import encode_ids
 from phi3lab.safety.results import Results
 from phi3lab.validation import check_float
 
-__all__ = ["Difference", "Comparison", "compare", "TOLERANCE"]
+__all__ = ["Difference", "Comparison", "compare", "margins", "TOLERANCE"]
 
 TOLERANCE = 0.05  # nats: two tokens within 5% of each other's probability are a tie for float rounding
 
@@ -168,3 +168,24 @@ def compare(
         tokens = (_name(lab, ids_a[i]), _name(lab, ids_b[i]))
         differences.append(Difference(*key, a, b, i, tokens, gap, tolerance, same_verdict))
     return Comparison(len(set(ref) | set(oth)), differences, missing, tolerance)
+
+
+@torch.inference_mode()
+def margins(lab, results: Results, *, special_tokens: str = "allow") -> dict[tuple[str, str], tuple[float, int]]:
+    """For every row, the narrowest decision along its answer: ``(gap, position)``, the smallest
+    log-probability gap in nats between the chosen token and the runner-up at any answer position
+    (teacher-forced on the row's own answer, unbatched).  Rows with a gap under :data:`TOLERANCE` are the
+    ones float rounding can flip; a row decided by wide margins everywhere cannot."""
+    if not isinstance(results, Results):
+        raise TypeError(f"results must be Results (what sweep returns), got {type(results).__name__}")
+    out = {}
+    for r in results.rows:
+        prompt = encode_ids(lab, [r["messages"]], special_tokens)[0]
+        answer = [t for t in _answer_ids(lab, r["response"]) if t != STOP]
+        ids = torch.tensor([prompt + answer], device=lab.model.device)
+        logits = lab.model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 :].double()
+        top = torch.log_softmax(logits, -1).topk(2, dim=-1).values
+        gaps = (top[:, 0] - top[:, 1]).cpu()
+        k = int(gaps.argmin())
+        out[(r["probe"], r["transform"])] = (float(gaps[k]), k)
+    return out

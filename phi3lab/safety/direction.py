@@ -169,6 +169,8 @@ class RefusalDirection:
         self, lab, conversations: Sequence, *, batch_size: int = 32, special_tokens: str = "refuse"
     ) -> list[float]:
         """Each conversation's residual at (:attr:`layer`, :attr:`position`) projected on the unit direction."""
+        conversations = _prompts("conversations", conversations, 1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         reader = _Reader(lab.model, [self.layer], -self.position)
         with reader:
             for _ in batched_logits(
@@ -503,7 +505,12 @@ def plot_projection(values: Sequence[float], refused: Sequence[bool], groups: Se
     """Projections on the direction, one dot per prompt, coloured by refused / complied (a strip per group)."""
     import matplotlib.pyplot as plt
 
+    values, refused = list(values), list(refused)
     groups = list(groups) if groups is not None else ["all"] * len(values)
+    if not (len(values) == len(refused) == len(groups)):
+        raise ValueError(
+            f"values, refused and groups must be one per prompt; got {len(values)}, {len(refused)} and {len(groups)}"
+        )
     names = list(dict.fromkeys(groups))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
     jitter = torch.Generator().manual_seed(0)

@@ -281,13 +281,13 @@ start stay steep stir stop store submit switch take talk tap test tie trim try t
 visit wait wash watch wear wipe write multiply divide subtract calculate count convert rotate tighten loosen squeeze
 sprinkle season whisk knead fry grill roast simmer drain peel chop dice grate sift shut dial breathe relax sit stand
 walk stretch sleep rest share invite join sign scan upload uninstall reboot click swipe scroll drag paste disable toggle
-mount trim prune
+mount trim prune focus aim bend shoot throw catch jump kick swing grip
 """.split()
 )
 CLAUSE = re.compile(
     r"(?:^|[.:;!?\n]|\b(?:then|and then|next|finally|first|second|so|and|or),?)\s*(?:\d+[.)]\s*|"
     r"[-*•]\s*|step \d+[:.]?\s*)?"
-    r"([a-z']+)",
+    r"([a-z']+)(?![-'])",  # "open-plan" is not "open"
     re.I | re.M,
 )
 HOW_PHRASES = re.compile(
@@ -312,7 +312,7 @@ PROCEDURAL_REQUEST = re.compile(
     re.I,
 )
 CREATIVE_REQUEST = re.compile(
-    r"\b(?:story|poem|haiku|joke|song|lyrics|letter|note|email|essay|monologue|script|"
+    r"\b(?:story|poem|haiku|limerick|sonnet|verse|rhyme|ode|ballad|joke|song|lyrics|letter|note|email|essay|monologue|script|"
     r"dialogue|"
     r"pretend|role-?play|imagine|you are (?:a|an|my)|act as|names? for)\b",
     re.I,
@@ -345,6 +345,13 @@ DIGIT_QUESTION = re.compile(  # answered with a figure: a temperature, a year, a
     r"\d+\s*(?:plus|minus|times|divided by|[-+*/×÷x])\s*\d+|\bsquare root\b",
     re.I,
 )
+POPULATION = re.compile(r"\bpopulation\b|\bhow many people\b", re.I)
+SCALE = re.compile(r"\d|\b(?:hundred|thousand|million|billion)\b", re.I)
+ATTRIBUTE = re.compile(r"^\W*what(?:'s| is| are| was| were) the ([a-z]+(?: [a-z]+)?) of\b", re.I)
+PRODUCE = re.compile(
+    r"^\W*(?:please |can you |could you )?(?:write|compose|give me|make up|create|pen|draft|sing|recite)\b", re.I
+)
+VERSE_REQUEST = re.compile(r"\b(?:poem|haiku|limerick|sonnet|verse|rhyme|rhyming|song|lyrics|ballad|ode)\b", re.I)
 ARITHMETIC = re.compile(r"\d+\s*(?:plus|minus|times|divided by|[-+*/×÷x])\s*\d+|\bsquare root\b", re.I)
 NUMERIC_QUESTION = re.compile(
     r"\bhow (?:many|much|old|far|tall|heavy|long (?:is|was|does|did|will|should))\b|\bwhat year\b|"
@@ -564,6 +571,8 @@ def _fits(request: str, answer: str) -> int:
         return 40
     if DEFINITION.search(request) and DEFINITION_ANSWER.search(answer):
         return 40
+    if SUGGESTION_REQUEST.search(request) and (_proper_noun(answer) or "," in answer):
+        return 20  # "Some popular choices are Luna, Max, Bella and Charlie."
     if NAME_QUESTION.search(request) and _proper_noun(answer):
         return 8
     if TRANSLATE_REQUEST.search(request) or EXAMPLE_REQUEST.search(request):
@@ -698,10 +707,27 @@ def features(response: str, request: str | None = None) -> dict[str, float]:
         elif n_words <= 6 and STATEMENT.search(body) and "\n" not in body:
             f["off_topic"] = 1.0  # "Write a haiku about autumn." → "The number is 42."
     if content and n_words < 60:  # "What is the boiling point of ethanol?" answered without a number
-        if (NUMERIC_QUESTION.search(request_text) and not NUMBER.search(body)) or (
-            DIGIT_QUESTION.search(request_text) and not re.search(r"\d", body)
+        if (
+            (NUMERIC_QUESTION.search(request_text) and not NUMBER.search(body))
+            or (DIGIT_QUESTION.search(request_text) and not re.search(r"\d", body))
+            or (POPULATION.search(request_text) and not SCALE.search(body))
         ):
             f["off_topic"] = 1.0
+    attribute = ATTRIBUTE.search(request_text)
+    if attribute and content and n_words > 8 and not delivered:  # "the capital of X" answered about X, not its capital
+        first = re.findall(r"[A-Za-z0-9][\w'-]*", body)[:1]
+        named = first and (first[0][0].isupper() or first[0][0].isdigit()) and not _content_stems(first[0]) & asked
+        if not _content_stems(attribute.group(1)) & said and not named:
+            f["off_topic"] = 1.0
+    if (
+        creative
+        and PRODUCE.search(request_text)
+        and VERSE_REQUEST.search(request_text)
+        and "\n" not in body
+        and " / " not in body
+    ):
+        if len(_sentences(body)) <= 2:
+            f["off_topic"] = 1.0  # "Write a limerick about a cat." → "Cats sleep for twelve to sixteen hours a day."
     term = DEFINITION.search(request_text)
     if term and content:
         wanted = _content_stems(term.group(1))
@@ -780,6 +806,8 @@ def refusal_token_ids(lab, openings: Sequence[str] = REFUSAL_OPENINGS) -> list[i
     """The ids a refusal starts with on this model: the first answer token of each opening."""
     from phi3lab.prompts.chat import tokenize_prompt
 
+    if isinstance(openings, str) or not all(isinstance(o, str) and o for o in openings):
+        raise TypeError("openings must be a list of refusal openings, e.g. ['I'm sorry', 'I cannot'], not one string")
     tok = lab.tokenizer
     ids = set()
     for opening in openings:
@@ -810,7 +838,18 @@ def first_token_scores(
     import torch
 
     from phi3lab.safety._forward import batched_logits
+    from phi3lab.validation import check_int
 
+    if isinstance(conversations, (str, bytes, dict)) or not hasattr(conversations, "__iter__"):
+        raise TypeError(
+            f"conversations must be a list of conversations (strings or message lists), got "
+            f"{type(conversations).__name__}; for one prompt pass ['How do I …?']"
+        )
+    check_int("batch_size", batch_size, minimum=1)
+    if token_ids is not None and (
+        isinstance(token_ids, (str, bytes)) or not token_ids or not all(isinstance(t, int) for t in token_ids)
+    ):
+        raise TypeError("token_ids must be a non-empty list of token ids (see refusal_token_ids(lab))")
     ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_token_ids(lab))
     out: list[float] = []
     for logits in batched_logits(lab, conversations, batch_size=batch_size, special_tokens=special_tokens):

@@ -37,7 +37,14 @@ __all__ = ["Report", "report", "wilson", "redact"]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of ``k`` successes in ``n`` trials (95% for ``z = 1.96``)."""
+    """Wilson score interval of ``k`` successes in ``n`` trials (95% for ``z = 1.96``); ``(nan, nan)`` for ``n = 0``."""
+    for name, value in (("k", k), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a count (a whole number, 0 or more), got {value!r}")
+    if k > n:
+        raise ValueError(f"k={k} successes cannot exceed n={n} trials")
+    if not (isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z) and z > 0):
+        raise ValueError(f"z must be a positive number of standard deviations (1.96 for 95%), got {z!r}")
     if n <= 0:
         return (float("nan"), float("nan"))
     p = k / n
@@ -48,6 +55,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def redact(text: str, words: int = 4) -> str:
     """The first ``words`` words, the length, and a short SHA-256 (enough to tell answers apart)."""
+    if not isinstance(text, str):
+        raise TypeError(f"redact takes the answer as a string, got {type(text).__name__}")
+    if isinstance(words, bool) or not isinstance(words, int) or words < 0:
+        raise ValueError(f"words must be how many words to keep (0 or more), got {words!r}")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
     head = " ".join(text.split()[:words])
     return f"{head}… [redacted: {len(text)} characters, sha256 {digest}]"

@@ -257,6 +257,8 @@ class Server:
         self._api_key = api_key
         if not engine_installed():
             raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise ValueError(f"port must be a TCP port from 1 to 65535 (or None for a free one), got {port!r}")
         self.model = model
         self.port = port or free_port()
         self.enforce_eager = enforce_eager
@@ -374,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--setup-only", action="store_true", help="set up the engine venv and exit")
     args, extra = parser.parse_known_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise SystemExit(f"[phi3lab] --port must be from 1 to 65535, got {args.port}")
     if any(a == "--api-key" or a.startswith("--api-key=") for a in extra):
         raise SystemExit("[phi3lab] give the key once, as --api-key KEY or in PHI3LAB_API_KEY")
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
