@@ -75,7 +75,7 @@ def main() -> int:
                     comparisons.append((f"{layout}, {in_flight} in flight, run {k + 1}", compare(lab, reference, got)))
     n = len(reference.rows)
     print(f"default sweep, {n} conversations, greedy, ≤ 64 new tokens; median of {REPEATS}")
-    print(f"  in-process (LabTarget, batch 16)               {in_process:6.2f} s")
+    print(f"  in-process (LabTarget, batch 64)               {in_process:6.2f} s")
     for layout in layouts:
         for in_flight, values in times[layout].items():
             median = statistics.median(values)
