@@ -272,7 +272,7 @@ class _Deadline:
             return self.expired
 
 
-class _Failure(Exception):
+class _Failure(Phi3LabError, ConnectionError):
     """One try that failed in a way worth retrying: ``kind`` is unreachable, timed out or broke off."""
 
     def __init__(self, kind: str, detail: str):
@@ -280,7 +280,7 @@ class _Failure(Exception):
         self.kind, self.detail = kind, detail
 
 
-class _TooLarge(Exception):
+class _TooLarge(Phi3LabError, ValueError):
     pass
 
 
