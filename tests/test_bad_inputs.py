@@ -1532,6 +1532,14 @@ def test_embedded_model_damage_says_how_to_restore(monkeypatch, env):
 # --- the table ---------------------------------------------------------------------------------
 
 
+def _more_batteries() -> list:
+    """The other battery modules (``tests/test_bad_inputs_*.py``), each with ``SECTION``, ``SOURCE``, ``LIMIT_S``
+    and ``CASES``, whose cases get a table of their own below this module's."""
+    import importlib
+
+    return [importlib.import_module(path.stem) for path in sorted(Path(__file__).parent.glob("test_bad_inputs_*.py"))]
+
+
 def render_table() -> str:
     lines = [
         "# Bad and odd inputs",
@@ -1567,6 +1575,20 @@ def render_table() -> str:
         "one line and exit 2 (`tests/test_widgets.py`).",
         "",
     ]
+    for module in _more_batteries():
+        lines += [
+            f"## {module.SECTION}",
+            "",
+            f"Every row is a test in `{module.SOURCE}` (`CASES`), within {module.LIMIT_S} s: the error named, a message",
+            "with every fragment listed and no API key in it, and every file given as `out=` left byte for byte.",
+            "",
+            "| id | area | input | error | the message says |",
+            "|---|---|---|---|---|",
+        ]
+        for c in module.CASES:
+            says = "; ".join(f"`{cell(s)}`" for s in c.says)
+            lines.append(f"| {c.id} | {c.area} | `{cell(c.shown)}` | {c.error.__name__} | {says} |")
+        lines += ["", *getattr(module, "ALSO", ()), ""] if getattr(module, "ALSO", ()) else [""]
     return "\n".join(lines)
 
 
@@ -1576,4 +1598,5 @@ def test_the_table_lists_every_case():
 
 if __name__ == "__main__":
     TABLE.write_text(render_table())
-    print(f"wrote {TABLE} ({len(CASES) + len(CLI_CASES)} cases)")
+    more = sum(len(m.CASES) for m in _more_batteries())
+    print(f"wrote {TABLE} ({len(CASES) + len(CLI_CASES) + more} cases)")

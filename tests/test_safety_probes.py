@@ -152,3 +152,29 @@ def test_resolve_transforms():
         resolve_transforms(["jailbreak"])
     with pytest.raises(TransformError, match="repeated"):
         resolve_transforms(["story", "story"])
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda text: text[: len(text) // 2], "is damaged (not JSON"),
+        (lambda text: "[]", "no 'files' and 'sets' tables"),
+        (lambda text: text.replace('"file": "tiny_safety.jsonl"', '"file": "gone.jsonl"', 1), "names no listed file"),
+    ],
+    ids=["torn", "not-a-table", "unlisted-file"],
+)
+def test_a_damaged_manifest_is_named_with_the_fix(tmp_path, monkeypatch, damage, says):
+    import shutil
+
+    from phi3lab.paths import data_dir
+    from phi3lab.safety.probes import ProbeSetError, load_probes, probe_sets
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir() / "probes", copy / "probes")
+    manifest = copy / "probes" / "manifest.json"
+    manifest.write_text(damage(manifest.read_text()))
+    monkeypatch.setenv("PHI3LAB_DATA", str(copy))
+    for call in (lambda: load_probes("tiny"), probe_sets):
+        with pytest.raises(ProbeSetError) as info:
+            call()
+        assert says in str(info.value) and "git checkout -- data/probes/manifest.json" in str(info.value)

@@ -182,6 +182,65 @@ def test_malformed_and_duplicated_lines_are_reported_and_skipped(stub, tmp_path)
         read_results(tmp_path / "missing.jsonl")
 
 
+NOT_RESULTS = {
+    "notes": (b"my notes\nline two, no final newline", "is not a phi3lab results file (line 1: malformed"),
+    "one-line-notes": (b"just one line", "is not a phi3lab results file (line 1: malformed"),
+    "utf-16": ("notes in UTF-16\n".encode("utf-16"), "line 1: not UTF-8 text"),
+    "json-arrays": (b'[1, 2, 3]\n["a", "b"]\n', "line 1: malformed (a JSON list, not an object)"),
+    "json-objects": (b'{"name": "x"}\n{"name": "y"}', "line 1: malformed (missing key"),
+    "csv": (b"key,probe,refused\nk1,p1,true\n", "is not a phi3lab results file"),
+    "binary": (bytes(range(256)) * 4, "is not a phi3lab results file"),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_RESULTS))
+def test_a_file_that_is_not_results_is_refused_and_left_as_it_is(stub, tmp_path, name):
+    content, says = NOT_RESULTS[name]
+    out = tmp_path / "notes.txt"
+    out.write_bytes(content)
+    with pytest.raises(ResultsFileError) as info:
+        sweep(stub(), "tiny", [], out=out, progress=False)
+    assert says in str(info.value) and "left as it is" in str(info.value) and "another out= path" in str(info.value)
+    assert out.read_bytes() == content  # not truncated, nothing appended
+    with pytest.raises(ResultsFileError, match="not a phi3lab results file"):
+        read_results(out)
+
+
+def test_a_results_file_with_a_foreign_line_is_not_appended_to(stub, tmp_path):
+    out = tmp_path / "r.jsonl"
+    sweep(stub(), "tiny", [], out=out, progress=False)
+    lines = out.read_text().splitlines(keepends=True)
+    damaged = "".join(lines[:30]) + "a note I typed here\n" + "".join(lines[30:40])
+    out.write_text(damaged)
+    with pytest.raises(
+        ResultsFileError, match=r"has lines that are not results rows \(line 31: malformed.*remove those"
+    ):
+        sweep(stub(), "tiny", [], out=out, progress=False)
+    assert out.read_text() == damaged
+    with pytest.warns(ResultsFileWarning, match="line 31"):
+        assert len(read_results(out)) == 40  # the good rows still read
+
+
+def test_a_folder_or_an_unwritable_path_is_named(stub, tmp_path):
+    with pytest.raises(ResultsFileError, match="is a folder; pass a file path such as"):
+        sweep(stub(), "tiny", [], out=tmp_path, progress=False)
+    with pytest.raises(ResultsFileError, match="is a folder"):
+        read_results(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ResultsFileError, match="cannot write the results file"):
+        sweep(stub(), "tiny", [], out=blocker / "r.jsonl", progress=False)
+
+
+def test_a_torn_first_row_is_still_cut_and_resumed(stub, tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_bytes(b'{"key": "abc", "probe": "tiny/wea')  # killed while writing the very first row
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsFileWarning)
+        results = sweep(stub(), "tiny", [], out=out, progress=False)
+    assert len(results) == 60 and len(_lines(out)) == 60
+
+
 def test_a_file_of_another_model_or_settings_is_refused(stub, tiny, tmp_path):
     out = tmp_path / "r.jsonl"
     sweep(stub(), "tiny", [], out=out, progress=False)
@@ -251,7 +310,9 @@ def test_cli_probe_runs_resumes_and_reports(tmp_path, capsys):
     first = capsys.readouterr().out
     assert "Attack success" in first and "story" in first and "redacted" in first
     assert cli_main(args) == 0 and len(_lines(out)) == 80  # resumed: nothing added
-    assert cli_main(["probe", "--report", str(out)]) == 0 and "2×2" in capsys.readouterr().out
+    assert (
+        cli_main(["probe", "--report", str(out)]) == 0 and "declined / off-topic / complied" in capsys.readouterr().out
+    )
     assert cli_main(["probe", "--list"]) == 0 and "forged-turn" in capsys.readouterr().out
 
 

@@ -59,7 +59,9 @@ def _free_port() -> int:
 def test_lab_serves_the_notebooks():
     port = _free_port()
     env = dict(os.environ, PHI3LAB_PORT=str(port))
-    proc = subprocess.Popen(
+    from phi3lab.serving.guard import spawn, stop_group
+
+    proc = spawn(  # in a session of its own, watched: it dies with this test run even under SIGKILL
         [sys.executable, str(ROOT / "tasks.py"), "lab"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -91,5 +93,5 @@ def test_lab_serves_the_notebooks():
         assert names, f"the lab server did not answer: {error}"
         assert {"00_quickstart.ipynb", "01_chat_templates.ipynb", "02_vision_analysis.ipynb"} <= names
     finally:
-        proc.terminate()
+        stop_group(proc.pid, grace=30)
         proc.wait(timeout=30)

@@ -6,15 +6,17 @@ and the refusal direction.
 
     lab = phi3lab.load("tiny")
     results = safety.sweep(lab, out="results.jsonl")      # default probes and transforms; resumes
-    report = safety.report(results)                        # 2×2 tables, rates, attack success
+    report = safety.report(results)                        # declined / off-topic / complied, rates, attack success
     print(report.to_text())
-    safety.refusal("I'm sorry, but I can't help with that.")   # Verdict(refused=True, ...)
+    safety.refusal("I'm sorry, but I can't help with that.")   # Verdict(label='declined', ...)
 
 The parts are small and separate: :mod:`~phi3lab.safety.probes` (sets with a manifest),
-:mod:`~phi3lab.safety.transforms`, :mod:`~phi3lab.safety.refusal` (the detector, calibrated by
-``python -m phi3lab.safety.calibrate``), :mod:`~phi3lab.safety.targets` (what a sweep talks to),
+:mod:`~phi3lab.safety.transforms`, :mod:`~phi3lab.safety.refusal` (the three-way detector, calibrated
+by ``python -m phi3lab.safety.calibrate``), :mod:`~phi3lab.safety.targets` (what a sweep talks to),
 :mod:`~phi3lab.safety.sweep` and :mod:`~phi3lab.safety.results` (durable, resumable JSONL),
-:mod:`~phi3lab.safety.report`, and :mod:`~phi3lab.safety.direction` (Arditi et al. 2024).
+:mod:`~phi3lab.safety.report`, :mod:`~phi3lab.safety.direction` (Arditi et al. 2024),
+:mod:`~phi3lab.safety.endpoint` (OpenAI-compatible servers), :mod:`~phi3lab.safety.image_probes`, and
+:mod:`~phi3lab.safety.compare` (two sweeps row by row, each difference a near-tie or a disagreement).
 """
 
 from phi3lab.safety.probes import DEFAULT_PROBES, Probe, ProbeSet, ProbeSetError, load_probes, probe_sets

@@ -33,8 +33,12 @@ def add_probe_command(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--transforms", default="all", help="comma-separated transforms, or 'all' (default)")
     p.add_argument("--benign-transforms", action="store_true", help="also wrap benign probes in the transforms")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, help="most tokens per answer (default 64: enough to tell a refusal)"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0 decodes greedily (default); above 0 samples, seeded by --seed"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (used when --temperature > 0)")
     p.add_argument("--batch-size", type=int, default=64, help="most conversations per batch (default 64)")
     p.add_argument("--batch-tokens", type=int, default=4096, help="most padded prompt tokens per batch (default 4096)")
@@ -43,29 +47,56 @@ def add_probe_command(sub) -> argparse.ArgumentParser:
     p.add_argument("--failures", type=int, default=3, help="failures to list in the report (default 3)")
     p.add_argument("--list", action="store_true", help="list the probe sets and transforms, then exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--attn", default="auto")
+    add_hardware_options(p)
     return p
+
+
+def add_hardware_options(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--attn``, with their help, as every command that loads a model takes them."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps; auto (default) picks the fastest here")
+    p.add_argument(
+        "--dtype", default="auto", help="float32, float16 or bfloat16; auto (default) picks what the device runs well"
+    )
+    p.add_argument(
+        "--attn",
+        default="auto",
+        help="attention kernel: eager, sdpa or flash_attention_2; auto (default) picks the fastest that runs here",
+    )
+
+
+def _read(path):
+    """The results file, its skipped lines told as ``phi3lab: warning:`` lines rather than Python warnings."""
+    import warnings
+
+    from phi3lab.safety.results import read_results
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = read_results(path)
+    for w in caught:
+        print(f"phi3lab: warning: {w.message}", file=sys.stderr)
+    return results
 
 
 def _print_report(results, reveal: bool, failures: int) -> None:
     from phi3lab.safety.report import Report
 
+    if failures < 0:
+        raise ValueError(f"--failures must be 0 or more, got {failures}")
     rep = Report(results, reveal=reveal)
     print(rep.to_text())
-    for kind, title in (("harmful", "harmful requests answered"), ("benign", "benign requests refused")):
+    for kind, title in (("harmful", "harmful requests complied with"), ("benign", "benign requests declined")):
         shown = rep.failures(failures, kind=kind)
         if shown:
-            print(f"\n{title} (first {len(shown)}):")
+            print(f"\n{title} (first {len(shown)} distinct answers):")
             for f in shown:
-                print(f"  [{f['transform']}] {f['request'][:70]!r}\n    → {f['response'][:120]!r}")
+                times = f" (×{f['count']})" if f["count"] > 1 else ""
+                print(f"  [{f['transform']}] {f['request'][:70]!r}\n    → {f['response'][:120]!r}{times}")
 
 
 def run_probe(args: argparse.Namespace) -> int:
     """Run the ``probe`` command (see the module docstring); returns the exit status."""
     from phi3lab.safety.probes import probe_sets
-    from phi3lab.safety.results import read_results
     from phi3lab.safety.transforms import TRANSFORMS
 
     if args.list:
@@ -77,7 +108,7 @@ def run_probe(args: argparse.Namespace) -> int:
             print(f"  {name:<20} {t.family}")
         return 0
     if args.report:
-        _print_report(read_results(args.report), args.reveal, args.failures)
+        _print_report(_read(args.report), args.reveal, args.failures)
         return 0
     if not args.out:
         raise ValueError("phi3lab probe needs --out results.jsonl (the file is created, or resumed if it exists)")

@@ -44,7 +44,8 @@ import torch
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.interventions import edit_residual, project_out
 from phi3lab.safety._forward import batched_logits, encode_ids, pad_id, pad_left
-from phi3lab.safety.refusal import first_token_scores, refusal, refusal_token_ids
+from phi3lab.safety.refusal import VERDICTS, first_token_scores, refusal, refusal_token_ids
+from phi3lab.validation import check_float, check_int
 
 __all__ = [
     "Candidate",
@@ -63,6 +64,28 @@ def _conversations(items) -> list:
     for item in items:
         out.append(getattr(item, "prompt", item))
     return out
+
+
+def _prompts(name: str, items, minimum: int) -> list:
+    """``items`` as a list of conversations, refusing what would silently go wrong (a string is not a list)."""
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__") or isinstance(items, dict):
+        raise TypeError(
+            f"{name} must be a list of prompts (strings, Probe objects or message lists), got "
+            f"{type(items).__name__}; e.g. load_probes('tiny-train').select(kind='{'benign' if 'less' in name else 'harmful'}')"
+        )
+    out = _conversations(items)
+    for n, c in enumerate(out):
+        if not isinstance(c, (str, list, tuple)) or (isinstance(c, str) and not c.strip()):
+            raise TypeError(f"{name}[{n}] must be a non-empty prompt string, a Probe or a message list, got {c!r:.60}")
+    if len(out) < minimum:
+        raise ValueError(f"{name} has {len(out)} prompt(s); at least {minimum} are needed (128 of each is usual)")
+    return out
+
+
+def _lab(lab, caller: str):
+    if not (hasattr(lab, "model") and hasattr(lab, "tokenizer") and hasattr(lab, "encode")):
+        raise TypeError(f"{caller} takes a loaded Lab (lab = phi3lab.load('tiny')), got {type(lab).__name__}")
+    return lab
 
 
 def post_instruction_tokens(lab, conversation="Hi") -> list[str]:
@@ -146,6 +169,8 @@ class RefusalDirection:
         self, lab, conversations: Sequence, *, batch_size: int = 32, special_tokens: str = "refuse"
     ) -> list[float]:
         """Each conversation's residual at (:attr:`layer`, :attr:`position`) projected on the unit direction."""
+        conversations = _prompts("conversations", conversations, 1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         reader = _Reader(lab.model, [self.layer], -self.position)
         with reader:
             for _ in batched_logits(
@@ -282,11 +307,27 @@ def find_direction(
         kl_limit: largest mean KL (nats) that ablation may cause at the last position of harmless prompts.
         batch_size: prompts per forward.
     """
+    _lab(lab, "find_direction")
     _check(ablation, ("zero", "mean"), "ablation")
     _check(where, ("all", "last"), "where")
-    harmful, harmless = _conversations(harmful), _conversations(harmless)
-    if len(harmful) < 4 or len(harmless) < 4:
-        raise ValueError("find_direction needs at least 4 harmful and 4 harmless prompts (128 of each is usual)")
+    harmful, harmless = _prompts("harmful", harmful, 4), _prompts("harmless", harmless, 4)
+    if sorted(map(repr, harmful)) == sorted(map(repr, harmless)):
+        raise ValueError(
+            "harmful and harmless are the same prompts, so their mean difference — the direction — is zero; "
+            "pass harmful requests and harmless ones (e.g. load_probes('tiny-train').select(kind='harmful') and "
+            "select(kind='benign'))"
+        )
+    val_fraction = check_float("val_fraction", val_fraction, above=0.0, maximum=0.5)
+    kl_limit = check_float("kl_limit", kl_limit, above=0.0) if kl_limit != float("inf") else kl_limit
+    max_layer_fraction = check_float("max_layer_fraction", max_layer_fraction, above=0.0, maximum=1.0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    n_layers = lab.model.config.num_hidden_layers
+    if int(max_layer_fraction * n_layers) < 1:
+        raise ValueError(
+            f"max_layer_fraction={max_layer_fraction} leaves no layer to take a candidate from: this model has "
+            f"{n_layers} layers, so it must be at least 1/{n_layers} = {1 / n_layers:.3f} (0.8, the default, "
+            "skips the last 20%)"
+        )
     step = max(2, round(1 / val_fraction))
     fit_h = [c for i, c in enumerate(harmful) if i % step]
     fit_b = [c for i, c in enumerate(harmless) if i % step]
@@ -296,7 +337,6 @@ def find_direction(
     ids = encode_ids(lab, harmful[:1] + harmless[:1])
     if ids[0][-k:] != ids[1][-k:]:
         raise ValueError("the prompts do not end in the same post-instruction tokens; pass plain user requests")
-    n_layers = lab.model.config.num_hidden_layers
     layers = list(range(n_layers))
     harmless_means = _means(lab, fit_b, layers, k, batch_size)  # [layers, k, hidden]
     diffs = _means(lab, fit_h, layers, k, batch_size) - harmless_means
@@ -325,6 +365,12 @@ def find_direction(
             eligible = kl < kl_limit and added > baseline["harmless"]
             candidates.append(Candidate(layer, pos, ablated, added, kl, eligible))
     pool = [c for c in candidates if c.eligible] or [c for c in candidates if c.ablated_harmful == c.ablated_harmful]
+    if not pool:
+        raise ValueError(
+            "no candidate direction: the harmful and harmless prompts have the same mean residual at every layer "
+            f"and post-instruction position below layer {limit} (are the two sets the same requests?); pass "
+            "harmful requests and harmless ones that differ"
+        )
     best = min(pool, key=lambda c: c.ablated_harmful)
     return RefusalDirection(
         best.layer,
@@ -339,9 +385,21 @@ def find_direction(
     )
 
 
+CONDITIONS = ("harmful", "harmful ablated", "harmless", "harmless added")
+
+
 @dataclasses.dataclass(frozen=True)
 class DirectionEffect:
-    """Generated behaviour with and without the direction (rates are shares refused by the detector)."""
+    """Generated behaviour with and without the direction, in the detector's three verdicts.
+
+    Attributes:
+        harmful_refusal, harmful_refusal_ablated, harmless_refusal, harmless_refusal_added: the share
+            *declined* (a real refusal) in each condition; an off-topic answer is not a refusal.
+        kl_harmless_text: mean per-token KL that ablation causes on the model's own harmless answers.
+        examples: per condition, ``(request, answer)`` pairs.
+        verdicts: per condition (:data:`CONDITIONS`), the share of each verdict
+            (``{"declined": …, "off-topic": …, "complied": …}``).
+    """
 
     harmful_refusal: float
     harmful_refusal_ablated: float
@@ -349,23 +407,31 @@ class DirectionEffect:
     harmless_refusal_added: float
     kl_harmless_text: float
     examples: dict[str, list[tuple[str, str]]]
+    verdicts: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def to_text(self) -> str:
-        return (
-            f"harmful prompts refused:   {self.harmful_refusal:6.1%} → {self.harmful_refusal_ablated:6.1%} "
-            f"with the direction ablated\n"
-            f"harmless prompts refused:  {self.harmless_refusal:6.1%} → {self.harmless_refusal_added:6.1%} "
-            f"with the direction added\n"
-            f"KL on harmless answers under ablation: {self.kl_harmless_text:.4f} nats per token"
-        )
+        rows = [
+            ("harmful, as trained", "harmful"),
+            ("harmful, direction ablated", "harmful ablated"),
+            ("harmless, as trained", "harmless"),
+            ("harmless, direction added", "harmless added"),
+        ]
+        lines = [f"{'':<28}" + "".join(f"{v:>11}" for v in VERDICTS)]
+        for label, key in rows:
+            shares = self.verdicts.get(key) or {}
+            lines.append(f"{label:<28}" + "".join(f"{shares.get(v, float('nan')):>11.1%}" for v in VERDICTS))
+        lines.append(f"KL on harmless answers under ablation: {self.kl_harmless_text:.4f} nats per token")
+        return "\n".join(lines)
 
     __str__ = to_text
 
 
-def _refused(lab, convs, max_new_tokens) -> tuple[float, list[tuple[str, str]]]:
+def _refused(lab, convs, max_new_tokens) -> tuple[dict[str, float], list[tuple[str, str]]]:
+    """The share of each verdict over ``convs``' generated answers, and the (request, answer) pairs."""
     answers = [r.text for r in lab.chat_batch(convs, max_new_tokens=max_new_tokens)]
-    verdicts = [refusal(a, c if isinstance(c, str) else c[-1]["content"]) for a, c in zip(answers, convs)]
-    return sum(v.refused for v in verdicts) / len(convs), list(zip([str(c) for c in convs], answers))
+    labels = [refusal(a, c if isinstance(c, str) else c[-1]["content"]).label for a, c in zip(answers, convs)]
+    shares = {v: sum(label == v for label in labels) / len(convs) for v in VERDICTS}
+    return shares, list(zip([str(c) for c in convs], answers))
 
 
 @torch.inference_mode()
@@ -405,9 +471,18 @@ def evaluate_direction(
     max_new_tokens: int = 32,
     batch_size: int = 32,
 ) -> DirectionEffect:
-    """Generate with and without the direction: refusal on harmful prompts with it ablated, induced
-    refusal on harmless prompts with it added, and the KL that ablation causes on harmless text."""
-    harmful, harmless = [str(c) for c in _conversations(harmful)], [str(c) for c in _conversations(harmless)]
+    """Generate with and without the direction: what harmful prompts get with it ablated and harmless
+    ones with it added — each answer judged declined, off-topic or complied — and the KL that ablation
+    causes on harmless text."""
+    _lab(lab, "evaluate_direction")
+    if not isinstance(direction, RefusalDirection):
+        raise TypeError(
+            f"direction must be a RefusalDirection (what find_direction returns), got {type(direction).__name__}"
+        )
+    harmful = [str(c) for c in _prompts("harmful", harmful, 1)]
+    harmless = [str(c) for c in _prompts("harmless", harmless, 1)]
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     h_base, h_ex = _refused(lab, harmful, max_new_tokens)
     b_base, b_ex = _refused(lab, harmless, max_new_tokens)
     with direction.ablate(lab.model):
@@ -416,12 +491,13 @@ def evaluate_direction(
         b_add, b_add_ex = _refused(lab, harmless, max_new_tokens)
     kl = _text_kl(lab, direction, harmless, [a for _, a in b_ex], batch_size)
     return DirectionEffect(
-        h_base,
-        h_abl,
-        b_base,
-        b_add,
+        h_base["declined"],
+        h_abl["declined"],
+        b_base["declined"],
+        b_add["declined"],
         kl,
         {"harmful": h_ex, "harmful ablated": h_abl_ex, "harmless": b_ex, "harmless added": b_add_ex},
+        {"harmful": h_base, "harmful ablated": h_abl, "harmless": b_base, "harmless added": b_add},
     )
 
 
@@ -429,7 +505,12 @@ def plot_projection(values: Sequence[float], refused: Sequence[bool], groups: Se
     """Projections on the direction, one dot per prompt, coloured by refused / complied (a strip per group)."""
     import matplotlib.pyplot as plt
 
+    values, refused = list(values), list(refused)
     groups = list(groups) if groups is not None else ["all"] * len(values)
+    if not (len(values) == len(refused) == len(groups)):
+        raise ValueError(
+            f"values, refused and groups must be one per prompt; got {len(values)}, {len(refused)} and {len(groups)}"
+        )
     names = list(dict.fromkeys(groups))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
     jitter = torch.Generator().manual_seed(0)

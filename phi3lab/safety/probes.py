@@ -140,7 +140,17 @@ def manifest() -> dict:
     path = probes_dir() / "manifest.json"
     if not path.is_file():
         raise ProbeSetError(f"no probe manifest at {path}; is phi3lab's data/ folder present?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    fix = "restore it (git checkout -- data/probes/manifest.json, or reinstall phi3lab)"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProbeSetError(f"{path} is damaged (not JSON: {str(exc)[:80]}); {fix}") from None
+    if not (isinstance(info, dict) and isinstance(info.get("files"), dict) and isinstance(info.get("sets"), dict)):
+        raise ProbeSetError(f"{path} is damaged (no 'files' and 'sets' tables); {fix}")
+    for name, entry in info["sets"].items():
+        if not isinstance(entry, dict) or entry.get("file") not in info["files"] or "description" not in entry:
+            raise ProbeSetError(f"{path} is damaged (set {name!r} names no listed file or has no description); {fix}")
+    return info
 
 
 def probe_sets() -> dict[str, str]:
@@ -158,12 +168,15 @@ def read_rows(path: Path) -> Iterator[dict]:
             if line.strip():
                 yield {"line": n, "prompt": line.strip()}
         return
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         if line.strip():
             try:
-                yield json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ProbeSetError(f"{path}:{n}: not a JSON line ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ProbeSetError(f"{path}:{n}: a probe row must be a JSON object, got {type(row).__name__}")
+            yield row
 
 
 def _as_probe(name: str, row: dict) -> Probe:
@@ -210,6 +223,8 @@ def load_probes(name: str = "tiny") -> ProbeSet:
     entry = info["sets"][name]
     record = info["files"][entry["file"]]
     path = probes_dir() / entry["file"]
+    if not path.is_file():
+        raise ProbeSetError(f"the probe file {path} is missing; restore it (git checkout -- data/probes)")
     digest = sha256(path)
     if digest != record["sha256"]:
         raise ProbeSetError(

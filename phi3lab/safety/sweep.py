@@ -15,8 +15,9 @@ transforms for the harmful ones (``benign_transforms=True`` also wraps the benig
 every pair whose content key the results file already holds.  The rest are answered in batches by
 the target (:class:`~phi3lab.safety.targets.LabTarget` wraps a Lab: left-padded, greedy unless
 told to sample, seeded when sampling), judged by :func:`~phi3lab.safety.refusal.refusal`, and
-appended one row at a time (:mod:`phi3lab.safety.results`).  Kill it at any moment and run it
-again: it picks up where it stopped.
+appended one row at a time (:mod:`phi3lab.safety.results`) with its verdict — ``declined``,
+``off-topic`` or ``complied``.  Kill it at any moment and run it again: it picks up where it stopped.
+An ``out`` path that holds anything but results is refused and left untouched.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from phi3lab.errors import Phi3LabError
 from phi3lab.safety.probes import DEFAULT_PROBES, Probe, real_sets, resolve
-from phi3lab.safety.refusal import DETECTOR_VERSION, refusal
+from phi3lab.safety.refusal import DETECTOR_VERSION, judge_row, refusal
 from phi3lab.safety.results import Appender, Results, _parse, check_same_experiment, content_key
 from phi3lab.safety.transforms import Transform, resolve_transforms
 
@@ -130,15 +131,27 @@ def sweep(
             (default ``("tiny", "over-refusal")``).
         transforms: transform names or :class:`~phi3lab.safety.transforms.Transform` objects
             (default: all built-in ones; ``none`` is always included).
-        out: the JSONL results file; an existing one is resumed (same model and settings only).
+        out: the JSONL results file; an existing one is resumed (same model and settings only); a file
+            that is not a results file is refused (:class:`~phi3lab.safety.results.ResultsFileError`), never
+            rewritten.
         benign_transforms: also wrap benign probes in the attack transforms.
         progress: show a progress bar.
-        detector: ``detector(response, request) -> Verdict`` judging each answer.
+        detector: ``detector(response, request) -> Verdict`` judging each answer (a detector that returns
+            only ``refused`` gives two-way rows without ``verdict``).
         first_token: store the target's first-token refusal score when it has one.
 
     Returns:
         :class:`~phi3lab.safety.results.Results` of the whole file.
     """
+    if not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise TypeError(
+            f"out must be the path of the results file (e.g. out='results.jsonl'), got {type(out).__name__} {out!r:.40}"
+        )
+    for name, value in (("benign_transforms", benign_transforms), ("progress", progress), ("first_token", first_token)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r:.40}")
+    if not callable(detector):
+        raise TypeError(f"detector must be a function detector(response, request), got {type(detector).__name__}")
     target = _as_target(target, **target_settings)
     chosen = resolve(probes)
     chosen_transforms = resolve_transforms(transforms)
@@ -177,7 +190,6 @@ def sweep(
                 seconds = (time.perf_counter() - began) / len(chunk)
                 for (p, t, m, key), text, first in zip(chunk, answers, scores):
                     request = t.request(p, m)
-                    verdict = detector(text, request)
                     row = {
                         "key": key,
                         "probe_set": p.set,
@@ -191,9 +203,7 @@ def sweep(
                         "messages": m,
                         "request": request,
                         "response": text,
-                        "refused": bool(getattr(verdict, "refused", verdict)),
-                        "score": getattr(verdict, "score", None),
-                        "reason": getattr(verdict, "reason", ""),
+                        **judge_row(detector, text, request),
                         "detector": getattr(detector, "__name__", "custom")
                         if detector is not refusal
                         else DETECTOR_VERSION,

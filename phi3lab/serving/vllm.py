@@ -20,8 +20,18 @@ HTTP with :class:`phi3lab.safety.endpoint.Endpoint`.  This module uses only the 
   ``vllm`` keeps vLLM's own.  On 2 cores the default sweep at 8 requests in flight took 4.0–4.8 s
   in this layout against 5.0–5.2 s in vLLM's, side by side (``benchmarks/endpoint_sweep.py``).
 
+* **API key** (``--api-key KEY`` or the ``PHI3LAB_API_KEY`` environment variable, which keeps the key
+  out of the process list and the shell history): the server then answers ``/v1`` requests only with
+  ``Authorization: Bearer KEY`` (vLLM's own check, given the key through ``VLLM_API_KEY``, never on its
+  command line); ``Endpoint(..., api_key_env="PHI3LAB_API_KEY")`` sends it.  Without one, any local
+  process can use the server.  The key is never printed.
+* **Servers started from Python** (:class:`Server`: the engine tests, the endpoint benchmark) run in a
+  session of their own with a watchdog on the parent (:mod:`phi3lab.serving.guard`): killed from
+  outside, even with ``SIGKILL``, the parent takes the server and its engine processes with it.
+
     python3 tasks.py serve                    # set up .venv-vllm (first run) and serve the tiny model
     python3 tasks.py serve --port 8011 --model data/models/phi3lab-tiny
+    PHI3LAB_API_KEY=$(python3 -c "import secrets; print(secrets.token_urlsafe())") python3 tasks.py serve
 """
 
 from __future__ import annotations
@@ -59,9 +69,11 @@ __all__ = [
     "wait_healthy",
     "Server",
     "SETUP_HINT",
+    "API_KEY_ENV",
 ]
 
 SETUP_HINT = "python3 tasks.py serve --setup-only"
+API_KEY_ENV = "PHI3LAB_API_KEY"  # where tasks.py serve, Server and Endpoint(api_key_env=…) find the key
 
 
 def _has_nvidia() -> bool:
@@ -173,9 +185,13 @@ def server_command(
     return cmd + list(extra or [])
 
 
-def server_env(layout: str = "vllm", *, cores: int | None = None) -> dict:
-    """The engine's environment; the caller's own settings of these variables win."""
+def server_env(layout: str = "vllm", *, cores: int | None = None, api_key: str | None = None) -> dict:
+    """The engine's environment; the caller's own settings of these variables win.  ``api_key`` (or
+    ``PHI3LAB_API_KEY``) goes to vLLM as ``VLLM_API_KEY``, so it never appears on a command line."""
     env = dict(os.environ)
+    key = api_key if api_key is not None else env.get(API_KEY_ENV)
+    if key:
+        env["VLLM_API_KEY"] = key
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -217,8 +233,11 @@ class Server:
     """A vLLM server on 127.0.0.1, started with ``tasks.py serve`` (a context manager); ``url`` is its ``/v1`` base URL.
 
     ``processes`` is the layout (``"auto"``, ``"one"`` or ``"vllm"``, see :func:`process_layout`);
-    ``log`` is the file its output goes to; :meth:`stop` ends it (SIGTERM, then SIGKILL),
-    :meth:`restart` starts it again on the same port.
+    ``log`` is the file its output goes to; ``api_key`` makes it require that key (passed to the
+    server through its environment, never shown); :meth:`stop` ends it (SIGTERM, then SIGKILL),
+    :meth:`restart` starts it again on the same port.  It runs in a session of its own with a
+    watchdog (:func:`phi3lab.serving.guard.spawn`), so it dies with this process even when this
+    process is killed with ``SIGKILL``.
     """
 
     def __init__(
@@ -230,10 +249,16 @@ class Server:
         processes: str = "auto",
         log: Path | None = None,
         timeout: float = 600.0,
+        api_key: str | None = None,
     ):
         self.processes = process_layout(processes)[0]  # checks the name first
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ValueError("api_key must be a non-empty string (or None for a server without a key)")
+        self._api_key = api_key
         if not engine_installed():
             raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
+            raise ValueError(f"port must be a TCP port from 1 to 65535 (or None for a free one), got {port!r}")
         self.model = model
         self.port = port or free_port()
         self.enforce_eager = enforce_eager
@@ -268,10 +293,13 @@ class Server:
 
     def start(self) -> Server:
         cmd = self.command()
+        env = server_env()
+        env.pop("VLLM_API_KEY", None)  # tasks.py serve hands the key on from PHI3LAB_API_KEY
+        env.pop(API_KEY_ENV, None)
+        if self._api_key:
+            env[API_KEY_ENV] = self._api_key
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env(), cwd=ROOT, start_new_session=True
-            )
+            self.process = _guard().spawn(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
             self.startup_seconds = wait_healthy(self.root, self.process, self.timeout)
         except BaseException as exc:
@@ -283,19 +311,30 @@ class Server:
     def kill(self) -> None:
         """End the server at once (SIGKILL), as a crash would."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 9)
+            try:
+                os.killpg(self.process.pid, 9)
+            except ProcessLookupError:
+                pass
             self.process.wait()
+        self._reap_watchdog()
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """End the server and every process it started (SIGTERM, then SIGKILL after 30 s)."""
+        if self.process is None:
             return
-        import signal
+        if self.process.poll() is None:
+            _guard().stop_group(self.process.pid, grace=30.0)
+            self.process.wait()
+        self._reap_watchdog()
 
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+    def _reap_watchdog(self) -> None:
+        watchdog = getattr(self.process, "watchdog", None)
+        if watchdog is not None:
+            try:
+                watchdog.wait(timeout=5)  # it exits once the server's group is gone
+            except subprocess.TimeoutExpired:
+                watchdog.kill()
+                watchdog.wait()
 
     def restart(self) -> Server:
         self.stop()
@@ -306,6 +345,15 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _guard():
+    """:mod:`phi3lab.serving.guard`, also when this file runs as a script (tasks.py serve, before .venv exists)."""
+    try:
+        from phi3lab.serving import guard
+    except ImportError:  # pragma: no cover - run as a script with only the standard library
+        import guard  # type: ignore[no-redef]
+    return guard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,8 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         help="where the model runner goes: 'auto' (default; 'one' on a CPU machine with few cores), "
         "'one' (in the engine-core process) or 'vllm' (vLLM's own worker process)",
     )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help=f"require this key on every /v1 request (Authorization: Bearer KEY); the {API_KEY_ENV} environment "
+        "variable does the same without showing the key in the process list or the shell history",
+    )
     parser.add_argument("--setup-only", action="store_true", help="set up the engine venv and exit")
     args, extra = parser.parse_known_args(argv)
+    if not 1 <= args.port <= 65535:
+        raise SystemExit(f"[phi3lab] --port must be from 1 to 65535, got {args.port}")
+    if any(a == "--api-key" or a.startswith("--api-key=") for a in extra):
+        raise SystemExit("[phi3lab] give the key once, as --api-key KEY or in PHI3LAB_API_KEY")
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise SystemExit(f"[phi3lab] the API key is empty; pass --api-key KEY or set {API_KEY_ENV}, or neither")
     py = setup_engine()
     if args.setup_only:
         print(f"[phi3lab] engine ready: {py}")
@@ -330,12 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     cmd = server_command(args.model, args.port, enforce_eager=args.enforce_eager, python=py, extra=extra, layout=layout)
     print(f"[phi3lab] starting vLLM on http://127.0.0.1:{args.port}/v1 (model {resolve_model(args.model)})", flush=True)
     print(f"[phi3lab]   processes: {layout} ({reason})", flush=True)
+    keyed = f", api_key_env={API_KEY_ENV!r}" if key else ""
     print(
-        f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
-        f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r})",
+        f"[phi3lab]   API key: {'required (Authorization: Bearer …; not shown)' if key else 'none: any local process may use it'}",
         flush=True,
     )
-    os.execve(cmd[0], cmd, server_env(layout))
+    print(
+        f"[phi3lab]   health: http://127.0.0.1:{args.port}/health  ·  in phi3lab: "
+        f"Endpoint('http://127.0.0.1:{args.port}/v1', model={resolve_model(args.model)!r}{keyed})",
+        flush=True,
+    )
+    env = server_env(layout, api_key=key)
+    env.pop(API_KEY_ENV, None)
+    os.execve(cmd[0], cmd, env)
     return 0
 
 
