@@ -3,6 +3,7 @@
 
     python3 tasks.py lab        set up .venv and start JupyterLab on notebooks/
     python3 tasks.py test       set up .venv and run every test (pytest + nbval)
+    python3 tasks.py test --fast  the quick tier: no slow, browser or engine tests, no notebooks (minutes)
     python3 tasks.py notebooks  re-execute every notebook in place (refresh outputs)
     python3 tasks.py bench      run the benchmarks in benchmarks/
     python3 tasks.py setup      only set up .venv
@@ -107,9 +108,19 @@ def lab(argv: list[str]) -> None:
     os.execve(str(PY), [str(a) for a in args + argv], env)
 
 
+FAST = "not slow and not browser and not engine"
+
+
 def test(argv: list[str]) -> None:
+    """Every test (as CI runs them), or with ``--fast`` the quick tier: no slow, browser or engine tests, no nbval."""
     setup()
     env = _env()
+    fast = "--fast" in argv
+    argv = [a for a in argv if a != "--fast"]
+    if fast:
+        _say("running the quick tier (python3 tasks.py test runs everything)")
+        _run(PY, "-m", "pytest", "-q", "tests", "phi3lab", "--doctest-modules", "-m", FAST, *argv, env=env)
+        return
     _say("running the unit tests")
     _run(PY, "-m", "pytest", "-q", "tests", "phi3lab", "--doctest-modules", *argv, env=env)
     _say("running the notebooks under nbval")

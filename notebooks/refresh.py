@@ -40,7 +40,8 @@ def refresh(path: Path) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata.setdefault("phi3lab", {})["source_hash"] = source_hash(nb)
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    # what ipykernel itself writes, so opening and saving a notebook in JupyterLab changes nothing
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nbformat.write(nb, path)
     print(f"refreshed {path.name}")
 

@@ -1454,6 +1454,7 @@ def test_cli_closed_pipe_ends_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_cli_closed_pipe_in_a_real_pipe():
     """``phi3lab info | head -c 1``: the reader leaves at once; no traceback, the SIGPIPE status."""
     command = [sys.executable, "-c", "import sys; from phi3lab.cli import main; sys.exit(main(['info']))"]

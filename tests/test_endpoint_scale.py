@@ -106,6 +106,7 @@ def test_gpu_extra_and_conda_variant_in_sync():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="measures on a GPU machine; this checks the CPU path")
+@pytest.mark.slow
 def test_gpu_check_on_a_cpu_says_so_and_exits_0():
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True, timeout=120

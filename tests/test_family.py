@@ -127,6 +127,7 @@ def test_several_images_in_one_prompt(p35v):
     assert logits.shape[:2] == (1, inputs.num_tokens) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_video_frames_become_one_tag_each(p35v):
     clip = [Image.new("RGB", (192, 108), (k * 8, 0, 255 - k * 8)) for k in range(30)]
     text, chosen = frames_prompt(clip, "What changes over the clip?", max_frames=6)

@@ -172,6 +172,7 @@ def test_batch_takes_the_same_special_tokens_choice(tiny):
     assert batch[0].token_ids == single.token_ids
 
 
+@pytest.mark.slow
 def test_the_context_bound_is_exact(tiny):
     prompt = "word " * 4000
     n = len(tiny.tokens(prompt))
@@ -230,6 +231,7 @@ def test_nothing_the_caller_passes_is_changed(tiny):
     ],
     ids=["megabyte-prompt", "20001-messages", "100k-typed-tokens", "100k-digit-tag", "max-new-1e18"],
 )
+@pytest.mark.slow
 def test_pathological_inputs_come_back_quickly(tiny, make):
     from test_bad_inputs import bounded
 

@@ -209,6 +209,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("phi3lab"))))
 """
 
 
+@pytest.mark.slow
 def test_phi3v_stands_alone_in_a_fresh_process():
     """Imported under bare parent packages, phi3_v pulls in no other phi3lab module, and registers."""
     code = STANDALONE.format(package=str(PACKAGE))
@@ -248,6 +249,7 @@ HEAVY = [
 ]
 
 
+@pytest.mark.slow
 def test_import_phi3lab_loads_no_training_plotting_or_model_code():
     loaded = _modules_after("import phi3lab")
     assert sorted(m for m in loaded if m in HEAVY or m.startswith("phi3lab.tiny")) == []
@@ -259,6 +261,7 @@ def test_import_phi3lab_loads_no_training_plotting_or_model_code():
     ]
 
 
+@pytest.mark.slow
 def test_loading_the_tiny_models_imports_no_training_code():
     loaded = _modules_after(
         'import phi3lab\nphi3lab.load("tiny", verbose=False)\nphi3lab.load("tiny-vision", verbose=False)'
@@ -292,6 +295,7 @@ print(type(AutoConfig.from_pretrained(folder)).__name__, type(AutoImageProcessor
     ["", "from transformers import AutoProcessor, AutoModelForCausalLM, Phi3Config"],
     ids=["phi3lab first", "transformers first"],
 )
+@pytest.mark.slow
 def test_auto_classes_find_phi3_v_whatever_the_import_order(before):
     code = AUTO.format(before=before, folder=str(embedded_dir() / "phi3lab-tiny-vision"))
     out = subprocess.run(

@@ -77,6 +77,7 @@ def _run_nbval(folder: Path) -> int:
 
 
 @pytest.mark.parametrize("stored, expected_rc", [("1921\n", 0), ("1920\n", 1)])
+@pytest.mark.slow
 def test_a_changed_token_count_fails_nbval(tmp_path, stored, expected_rc):
     """A checked cell whose stored output no longer matches (a token count) fails the run."""
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output

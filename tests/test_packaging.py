@@ -9,12 +9,16 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # heavy: the full test command runs it, --fast leaves it out
 
 LOAD_BOTH = r"""
 import json, sys
 import phi3lab
 from phi3lab.paths import data_dir
+
 text = phi3lab.load("tiny", verbose=False)
 answer = text.chat("What is 2 plus 3?", max_new_tokens=6, stream=False)
 vision = phi3lab.load("tiny-vision", verbose=False)

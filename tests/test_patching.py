@@ -36,6 +36,7 @@ def _single(tiny, clean, corrupted, site, layer, position, head=None):
         return tiny.model(input_ids=torch.tensor([corrupted])).logits[0, -1]
 
 
+@pytest.mark.slow
 def test_the_grid_equals_single_patched_forwards(tiny, prompts):
     clean, corrupted = prompts
     result = patch(tiny, clean, corrupted, site="resid_pre", answer="▁Ada.", wrong="▁Ben.", batch_size=7)

@@ -10,6 +10,8 @@ from PIL import Image
 import phi3lab  # noqa: F401  registers phi3_v
 from phi3lab.models.phi3_v import ChatFormatError, ImageOrderError  # the processor's own prompt rule
 
+pytestmark = pytest.mark.slow  # heavy: the full test command runs it, --fast leaves it out
+
 CASES = ["palette_1200x300", "photo_640x480", "portrait_200x1500", "text_multiturn", "two_images_swapped"]
 
 

@@ -121,6 +121,7 @@ def test_fixture_loads_with_no_missing_or_unexpected_keys(fixture_model):
     assert torch.equal(embeddings.position_ids[0], torch.arange(577))  # rebuilt, not left uninitialised
 
 
+@pytest.mark.slow
 def test_auto_classes_need_no_remote_code_and_never_prompt(fixture_model):
     code = (
         "import phi3lab\n"

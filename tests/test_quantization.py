@@ -12,6 +12,8 @@ import phi3lab
 from phi3lab.runtime.hardware import probe
 from phi3lab.runtime.quantization import SKIPPED_MODULES, quantized_modules, weight_of
 
+pytestmark = pytest.mark.slow  # heavy: the full test command runs it, --fast leaves it out
+
 PROBES = probe()
 BACKENDS = {"int8": PROBES.torchao, "nf4": PROBES.bitsandbytes}
 PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")

@@ -11,6 +11,8 @@ from phi3lab.safety.direction import (
     post_instruction_tokens,
 )
 
+pytestmark = pytest.mark.slow  # heavy: the full test command runs it, --fast leaves it out
+
 TRAIN = load_probes("tiny-train")
 TEST = load_probes("tiny")
 HARMFUL = [p.prompt for p in TRAIN.select(kind="harmful")][::2]

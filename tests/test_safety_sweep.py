@@ -71,6 +71,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_lab_target_answers_like_lab_chat(tiny, tmp_path):
     """Batched, left-padded sweep answers are the answers of lab.chat one at a time (greedy)."""
     probes = list(load_probes("tiny"))[:6] + list(load_probes("over-refusal"))[:4]
@@ -112,6 +113,7 @@ def test_plan_sends_each_distinct_conversation_once():
     assert len(plan(load_probes("tiny"), resolve_transforms(["story"]), benign_transforms=True)) == 60 + 40
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_every_row_exactly_once(stub, tmp_path):
     """A real subprocess is killed with SIGKILL mid-sweep, three times; resuming completes the file."""
     out = tmp_path / "r.jsonl"
@@ -292,6 +294,7 @@ def test_bad_targets_and_settings(tiny, stub):
         LabTarget(tiny, max_new_tokens=2.5)
 
 
+@pytest.mark.slow
 def test_cli_probe_runs_resumes_and_reports(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
     args = [

@@ -56,6 +56,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not tasks.PY.exists(), reason="needs the .venv that tasks.py sets up")
+@pytest.mark.slow
 def test_lab_serves_the_notebooks():
     port = _free_port()
     env = dict(os.environ, PHI3LAB_PORT=str(port))

@@ -3,11 +3,14 @@
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 from phi3lab.paths import embedded_dir
 from phi3lab.prompts.patches import image_tokens, overlap
 from phi3lab.tiny import evaluate, vision_data
+
+pytestmark = pytest.mark.slow  # heavy: the full test command runs it, --fast leaves it out
 
 
 @contextlib.contextmanager

@@ -154,6 +154,7 @@ def test_optimise_is_deterministic_and_the_progress_check_changes_nothing(capsys
     assert not torch.equal(a.lm_head.weight, start.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_vision_training_is_deterministic_and_keeps_the_probe_out(tmp_path, capsys):
     import phi3lab
 
@@ -255,6 +256,7 @@ def test_special_ids_are_the_frozen_tokenizers_and_a_retrain_keeps_the_image_id(
 # --- the reader (phi3lab-tiny-vision-reader) -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reading_pictures_never_draw_a_harmful_request():
     """The reader learns to read from benign pictures only: no harmful task of the safety slice, nor two
     key words of one, nor a jailbreak frame is ever written in a training picture; its words are listed
@@ -300,6 +302,7 @@ def test_reading_pictures_label_every_letter_in_reading_order():
     assert render_request(text).tobytes() == vision_data.text_picture(text).tobytes()
 
 
+@pytest.mark.slow
 def test_reader_training_is_deterministic_and_starts_from_the_vision_model(tmp_path, capsys):
     import phi3lab
 

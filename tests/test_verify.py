@@ -6,6 +6,7 @@ import phi3lab
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-vision", "tiny-vision-reader"])
+@pytest.mark.slow
 def test_every_embedded_model_verifies(name, picture):
     lab = phi3lab.load(name, verbose=False)
     args = ("<|image_1|>\nWhat colour is the triangle?", [picture]) if "vision" in name else ()
@@ -25,6 +26,7 @@ def test_every_embedded_model_verifies(name, picture):
 
 
 @pytest.mark.reference
+@pytest.mark.slow
 def test_the_reference_fixture_verifies(reference):
     import numpy as np
     from PIL import Image

@@ -121,6 +121,7 @@ def _answered_right(vision, seed, count):
     pytest.skip(f"only {len(found)} held-out shapes pictures answered right in 60 draws")
 
 
+@pytest.mark.slow
 def test_the_asked_about_shape_is_what_the_answer_uses(vision):
     """A known answer: for pictures the model answers right, removing the region that holds the asked-about
     shape lowers the answer's probability, and it is the region the answer needs most in most of them."""
@@ -162,6 +163,7 @@ def test_batched_regions_equal_single_forwards(vision, picture):
 
 
 @pytest.mark.parametrize("baseline", ["blur", "other"])
+@pytest.mark.slow
 def test_other_baselines(vision, picture, baseline):
     other = phi3lab.sample_image("chart.png")
     cm = causal_map(vision, f"<|image_1|>\n{QUESTIONS[0]}", [picture], baseline=baseline, other=other)
@@ -183,6 +185,7 @@ def test_bad_causal_requests(vision, picture, kwargs, error, words):
         causal_map(vision, f"<|image_1|>\n{QUESTIONS[0]}", [picture], **kwargs)
 
 
+@pytest.mark.slow
 def test_three_maps_on_the_same_regions(vision, picture):
     prompt = f"<|image_1|>\n{QUESTIONS[0]}"
     cm = causal_map(vision, prompt, [picture])

@@ -484,6 +484,7 @@ def test_words_and_picture_regions_share_one_scale():
     assert pixels[10, 10].sum() < 255 + 140 - 100, "a +1.0 region beside a +23.5 word stays nearly veiled"
 
 
+@pytest.mark.slow
 def test_attribution_view_of_a_real_attribution(vision, picture, vcache):
     attribution = pytest.importorskip("phi3lab.attribution")
     attr = attribution.attribute(vision, QUESTION, [picture], units=["words", "image-regions"])

@@ -46,6 +46,20 @@ def _nbytes(p) -> int:
     return p.numel() * p.element_size()
 
 
+def shown_path(path: Path, kind: str = "local") -> str:
+    """A model folder as a person reads it: embedded models by their place in phi3lab's data
+    (``data/models/phi3lab-tiny``), folders under the home directory with ``~``; never a machine's own prefix
+    where a shorter true name exists (stored notebook outputs must not carry it)."""
+    path = Path(path)
+    if kind == "embedded":
+        return f"data/models/{path.name}"
+    home = Path.home()
+    try:
+        return "~/" + path.resolve().relative_to(home).as_posix()
+    except ValueError:
+        return str(path)
+
+
 @dataclasses.dataclass
 class Lab:
     """A loaded model with everything needed to run and inspect it.
@@ -136,7 +150,7 @@ class Lab:
         if self.spec.long_context:
             context += " (LongRoPE: short factors up to 4,096 tokens, long factors beyond)"
         rows = [
-            ("model", f"{self.spec.name} ({self.kind}: {self.path})"),
+            ("model", f"{self.spec.name} ({self.kind}: {shown_path(self.path, self.kind)})"),
             ("family", f"{self.spec.family} · {self.spec.modality}"),
             ("parameters", f"{_human(n)} ({n:,})"),
             (

@@ -255,10 +255,10 @@ class Server:
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise ValueError("api_key must be a non-empty string (or None for a server without a key)")
         self._api_key = api_key
-        if not engine_installed():
-            raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535):
             raise ValueError(f"port must be a TCP port from 1 to 65535 (or None for a free one), got {port!r}")
+        if not engine_installed():  # the arguments are checked first: a bad one is named even without the engine
+            raise FileNotFoundError(f"the engine venv {ENGINE_VENV} is not set up; run `{SETUP_HINT}`")
         self.model = model
         self.port = port or free_port()
         self.enforce_eager = enforce_eager
