@@ -343,3 +343,18 @@ def test_image_units_need_a_picture_and_a_dividing_region(vision, star):
     assert isinstance(text_only, Attribution)
     with pytest.raises(ValueError, match="no units on image 0"):
         text_only.image_map(0)
+
+
+def test_compare_refuses_attributions_of_different_prompts_and_bad_tops(tiny):
+    from phi3lab.attribution import attribute, compare
+
+    one = attribute(tiny, "My name is Ada. What is my name?", units="words")
+    other = attribute(tiny, "What is 2 plus 3?", units="words")
+    with pytest.raises(ValueError, match="not of the same prompt, units and target"):
+        compare([one, other])
+    with pytest.raises(TypeError, match="list of attributions"):
+        compare(["a"])
+    with pytest.raises(ValueError, match="top must be at least 1"):
+        one.to_text(top=-1)
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        one.top(0)

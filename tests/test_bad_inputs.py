@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 import phi3lab
 from phi3lab.paths import embedded_dir
@@ -1305,6 +1306,279 @@ def _without_template(tokenizer):
 @pytest.fixture(scope="module")
 def env(tiny, tmp_path_factory):
     return Env(tiny, tmp_path_factory.mktemp("damaged"))
+
+
+# --- the look-inside layer: hooks, caches, patching, sinks, causal maps ---------------------------------
+
+
+def _cache(env):
+    if not hasattr(env, "_inspect_cache"):
+        env._inspect_cache = env.tiny.run_with_cache("My name is Ada. What is my name?")[1]
+    return env._inspect_cache
+
+
+def _vcache(env):
+    if not hasattr(env, "_inspect_vcache"):
+        picture = phi3lab.sample_image("shapes.png")
+        env._inspect_vcache = env.vision.generate_with_cache("<|image_1|>\nWhat is it?", [picture], max_new_tokens=2)[1]
+    return env._inspect_vcache
+
+
+def inspect_case(id, shown, make, error, says):
+    return Case(id, "inspect", shown, make, error, says)
+
+
+def _hooks():
+    from phi3lab.inspect.hooks import Hooks
+
+    return Hooks
+
+
+def _lens():
+    from phi3lab.inspect.patch_lens import patch_lens
+
+    return patch_lens
+
+
+def _causal():
+    from phi3lab.inspect.causal import causal_map
+
+    return causal_map
+
+
+def _sinks():
+    from phi3lab.inspect.sinks import find_sinks
+
+    return find_sinks
+
+
+CASES += [
+    inspect_case(
+        "hooks-site-unknown",
+        "Hooks(lab).read('resid')",
+        lambda env: (_hooks()(env.tiny).read, ("resid",), {}),
+        ValueError,
+        ("'resid' is not a site", "the sites are"),
+    ),
+    inspect_case(
+        "hooks-edit-pattern",
+        "Hooks(lab).edit('pattern', fn)",
+        lambda env: (_hooks()(env.tiny).edit, ("pattern", lambda v, at: v), {}),
+        ValueError,
+        ("can be read but not edited", "edit 'q' or 'k'"),
+    ),
+    inspect_case(
+        "hooks-edit-not-callable",
+        "Hooks(lab).edit('z', 'zero')",
+        lambda env: (_hooks()(env.tiny).edit, ("z", "zero"), {}),
+        TypeError,
+        ("function of (value, at)",),
+    ),
+    inspect_case(
+        "hooks-heads-on-stream",
+        "Hooks(lab).read('resid_post', heads=1)",
+        lambda env: (_hooks()(env.tiny).read, ("resid_post",), {"heads": 1}),
+        ValueError,
+        ("no heads axis",),
+    ),
+    inspect_case(
+        "hooks-layer-out-of-range",
+        "Hooks(lab).read('q', 9)",
+        lambda env: (_hooks()(env.tiny).read, ("q", 9), {}),
+        IndexError,
+        ("layers [9] do not exist", "0..3"),
+    ),
+    inspect_case(
+        "hooks-vision-site-text-model",
+        "Hooks(lab).read('clip', 0) on a text model",
+        lambda env: (_hooks()(env.tiny).read, ("clip", 0), {}),
+        ValueError,
+        ("Phi-3-vision site",),
+    ),
+    inspect_case(
+        "hooks-positions-empty-slice",
+        "Hooks(lab).read('q', 0, positions=slice(5, 2))",
+        lambda env: (_hooks()(env.tiny).read, ("q", 0), {"positions": slice(5, 2)}),
+        ValueError,
+        ("selects no positions", "start < stop"),
+    ),
+    inspect_case(
+        "hooks-max-bytes-negative",
+        "Hooks(lab, max_bytes=-1)",
+        lambda env: (_hooks(), (env.tiny,), {"max_bytes": -1}),
+        TypeError,
+        ("max_bytes must be", "2 * 2**30"),
+    ),
+    inspect_case(
+        "cache-max-new-tokens",
+        "lab.run_with_cache('Hi', max_new_tokens=4)",
+        lambda env: (env.tiny.run_with_cache, ("Hi",), {"max_new_tokens": 4}),
+        TypeError,
+        ("runs one forward", "lab.generate_with_cache"),
+    ),
+    inspect_case(
+        "cache-queries-renamed",
+        "lab.run_with_cache('Hi', queries='last')",
+        lambda env: (env.tiny.run_with_cache, ("Hi",), {"queries": "last"}),
+        TypeError,
+        ("queries is now positions",),
+    ),
+    inspect_case(
+        "cache-site-not-kept",
+        "cache['z', 1] (not kept)",
+        lambda env: (_cache(env).__getitem__, (("z", 1),), {}),
+        KeyError,
+        ("did not keep 'z'", "sites=[...,"),
+    ),
+    inspect_case(
+        "cache-rollout-nan",
+        "cache.rollout(residual=float('nan'))",
+        lambda env: (_cache(env).rollout, (), {"residual": float("nan")}),
+        ValueError,
+        ("number in [0, 1]",),
+    ),
+    inspect_case(
+        "cache-rollout-two",
+        "cache.rollout(residual=2.0)",
+        lambda env: (_cache(env).rollout, (), {"residual": 2.0}),
+        ValueError,
+        ("number in [0, 1]",),
+    ),
+    inspect_case(
+        "cache-rollout-chunk-zero",
+        "cache.rollout(chunk=0)",
+        lambda env: (_cache(env).rollout, (), {"chunk": 0}),
+        ValueError,
+        ("chunk must be at least 1",),
+    ),
+    inspect_case(
+        "cache-lens-top-zero",
+        "cache.logit_lens(top=0)",
+        lambda env: (_cache(env).logit_lens, (), {"top": 0}),
+        ValueError,
+        ("top must be at least 1",),
+    ),
+    inspect_case(
+        "cache-lens-top-huge",
+        "cache.logit_lens(top=10**7)",
+        lambda env: (_cache(env).logit_lens, (), {"top": 10**7}),
+        ValueError,
+        ("top must be at most",),
+    ),
+    inspect_case(
+        "cache-to-text-top",
+        "cache.to_text(top=-1)",
+        lambda env: (_cache(env).to_text, (), {"top": -1}),
+        ValueError,
+        ("top must be at least 1",),
+    ),
+    inspect_case(
+        "project-out-zeros",
+        "project_out(h, torch.zeros(128))",
+        lambda env: (_project_out(), (torch.ones(2, 128), torch.zeros(128)), {}),
+        ValueError,
+        ("no length", "non-zero direction"),
+    ),
+    inspect_case(
+        "patch-lengths-differ",
+        "lab.patch('My name is Ada…', 'My name is Cleopatra the Great…')",
+        lambda env: (
+            env.tiny.patch,
+            ("My name is Ada. What is my name?", "My name is Cleopatra the Great. What is my name?"),
+            {},
+        ),
+        ValueError,
+        ("same length", "lab.tokens(clean)"),
+    ),
+    inspect_case(
+        "patch-same-prediction",
+        "lab.patch(q, q)",
+        lambda env: (env.tiny.patch, ("My name is Ada. What is my name?", "My name is Ada. What is my name?"), {}),
+        ValueError,
+        ("both predict", "answer= and wrong="),
+    ),
+    inspect_case(
+        "patch-site",
+        "lab.patch(a, b, site='pattern')",
+        lambda env: (env.tiny.patch, ("Hi", "Yo"), {"site": "pattern"}),
+        ValueError,
+        ("cannot be patched",),
+    ),
+    inspect_case(
+        "sinks-no-cache",
+        "find_sinks([])",
+        lambda env: (_sinks(), ([],), {}),
+        ValueError,
+        ("at least one cache", "generate_with_cache"),
+    ),
+    inspect_case(
+        "sinks-ratio-below-one",
+        "cache.sinks(min_ratio=0.5)",
+        lambda env: (_vcache(env).sinks, (0,), {"min_ratio": 0.5}),
+        ValueError,
+        ("min_ratio must be at least 1",),
+    ),
+    inspect_case(
+        "heat-sinks-word",
+        "cache.image_heat(0, sinks='hide')",
+        lambda env: (_vcache(env).image_heat, (0,), {"sinks": "hide"}),
+        ValueError,
+        ("sinks must be 'mask', 'show'",),
+    ),
+    inspect_case(
+        "lens-needs-positions",
+        "patch_lens(cache kept at 'last')",
+        lambda env: (
+            _lens(),
+            (
+                env.vision.run_with_cache(
+                    "<|image_1|>\nWhat is it?", [phi3lab.sample_image("shapes.png")], positions="last"
+                )[1],
+            ),
+            {},
+        ),
+        ValueError,
+        ("positions='all'",),
+    ),
+    inspect_case(
+        "causal-text-model",
+        "causal_map(text lab, …)",
+        lambda env: (_causal(), (env.tiny, "Hi", []), {}),
+        ValueError,
+        ("text model", "vision model"),
+    ),
+    inspect_case(
+        "causal-baseline",
+        "causal_map(…, baseline='noise')",
+        lambda env: (
+            _causal(),
+            (env.vision, "<|image_1|>\nWhat is it?", [phi3lab.sample_image("shapes.png")]),
+            {"baseline": "noise"},
+        ),
+        ValueError,
+        ("is not a choice", "'mean', 'blur', 'other'"),
+    ),
+    inspect_case(
+        "image-to-image-causal",
+        "cache.image_to_image(1, 0) (a later picture read by an earlier one)",
+        lambda env: (_two_picture_cache(env).image_to_image, (1, 0), {}),
+        ValueError,
+        ("attention is causal",),
+    ),
+]
+
+
+def _project_out():
+    from phi3lab.inspect.interventions import project_out
+
+    return project_out
+
+
+def _two_picture_cache(env):
+    if not hasattr(env, "_two"):
+        pictures = [phi3lab.sample_image("shapes.png"), phi3lab.sample_image("chart.png")]
+        env._two = env.vision.generate_with_cache("<|image_1|>\n<|image_2|>\nWhat?", pictures, max_new_tokens=2)[1]
+    return env._two
 
 
 def test_case_ids_are_unique():

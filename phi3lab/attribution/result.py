@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from phi3lab.prompts.token_view import HEADERS, SEGMENT_COLOURS
+from phi3lab.validation import check_int
 
 __all__ = ["Attribution", "Curve", "compare", "score_colour"]
 
@@ -161,6 +162,7 @@ class Attribution:
 
     def top(self, n: int = 5, token=None) -> list[tuple[object, float]]:
         """The ``n`` highest-scoring ``(unit, score)`` pairs."""
+        n = check_int("n", n, minimum=1)
         values = self.row(token)
         order = torch.argsort(values, descending=True, stable=True)[:n]
         return [(self.units[i], float(values[i])) for i in order.tolist()]
@@ -220,6 +222,7 @@ class Attribution:
 
     def to_text(self, top: int = 8) -> str:
         """Header, the top units for the whole answer, and each target token's top unit."""
+        top = check_int("top", top, minimum=1)
         names = {"ablation": "FeatureAblation", "shapley": "ShapleyValueSampling", "ig": "LayerIntegratedGradients"}
         kinds = " + ".join(self.kinds)
         lines = [
@@ -364,8 +367,25 @@ def _chip(text: str, background: str, title: str | None = None) -> str:
 
 
 def compare(attributions: Sequence[Attribution], kind: str = "deletion", token=None) -> list[Curve]:
-    """One curve per attribution (same prompt and units) plus a random-order reference."""
+    """One curve per attribution (same prompt, units and target) plus a random-order reference."""
     if kind not in CURVES:
         raise ValueError(f"kind must be one of {CURVES}, got {kind!r}")
+    attributions = list(attributions)
+    if not attributions or not all(isinstance(a, Attribution) for a in attributions):
+        raise TypeError("compare takes a list of attributions, e.g. compare([by_ablation, by_shapley])")
+    first = attributions[0]
+    for k, other in enumerate(attributions[1:], start=1):
+        same = (
+            other.inputs.input_ids.shape == first.inputs.input_ids.shape
+            and bool((other.inputs.input_ids == first.inputs.input_ids).all())
+            and [u.positions for u in other.units] == [u.positions for u in first.units]
+            and list(other.target_ids) == list(first.target_ids)
+        )
+        if not same:
+            raise ValueError(
+                f"attribution {k} ({other.method}) is not of the same prompt, units and target as attribution 0 "
+                f"({first.method}); curves are comparable only then: attribute the same conversation with the same "
+                "units= and target="
+            )
     curves = [getattr(a, kind)(token) for a in attributions]
     return curves + [getattr(attributions[0], kind)(token, order="random")]
