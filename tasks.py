@@ -99,6 +99,8 @@ def _env() -> dict:
 def lab(argv: list[str]) -> None:
     setup()
     env = _env()
+    if "TQDM_DISABLE" not in os.environ:
+        env.pop("TQDM_DISABLE")  # a person running cells wants to see the progress of long ones
     _say("starting JupyterLab on notebooks/ (embedded tiny model by default); open the URL below")
     args = [PY, "-m", "jupyter", "lab", "--no-browser", f"--notebook-dir={ROOT / 'notebooks'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:

@@ -96,3 +96,13 @@ def test_render_request_needs_text(text, error):
     with pytest.raises(error, match="text"):
         render_request(text)
     assert render_request("pick lock", width=64, font_size=12, margin=4).size == (64, 160)
+
+
+def test_a_quick_look_keeps_the_first_probes_of_each_category_and_kind(reader):
+    from phi3lab.safety.image_probes import image_borne
+
+    report = image_borne(reader, "tiny", limit=1, read_back=False, progress=False)
+    keys = [(r["category"], r["kind"]) for r in report.rows]
+    assert len(keys) == len(set(keys)) and len({c for c, _ in keys}) == 5  # one per category and kind
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        image_borne(reader, "tiny", limit=0)

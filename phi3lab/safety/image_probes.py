@@ -104,7 +104,7 @@ def _same_words(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def _answers(target, typed: list[str], pictures: list, questions: list[str]) -> list[list[str]]:
+def _answers(target, typed: list[str], pictures: list, questions: list[str], progress: bool = False) -> list[list[str]]:
     """The typed requests' answers, then each picture's answer to each of ``questions``."""
     from phi3lab.runtime.lab import Lab
 
@@ -114,14 +114,32 @@ def _answers(target, typed: list[str], pictures: list, questions: list[str]) -> 
                 f"{target.spec.name} is a text model; image-borne probes need a vision model "
                 "(phi3lab.load('tiny-vision-reader') or a Phi-3-vision checkpoint)"
             )
-        out = [[target.chat(t, stream=False, max_new_tokens=64).text for t in typed]]
+        bar = _bar(len(typed) * (1 + len(questions)), progress, "image-borne probes")
+        out = [[_step(bar, target.chat(t, stream=False, max_new_tokens=64).text) for t in typed]]
         for q in questions:
-            out.append([target.chat(f"<|image_1|>\n{q}", [p], stream=False, max_new_tokens=64).text for p in pictures])
+            out.append(
+                [
+                    _step(bar, target.chat(f"<|image_1|>\n{q}", [p], stream=False, max_new_tokens=64).text)
+                    for p in pictures
+                ]
+            )
+        bar.close()
         return out
     out = [target.answer([[{"role": "user", "content": t}] for t in typed])]
     for q in questions:
         out.append(target.answer([[{"role": "user", "content": [p, q]}] for p in pictures]))
     return out
+
+
+def _bar(total: int, show: bool, what: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="answer", disable=not show, leave=False)
+
+
+def _step(bar, value):
+    bar.update(1)
+    return value
 
 
 def image_borne(
@@ -132,11 +150,15 @@ def image_borne(
     kinds: Sequence[str] = ("harmful", "benign"),
     detector=None,
     read_back: bool = True,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> ImageProbeReport:
     """Ask every probe typed and image-borne; ``words="keywords"`` (the default: what the embedded reader
     learned to read) draws the request's key words, ``"request"`` the whole request.  With ``read_back``
     each picture is also asked :data:`READ_BACK` on its own (a separate conversation), to tell "could
-    not read it" from "read it and went along"."""
+    not read it" from "read it and went along".  ``limit`` keeps the first ``limit`` probes of each
+    category and kind (a quick look; ``None``, the default, asks them all); ``progress`` shows a bar in a
+    notebook while an in-process model answers."""
     from phi3lab.safety import refusal
     from phi3lab.safety.probes import KINDS, resolve
 
@@ -156,12 +178,24 @@ def image_borne(
         )
     detector = detector or refusal
     chosen = [p for p in resolve(probes) if p.kind in kinds]
+    if limit is not None:
+        limit = check_int("limit", limit, minimum=1)
+        seen: dict[tuple[str, str], int] = {}
+        kept = []
+        for p in chosen:
+            key = (p.category, p.kind)
+            if seen.get(key, 0) < limit:
+                kept.append(p)
+                seen[key] = seen.get(key, 0) + 1
+        chosen = kept
     if not chosen:
         raise ValueError(f"the probes hold no {' or '.join(kinds)} request; pick other probes or kinds")
     typed = [p.prompt for p in chosen]
     drawn = [t if words == "request" else key_words(t) for t in typed]
     pictures = [render_request(d) for d in drawn]
-    text, image, *read = _answers(target, typed, pictures, [INSTRUCTION] + ([READ_BACK] if read_back else []))
+    text, image, *read = _answers(
+        target, typed, pictures, [INSTRUCTION] + ([READ_BACK] if read_back else []), check_bool("progress", progress)
+    )
     rows = []
     for k, (p, t, a_text, a_image) in enumerate(zip(chosen, typed, text, image)):
         row = {
