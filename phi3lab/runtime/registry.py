@@ -223,6 +223,10 @@ class ModelSpec:
     template: str | None = None
     unverified: str = ""
 
+    def __repr__(self) -> str:
+        where = "embedded" if self.embedded else "hub"
+        return f"ModelSpec({self.name!r}, {self.modality}, {self.context_length:,} tokens, {where})"
+
     @property
     def long_context(self) -> bool:
         """True for 128K models, whose LongRoPE switches factors past 4,096 tokens."""
