@@ -158,6 +158,11 @@ def _where(result, shape, index: int) -> str:
     return ", ".join(reversed(parts))
 
 
+def _signed(value: float) -> str:
+    """``+0.12``; a value that rounds to zero is shown as ``0.00`` (never ``-0.00``)."""
+    return "0.00" if abs(value) < 0.005 else f"{value:+.2f}"
+
+
 def patching_html(result, max_columns: int = MAX_COLUMNS) -> str:
     """The grid as a coloured table (layers down; positions or heads across), centred at 0, scale shown.
 
@@ -171,14 +176,18 @@ def patching_html(result, max_columns: int = MAX_COLUMNS) -> str:
     legend = Markup(
         " ".join(
             f'<span style="background:{signed_colour(v, scale)};color:{text_on(signed_colour(v, scale))};'
-            f'padding:0 6px;border-radius:3px">{v:+.2f}</span>'
+            f'padding:0 6px;border-radius:3px">{_signed(v)}</span>'
             for v in (-scale, 0.0, scale)
         )
     )
     summary = rows_html(
         [
             ("metric", result.metric),
-            ("clean / corrupted", f"{result.clean:+.3f} / {result.corrupted:+.3f}"),
+            (
+                "clean / corrupted",
+                f"{result.clean:+.3f} / {result.corrupted:+.3f} (gap {result.clean - result.corrupted:+.3f}; "
+                "a small gap makes the shares noisy)",
+            ),
             ("cells", what),
             ("colour scale", legend),
         ],
@@ -196,7 +205,7 @@ def patching_html(result, max_columns: int = MAX_COLUMNS) -> str:
             note = (
                 f"{max_columns} of {grid.shape[1]} {dims[1]}s shown: those with the largest |value|; plot() draws all"
             )
-        rows = [[label] + [f"{float(grid[i, j]):+.2f}" for j in keep] for i, label in enumerate(_axis(result, "layer"))]
+        rows = [[label] + [_signed(float(grid[i, j])) for j in keep] for i, label in enumerate(_axis(result, "layer"))]
         styles = [
             [""]
             + [
