@@ -73,7 +73,12 @@ def api_modules(package: str = "phi3lab") -> dict[str, list[str]]:
 def _title(module: str) -> str:
     doc = (importlib.import_module(module).__doc__ or "").strip().splitlines()
     first = doc[0].strip() if doc else ""
-    return f"``{module}``" + (f" — {_plain(first)}" if first else "")
+    return f"``{module}``" + (f" — {_rst_text(_plain(first))}" if first else "")
+
+
+def _rst_text(text: str) -> str:
+    """Plain text made literal for reStructuredText (``|x|`` is a substitution, ``x_`` a link, otherwise)."""
+    return re.sub(r"([\\|_*`])", r"\\\1", text)
 
 
 def _plain(line: str) -> str:

@@ -105,6 +105,7 @@ def test_the_titles_drop_markup():
         docs._plain("The object :func:`phi3lab.load` returns: a ``Lab``.") == "The object phi3lab.load returns: a Lab."
     )
     assert docs._plain("See :class:`~phi3lab.inspect.cache.Cache <Cache>`:") == "See phi3lab.inspect.cache.Cache"
+    assert docs._rst_text("tags <|image_N|> → input_ids") == r"tags <\|image\_N\|> → input\_ids"  # no substitution
 
 
 # --- one build per session -------------------------------------------------------------------------------
