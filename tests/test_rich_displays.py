@@ -184,7 +184,7 @@ def test_hd_layout_and_image_tokens():
 
 
 def test_cache_text_and_html(vision, picture):
-    _, cache = vision.run_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=4)
+    _, cache = vision.generate_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=4)
     text = display.cache_text(cache)
     rows = dict(line.split(None, 1) if " " in line else (line, "") for line in text.splitlines()[1:])
     assert text.splitlines()[0] == "Cache of phi3lab-tiny-vision"
@@ -243,6 +243,17 @@ def _patching(grid, dims=("layer", "position"), positions=None, heads=None, clea
         tokens=tokens,
         normalized=(grid - corrupted) / (clean - corrupted),
     )
+
+
+def test_patching_forms_of_a_real_result(tiny):
+    clean = "My name is Ada. What is my name?"
+    result = tiny.patch(clean, clean.replace("Ada", "Ben"), answer=" Ada.", wrong=" Ben.", layers=[0, 1])
+    n = result.grid.shape[1]
+    lines = display.patching_text(result, top=3).splitlines()
+    assert lines[0] == f"activation patching of 'resid_pre': layer 2 × position {n}" and len(lines) == 6
+    assert re.fullmatch(r"  [+-]\d\.\d{3} at layer [01], position \d+ '.+'", lines[3])
+    page = well_formed(display.patching_html(result))
+    assert "0 &lt;|user|&gt;" in page and "<|user|>" not in page and page.count("<tr>") >= 4 + 3
 
 
 def test_patching_text_names_the_best_cells():
@@ -356,8 +367,9 @@ def test_small_safety_records():
 
 # --- no bare reprs ---------------------------------------------------------------------------------------------
 
-#: Public classes that are not results a notebook shows (machinery, protocols, torch modules), and those
-#: of the inspection layer, which its owner is rebuilding (issue 22): their forms are in views.display.
+#: Public classes that are not results a notebook shows (machinery, protocols, torch modules).  The inspection
+#: layer's classes are its owner's to wire (issue 22): the Cache's and PatchingResult's forms are in
+#: views.display; LogitLens, ImageHeat, Record, KernelKeys, At, Site and Check still print as dataclasses.
 NOT_RESULTS = {
     "phi3lab.attribution.forward.Scorer": "the batched scorer inside attribute()",
     "phi3lab.inspect.capture.capture": "a context manager",

@@ -218,7 +218,7 @@ class Classroom:
         self.ask_button.disabled = True
         self.status.value = "<i>thinking…</i>"
         try:
-            result, cache = self.vision.run_with_cache(
+            result, cache = self.vision.generate_with_cache(
                 f"<|image_1|>\n{asked}", [self.pictures[self.picture]], max_new_tokens=self.max_new_tokens
             )
         except ValueError as exc:  # a prompt the template refuses (e.g. a typed <|end|>)
