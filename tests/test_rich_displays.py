@@ -9,7 +9,6 @@ import html.parser
 import importlib
 import inspect
 import re
-import sys
 import types
 from pathlib import Path
 
@@ -385,7 +384,6 @@ BEING_REBUILT = "phi3lab.inspect."
 
 
 def _public_classes():
-    sys.path.insert(0, str(ROOT / "docs"))
     spec = importlib.util.spec_from_file_location("phi3lab_docs_build_for_reprs", ROOT / "docs" / "build.py")
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
