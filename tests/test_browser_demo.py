@@ -17,18 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser_support import Watch, chromium, free_port
+from browser_support import Watch, free_port
 from PIL import Image
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from browser_support import Watch, chromium, serve_folder
+from browser_support import Watch, serve_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -150,12 +150,6 @@ def test_saved_widgets_are_in_the_pages_with_the_offline_renderer(site):
 
 
 # --- in a browser, network off --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
