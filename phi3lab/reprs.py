@@ -3,9 +3,9 @@
 Every result object has ``to_text()`` (what ``print`` shows, and the tested contract) and
 ``_repr_html_()`` (what Jupyter shows), both built from the same rows with the helpers here, so the two
 forms never disagree.  The HTML escapes every value — prompts, answers and file names are user text —
-has no scripts and loads nothing, and takes its colours from :data:`PALETTE`, the one place to change
-them: JupyterLab's theme variables first (so tables follow light and dark themes), neutral greys where
-those are absent (GitHub, an exported page).
+has no scripts and loads nothing, and takes its chrome from :data:`PALETTE`, the one place to change it:
+JupyterLab's theme variables first (so tables follow light and dark themes), neutral greys where those are
+absent (GitHub, an exported page).  Numbers shown in colour use :mod:`phi3lab.colours`.
 
     >>> print(rows_text([("model", "phi3lab-tiny"), ("dtype", "float32")]))
     model  phi3lab-tiny
@@ -32,22 +32,16 @@ __all__ = [
     "grid_text",
     "grid_html",
     "pre_html",
-    "signed_colour",
-    "text_on",
 ]
 
-#: Colours of the rich displays, in one place.  Chrome comes from JupyterLab's theme variables with
-#: neutral fallbacks; ``negative``/``zero``/``positive`` are the ends and centre of the diverging scale
-#: for signed values (ColorBrewer RdBu ends), until the project's colour module takes them over.
+#: Chrome of the rich displays (text, borders, header shading), in one place: JupyterLab's theme variables
+#: with neutral fallbacks.  Numbers are coloured by :mod:`phi3lab.colours` (the colour language), never here.
 PALETTE = {
     "text": "var(--jp-ui-font-color1, inherit)",
     "muted": "var(--jp-ui-font-color2, #6b7280)",
     "border": "var(--jp-border-color2, #d0d7de)",
     "header": "var(--jp-layout-color2, rgba(127, 127, 127, 0.1))",
     "mono": "var(--jp-code-font-family, ui-monospace, SFMono-Regular, Menlo, Consolas, monospace)",
-    "negative": (33, 102, 172),
-    "zero": (247, 247, 247),
-    "positive": (178, 24, 43),
 }
 
 
@@ -146,23 +140,3 @@ def pre_html(text: str, *, title=None, note=None) -> Markup:
     """The text form in a ``<pre>`` block (for reports whose text form is already a laid-out table)."""
     style = f"font-family:{PALETTE['mono']};margin:0;white-space:pre;overflow-x:auto"
     return _frame(title, f'<pre style="{style}">{escape(text)}</pre>', note)
-
-
-def signed_colour(value: float, scale: float) -> str:
-    """CSS colour of a signed value on the diverging scale of :data:`PALETTE`, centred at 0 (``scale`` ↦ full).
-
-    >>> signed_colour(0.0, 1.0), signed_colour(1.0, 1.0)
-    ('rgb(247,247,247)', 'rgb(178,24,43)')
-    """
-    if scale <= 0 or value != value:  # nothing to scale by, or NaN: drawn as no signal
-        return "rgb({},{},{})".format(*PALETTE["zero"])
-    share = min(abs(value) / scale, 1.0)
-    end = PALETTE["positive"] if value >= 0 else PALETTE["negative"]
-    rgb = [round(z + (e - z) * share) for z, e in zip(PALETTE["zero"], end)]
-    return "rgb({},{},{})".format(*rgb)
-
-
-def text_on(colour: str) -> str:
-    """Dark or white text for an ``rgb(r,g,b)`` background (relative luminance above 0.4: dark)."""
-    r, g, b = (int(x) / 255 for x in colour[4:-1].split(","))
-    return "#111827" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.4 else "#ffffff"

@@ -80,14 +80,6 @@ def test_rows_and_grids_align_and_escape():
     assert ESCAPED in well_formed(reprs.pre_html(HOSTILE))
 
 
-def test_signed_colours_are_centred_at_zero():
-    assert reprs.signed_colour(0.0, 2.0) == "rgb(247,247,247)"
-    assert reprs.signed_colour(2.0, 2.0) == "rgb(178,24,43)" and reprs.signed_colour(-5.0, 2.0) == "rgb(33,102,172)"
-    assert reprs.signed_colour(1.0, 0.0) == "rgb(247,247,247)"  # no scale: no signal
-    assert reprs.signed_colour(float("nan"), 1.0) == "rgb(247,247,247)"
-    assert reprs.text_on("rgb(247,247,247)") == "#111827" and reprs.text_on("rgb(33,102,172)") == "#ffffff"
-
-
 # --- runtime ------------------------------------------------------------------------------------------------
 
 
@@ -266,13 +258,16 @@ def test_patching_text_names_the_best_cells():
     ]
 
 
-def test_patching_html_is_centred_scaled_and_escaped():
-    result = _patching(torch.tensor([[0.0, 2.0, -1.0], [0.5, 1.0, 0.0]]))
+def test_patching_html_is_in_the_colour_language_and_escaped():
+    from phi3lab import colours
+
+    result = _patching(torch.tensor([[0.0, 2.0, -1.0], [0.5, 1.0, 1e-9]]))
     page = well_formed(display.patching_html(result))
     assert "&lt;t1&gt;" in page and "<t1>" not in page
-    assert page.count("background:rgb(247,247,247)") >= 2 + 1  # the two zeros and the legend's 0
-    assert "background:rgb(178,24,43)" in page and "background:rgb(33,102,172)" in page  # +1 and −0.5 ends
-    assert "+1.00" in page and "-1.00" in page  # the scale, printed
+    assert f"background:{colours.DIVERGING[-1]}" in page  # +1, the top of the symmetric scale
+    assert f"background:{colours.diverging([-0.5], vmax=1.0)[0]}" in page  # −0.5: blue, half way
+    assert page.count(f"outline:1px dashed {colours.NO_SIGNAL}") == 2  # 0 and 5e-10: no signal, uncoloured
+    assert 'class="phi3lab-legend"' in page and "−1" in page and "+1" in page  # the scale, with its numbers
 
 
 def test_patching_html_caps_its_columns_and_shows_head_grids_as_cells():

@@ -168,6 +168,11 @@ class ImageRegion:
     canvas_box: tuple[float, float, float, float]
     image_box: tuple[float, float, float, float]
 
+    def __repr__(self) -> str:
+        box = "({:.0f}, {:.0f})–({:.0f}, {:.0f})".format(*self.image_box) if self.image_box else "padding"
+        view = "global view" if self.crop == 0 else f"crop {self.crop}"
+        return f"ImageRegion(r{self.row}c{self.col} of {view}, {len(self.tokens)} tokens, pixels {box})"
+
     @property
     def label(self) -> str:
         return f"r{self.row}c{self.col}"

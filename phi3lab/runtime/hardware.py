@@ -159,6 +159,9 @@ class DeviceMemory:
     available: int | None
     total: int | None
 
+    def __repr__(self) -> str:
+        return f"DeviceMemory({self.to_text()})"
+
     def to_text(self) -> str:
         def gib(n):
             return "?" if n is None else f"{n / 2**30:.1f} GiB"

@@ -106,6 +106,9 @@ class Architecture:
     vision_layers: int = 0
     vision_intermediate: int = 0
 
+    def __repr__(self) -> str:
+        return f"Architecture({self.layers} layers, hidden {self.hidden}, {self.heads} heads, {self.kv_heads} kv heads)"
+
     def __post_init__(self):
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)

@@ -7,10 +7,11 @@ The inspection layer draws nothing itself; its objects hand these functions to J
         from phi3lab.views.display import cache_html
         return cache_html(self)
 
-Each form is built from one list of rows (:func:`cache_rows`), with the building blocks and the
-colours of :mod:`phi3lab.reprs`; every label that came from a prompt is escaped.  The patching grid
-is drawn on the diverging scale centred at 0 (restoring the clean answer is positive), with its
-scale printed beside it.
+Each form is built from one list of rows (:func:`cache_rows`), with the building blocks of
+:mod:`phi3lab.reprs`; every label that came from a prompt is escaped.  The patching grid is coloured
+in :mod:`phi3lab.colours`' language: the diverging map centred at 0 (restoring the clean answer is
+positive), one symmetric scale drawn with its numbers, and cells under the noise floor left uncoloured
+with a dashed outline (no signal).
 
     >>> import phi3lab
     >>> lab = phi3lab.load("tiny", verbose=False)
@@ -23,15 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from phi3lab.reprs import (
-    Markup,
-    grid_html,
-    rows_html,
-    rows_text,
-    shorten,
-    signed_colour,
-    text_on,
-)
+from phi3lab import colours
+from phi3lab.reprs import Markup, grid_html, rows_html, rows_text, shorten
 
 __all__ = ["cache_rows", "cache_text", "cache_html", "patching_text", "patching_html", "human_bytes", "MAX_COLUMNS"]
 
@@ -114,11 +108,14 @@ def cache_html(cache) -> str:
 
 
 def _values(result):
-    """``(values, what)``: the normalized grid when the clean and corrupted runs differ, else the raw metric."""
+    """``(values, what, floor)``: the normalized grid when the clean and corrupted runs differ (its noise floor is
+    the metric's, :data:`phi3lab.colours.SCORE_FLOOR`, divided by the gap), else the raw metric."""
     try:
-        return result.normalized.detach().float().cpu(), "share of the clean answer restored (1: all, 0: none)"
+        values = result.normalized.detach().float().cpu()
     except ValueError:
-        return result.grid.detach().float().cpu(), result.metric
+        return result.grid.detach().float().cpu(), result.metric, colours.SCORE_FLOOR
+    gap = abs(result.clean - result.corrupted)
+    return values, "share of the clean answer restored (1: all, 0: none)", colours.SCORE_FLOOR / gap
 
 
 def _axis(result, dim: str) -> list[str]:
@@ -131,7 +128,7 @@ def _axis(result, dim: str) -> list[str]:
 
 def patching_text(result, top: int = 5) -> str:
     """What was patched, the two unpatched scores, the grid's shape and the cells that restore the most."""
-    values, what = _values(result)
+    values, what, _ = _values(result)
     shape = " × ".join(f"{d} {s}" for d, s in zip(result.dims, result.grid.shape))
     lines = [
         f"activation patching of {result.site!r}: {shape}",
@@ -163,23 +160,25 @@ def _signed(value: float) -> str:
     return "0.00" if abs(value) < 0.005 else f"{value:+.2f}"
 
 
+def _cell_style(scale, value: float) -> str:
+    """A cell in the colour language: its colour on the scale, or uncoloured with a dashed outline (no signal)."""
+    colour = scale.colour(value)
+    if colour is None:
+        return f"outline:1px dashed {colours.NO_SIGNAL};outline-offset:-2px;text-align:right"
+    return f"background:{colour};color:{colours.text_on(colour)};text-align:right"
+
+
 def patching_html(result, max_columns: int = MAX_COLUMNS) -> str:
     """The grid as a coloured table (layers down; positions or heads across), centred at 0, scale shown.
 
     A grid with both positions and heads is shown as its best cells (``result.plot()`` draws it all);
     past ``max_columns`` positions, the columns with the largest values are kept and the note says so.
     """
-    values, what = _values(result)
-    scale = float(values.abs().max()) if values.numel() else 0.0
+    values, what, floor = _values(result)
+    scale = colours.scale(values.numpy(), kind="score", label=what, floor=floor)
     shape = " × ".join(f"{d} {s}" for d, s in zip(result.dims, result.grid.shape))
     title = f"activation patching of {result.site}: {shape}"
-    legend = Markup(
-        " ".join(
-            f'<span style="background:{signed_colour(v, scale)};color:{text_on(signed_colour(v, scale))};'
-            f'padding:0 6px;border-radius:3px">{_signed(v)}</span>'
-            for v in (-scale, 0.0, scale)
-        )
-    )
+    legend = Markup(colours.legend_html(scale))
     summary = rows_html(
         [
             ("metric", result.metric),
@@ -206,15 +205,7 @@ def patching_html(result, max_columns: int = MAX_COLUMNS) -> str:
                 f"{max_columns} of {grid.shape[1]} {dims[1]}s shown: those with the largest |value|; plot() draws all"
             )
         rows = [[label] + [_signed(float(grid[i, j])) for j in keep] for i, label in enumerate(_axis(result, "layer"))]
-        styles = [
-            [""]
-            + [
-                f"background:{signed_colour(float(grid[i, j]), scale)};color:{text_on(signed_colour(float(grid[i, j]), scale))};"
-                "text-align:right"
-                for j in keep
-            ]
-            for i in range(grid.shape[0])
-        ]
+        styles = [[""] + [_cell_style(scale, float(grid[i, j])) for j in keep] for i in range(grid.shape[0])]
         table = grid_html([""] + [columns[j] for j in keep], rows, styles=styles, note=note)
     else:
         flat = values.reshape(-1)
