@@ -10,7 +10,8 @@ whose saved state is drawn by phi3lab's own renderer (``widgets/embed.js``, copi
 so no page asks a CDN for anything.  It happens in three steps:
 
 1. **Stage** a source tree in ``build/docs/src``: ``docs/`` (configuration, landing page), the
-   README, ``notebooks/*.ipynb`` and the widget renderer.  Nothing in the checkout is written to.
+   README, ``notebooks/*.ipynb`` and the widget renderer.  Nothing in the checkout is written to; a
+   widget output that is not phi3lab's keeps only its static form (:func:`static_widgets`).
 2. **Generate** one API page per public module, found by walking the package at build time
    (:func:`api_modules`), grouped by layer: a module added to any layer appears without an edit.
 3. **Build** with ``sphinx-build`` and **check** that no page, stylesheet or script loads anything
@@ -20,6 +21,7 @@ so no page asks a CDN for anything.  It happens in three steps:
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 import re
@@ -126,10 +128,36 @@ def stage(src: Path) -> None:
     shutil.copy2(ROOT / "README.md", src / "README.md")
     (src / "notebooks").mkdir()
     for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-        shutil.copy2(notebook, src / "notebooks" / notebook.name)
+        (src / "notebooks" / notebook.name).write_text(json.dumps(static_widgets(notebook)), encoding="utf-8")
     static = src / "_static"
     static.mkdir(exist_ok=True)
     shutil.copy2(ROOT / "widgets" / "embed.js", static / "phi3lab-embed.js")
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def static_widgets(notebook: Path) -> dict:
+    """The notebook's JSON with every widget output the site cannot draw reduced to its stored static forms.
+
+    The site draws phi3lab's widgets (anywidget models, whose saved state carries their ``_esm`` module)
+    with ``widgets/embed.js``; any other widget in an output (a progress bar, an ``ipywidgets`` box)
+    would need Jupyter's widget manager from a CDN, so its output keeps only its ``text/html`` or
+    ``text/plain`` form — what GitHub shows.  The notebook file itself is not changed.
+    """
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            view = data.get(WIDGET_VIEW)
+            if view is None:
+                continue
+            saved = state.get(view.get("model_id"), {}).get("state", {})
+            if not isinstance(saved.get("_esm"), str) and len(data) > 1:
+                del data[WIDGET_VIEW]
+    return nb
 
 
 _RESOURCE = re.compile(
