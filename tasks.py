@@ -6,6 +6,10 @@
     python3 tasks.py test --fast  the quick tier: no slow, browser or engine tests, no notebooks (minutes)
     python3 tasks.py notebooks  re-execute every notebook in place (refresh outputs)
     python3 tasks.py bench      run the benchmarks in benchmarks/
+    python3 tasks.py docs       set up .venv and build the documentation site into build/docs/html (offline:
+                                README, the notebooks as stored, an API reference from the docstrings)
+    python3 tasks.py demo       set up .venv and serve the classroom page (Voilà, no code shown) on 127.0.0.1
+                                with a token: chat, attention and patch explorers, pictures (--port P)
     python3 tasks.py setup      only set up .venv
     python3 tasks.py serve      set up .venv-vllm (vLLM) and serve the tiny model on 127.0.0.1:8011
                                 (--model DIR|HUB_ID, --port P, --enforce-eager, --setup-only)
@@ -33,6 +37,7 @@ STAMP = VENV / ".phi3lab-setup"
 TORCH_CPU = "torch==2.13.0"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / ("python.exe" if os.name == "nt" else "python")
+EXTRAS = ".[notebooks,test,quant,docs,demo]"  # one environment: the tests build the docs site and serve the demo
 
 
 def _say(msg: str) -> None:
@@ -80,8 +85,8 @@ def setup() -> None:
     torch_req = _torch_requirement()
     _say(f"installing {torch_req} (first run only; this takes a few minutes)")
     _run(*pip, torch_req)
-    _say("installing phi3lab with its notebook, test and quantization dependencies")
-    _run(*pip, "-e", ".[notebooks,test,quant]")
+    _say("installing phi3lab with its notebook, test, quantization, docs and demo dependencies")
+    _run(*pip, "-e", EXTRAS)
     STAMP.write_text(want + "\n")
     _say("environment ready")
 
@@ -154,6 +159,20 @@ def bench(argv: list[str]) -> None:
         _run(PY, script, env=_env())
 
 
+def docs(argv: list[str]) -> None:
+    """The documentation site, built offline into build/docs/html (docs/build.py says how)."""
+    setup()
+    _run(PY, ROOT / "docs" / "build.py", *argv, env=_env())
+
+
+def demo(argv: list[str]) -> None:
+    """The classroom page: Voilà on 127.0.0.1 with a token (phi3lab/views/classroom.py says what it shows)."""
+    setup()
+    env = _env()
+    args = [PY, "-m", "phi3lab.views.classroom", *argv]
+    os.execve(str(PY), [str(a) for a in args], env)
+
+
 def serve(argv: list[str]) -> None:
     """vLLM in its own venv (.venv-vllm; it pins its own torch and transformers): see phi3lab/serving/vllm.py."""
     script = ROOT / "phi3lab" / "serving" / "vllm.py"  # standard library only: runs before .venv exists
@@ -161,7 +180,15 @@ def serve(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    tasks = {"lab": lab, "test": test, "notebooks": notebooks, "bench": bench, "serve": serve}
+    tasks = {
+        "lab": lab,
+        "test": test,
+        "notebooks": notebooks,
+        "bench": bench,
+        "docs": docs,
+        "demo": demo,
+        "serve": serve,
+    }
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

@@ -156,6 +156,9 @@ class Scale:
     floor: float
     label: str
 
+    def __repr__(self) -> str:
+        return f"Scale({self.kind}, {self.to_text()})"
+
     @property
     def signal(self) -> bool:
         """Whether anything in the view is over the noise floor."""

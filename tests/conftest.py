@@ -18,6 +18,16 @@ def _offline(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's, through Playwright) for every browser test of the session: Playwright's
+    sync API runs one instance per thread, so the test modules share it.  Skips, saying what to install, without."""
+    from browser_support import chromium
+
+    with chromium() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
 def tiny():
     import phi3lab
 

@@ -105,16 +105,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def browser():
-    path = _chromium()
-    if path is None:
-        pytest.skip(f"no Chromium on this machine; install it with: {INSTALL}")
-    playwright = pytest.importorskip("playwright.sync_api", reason=f"Playwright is not installed: {INSTALL}")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield chromium
-        chromium.close()
+# ``browser``: the session's one Chromium, from tests/conftest.py (Playwright's sync API runs one per thread).
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,14 @@ LAYERS = [
     "tiny",
 ]
 """Lowest first: a module may import its own layer and the layers below it."""
-FOUNDATION = {"phi3lab._lazy", "phi3lab.paths", "phi3lab.validation", "phi3lab.errors", "phi3lab.colours"}
+FOUNDATION = {
+    "phi3lab._lazy",
+    "phi3lab.paths",
+    "phi3lab.validation",
+    "phi3lab.errors",
+    "phi3lab.colours",
+    "phi3lab.reprs",
+}
 FACADES = {  # modules that hand the user every layer's work through one object, importing it on use
     "phi3lab": "the package's lazy public names",
     "phi3lab.runtime.lab": "Lab.run_with_cache, .attribute, .verify: methods over inspect and attribution",

@@ -41,7 +41,7 @@ def test_setup_reinstalls_when_the_pins_change(monkeypatch):
         tasks.setup()
     finally:
         tasks.STAMP.unlink(missing_ok=True)
-    assert [c[-1] for c in calls] == [tasks._torch_requirement(), ".[notebooks,test,quant]"]
+    assert [c[-1] for c in calls] == [tasks._torch_requirement(), ".[notebooks,test,quant,docs,demo]"]
 
 
 def test_unknown_task_is_refused():

@@ -75,6 +75,24 @@ class Curve:
 
     __str__ = to_text
 
+    def __repr__(self) -> str:
+        return f"Curve({self.kind} by {self.method}, {len(self.order)} units, area {self.area:.3f})"
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import grid_html
+
+        rows = [
+            (f"{f:.2f}", f"{lp:.3f}", "" if i == 0 else self.order[i - 1])
+            for i, (f, lp) in enumerate(zip(self.fractions, self.log_probs))
+        ]
+        moved = "removed" if self.kind == "deletion" else "inserted"
+        return grid_html(
+            [f"share {moved}", "log p", f"unit {moved}"],
+            rows,
+            title=f"{self.kind} curve by {self.method}: area {self.area:.3f}",
+            note="deletion: lower area is more faithful; insertion: higher" if self.kind in CURVES else None,
+        )
+
 
 class Attribution:
     """Scores of an answer's tokens over the units of its prompt.

@@ -75,6 +75,10 @@ class Unit:
     views: tuple[tuple[int, int, int, int, int], ...] = ()
     run: tuple[int, int] | None = None
 
+    def __repr__(self) -> str:
+        where = f" in {self.where}" if self.where else ""
+        return f"Unit({self.label!r}, {self.kind}{where}, {len(self.positions)} positions)"
+
     @property
     def first(self) -> int:
         """The first position a removal can change (an image unit changes its whole picture's run,

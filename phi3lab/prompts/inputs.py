@@ -72,6 +72,12 @@ class ImageSpan:
     def positions(self) -> range:
         return range(self.start, self.end)
 
+    def __repr__(self) -> str:
+        return (
+            f"ImageSpan(image {self.index + 1}: {self.width}×{self.height}, num_crops {self.num_crops}, "
+            f"tokens {self.start}..{self.end - 1})"
+        )
+
 
 class Inputs(Mapping):
     """Model inputs of one encoded conversation (or a left-padded batch), with token tables and image layouts.
@@ -283,6 +289,19 @@ class Inputs(Mapping):
         extra = f", {len(self.images)} image(s)" if self.images else ""
         batch = f"{self.batch_size}×" if self.batch_size > 1 else ""
         return f"Inputs({batch}{self.num_tokens} tokens{extra}; keys {list(self._tensors)})"
+
+    def _repr_html_(self) -> str:
+        """The text form's lines as a table, the model inputs' shapes, and each prompt's tokens as chips
+        (hover: id and segment); everything from the prompt escaped."""
+        from phi3lab.reprs import Markup, rows_html
+
+        title, *lines = self.to_text().split("\n")
+        rows = [tuple(line.split(": ", 1)) for line in lines if ": " in line]
+        rows.append(("model inputs", ", ".join(f"{k} {list(v.shape)}" for k, v in self.items())))
+        single = self.batch_size == 1
+        for k, prompt in enumerate([self] if single else self.rows()):
+            rows.append(("tokens by role" if single else f"row {k} tokens", Markup(prompt.table.to_html())))
+        return rows_html(rows, title=f"Inputs: {title}")
 
 
 def _text_rows(table: TokenTable, text: str) -> list[int]:

@@ -65,6 +65,16 @@ class ImageToken:
     canvas_box: tuple[float, float, float, float] | None
     image_box: tuple[float, float, float, float] | None
 
+    def __repr__(self) -> str:
+        what = {"crop": f"crop {self.crop}", "global": "global view"}.get(self.kind, self.kind)
+        where = "" if self.row is None else (f" row {self.row}" if self.col is None else f" r{self.row}c{self.col}")
+        box = (
+            " padding"
+            if self.image_box is None
+            else " pixels ({:.0f}, {:.0f})–({:.0f}, {:.0f})".format(*self.image_box)
+        )
+        return f"ImageToken(#{self.index} {what}{where}{'' if self.canvas_box is None else box})"
+
 
 def _to_image(layout: HDLayout, box: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
     left, top, right, bottom = layout.pad_box
@@ -157,6 +167,11 @@ class ImageRegion:
     tokens: tuple[int, ...]
     canvas_box: tuple[float, float, float, float]
     image_box: tuple[float, float, float, float]
+
+    def __repr__(self) -> str:
+        box = "({:.0f}, {:.0f})–({:.0f}, {:.0f})".format(*self.image_box) if self.image_box else "padding"
+        view = "global view" if self.crop == 0 else f"crop {self.crop}"
+        return f"ImageRegion(r{self.row}c{self.col} of {view}, {len(self.tokens)} tokens, pixels {box})"
 
     @property
     def label(self) -> str:

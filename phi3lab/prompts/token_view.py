@@ -51,6 +51,9 @@ class TokenRow:
     end: int
     segment: str
 
+    def __repr__(self) -> str:
+        return f"TokenRow(#{self.index} id {self.id} {self.token!r} {self.segment} {self.start}-{self.end})"
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenTable:
@@ -142,6 +145,10 @@ class TokenTable:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts().items())
+        return f"TokenTable({len(self.rows)} tokens: {counts})"
 
 
 def _chip(text: str, segment: str, title: str | None = None, style: str = "padding:1px 4px;") -> str:

@@ -72,9 +72,19 @@ class AttentionChoice:
         return f"{self.impl} · {self.dtype_name} · {self.device} — {self.reason}"
 
     __str__ = summary
+    to_text = summary
+
+    def __repr__(self) -> str:
+        return f"AttentionChoice({self.summary()})"
 
     def _repr_pretty_(self, printer, cycle):
-        printer.text(f"AttentionChoice({self.summary()})")
+        printer.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import rows_html
+
+        rows = [("attention", self.impl), ("dtype", self.dtype_name), ("device", self.device), ("why", self.reason)]
+        return rows_html(rows, title="Attention choice")
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | None:

@@ -66,6 +66,9 @@ class CheckpointFiles:
     has run (``None`` for ``*.bin`` weights), which is what the memory plan counts.
     """
 
+    def __repr__(self) -> str:
+        return f"CheckpointFiles({self.name!r}, {self.kind}: {self.folder})"
+
     def __init__(self, folder: Path, name: str, kind: str, revision: str | None):
         self.folder, self.name, self.kind, self.revision = folder, name, kind, revision
         self.json: dict[str, dict] = {}

@@ -70,6 +70,20 @@ class ChatResult:
     def __str__(self) -> str:
         return self.text
 
+    def to_text(self) -> str:
+        """The answer and, under it, :meth:`stats`."""
+        return f"{self.text}\n({self.stats()})"
+
+    def __repr__(self) -> str:
+        from phi3lab.reprs import shorten
+
+        return f"ChatResult({shorten(self.text, 60)!r}, {self.new_tokens} new tokens, {self.finish_reason})"
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import rows_html
+
+        return rows_html([("answer", self.text), ("stats", self.stats())])
+
 
 class _Streamer(BaseStreamer):
     """Hands decoded text to ``on_text`` (and prints it with ``echo``) as tokens arrive, and notes when

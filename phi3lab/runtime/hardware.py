@@ -66,6 +66,11 @@ class Probes:
     torchao_error: str | None = "the torchao package is not installed (pip install torchao, or phi3lab[quant])"
     gpu_count: int = 0
 
+    def __repr__(self) -> str:
+        found = [name for name in ("cuda", "cuda_bf16", "flash_attn", "mps", "sdpa") if getattr(self, name)]
+        gpu = f", {self.gpu_name}" if self.gpu_name else ""
+        return f"Probes(default device {self.default_device}{gpu}; {', '.join(found) or 'no kernels'})"
+
     @property
     def default_device(self) -> str:
         """The device phi3lab uses when asked for ``"auto"``."""
@@ -154,6 +159,9 @@ class DeviceMemory:
     available: int | None
     total: int | None
 
+    def __repr__(self) -> str:
+        return f"DeviceMemory({self.to_text()})"
+
     def to_text(self) -> str:
         def gib(n):
             return "?" if n is None else f"{n / 2**30:.1f} GiB"
@@ -199,7 +207,7 @@ class HardwareReport:
     memory: tuple[DeviceMemory, ...] = ()
     plans: tuple[tuple[str, str], ...] = ()  # (model, one-line load plan or why nothing fits)
 
-    def to_text(self) -> str:
+    def _rows(self) -> list[tuple[str, str]]:
         p = self.probes
         rows = [
             ("python", self.python),
@@ -221,9 +229,12 @@ class HardwareReport:
         rows += [("bitsandbytes", "installed (NF4, int8)" if p.bitsandbytes else f"no — {p.bitsandbytes_error}")]
         rows += [("torchao", "installed (int8 weight-only)" if p.torchao else f"no — {p.torchao_error}")]
         rows += [("memory", mem.to_text()) for mem in self.memory]
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k:<{width}}  {v}" for k, v in rows]
-        lines.append("attention per dtype:")
+        return rows
+
+    def to_text(self) -> str:
+        from phi3lab.reprs import rows_text
+
+        lines = [rows_text(self._rows()), "attention per dtype:"]
         lines += [f"  {name:<9} {text}" for name, text in self.selections]
         if self.plans:
             lines.append("load plans here (dtype='auto', quantize='auto', chat at 4,096 tokens):")
@@ -232,5 +243,16 @@ class HardwareReport:
 
     __str__ = to_text
 
+    def __repr__(self) -> str:
+        return f"HardwareReport(torch {self.torch}, transformers {self.transformers}, {self.probes.default_device})"
+
     def _repr_pretty_(self, printer, cycle):  # IPython shows the text form
         printer.text(self.to_text())
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import rows_html
+
+        rows = self._rows() + [("attention per dtype", "\n".join(f"{n}: {t}" for n, t in self.selections))]
+        if self.plans:
+            rows.append(("load plans", "\n".join(f"{n}: {t}" for n, t in self.plans)))
+        return rows_html(rows, title="Hardware")

@@ -140,8 +140,7 @@ class Lab:
         options.update(kwargs)
         return load(source, **options)
 
-    def info(self) -> str:
-        """A plain-text table: model, size, parameters, dtype, device, attention, memory, context."""
+    def _info_rows(self) -> list[tuple[str, str]]:
         n = self.num_parameters
         nbytes = sum(_nbytes(p) for p in self.model.parameters())
         tok = self.tokenizer
@@ -170,8 +169,13 @@ class Lab:
             rows.append(("note", self.spec.note))
         if self.spec.unverified:
             rows.append(("unverified", self.spec.unverified))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return rows
+
+    def info(self) -> str:
+        """A plain-text table: model, size, parameters, dtype, device, attention, memory, context."""
+        from phi3lab.reprs import rows_text
+
+        return rows_text(self._info_rows())
 
     # --- chat ---------------------------------------------------------------------------------
 
@@ -367,6 +371,19 @@ class Lab:
         """A :class:`~phi3lab.runtime.generation.ChatSession` that keeps multi-turn history."""
 
         return _generation.ChatSession(self, system=system)
+
+    # --- display ------------------------------------------------------------------------------
+
+    def to_text(self) -> str:
+        """What ``print(lab)`` shows: the :meth:`info` table."""
+        return self.info()
+
+    __str__ = to_text
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import rows_html
+
+        return rows_html(self._info_rows(), title=f"Lab: {self.spec.name}")
 
     def __repr__(self) -> str:
         return f"Lab({self.spec.name!r}, {self.attention.impl}, {self.attention.dtype_name}, {self.attention.device})"

@@ -131,6 +131,11 @@ class Usage:
     num_crops: int = 16
     need_weights: bool = False
 
+    def __repr__(self) -> str:
+        extra = f", {self.images} image(s) × {self.num_crops} crops" if self.images else ""
+        weights = ", attention weights" if self.need_weights else ""
+        return f"Usage({self.use}, {self.context:,} tokens, batch {self.batch}{extra}{weights})"
+
     def __post_init__(self):
         if self.use not in USES:
             raise ValueError(f"use must be one of {', '.join(map(repr, USES))}, got {self.use!r}")
@@ -163,6 +168,9 @@ class Weights:
 
     projections: tuple[tuple[int, int], ...]
     other: int
+
+    def __repr__(self) -> str:
+        return f"Weights({len(self.projections)} projections, {self.other:,} other parameters)"
 
     @property
     def parameters(self) -> int:
@@ -217,6 +225,10 @@ class Estimate:
     workspace: int
     logits: int
     kept: int
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k} {size_text(v)}" for k, v in self.rows() if k != "total")
+        return f"Estimate({size_text(self.total)}: {parts})"
 
     @property
     def activations(self) -> int:
@@ -314,6 +326,11 @@ class Option:
     why_not: str | None = None
     allowed: bool = True
 
+    def __repr__(self) -> str:
+        how = str(self.dtype).removeprefix("torch.") + (f" + {self.quantize}" if self.quantize else "")
+        verdict = "fits" if self.fits else f"does not fit: {self.why_not}" if self.why_not else "does not fit"
+        return f"Option({how}, {size_text(self.estimate.total)}, {verdict})"
+
     @property
     def usable(self) -> bool:
         return self.allowed and self.why_not is None and self.fits
@@ -361,6 +378,9 @@ class MemoryPlan:
     usage: Usage
     reason: str
     options: tuple[Option, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"MemoryPlan({self.reason})"
 
     @property
     def dtype_name(self) -> str:

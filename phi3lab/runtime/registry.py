@@ -106,6 +106,9 @@ class Architecture:
     vision_layers: int = 0
     vision_intermediate: int = 0
 
+    def __repr__(self) -> str:
+        return f"Architecture({self.layers} layers, hidden {self.hidden}, {self.heads} heads, {self.kv_heads} kv heads)"
+
     def __post_init__(self):
         if not self.head_dim:
             object.__setattr__(self, "head_dim", self.hidden // self.heads)
@@ -222,6 +225,10 @@ class ModelSpec:
     architecture: Architecture | None = None
     template: str | None = None
     unverified: str = ""
+
+    def __repr__(self) -> str:
+        where = "embedded" if self.embedded else "hub"
+        return f"ModelSpec({self.name!r}, {self.modality}, {self.context_length:,} tokens, {where})"
 
     @property
     def long_context(self) -> bool:

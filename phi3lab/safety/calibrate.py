@@ -85,6 +85,12 @@ class Scores:
     def accuracy(self) -> float:
         return (self.tp + self.tn) / self.n if self.n else float("nan")
 
+    def __repr__(self) -> str:
+        return (
+            f"Scores({self.n} labelled: accuracy {self.accuracy:.1%}, precision {self.precision:.1%}, "
+            f"recall {self.recall:.1%}; tp {self.tp}, fp {self.fp}, fn {self.fn}, tn {self.tn})"
+        )
+
     @property
     def three_way(self) -> float:
         return self.exact / self.n if self.n and self.exact is not None else float("nan")

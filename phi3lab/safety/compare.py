@@ -54,6 +54,13 @@ class Difference:
     tolerance: float
     same_verdict: bool
 
+    def __repr__(self) -> str:
+        verdict = "same verdict" if self.same_verdict else "verdict differs"
+        return (
+            f"Difference({self.probe!r} under {self.transform}: token {self.position} "
+            f"{self.tokens[0]!r} vs {self.tokens[1]!r}, gap {self.gap:.3g}, {verdict})"
+        )
+
     @property
     def kind(self) -> str:
         if self.position < 0:
@@ -69,6 +76,12 @@ class Comparison:
     differences: list[Difference]
     missing: list[tuple[str, str]]
     tolerance: float
+
+    def __repr__(self) -> str:
+        return (
+            f"Comparison({self.rows} rows, {len(self.differences)} differences, {len(self.missing)} missing, "
+            f"tolerance {self.tolerance:g})"
+        )
 
     def count(self, kind: str) -> int:
         return sum(d.kind == kind for d in self.differences)

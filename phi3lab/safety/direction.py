@@ -107,6 +107,12 @@ class Candidate:
     kl: float
     eligible: bool
 
+    def __repr__(self) -> str:
+        return (
+            f"Candidate(layer {self.layer}, position {self.position}: ablated harmful {self.ablated_harmful:+.2f}, "
+            f"added harmless {self.added_harmless:+.2f}, KL {self.kl:.3f}{'' if self.eligible else ', not eligible'})"
+        )
+
 
 @dataclasses.dataclass
 class RefusalDirection:
@@ -202,6 +208,11 @@ class RefusalDirection:
 
     def __repr__(self) -> str:
         return f"RefusalDirection(layer={self.layer}, position={self.position}, norm={self.vector.norm():.3f})"
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import pre_html
+
+        return pre_html(self.to_text(), title="Refusal direction")
 
 
 class _Reader:
@@ -424,6 +435,17 @@ class DirectionEffect:
         return "\n".join(lines)
 
     __str__ = to_text
+
+    def __repr__(self) -> str:
+        return (
+            f"DirectionEffect(harmful refused {self.harmful_refusal:.1%} → {self.harmful_refusal_ablated:.1%} ablated, "
+            f"harmless refused {self.harmless_refusal:.1%} → {self.harmless_refusal_added:.1%} added)"
+        )
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import pre_html
+
+        return pre_html(self.to_text(), title="Effect of the refusal direction")
 
 
 def _refused(lab, convs, max_new_tokens) -> tuple[dict[str, float], list[tuple[str, str]]]:

@@ -321,3 +321,8 @@ class ImageProbeReport:
 
     def __repr__(self) -> str:
         return self.to_text()
+
+    def _repr_html_(self) -> str:
+        from phi3lab.reprs import pre_html
+
+        return pre_html(self.to_text(), title="Image-borne probes")

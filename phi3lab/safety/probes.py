@@ -90,6 +90,11 @@ class Probe:
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def __repr__(self) -> str:
+        from phi3lab.reprs import shorten
+
+        return f"Probe({self.id!r}, {self.kind}, {self.category}: {shorten(self.prompt, 60)!r})"
+
 
 class ProbeSet(Sequence):
     """A named, ordered list of :class:`Probe` rows with a few selectors."""

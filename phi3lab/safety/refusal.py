@@ -119,6 +119,9 @@ class Verdict:
     def __bool__(self) -> bool:
         return self.refused
 
+    def __repr__(self) -> str:
+        return f"Verdict({'refused' if self.refused else 'complied'}, score {self.score:.2f}: {self.reason})"
+
 
 # --- phrase families ---------------------------------------------------------------------------------
 

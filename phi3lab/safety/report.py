@@ -307,6 +307,35 @@ class Report:
     def __repr__(self) -> str:
         return f"Report({len(self.rows)} rows, model {self.results.model!r}, reveal={self.reveal})"
 
+    def _repr_html_(self) -> str:
+        """The text form's two tables as HTML tables (Wilson 95% intervals in brackets)."""
+        from phi3lab.reprs import grid_html
+
+        if not self.rows:
+            return grid_html(["result"], [["no results"]])
+        settings = ", ".join(f"{k}={v}" for k, v in self.results.settings.items())
+        head = ["probe set", "category", "harmful refused", "harmful complied", "benign refused", "benign complied"]
+        rates = [
+            [r["probe_set"], r["category"], r["harmful_refused"], r["harmful_complied"], r["benign_refused"]]
+            + [r["benign_complied"], _pct(r["harmful_refused"], r["harmful_refused"] + r["harmful_complied"])]
+            + [_pct(r["benign_refused"], r["benign_refused"] + r["benign_complied"])]
+            for r in self.rates()
+        ]
+        parts = [
+            grid_html(
+                head + ["refusal", "over-refusal"],
+                rates,
+                title=f"{self.results.model} · {len(self.rows)} answers · {settings}",
+                note="direct requests; refusal counts harmful probes refused, over-refusal benign ones",
+            )
+        ]
+        attacks = [
+            [a["transform"], a["family"], f"{a['k']}/{a['n']}", _pct(a["k"], a["n"])] for a in self.attack_success()
+        ]
+        if attacks:
+            parts.append(grid_html(["transform", "family", "answered", "attack success"], attacks))
+        return "".join(parts)
+
     # --- plots -------------------------------------------------------------------------------------
 
     def plot_rates(self, ax=None):

@@ -84,6 +84,10 @@ class Transform:
             messages = [{"role": "user", "content": messages}]
         return list(messages)
 
+    def __repr__(self) -> str:
+        tokens = ", control tokens" if self.special_tokens else ""
+        return f"Transform({self.name!r}, family {self.family!r}{tokens})"
+
 
 def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]

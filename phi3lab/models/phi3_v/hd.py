@@ -119,6 +119,35 @@ class HDLayout:
     def num_tokens(self) -> int:
         return tokens_for_grid(*self.grid)
 
+    def to_text(self) -> str:
+        """The layout in one line: size, crop budget, what the size rule made of it, the token count."""
+        turned = ", transposed" if self.transposed else ""
+        return (
+            f"{self.width}×{self.height} with num_crops {self.num_crops}{turned}: resized to "
+            f"{self.resized[0]}×{self.resized[1]}, padded to {self.padded[0]}×{self.padded[1]}, "
+            f"{self.grid[0]}×{self.grid[1]} crops of {CROP}, {self.num_tokens} tokens"
+        )
+
+    __str__ = to_text
+
+    def __repr__(self) -> str:
+        return f"HDLayout({self.to_text()})"
+
+    def _repr_html_(self) -> str:  # this package stands alone: plain HTML here, no phi3lab helpers
+        rows = [
+            ("image", f"{self.width}×{self.height}" + (" (portrait: transposed for the size rule)" * self.transposed)),
+            ("num_crops", str(self.num_crops)),
+            ("resized", f"{self.resized[0]}×{self.resized[1]}"),
+            ("padded canvas", f"{self.padded[0]}×{self.padded[1]} (pad box {self.pad_box})"),
+            ("crops", f"{self.grid[0]}×{self.grid[1]} of {CROP}×{CROP}"),
+            ("image tokens", str(self.num_tokens)),
+        ]
+        cells = "".join(
+            f'<tr><th style="text-align:left;font-weight:normal;padding-right:1em">{k}</th><td>{v}</td></tr>'
+            for k, v in rows
+        )
+        return f'<div class="phi3lab-repr"><b>HD layout</b><table>{cells}</table></div>'
+
 
 def _scale(ratio: float, num_crops: int) -> int:
     """The largest ``s`` with ``s · ⌈s / ratio⌉ ≤ num_crops`` for ``ratio ≥ 1``.
