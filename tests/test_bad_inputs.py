@@ -1087,6 +1087,15 @@ def _widget_cache(env, vision: bool = False):
     return getattr(env, key)
 
 
+def _pattern_only_cache(env):
+    """A vision cache that kept attention only (no resid_post: no patch lens)."""
+    if not hasattr(env, "_pattern_cache"):
+        picture = phi3lab.sample_image("shapes.png")
+        prompt = "<|image_1|>\nWhat is this?"
+        env._pattern_cache = env.vision.generate_with_cache(prompt, [picture], max_new_tokens=2, sites=["pattern"])[1]
+    return env._pattern_cache
+
+
 def _notebook(env, name: str, text: str | None = None) -> Path:
     """A notebook file in the run's folder (``text`` replaces its contents: a torn or foreign file)."""
     import nbformat
@@ -1171,6 +1180,45 @@ CASES += [
         lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"image": 3}),
         IndexError,
         ("image 3 does not exist",),
+    ),
+    widget_case(
+        "widget-patches-source",
+        "PatchExplorer(vision_cache, source='heat')",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"source": "heat"}),
+        ValueError,
+        ("source must be one of", "'lens'"),
+    ),
+    widget_case(
+        "widget-patches-lens-layer",
+        "PatchExplorer(vision_cache, source='lens', lens_layer=9)",
+        lambda env: (
+            _views()[0].PatchExplorer,
+            (_widget_cache(env, vision=True),),
+            {"source": "lens", "lens_layer": 9},
+        ),
+        IndexError,
+        ("lens_layer 9 is not a layer the patch lens reads", "reads layers [0, 1, 2, 3]", "-1 for the last"),
+    ),
+    widget_case(
+        "widget-patches-lens-layer-str",
+        "PatchExplorer(vision_cache, lens_layer='last')",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"lens_layer": "last"}),
+        TypeError,
+        ("lens_layer must be an integer", "got str"),
+    ),
+    widget_case(
+        "widget-patches-lens-no-resid",
+        "PatchExplorer(<cache kept with sites=['pattern']>, source='lens')",
+        lambda env: (_views()[0].PatchExplorer, (_pattern_only_cache(env),), {"source": "lens"}),
+        ValueError,
+        ("source 'lens' is not available", "reads resid_post", "default sites"),
+    ),
+    widget_case(
+        "widget-patches-sinks",
+        "PatchExplorer(vision_cache, sinks='hide')",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"sinks": "hide"}),
+        ValueError,
+        ("sinks must be 'mask'", "'show'", "got 'hide'"),
     ),
     widget_case(
         "widget-attribution-not-one",

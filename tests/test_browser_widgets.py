@@ -69,16 +69,39 @@ hostile.messages = [{"role": "user", "content": '<img src=x onerror="window.__xs
 display(HTML(hostile.to_html()))
 hostile"""
 
+LENS_LAYER = 1  # the layer the second patch explorer opens its lens on
+
 CELLS = [
     SETUP,
     'ChatWidget(text, system="Answer briefly.", max_new_tokens=24)',
     "AttentionExplorer(cache)",
     "PatchExplorer(cache)",
+    f'PatchExplorer(cache, source="lens", lens_layer={LENS_LAYER})',
     ATTRIBUTION,
     NOISE,
     HOSTILE,
 ]
 KINDS = ("chat", "attention", "patches", "attribution")
+
+
+@pytest.fixture(scope="session")
+def expected():
+    """What the notebook's patch explorers must draw, computed here from the same model, picture and question:
+    the sinks' cells and the patch lens's grids at every layer."""
+    import phi3lab
+    from phi3lab.inspect.patch_lens import patch_lens
+
+    vision = phi3lab.load("tiny-vision", verbose=False)
+    picture = phi3lab.sample_image("shapes.png")
+    _, cache = vision.generate_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=6)
+    lens = patch_lens(cache)
+    grids = {
+        layer: {view: lens.grid(layer, view).reshape(-1).tolist() for view in ("crops", "global")}
+        for layer in lens.layers
+    }
+    rows, cols = cache.inputs.image(0).layout.grid
+    cells = {"crops": (rows * 12, cols * 12), "global": (12, 12)}
+    return {"sinks": cache.image_heat(0).sink_cells(), "lens": grids, "layers": list(lens.layers), "cells": cells}
 
 
 def _chromium() -> str | None:
@@ -301,7 +324,7 @@ def check_widgets(page, timeout=180_000):
     page.locator(".phi3lab-attention .phi3lab-toggles button[data-value='mean']").click()
 
     # patches: another answer token changes the overlay; hovering a cell names its token
-    canvas = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
+    canvas = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops").first
     canvas.wait_for()
     page.wait_for_function(
         "document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000", timeout=30_000
@@ -346,6 +369,111 @@ def check_widgets(page, timeout=180_000):
     )
 
 
+def _pixel(canvas, x: int, y: int) -> list[int]:
+    return canvas.evaluate("(c, [x, y]) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data)", [x, y])
+
+
+def check_sinks(page, expected, toggle=True):
+    """The first patch explorer masks the picture's sinks and outlines their cells in the figures' grey; the
+    toggle shows them (still outlined) and the line says so; the sinks are those cache.image_heat masks."""
+    from phi3lab.views.plotting import SINK_OUTLINE
+
+    assert expected["sinks"], "the tiny vision model's picture has sinks; without them this check proves nothing"
+    grey = [int(SINK_OUTLINE[i : i + 2], 16) for i in (1, 3, 5)] + [255]
+    widget = page.locator(".phi3lab-patches").first
+    widget.locator(".phi3lab-toggles button[data-value='attention']").click()
+    page.mouse.move(0, 0)  # no hover highlight over an outline
+    for view in ("crops", "global"):
+        rows, cols = expected["cells"][view]
+        wanted = sorted([r, c] for v, r, c in expected["sinks"] if v == view)
+        canvas = widget.locator(f"canvas.phi3lab-canvas-{view}")
+        page.wait_for_function("c => c.dataset.source === 'attention'", arg=canvas.element_handle(), timeout=30_000)
+        width, height = canvas.evaluate("c => [c.width, c.height]")
+        boxes = json.loads(canvas.evaluate("c => c.dataset.sinks"))
+        drawn = sorted([round((y - 1) / (height / rows)), round((x - 1) / (width / cols))] for x, y, _, _ in boxes)
+        assert drawn == wanted, f"{view}: outlined cells {drawn}, the cache's sinks {wanted}"
+        for x, y, _, _ in boxes:
+            assert _pixel(canvas, x + 1, y) == grey, f"{view}: the outline at ({x}, {y}) is not {SINK_OUTLINE}"
+    line = widget.locator(".phi3lab-sinkline")
+    assert re.search(r"sinks: \d+ sink tokens? \(\d+ cells? outlined.*\) masked, holding \d", line.inner_text())
+    if not toggle:
+        return
+    view, r, c = expected["sinks"][0]
+    rows, cols = expected["cells"][view]
+    canvas = widget.locator(f"canvas.phi3lab-canvas-{view}")
+    width, height = canvas.evaluate("c => [c.width, c.height]")
+    centre = (int((c + 0.5) * width / cols), int((r + 0.5) * height / rows))
+    masked = _pixel(canvas, *centre)
+    widget.locator(".phi3lab-sink-toggle button[data-value='show']").click()
+    page.wait_for_function(
+        "el => el.textContent.includes(') shown, holding')", arg=line.element_handle(), timeout=30_000
+    )
+    page.wait_for_function(
+        "([c, x, y, before]) => c.getContext('2d').getImageData(x, y, 1, 1).data.join(',') !== before.join(',')",
+        arg=[canvas.element_handle(), *centre, masked],
+        timeout=30_000,
+    )
+    assert json.loads(canvas.evaluate("c => c.dataset.sinks")), "shown sinks stay outlined"
+    shown = _pixel(canvas, *centre)
+    assert sum(shown[:3]) > sum(masked[:3]), "a shown sink draws attention: its veil lifts"
+    widget.locator(".phi3lab-sink-toggle button[data-value='mask']").click()
+    page.wait_for_function(
+        "el => el.textContent.includes(') masked, holding')", arg=line.element_handle(), timeout=30_000
+    )
+
+
+def _pieces(widget, view):
+    return widget.locator(f"canvas.phi3lab-canvas-{view}").evaluate(
+        "c => c.dataset.pieces ? JSON.parse(c.dataset.pieces) : null"
+    )
+
+
+def wait_for_lens(page, widget, layer, expected, timeout=60_000):
+    """The widget's canvases print the lens of ``layer``: every cell's top token as the test computed it."""
+    page.wait_for_function(
+        "el => Array.from(el.querySelectorAll('canvas')).every(c => c.dataset.lensLayer === String(window.__lensLayer)"
+        " && c.dataset.pieces)".replace("window.__lensLayer", str(layer)),
+        arg=widget.element_handle(),
+        timeout=timeout,
+    )
+    for view in ("crops", "global"):
+        assert _pieces(widget, view) == expected["lens"][layer][view], f"{view}: the drawn lens is not layer {layer}'s"
+    assert f"lens layer {layer}" in widget.locator(".phi3lab-lens-label").inner_text()
+    assert widget.locator(".phi3lab-legend[data-kind='lens']").count() == 1
+
+
+def check_lens(page, expected, live=True):
+    """The second patch explorer opens on the lens at LENS_LAYER; the slider (keyboard) moves it to the last
+    layer and the drawn tokens follow; hovering names a cell's piece and probability.  Live, the first
+    explorer's lens button reads the lens in the kernel and draws it."""
+    layers = expected["layers"]
+    assert expected["lens"][LENS_LAYER] != expected["lens"][layers[-1]], "two layers that read alike prove nothing"
+    widget = page.locator(".phi3lab-patches").nth(1)
+    wait_for_lens(page, widget, LENS_LAYER, expected)
+    assert "most read" in widget.locator(".phi3lab-info").first.inner_text()
+    slider = widget.locator("input.phi3lab-lens-slider")
+    assert slider.is_visible() and slider.is_enabled()
+    slider.focus()
+    page.keyboard.press("End")
+    wait_for_lens(page, widget, layers[-1], expected)
+    canvas = widget.locator("canvas.phi3lab-canvas-global")
+    box = canvas.bounding_box()
+    canvas.hover(position={"x": box["width"] * 0.55, "y": box["height"] * 0.55})
+    hover = widget.locator(".phi3lab-info[aria-live]")
+    page.wait_for_function(
+        'el => /reads ".+", p≈[0-9.]+/.test(el.textContent)', arg=hover.element_handle(), timeout=10_000
+    )
+    page.mouse.move(0, 0)
+    if live:
+        first = page.locator(".phi3lab-patches").first
+        first.locator(".phi3lab-toggles button[data-value='lens']").click()
+        wait_for_lens(page, first, layers[-1], expected)
+        first.locator("input.phi3lab-lens-slider").focus()
+        page.keyboard.press("Home")
+        wait_for_lens(page, first, layers[0], expected)
+        first.locator(".phi3lab-toggles button[data-value='attention']").click()
+
+
 def _luminance(css: str) -> float:
     r, g, b = (int(x) / 255 for x in re.findall(r"\d+", css)[:3])
     lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
@@ -382,23 +510,25 @@ def check_readable(page):
         assert _contrast(fg, bg) >= 4.5, (fg, bg)
 
 
-def open_and_check(watch, url):
+def open_and_check(watch, url, expected):
     """Open a notebook, run every cell, and check every widget renders, reacts, shows its scales, draws
-    noise uncoloured and runs no script a message carried."""
+    noise uncoloured, outlines the sinks, draws the patch lens and runs no script a message carried."""
     watch.page.goto(url)
     _run_all(watch.page)
     check_widgets(watch.page)
     check_scales(watch.page)
     check_noise_is_uncoloured(watch.page)
+    check_sinks(watch.page, expected)
+    check_lens(watch.page, expected)
     check_nothing_fired(watch.page)
     return watch.page
 
 
-def test_browser_jupyterlab_light_and_dark(browser, jupyter):
+def test_browser_jupyterlab_light_and_dark(browser, jupyter, expected):
     base, token = jupyter
     watch = Watch(browser)
     try:
-        page = open_and_check(watch, f"{base}/lab/tree/lab.ipynb?token={token}")
+        page = open_and_check(watch, f"{base}/lab/tree/lab.ipynb?token={token}", expected)
         check_readable(page)
         _shot(page, "lab-light")
         page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
@@ -406,6 +536,7 @@ def test_browser_jupyterlab_light_and_dark(browser, jupyter):
         page.wait_for_timeout(500)
         check_readable(page)
         check_scales(page)
+        check_sinks(page, expected, toggle=False)
         _shot(page, "lab-dark")
         watch.check()
     finally:
@@ -424,18 +555,18 @@ def _app_errors(browser, url) -> list[str]:
         watch.close()
 
 
-def test_browser_notebook7(browser, jupyter):
+def test_browser_notebook7(browser, jupyter, expected):
     base, token = jupyter
     baseline = _app_errors(browser, f"{base}/notebooks/blank.ipynb?token={token}")
     watch = Watch(browser)
     try:
-        _shot(open_and_check(watch, f"{base}/notebooks/notebook7.ipynb?token={token}"), "notebook7")
+        _shot(open_and_check(watch, f"{base}/notebooks/notebook7.ipynb?token={token}", expected), "notebook7")
         watch.check(baseline)  # Notebook 7 logs a couple of its own errors on every notebook page
     finally:
         watch.close()
 
 
-def test_browser_exported_page_is_explorable_offline(browser, tmp_path):
+def test_browser_exported_page_is_explorable_offline(browser, tmp_path, expected):
     from phi3lab.views.widgets.export import export_html
 
     page_path = export_html(write_notebook(tmp_path / "my_analysis.ipynb"), execute=True)
@@ -446,7 +577,7 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path):
             1
         )
     )
-    assert sum("_esm" in m["state"] for m in state["state"].values()) == 6
+    assert sum("_esm" in m["state"] for m in state["state"].values()) == 7
     watch = Watch(browser, offline=True)
     page = watch.page
     try:
@@ -473,13 +604,13 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path):
         assert "saved in this page" in page.locator(".phi3lab-attention .phi3lab-info").first.inner_text()
 
         # patches: another answer token redraws the overlay; hovering a cell names its token
-        crops = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops")
+        crops = page.locator(".phi3lab-patches canvas.phi3lab-canvas-crops").first
         page.wait_for_function("document.querySelector('.phi3lab-patches canvas').toDataURL().length > 1000")
         before = crops.evaluate("c => c.toDataURL()")
         current = page.eval_on_selector(".phi3lab-patches .phi3lab-targets .phi3lab-current", "n => n.dataset.target")
         page.locator(
             f".phi3lab-patches .phi3lab-targets .phi3lab-chip[data-target='{1 - int(current == '1')}']"
-        ).click()
+        ).first.click()
         page.wait_for_function(
             "b => document.querySelector('.phi3lab-patches canvas').toDataURL() !== b", arg=before, timeout=10_000
         )
@@ -488,6 +619,14 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path):
         page.wait_for_function(
             "document.querySelector('.phi3lab-patches .phi3lab-info[aria-live]').textContent.includes('token #')"
         )
+
+        # sinks: outlined, the toggle answers from the saved payload; the lens at the saved layer, its slider
+        assert (
+            "Sinks masked and shown are both saved" in page.locator(".phi3lab-patches .phi3lab-note").first.inner_text()
+        )
+        assert "all 4 layers saved" in page.locator(".phi3lab-patches .phi3lab-note").nth(1).inner_text()
+        check_sinks(page, expected)
+        check_lens(page, expected, live=False)
 
         # attribution: the noise-level target is drawn uncoloured here too
         check_noise_is_uncoloured(page)

@@ -3,8 +3,11 @@ forms, offline payloads and the exported page."""
 
 import base64
 import io
+import json
 import re
 import types
+from collections import Counter
+from html import unescape as html_unescape
 
 import nbformat
 import numpy as np
@@ -278,10 +281,159 @@ def test_patch_interaction_is_small_and_changes_the_overlay(vcache):
 
 def test_patch_offline_payload_holds_every_answer_token(vcache):
     explorer = PatchExplorer(vcache)
-    saved = explorer.offline["payloads"]["attention"]
-    assert sorted(map(int, saved)) == list(range(len(explorer.targets)))
+    saved, shown = explorer.offline["payloads"]["attention"], explorer.offline["shown"]
+    assert sorted(map(int, saved)) == sorted(map(int, shown)) == list(range(len(explorer.targets)))
     explorer.show(target=2)
     assert saved["2"]["heat_crops"] == explorer.heat_crops and saved["2"]["scale"] == explorer.scale
+    explorer.show(target=2, sinks="show")
+    assert shown["2"]["heat_global"] == explorer.heat_global and shown["2"]["sink_info"] == explorer.sink_info
+
+
+# --- attention sinks in the patch explorer ----------------------------------------------------------
+
+
+def _cell_indices(heat, view, width):
+    return sorted(r * width + c for v, r, c in heat.sink_cells() if v == view)
+
+
+def test_patch_explorer_masks_and_outlines_the_sinks_image_heat_masks(vcache):
+    from phi3lab.views.plotting import SINK_OUTLINE
+
+    explorer = PatchExplorer(vcache)
+    target = explorer.target
+    row = vcache.answer_rows[target]
+    masked = vcache.image_heat(0, rows=[row])
+    assert masked.sinks and masked.masked, "the tiny model's picture has sinks; without them this test proves nothing"
+    cells = explorer.sink_cells
+    assert cells["colour"] == SINK_OUTLINE
+    assert sorted(cells["global"]) == _cell_indices(masked, "global", 12)
+    assert sorted(cells["crops"]) == _cell_indices(masked, "crops", masked.crops.shape[1])
+    assert explorer.sinks == "mask"
+    glob = decode(explorer.heat_global, explorer.scale).reshape(12, 12)
+    assert np.allclose(glob, masked.global_view, atol=explorer.scale["vmax"] / 255)
+    n = len(masked.sinks)
+    assert f"{n} sink token{'s' if n > 1 else ''}" in explorer.sink_info and "masked" in explorer.sink_info
+    assert f"holding {masked.masked_mass:.3f} of this row's attention" in explorer.sink_info
+
+    explorer.sinks = "show"
+    shown = vcache.image_heat(0, rows=[row], sinks="show")
+    glob = decode(explorer.heat_global, explorer.scale).reshape(12, 12)
+    assert explorer.scale["vmax"] == pytest.approx(max(shown.crops.max(), shown.global_view.max()))
+    assert np.allclose(glob, shown.global_view, atol=explorer.scale["vmax"] / 255)
+    assert "shown" in explorer.sink_info and f"holding {masked.masked_mass:.3f}" in explorer.sink_info
+    assert "sink token(s) masked" not in explorer.to_text() and "shown, holding" in explorer.to_text()
+
+    explorer.show(target=target, source="rollout", sinks="mask")
+    rolled = vcache.image_heat(0, rows=[row], source="rollout")
+    top = explorer.scale["vmax"]
+    assert top == pytest.approx(max(rolled.crops.max(), rolled.global_view.max()), rel=1e-5)
+    assert np.allclose(decode(explorer.heat_global, explorer.scale).reshape(12, 12), rolled.global_view, atol=top / 255)
+    assert "of this row's rolled-out attention" in explorer.sink_info
+
+
+def test_a_bad_sinks_value_in_the_browser_falls_back_to_masked(vcache):
+    explorer = PatchExplorer(vcache)
+    explorer.sinks = "hide"
+    assert explorer.sinks == "mask" and "sinks must be 'mask'" in explorer.error
+
+
+# --- the patch lens in the patch explorer ---------------------------------------------------------
+
+
+def lens_cells(state):
+    """The lens state as the browser reads it: per held layer, the pieces and probabilities of every cell."""
+    held = len(state["held"])
+    index = np.frombuffer(base64.b64decode(state["index"]), dtype="<u1" if state["width"] == 1 else "<u2")
+    probs = _bytes(state["probs"]).reshape(held, state["cells"]) / 255
+    pieces = [[state["vocab"][i] for i in row] for row in index.reshape(held, state["cells"])]
+    return dict(zip(state["held"], pieces)), dict(zip(state["held"], probs))
+
+
+def expected_lens(lens, layer):
+    """The patch lens's pieces and probabilities at ``layer``, crop cells then global-view cells, row by row."""
+    k = lens.layers.index(layer)
+    order = sorted((t.kind != "crop", t.row, t.col, t.index) for t in lens.tokens if t.kind in ("crop", "global"))
+    return [lens.pieces[k][i] for *_, i in order], np.array([lens.probs[k, i] for *_, i in order])
+
+
+def test_the_lens_state_is_the_patch_lens_of_the_chosen_layer(vcache):
+    from phi3lab.inspect.patch_lens import patch_lens
+
+    lens = patch_lens(vcache)
+    explorer = PatchExplorer(vcache, source="lens", lens_layer=2)
+    assert explorer.source == "lens" and explorer.lens_layer == 2 and explorer.lens["complete"]
+    pieces, probs = lens_cells(explorer.lens)
+    assert sorted(pieces) == lens.layers
+    for layer in lens.layers:
+        want_pieces, want_probs = expected_lens(lens, layer)
+        assert pieces[layer] == want_pieces
+        assert np.abs(probs[layer] - want_probs).max() <= 0.5 / 255 + 1e-7
+    assert pieces[2] != pieces[3], "two layers that read alike would not test the slider"
+    assert len(explorer.lens["vocab"]) == len({p for layer in lens.layers for p in pieces[layer]})
+
+    most = Counter(pieces[2]).most_common(1)[0][0]  # over both views, as the widget counts
+    text = explorer.to_text()
+    assert text.startswith("patch lens at layer 2: ") and f"most read {most!r} ×" in text
+    assert lens.to_text(2, "global") in text  # and the global view's grid, as the lens prints it
+    log = MessageLog(explorer)
+    explorer.lens_layer = -1  # the last layer: every layer is already in the browser, only the line travels
+    assert explorer.lens_layer == 3 and explorer.info.startswith("patch lens at layer 3")
+    assert "lens" not in log.updates() and log.bytes() < 2048
+    assert "patch lens at layer 3" in explorer.to_text()
+
+
+def test_the_lens_is_read_once_when_first_chosen(vcache, monkeypatch):
+    from phi3lab.inspect import patch_lens as module
+
+    calls = []
+    real = module.patch_lens
+    monkeypatch.setattr(module, "patch_lens", lambda *a, **k: calls.append(1) or real(*a, **k))
+    explorer = PatchExplorer(vcache)
+    assert explorer.lens == {} and calls == [] and "lens" in explorer.sources
+    explorer.source = "lens"
+    explorer.lens_layer = 1
+    explorer.source = "attention"
+    explorer.source = "lens"
+    assert calls == [1] and explorer.error == ""
+    assert "patch lens at layer 1" in explorer.to_text()
+
+
+def test_a_lens_over_the_cap_holds_one_layer_and_the_kernel_sends_the_next(vcache, monkeypatch):
+    from phi3lab.inspect.patch_lens import patch_lens
+    from phi3lab.views.widgets import patches
+
+    monkeypatch.setattr(patches, "OFFLINE_BYTES", 8 * 1024)
+    lens = patch_lens(vcache)
+    explorer = PatchExplorer(vcache, source="lens", lens_layer=1)
+    every = explorer.view.lens_state(1, room=10**9)
+    assert every["complete"] and len(json.dumps(every)) + len(json.dumps(explorer.offline)) > 8 * 1024
+    assert explorer.lens["held"] == [1] and not explorer.lens["complete"]
+    explorer.lens_layer = 3
+    assert explorer.lens["held"] == [3] and explorer.error == ""
+    pieces, _ = lens_cells(explorer.lens)
+    assert pieces[3] == expected_lens(lens, 3)[0]
+
+
+def test_the_lens_refuses_what_it_cannot_show(vision, picture, vcache):
+    _, attention_only = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=2, sites=["pattern"])
+    explorer = PatchExplorer(attention_only)
+    assert "lens" not in explorer.sources
+    explorer.source = "lens"
+    assert explorer.source == "attention" and "reads resid_post" in explorer.error
+    explorer = PatchExplorer(vcache, source="lens")
+    explorer.lens_layer = 9
+    assert explorer.lens_layer == 3 and "lens_layer 9 is not a layer the patch lens reads" in explorer.error
+
+
+def test_the_lens_static_form_prints_every_cell_without_a_script(vcache):
+    from phi3lab.inspect.patch_lens import patch_lens
+
+    explorer = PatchExplorer(vcache, source="lens", lens_layer=0)
+    page = explorer.to_html()
+    pieces, _ = expected_lens(patch_lens(vcache), 0)
+    assert "<script" not in page and page.count("<img") == 2 and "patch lens at layer 0" in page
+    titles = re.findall(r'<span title="([^"]*) p=([0-9.]+)"', page)
+    assert [html_unescape(t) for t, _ in titles] == pieces
 
 
 def test_patch_explorer_refuses_bad_input(vcache, tcache):
@@ -296,6 +448,14 @@ def test_patch_explorer_refuses_bad_input(vcache, tcache):
     assert explorer.source == "attention" and "attribution" in explorer.error
     explorer.layer = 9
     assert "layer 9 was not captured" in explorer.error
+    with pytest.raises(
+        IndexError, match=r"lens_layer 9 is not a layer the patch lens reads; it reads layers \[0, 1, 2, 3\]"
+    ):
+        PatchExplorer(vcache, lens_layer=9)
+    with pytest.raises(ValueError, match="source must be one of"):
+        PatchExplorer(vcache, source="heat")
+    with pytest.raises(ValueError, match="sinks must be 'mask'.* or 'show'"):
+        PatchExplorer(vcache, sinks="hide")
 
 
 def test_patch_static_forms_show_both_views_and_the_scale(vcache):

@@ -218,16 +218,16 @@ export function errorLine(model) {
 }
 
 // A row of toggle buttons; `current()` says which is on, `choose(value)` is called on click;
-// `enabled(value)` (optional) says which can be pressed.
-export function toggles(values, current, choose, enabled = () => true) {
+// `enabled(value)` (optional) says which can be pressed, `label(value)` (optional) what a button says.
+export function toggles(values, current, choose, enabled = () => true, label = (value) => value) {
   const bar = h("span", { class: "phi3lab-toggles" });
   const buttons = values.map((value) =>
     h("button", { type: "button", class: "phi3lab-button", "data-value": value, disabled: !enabled(value),
-      onclick: () => choose(value) }, value));
+      onclick: () => choose(value) }, label(value)));
   bar.append(...buttons);
   const refresh = () => {
     for (const b of buttons) b.classList.toggle("phi3lab-on", b.dataset.value === String(current()));
   };
   refresh();
-  return { bar, refresh, buttons };
+  return { bar, refresh, buttons, enable: () => buttons.forEach((b) => { b.disabled = !enabled(b.dataset.value); }) };
 }

@@ -1,4 +1,5 @@
-"""PatchExplorer: a picture with its HD crop grid, each cell's image token, and where the answer looks.
+"""PatchExplorer: a picture with its HD crop grid, each cell's image token, where the answer looks, and
+what each cell reads as.
 
     >>> import phi3lab
     >>> from PIL import Image
@@ -7,14 +8,29 @@
     >>> picture = Image.new("RGB", (400, 300), "white")
     >>> _, cache = vision.generate_with_cache("<|image_1|>\\nWhat is this?", [picture], max_new_tokens=2, num_crops=4)
     >>> explorer = PatchExplorer(cache)
-    >>> explorer.geometry["grid"], len(explorer.targets) == len(cache.answer_rows)
-    ([2, 2], True)
+    >>> explorer.geometry["grid"], len(explorer.targets) == len(cache.answer_rows), explorer.sources
+    ([2, 2], True, ['attention', 'rollout', 'lens'])
 
 Two views of one picture, as Phi-3-vision sees it: the HD canvas cut into 336-pixel crops of 12 × 12
 cells (one image token each) and the 12 × 12 global view of the whole canvas.  Hovering a cell names
 its token in both views and the value it gets; clicking an answer token shows where the row that
 produced it looks (mean attention over the chosen layers, rollout, or — given an attribution — the
 attribution's scores on the cells).  Both views share one scale, drawn with its numbers.
+
+**Sinks.**  A few image tokens draw attention whatever is asked (:mod:`phi3lab.inspect.sinks`); the
+attention and rollout views mask them by default — the same tokens :meth:`~phi3lab.inspect.cache.Cache.image_heat`
+masks (:meth:`~phi3lab.inspect.cache.Cache.sinks`) — and outline their cells in the neutral grey of the
+figures (:data:`phi3lab.views.plotting.SINK_OUTLINE`); a toggle shows them, and a line says how many
+tokens they are and how much of the row's attention they hold.
+
+**The patch lens** (``source="lens"``): each cell's top next token under the logit lens
+(:func:`phi3lab.inspect.patch_lens.patch_lens`), printed on the cell for the layer a slider chooses, fainter
+where that token is less probable (solid from :data:`~phi3lab.views.widgets.lens_cells.LENS_SURE`; the probability on hover).  It is
+computed once, when first asked for, and travels as compact data: a small vocabulary of the pieces that
+occur, per layer and cell an index into it and the probability as one byte.  The slider then redraws in
+the browser.  When every layer's data would not fit in :data:`~phi3lab.views.widgets._base.OFFLINE_BYTES`
+(with the rest of the saved payload), the state holds the chosen layer only and the kernel sends another
+when the slider moves; an exported page then shows the saved layer and says so.
 
 The picture keeps its own colours (:mod:`phi3lab.colours`): a neutral veil covers the cells with
 little or no signal and lifts where the value is high; signed attributions add a rim of their sign's
@@ -25,8 +41,8 @@ one whose attention on the picture is largest.
 The browser gets the picture once (a JPEG of at most 448 pixels a side), the positions of every
 cell's token, and per interaction two grids of bytes.  Every position comes from
 :func:`phi3lab.prompts.patches.image_tokens`, the one home of the token order.  The ``offline``
-payload holds the attention (and attribution) grids of every answer token, so an exported page
-switches between them without a kernel.
+payload holds the attention (with the sinks masked and shown) and attribution grids of every answer
+token, so an exported page switches between them without a kernel.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 
 import numpy as np
 import traitlets
@@ -41,12 +58,17 @@ import traitlets
 from phi3lab.colours import VEIL, Scale, encode, legend_html, scale, veil_alpha
 from phi3lab.inspect.maps import ImageHeat
 from phi3lab.prompts.patches import CELLS, image_tokens
+from phi3lab.validation import check_int
+from phi3lab.views.plotting import SINK_OUTLINE
 from phi3lab.views.widgets._base import OFFLINE_BYTES, PhiWidget, data_url, display_label, spread, u32
 from phi3lab.views.widgets.attention import check_cache, pattern
+from phi3lab.views.widgets.lens_cells import lens_data, lens_html, lens_line
 
-__all__ = ["PatchView", "PatchExplorer", "SOURCES", "overlay_png"]
+__all__ = ["PatchView", "PatchExplorer", "SOURCES", "SINK_MODES", "check_sinks", "overlay_png"]
 
-SOURCES = ("attention", "rollout", "attribution")
+SOURCES = ("attention", "rollout", "attribution", "lens")
+SINK_MODES = ("mask", "show")
+_SINKED = ("attention", "rollout")  # the sources whose sinks are masked or shown
 
 
 def _lab(cache):
@@ -66,6 +88,23 @@ def _check_image(cache, image: int, who: str):
             "(phi3lab.load('tiny-vision')) and run a prompt with <|image_1|> and images=[picture]"
         )
     return cache.inputs.image(image)  # IndexError naming the images there are
+
+
+def _lens_blocker(cache, span) -> str | None:
+    """Why the patch lens cannot be read from ``cache`` (``None`` when it can)."""
+    if "resid_post" not in cache.sites:
+        return (
+            "the patch lens reads resid_post, and this cache did not keep it: run with the default sites "
+            "(or sites=[..., 'resid_post'])"
+        )
+    kept = set(cache.positions)
+    if any(p not in kept for p in range(span.start, span.end)):
+        return "the patch lens needs every image position, and this cache kept only some: run with positions='all'"
+    return None
+
+
+def _share(x: float) -> str:
+    return f"{x:.3f}" if x >= 5e-4 or x == 0 else f"{x:.1e}"
 
 
 class PatchView:
@@ -117,13 +156,22 @@ class PatchView:
             from phi3lab.views.widgets.attribution import image_grids
 
             self._maps = image_grids(attribution, image, self)
-        self.sources = ["attention", "rollout"] + (["attribution"] if self._maps is not None else [])
+        self.sinks = cache.sinks(image)  # the same sinks cache.image_heat(image) masks
+        self.sink_pos = np.array([span.start + i for i in self.sinks.indices], dtype=np.int64)
+        self.lens_blocker = _lens_blocker(cache, span)
+        self._lens = None  # the PatchLens, read once when first asked for
+        self.sources = (
+            ["attention", "rollout"]
+            + (["attribution"] if self._maps is not None else [])
+            + (["lens"] if self.lens_blocker is None else [])
+        )
         self.floor = _attribution_floor(attribution)
+        self._offline: dict | None = None
 
     # --- one target -----------------------------------------------------------------------------
 
     def row_values(self, target: int, source: str = "attention", layer: int = -1) -> np.ndarray:
-        """Values over every key position for one answer token (index into :attr:`targets`)."""
+        """Values over every key position for one answer token (index into :attr:`targets`), sinks included."""
         if not 0 <= target < len(self.targets):
             raise IndexError(
                 f"target {target} does not exist; there are {len(self.targets)} answer tokens "
@@ -140,13 +188,15 @@ class PatchView:
             if self._rollout is None:
                 self._rollout = self.cache.rollout(self.rows).numpy()
             return self._rollout[target]
-        if source == "attribution":
-            raise ValueError("the attribution source gives grids, not key rows; use grids()")
+        if source in ("attribution", "lens"):
+            raise ValueError(f"the {source} source gives grids, not key rows; use grids() or lens()")
         raise ValueError(f"source must be one of {self.sources}, got {source!r}")
 
-    def grids(self, target: int, source: str = "attention", layer: int = -1) -> ImageHeat:
-        """The chosen source on this image's crop and global-view grids, as an :class:`ImageHeat`."""
+    def grids(self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask") -> ImageHeat:
+        """The chosen source on this image's crop and global-view grids, as an :class:`ImageHeat`;
+        attention and rollout with the picture's sinks masked (``sinks="mask"``) or kept (``"show"``)."""
         span = self.span
+        sinks = check_sinks(sinks)
         if source == "attribution":
             if self._maps is None:
                 raise ValueError("no attribution was given: PatchExplorer(cache, attribution=...)")
@@ -157,6 +207,10 @@ class PatchView:
         row = self.row_values(target, source, layer)
         pad = np.zeros(span.end)
         pad[: min(len(row), span.end)] = row[: span.end]
+        masked = sinks == "mask" and len(self.sink_pos) > 0
+        mass = float(pad[self.sink_pos].sum()) if masked else 0.0
+        if masked:
+            pad[self.sink_pos] = 0.0
         return ImageHeat(
             pad[self.crop_pos],
             pad[self.global_pos],
@@ -164,6 +218,9 @@ class PatchView:
             span.width,
             span.height,
             span.num_crops,
+            tuple(self.sinks.indices),
+            masked,
+            mass,
         )
 
     def scale_of(self, heat: ImageHeat, source: str) -> Scale:
@@ -173,14 +230,18 @@ class PatchView:
         label = "rolled-out attention" if source == "rollout" else "share of attention"
         return scale(heat.crops, heat.global_view, kind="share", label=f"{label} per cell")
 
-    def payload(self, target: int, source: str = "attention", layer: int = -1) -> dict:
-        heat = self.grids(target, source, layer)
+    def payload(self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask") -> dict:
+        """What the browser needs to draw ``source`` for answer token ``target`` (not the lens: :meth:`lens_state`)."""
+        if source == "lens":
+            raise ValueError("the lens is drawn from lens_state(), not payload()")
+        heat = self.grids(target, source, layer, sinks)
         s = self.scale_of(heat, source)
         return {
             "heat_crops": encode(heat.crops, s),
             "heat_global": encode(heat.global_view, s),
             "scale": s.to_json(),
             "info": self.describe(target, source, layer, heat, s),
+            "sink_info": self.sink_line(target, source, layer, sinks),
         }
 
     def describe(
@@ -202,6 +263,85 @@ class PatchView:
             text += f" · no signal: every value is under the noise floor {s.floor:.1e}"
         return text
 
+    # --- attention sinks --------------------------------------------------------------------------
+
+    def sink_cells(self) -> dict:
+        """The sinks' cells (indices into the row-major crop and global grids), for the outlines."""
+        crops, glob, other = [], [], 0
+        for i in self.sinks.indices:
+            t = self.sinks.tokens[i]
+            if t.kind == "crop":
+                crops.append(t.row * self.crop_pos.shape[1] + t.col)
+            elif t.kind == "global":
+                glob.append(t.row * CELLS + t.col)
+            else:
+                other += 1
+        return {"crops": crops, "global": glob, "separators": other, "colour": SINK_OUTLINE}
+
+    def sink_line(self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask") -> str:
+        """One line: how many sink tokens, masked or shown, and how much of this row's attention they hold."""
+        found = self.sinks
+        rule = f"sink: ≥ {found.min_ratio:g}× the uniform share in ≥ {found.min_consistency:.0%} of {found.evidence}"
+        if not found.indices:
+            return f"sinks: none on this picture ({rule})"
+        cells = self.sink_cells()
+        n_cells = len(cells["crops"]) + len(cells["global"])
+        where = f"{n_cells} cell{'s' if n_cells != 1 else ''} outlined" + (
+            f", {cells['separators']} separator{'s' if cells['separators'] != 1 else ''}" if cells["separators"] else ""
+        )
+        count = f"{len(found)} sink token{'s' if len(found) != 1 else ''} ({where})"
+        if source not in _SINKED:
+            return f"sinks: {count} found in the attention; the {source} is drawn as it is ({rule})"
+        mass = float(self.row_values(target, source, layer)[self.sink_pos].sum())
+        held = f"holding {_share(mass)} of this row's {'rolled-out ' if source == 'rollout' else ''}attention"
+        state = "masked" if check_sinks(sinks) == "mask" else "shown"
+        return f"sinks: {count} {state}, {held} ({rule})"
+
+    # --- the patch lens ---------------------------------------------------------------------------
+
+    def lens(self):
+        """The :class:`~phi3lab.inspect.patch_lens.PatchLens` of this picture, read once."""
+        if self.lens_blocker is not None:
+            raise ValueError(self.lens_blocker)
+        if self._lens is None:
+            from phi3lab.inspect.patch_lens import patch_lens
+
+            self._lens = patch_lens(self.cache, self.span.index)
+        return self._lens
+
+    def lens_layer(self, layer: int) -> int:
+        """``layer`` as a layer number of the lens (negative numbers count from the last), checked."""
+        layer = check_int("lens_layer", layer)
+        layers = self.layers
+        if -len(layers) <= layer < 0:
+            return layers[layer]
+        if layer not in layers:
+            raise IndexError(
+                f"lens_layer {layer} is not a layer the patch lens reads; it reads layers {layers} "
+                f"(pass one of them, or -1 for the last)"
+            )
+        return layer
+
+    def _cells(self) -> np.ndarray:
+        """Run indices of the cells in the order the browser draws them: the crop grid, then the global view."""
+        return np.concatenate([self.crop_pos.reshape(-1), self.global_pos.reshape(-1)]) - self.span.start
+
+    def lens_line(self, layer: int) -> str:
+        """One line: the lens's most-read pieces at ``layer`` over both views."""
+        return lens_line(self.lens(), self._cells(), self.lens_layer(layer))
+
+    def lens_state(self, layer: int, room: int | None = None) -> dict:
+        """The lens as the browser draws it (:func:`~phi3lab.views.widgets.lens_cells.lens_data`): every layer
+        when it fits in ``room`` bytes (default what the offline payload leaves of :data:`OFFLINE_BYTES`),
+        else ``layer`` only."""
+        layer = self.lens_layer(layer)
+        room = (OFFLINE_BYTES - _json_bytes(self.offline_payload())) if room is None else room
+        lens = self.lens()
+        state = lens_data(lens, self._cells(), list(lens.layers))
+        return state if _json_bytes(state) <= room else lens_data(lens, self._cells(), [layer])
+
+    # --- the whole widget -------------------------------------------------------------------------
+
     def most_informative(self) -> int:
         """The answer token to open on: the strongest attribution on this picture, else the most attention on it."""
         if self._maps is not None:
@@ -215,23 +355,43 @@ class PatchView:
         return int(np.argmax(totals))
 
     def offline_payload(self) -> dict:
-        """The attention (and attribution) grids of every answer token, for a page without a kernel."""
+        """The attention (sinks masked, and shown under ``shown``) and attribution grids of every answer token,
+        for a page without a kernel (made once)."""
+        if self._offline is not None:
+            return self._offline
         per = {}
         sources = [s for s in ("attention", "attribution") if s in self.sources]
         cells = self.crop_pos.size + self.global_pos.size
-        each = cells * 4 / 3 + 600  # base64 of two grids, the scale and the info line
-        kept = spread(len(self.targets), [self.most_informative()], int(OFFLINE_BYTES // (each * len(sources))))
+        each = cells * 4 / 3 + 900  # base64 of two grids, the scale and the info and sinks lines
+        grids = len(sources) + (1 if self.sinks.indices else 0)
+        kept = spread(len(self.targets), [self.most_informative()], int(OFFLINE_BYTES // (each * grids)))
         for source in sources:
             have = len(self._maps) if source == "attribution" else len(self.targets)
             per[source] = {str(t): self.payload(t, source) for t in kept if t < have}
-        return {"targets": kept, "sources": sources, "payloads": per, "cap_bytes": OFFLINE_BYTES}
+        shown = {str(t): self.payload(t, "attention", sinks="show") for t in kept} if self.sinks.indices else {}
+        self._offline = {
+            "targets": kept,
+            "sources": sources,
+            "payloads": per,
+            "shown": shown,
+            "cap_bytes": OFFLINE_BYTES,
+        }
+        return self._offline
 
-    def initial(self) -> dict:
+    def initial(self, source: str | None = None, lens_layer: int = -1, sinks: str = "mask") -> dict:
         span = self.span
         layout = span.layout
         target = self.most_informative()
-        source = "attribution" if self._maps is not None else "attention"
-        return {
+        source = ("attribution" if self._maps is not None else "attention") if source is None else source
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
+        if source not in self.sources:
+            why = self.lens_blocker if source == "lens" else "pass PatchExplorer(cache, attribution=...)"
+            raise ValueError(f"source {source!r} is not available here: {why}")
+        sinks = check_sinks(sinks)
+        layer = self.lens_layer(lens_layer)
+        shown = "attention" if source == "lens" else source
+        state = {
             "picture": data_url(span.image),
             "geometry": {
                 "width": span.width,
@@ -251,18 +411,44 @@ class PatchView:
             "target": target,
             "source": source,
             "layer": -1,
+            "sinks": sinks,
+            "sink_cells": self.sink_cells(),
+            "lens_layer": layer,
             "offline": self.offline_payload(),
-            **self.payload(target, source),
+            **self.payload(target, shown, sinks=sinks),
         }
+        if source == "lens":
+            state["lens"] = self.lens_state(layer)
+            state["info"] = self.lens_line(layer)
+        return state
 
-    def to_text(self, target: int, source: str = "attention", layer: int = -1) -> str:
-        heat = self.grids(target, source, layer)
-        return "\n".join(
-            [self.describe(target, source, layer, heat), self.scale_of(heat, source).to_text(), heat.to_text()]
-        )
+    def to_text(
+        self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask", lens_layer: int = -1
+    ) -> str:
+        if source == "lens":
+            k = self.lens_layer(lens_layer)
+            return "\n".join([self.lens_line(k), self.lens().to_text(k, "global")])
+        heat = self.grids(target, source, layer, sinks)
+        lines = [
+            self.describe(target, source, layer, heat),
+            self.scale_of(heat, source).to_text(),
+            heat.to_text(),
+            self.sink_line(target, source, layer, sinks),
+        ]
+        if self._lens is not None:
+            lines.append(self.lens_line(lens_layer))
+        return "\n".join(lines)
 
-    def to_html(self, target: int, source: str = "attention", layer: int = -1) -> str:
-        heat = self.grids(target, source, layer)
+    def to_html(
+        self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask", lens_layer: int = -1
+    ) -> str:
+        if source == "lens":
+            layer = self.lens_layer(lens_layer)
+            grids = (("HD crops", self.crop_pos), ("global view", self.global_pos))
+            span = self.span
+            veiled = overlay_png(span.image, np.zeros((span.height, span.width)), scale([0.0], kind="share", label=""))
+            return lens_html(self.lens(), span, grids, layer, self.lens_line(layer), veiled)
+        heat = self.grids(target, source, layer, sinks)
         s = self.scale_of(heat, source)
         parts = []
         for view, name in (("crops", "HD crops"), ("global", "global view")):
@@ -276,7 +462,22 @@ class PatchView:
         return (
             f'<div style="font-size:90%">{html.escape(self.describe(target, source, layer, heat, s))}</div>'
             f'<div style="display:flex;flex-wrap:wrap">{"".join(parts)}</div>{legend_html(s)}'
+            f'<div style="font-size:85%;opacity:0.8">{html.escape(self.sink_line(target, source, layer, sinks))}</div>'
         )
+
+
+def check_sinks(sinks) -> str:
+    """``"mask"`` or ``"show"``, or a ValueError that names them."""
+    if sinks not in SINK_MODES:
+        raise ValueError(
+            f"sinks must be 'mask' (the default: the picture's attention sinks masked and outlined) or 'show' "
+            f"(kept, still outlined), got {sinks!r}"
+        )
+    return sinks
+
+
+def _json_bytes(value) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
 
 
 def _attribution_floor(attribution) -> float | None:
@@ -319,7 +520,8 @@ def overlay_png(image, pixels: np.ndarray, s: Scale, grid: tuple[int, int] | Non
 
 
 class PatchExplorer(PhiWidget):
-    """The picture, its HD crops and global view, each cell's token, and where each answer token looks.
+    """The picture, its HD crops and global view, each cell's token, where each answer token looks, and what
+    each cell reads as (the patch lens).
 
     Args:
         cache: the :class:`~phi3lab.inspect.cache.Cache` of a vision prompt (``max_new_tokens > 0`` gives one
@@ -327,6 +529,14 @@ class PatchExplorer(PhiWidget):
         image: 0-based image index.
         attribution: optional attribution for the same prompt (adds the ``attribution`` source, and the
             explorer opens on it).
+        source: the source to open on (default the attribution if given, else attention); ``"lens"`` reads
+            the patch lens at once, so a saved notebook's page shows it.
+        lens_layer: the lens's layer (negative counts from the last; default the last).
+        sinks: ``"mask"`` (default; as :meth:`~phi3lab.inspect.cache.Cache.image_heat`) or ``"show"``.
+
+    Raises:
+        ValueError: an unknown ``source`` or ``sinks``, or a source the cache cannot give (the lens needs
+            ``resid_post`` at every image position). IndexError: ``lens_layer`` not a layer of the cache.
     """
 
     _front = "patches"
@@ -340,27 +550,52 @@ class PatchExplorer(PhiWidget):
     target = traitlets.Int(0).tag(sync=True)
     source = traitlets.Unicode("attention").tag(sync=True)
     layer = traitlets.Int(-1).tag(sync=True)
+    sinks = traitlets.Unicode("mask").tag(sync=True)
+    sink_cells = traitlets.Dict().tag(sync=True)
+    sink_info = traitlets.Unicode().tag(sync=True)
+    lens = traitlets.Dict().tag(sync=True)
+    lens_layer = traitlets.Int(-1).tag(sync=True)
     heat_crops = traitlets.Unicode().tag(sync=True)
     heat_global = traitlets.Unicode().tag(sync=True)
     scale = traitlets.Dict().tag(sync=True)
     info = traitlets.Unicode().tag(sync=True)
     offline = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, cache, image: int = 0, attribution=None):
+    def __init__(
+        self, cache, image: int = 0, attribution=None, *, source: str | None = None, lens_layer: int = -1, sinks="mask"
+    ):
         self.view = PatchView(cache, image, attribution)
-        super().__init__(**self.view.initial())
-        self.observe(self._update, names=["target", "source", "layer"])
+        super().__init__(**self.view.initial(source, lens_layer, sinks))
+        self.observe(self._update, names=["target", "source", "layer", "sinks", "lens_layer"])
 
     def _update(self, change) -> None:
-        self._refresh(change, lambda: self.view.payload(self.target, self.source, self.layer), {"source": "attention"})
+        name = change["name"]
+        fallback = {"lens_layer": change["old"]} if name == "lens_layer" else {"source": "attention", "sinks": "mask"}
+        self._refresh(change, self._payload, fallback)
 
-    def show(self, target: int = 0, source: str = "attention", layer: int = -1) -> None:
-        """Overlay answer token ``target`` from ``source``, as a click in the browser does."""
+    def _payload(self) -> dict:
+        if self.source != "lens":
+            return self.view.payload(self.target, self.source, self.layer, self.sinks)
+        layer = self.view.lens_layer(self.lens_layer)
+        out = {"info": self.view.lens_line(layer)}
+        if layer not in self.lens.get("held", ()):
+            out["lens"] = self.view.lens_state(layer)
+        if layer != self.lens_layer:
+            out["lens_layer"] = layer
+        return out
+
+    def show(self, target: int = 0, source: str = "attention", layer: int = -1, *, sinks=None, lens_layer=None) -> None:
+        """Overlay answer token ``target`` from ``source``, as a click in the browser does (``sinks`` and
+        ``lens_layer`` as the toggle and the slider; ``None`` keeps them)."""
         with self.hold_sync():
+            if sinks is not None:
+                self.sinks = sinks
+            if lens_layer is not None:
+                self.lens_layer = lens_layer
             self.source, self.layer, self.target = source, layer, target
 
     def to_text(self) -> str:
-        return self.view.to_text(self.target, self.source, self.layer)
+        return self.view.to_text(self.target, self.source, self.layer, self.sinks, self.lens_layer)
 
     def to_html(self) -> str:
-        return self.view.to_html(self.target, self.source, self.layer)
+        return self.view.to_html(self.target, self.source, self.layer, self.sinks, self.lens_layer)
