@@ -244,7 +244,7 @@ def test_patch_heat_equals_the_caches_image_heat_on_one_scale(vcache):
     explorer = PatchExplorer(vcache)
     for target in (0, 3):
         explorer.show(target=target)
-        expected = vcache.image_heat(0, rows=[vcache.answer_rows[target]], sinks="show")
+        expected = vcache.image_heat(0, rows=[vcache.answer_rows[target]])
         top = explorer.scale["vmax"]
         assert top == pytest.approx(max(expected.crops.max(), expected.global_view.max()))
         crops = decode(explorer.heat_crops, explorer.scale).reshape(expected.crops.shape)
@@ -255,7 +255,7 @@ def test_patch_heat_equals_the_caches_image_heat_on_one_scale(vcache):
 
 def test_patch_explorer_opens_on_the_token_that_looks_at_the_picture_most(vcache):
     explorer = PatchExplorer(vcache)
-    totals = [vcache.image_heat(0, rows=[r], sinks="show").total for r in vcache.answer_rows]
+    totals = [vcache.image_heat(0, rows=[r]).total for r in vcache.answer_rows]
     assert explorer.target == int(np.argmax(totals)) and explorer.source == "attention"
 
 
