@@ -1,4 +1,4 @@
-"""Build phi3lab's documentation site: the README, the five notebooks as they are stored, and an API
+"""Build phi3lab's documentation site: the README, the notebooks as they are stored, and an API
 reference generated from the code's docstrings.
 
     python3 tasks.py docs                 # set up .venv, build build/docs/html, print where it is

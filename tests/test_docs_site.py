@@ -1,4 +1,4 @@
-"""The documentation site (``python3 tasks.py docs``, docs/build.py): README, the five notebooks as stored,
+"""The documentation site (``python3 tasks.py docs``, docs/build.py): README, the notebooks as stored,
 an API reference generated from the code; built offline and read in Chromium with the network off.
 
 One build serves the whole session (about 1.5 minutes on 2 cores); its tests are marked ``slow``, those

@@ -17,6 +17,7 @@ MIN_FIGURES = {  # figures each notebook must have stored
     "02_vision_analysis.ipynb": 5,  # the pictures, two HD layouts, attention on the picture, rollout
     "03_interpretability.ipynb": 8,
     "04_safety_probing.ipynb": 4,
+    "05_vision_interpretability.ipynb": 7,  # sinks, word reads, patch lens, causal maps, three maps, two on several pictures
 }
 
 

@@ -10,7 +10,7 @@ import torch
 import phi3lab
 from phi3lab.inspect.causal import causal_map, compare_maps, spearman
 from phi3lab.inspect.hooks import Hooks
-from phi3lab.inspect.patch_lens import patch_lens
+from phi3lab.inspect.patch_lens import WordReads, patch_lens, word_ids, word_reads
 from phi3lab.inspect.sinks import find_sinks
 
 QUESTIONS = ["What colour is the triangle?", "What is shown in this image?", "What colour is the square?"]
@@ -51,6 +51,26 @@ def test_a_planted_sink_is_found_and_masked(vision, picture):
     assert shown.crops[token.row, token.col] > 0 and not shown.masked and index in shown.sinks
     assert ("crops", token.row, token.col) in masked.sink_cells()
     assert "masked" in masked.to_text()
+
+
+def test_sinks_found_across_questions_can_be_shown_or_masked(vision, picture):
+    index = 60
+    caches = _planted(vision, picture, index)
+    across = find_sinks(caches)
+    _, plain = vision.generate_with_cache(f"<|image_1|>\n{QUESTIONS[1]}", [picture], max_new_tokens=4)
+    shown, masked = plain.image_heat(0, sinks="show", found=across), plain.image_heat(0, found=across)
+    token = across.tokens[index]
+    assert shown.sinks == masked.sinks == tuple(sorted(across.indices)) and not shown.masked and masked.masked
+    assert shown.crops[token.row, token.col] > 0 and masked.crops[token.row, token.col] == 0
+    assert abs(shown.total - masked.total - masked.masked_mass) < 1e-6
+    with pytest.raises(ValueError, match="pass the Sinks once"):
+        plain.image_heat(0, sinks=across, found=across)
+    with pytest.raises(ValueError, match="found must be a Sinks"):
+        plain.image_heat(0, found=[60])
+    two = [picture, phi3lab.sample_image("chart.png")]
+    _, both = vision.generate_with_cache("<|image_1|>\n<|image_2|>\nWhat is shown?", two, max_new_tokens=2)
+    with pytest.raises(ValueError, match="belong to picture 1 .* not picture 2"):
+        both.image_heat(1, found=across)
 
 
 def test_without_a_planted_sink_that_token_is_ordinary(vision, picture):
@@ -100,6 +120,105 @@ def test_the_patch_lens_is_the_logit_lens_of_each_image_token(vision, picture):
     _, short = vision.run_with_cache(f"<|image_1|>\n{QUESTIONS[1]}", [picture], positions="last")
     with pytest.raises(ValueError, match="positions='all'"):
         patch_lens(short)
+
+
+def test_word_ids_are_the_pieces_that_spell_the_word(reader):
+    tokenizer = reader.tokenizer
+    pieces = set(tokenizer.convert_ids_to_tokens(list(word_ids(tokenizer, "Apple"))))
+    assert {"▁apple", "▁apple."} <= pieces and all(p.replace("▁", "").strip(".,?").lower() == "apple" for p in pieces)
+    assert word_ids(tokenizer, "zqxv") == ()
+    with pytest.raises(ValueError, match="must be one word"):
+        word_ids(tokenizer, "two words")
+
+
+def test_the_cells_covering_a_box_are_those_mostly_inside_it(vision, picture):
+    _, cache = vision.run_with_cache(f"<|image_1|>\n{QUESTIONS[1]}", [picture], sites=["resid_post"])
+    lens = patch_lens(cache)
+    cell = next(t for t in lens.tokens if t.kind == "crop" and t.row == 4 and t.col == 5)
+    x0, y0, x1, y1 = cell.image_box
+    assert cell.index in lens.cells(cell.image_box) and cell.index not in lens.cells((x1, y0, x1 + 5, y1))
+    half = lens.cells((x0, y0, (x0 + x1) / 2, y1), min_overlap=0.5)
+    assert cell.index in half and cell.index not in lens.cells((x0, y0, (x0 + x1) / 2 - 1, y1), min_overlap=0.5)
+    covered = lens.cells((0, 0, picture.width, picture.height))
+    assert {lens.tokens[i].kind for i in covered} == {"crop", "global"}
+
+
+def test_cells_covering_a_written_word_read_it_more_than_a_blank_picture_and_the_rest(reader):
+    """A known answer of the reader: in its last layers, cells over a written word read that word (top-1 of the
+    patch lens) more often than the same cells of a blank picture and than the picture's cells away from it."""
+    from phi3lab.tiny import evaluate
+
+    reads = word_reads(reader, evaluate.word_pictures(8))
+    k = reads.layers.index(reads.best_layer)
+    word, blank, other = reads.share("word")[k], reads.share("blank")[k], reads.share("other")[k]
+    assert word > 0.02 and word > 2 * blank and word > 2 * other, reads.to_text()
+    assert reads.words_read()[k] > 0 and reads.most_read(1)[0].hits[k] > 0
+    assert reads.pictures == 8 and reads.cells == sum(w.cells for w in reads.words)
+    text = reads.to_text()
+    assert text.startswith("patch lens on 8 picture(s)") and f"most at layer {reads.best_layer}" in text
+    assert WordReads.from_dict(reads.to_dict()) == reads
+
+
+def test_the_stored_report_is_for_the_shipped_reader(reader, tmp_path):
+    import json
+
+    from phi3lab.paths import data_dir
+    from phi3lab.tiny import evaluate
+
+    report = evaluate.stored_patch_lens_report(reader)  # raises if the reader was retrained since
+    assert report.pictures == evaluate.READING_N and report.weights == evaluate.weights_digest(reader)
+    assert report.share("word").max() > 0  # the figure notebook 05 quotes
+    data = json.loads((data_dir() / evaluate.PATCH_LENS_REPORT).read_text())
+    stale = tmp_path / "report.json"
+    stale.write_text(json.dumps({**data, "weights": "0" * 16}))
+    with pytest.raises(evaluate.StaleReportError, match="tiny.evaluate reader --patch-lens"):
+        evaluate.stored_patch_lens_report(reader, stale)
+    with pytest.raises(FileNotFoundError, match="write it with"):
+        evaluate.stored_patch_lens_report(reader, tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("text model", "a text model"),
+        ("no pictures", "pictures is empty"),
+        ("not a pair", "must be a (picture, [(word, box), ...]) pair"),
+        ("overlap", "min_overlap must be at most 1"),
+    ],
+)
+def test_bad_word_reads(tiny, reader, picture, case, words):
+    calls = {
+        "text model": lambda: word_reads(tiny, [(picture, [("apple", (0, 0, 10, 10))])]),
+        "no pictures": lambda: word_reads(reader, []),
+        "not a pair": lambda: word_reads(reader, [picture]),
+        "overlap": lambda: word_reads(reader, [(picture, [])], min_overlap=2),
+    }
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        calls[case]()
+
+
+def test_the_lens_and_word_figures_draw(reader):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from phi3lab.tiny import evaluate
+    from phi3lab.views import plotting
+
+    written, words = evaluate.word_pictures(1)[0]
+    _, cache = reader.run_with_cache("<|image_1|>\nWhat does the picture say?", [written], sites=["resid_post"])
+    lens = patch_lens(cache)
+    fig, ax = plotting.patch_lens_image(written, lens, -1, "global", words=words)
+    drawn = [t.get_text() for t in ax.texts]
+    cells = [t for t in lens.tokens if t.kind == "global" and t.image_box is not None]
+    assert len(drawn) == len(cells) and fig.axes[-1].get_ylabel().startswith("probability of the cell's top token")
+    assert "where a word is written" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    reads = word_reads(reader, [(written, words)])
+    fig, ax = plotting.word_reads(reads)
+    assert len(ax.lines) == 4 and list(ax.lines[0].get_xdata()) == list(reads.layers)
+    plt.close(fig)
 
 
 # --- causal image maps ------------------------------------------------------------------------------------

@@ -274,7 +274,15 @@ class Cache:
         return torch.cat([mask, torch.ones(n - mask.numel(), dtype=mask.dtype)]) if n > mask.numel() else mask[:n]
 
     def image_heat(
-        self, image: int = 0, *, layers=None, heads=None, rows="answer", source: str = "attention", sinks="mask"
+        self,
+        image: int = 0,
+        *,
+        layers=None,
+        heads=None,
+        rows="answer",
+        source: str = "attention",
+        sinks="mask",
+        found=None,
     ):
         """Where the chosen rows look on image ``image``: an :class:`~phi3lab.inspect.maps.ImageHeat`
         on the crop and global-view grids, with the size and crop budget the image was processed with.
@@ -286,17 +294,33 @@ class Cache:
             source: ``"attention"`` (raw attention, averaged) or ``"rollout"``.
             sinks: ``"mask"`` (default: the picture's attention sinks, :meth:`sinks`, are masked out and
                 their mass reported), ``"show"`` (kept, still listed) or a :class:`~phi3lab.inspect.sinks.Sinks`
-                found over several questions.
+                found over several questions (masked).
+            found: which sinks ``"mask"`` or ``"show"`` means: a :class:`~phi3lab.inspect.sinks.Sinks` from
+                :func:`~phi3lab.inspect.sinks.find_sinks` over several questions (default: this cache's own, whose
+                evidence is one question — where the answer looks hard in every layer, the asked-about part
+                itself may pass).
         """
         from phi3lab.inspect.sinks import Sinks
 
+        if found is not None and not isinstance(found, Sinks):
+            raise ValueError(f"found must be a Sinks from find_sinks(...), got {type(found).__name__}")
         if isinstance(sinks, Sinks):
+            if found is not None:
+                raise ValueError(
+                    "pass the Sinks once: sinks=<Sinks> masks them; sinks='show', found=<Sinks> shows them"
+                )
             found, sinks = sinks, "mask"
         elif sinks in ("mask", "show"):
-            found = self.sinks(image) if "pattern" in self.sites else None
+            if found is None:
+                found = self.sinks(image) if "pattern" in self.sites else None
         else:
             raise ValueError(f"sinks must be 'mask', 'show' or a Sinks from find_sinks, got {sinks!r}")
         span = self.inputs.image(image)
+        if found is not None and (found.image != image or len(found.tokens) != span.num_tokens):
+            raise ValueError(
+                f"these sinks belong to picture {found.image + 1} with {len(found.tokens)} tokens, not picture "
+                f"{image + 1} with {span.num_tokens}: find the sinks of this picture (find_sinks(caches, image={image}))"
+            )
         if source == "attention":
             row = self.mean_attention(layers, heads, rows)
         elif source == "rollout":

@@ -9,6 +9,13 @@ refusal rate on held-out harmful requests, on their benign twins (over-refusal),
 jailbreak wrapper.  Vision: exact answers on held-out pictures of every family.  The reader, besides:
 exact answers on held-out reading pictures (the text read back, and the request done), and the
 typed refusal rates, which its training must keep.
+
+    python -m phi3lab.tiny.evaluate reader --patch-lens
+
+measures the reader's patch lens on its held-out reading pictures (:func:`patch_lens_report`: at which
+layer, and how often, the cells covering a written word read that word) and stores it in
+``data/reports/reader_patch_lens.json`` with a digest of the weights measured, for notebook 05 to read
+(:func:`stored_patch_lens_report`; forty pictures take longer than a notebook cell should).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from phi3lab.tiny import corpus
 TEXT_N = 240
 VISION_N = 90
 READING_N = 40
+PATCH_LENS_REPORT = Path("reports") / "reader_patch_lens.json"  # under phi3lab.paths.data_dir()
 
 
 def is_refusal(text: str) -> bool:
@@ -121,6 +129,105 @@ def score_reading(answer, n: int = READING_N, seed: int = 1) -> dict[str, float]
     }
 
 
+def word_pictures(n: int = READING_N, seed: int = 1, split: str = "test") -> list[tuple]:
+    """``n`` held-out reading pictures as :func:`phi3lab.inspect.patch_lens.word_reads` takes them:
+    ``(picture, [(word, box), ...])``, each box the bounding box of the word's ink, from the renderer's part
+    map (the pixels at least half covered by one of the word's letters)."""
+    import numpy as np
+
+    from phi3lab.tiny import vision_data
+
+    out = []
+    for ex in vision_data.reading_examples(n, seed, split):
+        parts = np.asarray(ex.parts)
+        words = []
+        for word, ids in ex.words:
+            ys, xs = np.nonzero(np.isin(parts, ids))
+            if len(xs):
+                words.append((word, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+        out.append((ex.image, words))
+    return out
+
+
+def weights_digest(lab) -> str:
+    """The first 16 hex digits of the SHA-256 of a model's parameters (names, shapes and float32 bytes, sorted)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(lab.model.state_dict().items()):
+        h.update(name.encode() + str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def patch_lens_report(lab, n: int = READING_N, seed: int = 1):
+    """The patch lens on ``n`` held-out reading pictures (:func:`word_pictures`), asked "What does the picture
+    say?": a :class:`~phi3lab.inspect.patch_lens.WordReads` carrying :func:`weights_digest` of ``lab``."""
+    from phi3lab.inspect.patch_lens import word_reads
+    from phi3lab.tiny import vision_data
+
+    return word_reads(
+        lab,
+        word_pictures(n, seed),
+        question=vision_data.READ,
+        source=f"held-out reading pictures, seed {seed}, test split",
+        weights=weights_digest(lab),
+    )
+
+
+def write_patch_lens_report(lab, path: Path | None = None) -> Path:
+    """:func:`patch_lens_report` of ``lab`` written as JSON (default ``data/reports/reader_patch_lens.json``)."""
+    import json
+    import os
+
+    from phi3lab.paths import data_dir
+
+    path = Path(path) if path is not None else data_dir() / PATCH_LENS_REPORT
+    report = patch_lens_report(lab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    data = {"model": lab.spec.name, **report.to_dict()}
+    words = ",\n".join("  " + json.dumps(w) for w in data.pop("words"))  # one line per field and word: diffs read
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in data.items())
+    partial.write_text(f'{{\n{head},\n "words": [\n{words}\n ]\n}}\n')
+    os.replace(partial, path)
+    return path
+
+
+class StaleReportError(RuntimeError):
+    """The stored patch-lens report was measured on other weights than the model given."""
+
+
+def stored_patch_lens_report(lab=None, path: Path | None = None):
+    """The stored :class:`~phi3lab.inspect.patch_lens.WordReads` of the reader; given ``lab``, checked to
+    have been measured on ``lab``'s weights.
+
+    Raises:
+        FileNotFoundError: no report is stored (the message names the command that writes it).
+        StaleReportError: the report measured other weights (the model was retrained since).
+    """
+    import json
+
+    from phi3lab.inspect.patch_lens import WordReads
+    from phi3lab.paths import data_dir
+
+    path = Path(path) if path is not None else data_dir() / PATCH_LENS_REPORT
+    command = "python -m phi3lab.tiny.evaluate reader --patch-lens"
+    if not path.is_file():
+        raise FileNotFoundError(f"no patch-lens report at {path}; write it with `{command}`")
+    data = json.loads(path.read_text())
+    data.pop("model", None)
+    report = WordReads.from_dict(data)
+    if lab is not None and report.weights != weights_digest(lab):
+        raise StaleReportError(
+            f"the stored patch-lens report measured weights {report.weights}, but {lab.spec.name} has "
+            f"{weights_digest(lab)}: it was retrained since; refresh the report with `{command}`"
+        )
+    return report
+
+
 def _table(title: str, values: dict[str, float]) -> str:
     return title + "\n" + "\n".join(f"  {k:<20} {100 * v:5.1f}%" for k, v in values.items())
 
@@ -151,7 +258,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("which", nargs="?", choices=["text", "vision", "reader", "both"], default="both")
     parser.add_argument("--model", type=Path, default=None, help="a model folder instead of the embedded one")
+    parser.add_argument(
+        "--patch-lens",
+        action="store_true",
+        help="the reader only: measure its patch lens on held-out reading pictures and store the report in "
+        f"data/{PATCH_LENS_REPORT.as_posix()}",
+    )
     args = parser.parse_args(argv)
+    if args.patch_lens:
+        import phi3lab
+
+        lab = phi3lab.load(args.model or "tiny-vision-reader", verbose=False)
+        print(stored_patch_lens_report(path=write_patch_lens_report(lab)).to_text())
+        return
     names = {
         "text": ["tiny"],
         "vision": ["tiny-vision"],

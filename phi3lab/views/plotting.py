@@ -190,6 +190,8 @@ def _outline_sinks(ax, heat, view: str) -> None:
         if t.kind != kind or t.image_box is None:
             continue
         x0, y0, x1, y1 = t.image_box
+        # a white stroke under the dotted grey, so the outline reads on the veil as on the bare picture
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2.5, edgecolor="white", alpha=0.9))
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls=":", edgecolor=SINK_OUTLINE))
         drawn += 1
     if drawn:
@@ -451,13 +453,15 @@ def causal_image(picture, causal, *, ax=None, title: str | None = None):
 def map_comparison(picture, comparison, *, axes=None):
     """Attention, attribution and the causal drop on the same regions, then the deletion and insertion curves:
     one figure, each map on its own scale (shares sequential, signed scores diverging around 0), each with
-    its rank correlation to the causal map in its title."""
+    its rank correlation to the causal map in its title; ``axes``: one per map and two for the curves."""
     import matplotlib.pyplot as plt
 
     names = list(comparison.maps)
     if axes is None:
-        fig, axes = plt.subplots(1, len(names) + 1, figsize=(4.4 * (len(names) + 1), 4.2), layout="constrained")
+        fig, axes = plt.subplots(1, len(names) + 2, figsize=(4.2 * (len(names) + 2), 4.0), layout="constrained")
     else:
+        if len(axes) != len(names) + 2:
+            raise ValueError(f"map_comparison draws {len(names)} maps and 2 curve panels: pass {len(names) + 2} axes")
         fig = axes[0].figure
     regions = comparison.causal.regions
     for ax, name in zip(axes, names):
@@ -478,16 +482,105 @@ def map_comparison(picture, comparison, *, axes=None):
         rho = comparison.correlations.get((name, "causal"), comparison.correlations.get(("causal", name)))
         extra = f"\nrank corr. with causal {rho:+.2f}" if rho is not None and name != "causal" else ""
         ax.set_title(f"{name}{extra}", fontsize=9)
-    curve_ax = axes[len(names)]
     steps = np.arange(len(regions) + 1) / max(len(regions), 1)
-    for name, values in comparison.deletion.items():
-        style = dict(color="#9ca3af", ls="--") if name == "random" else {}
-        curve_ax.plot(steps, values, marker=".", label=f"{name} (mean {values.mean():.2f})", **style)
-    curve_ax.set_xlabel("share of regions removed, in each map's order")
-    curve_ax.set_ylabel("log p(answer)")
-    curve_ax.set_title("deletion curves (lower: the order found what is needed)", fontsize=9)
-    curve_ax.legend(fontsize=7)
+    panels = [
+        (comparison.deletion, "removed", "deletion (lower: the order found what is needed)"),
+        (comparison.insertion, "put back", "insertion (higher: the order found what is needed)"),
+    ]
+    for curve_ax, (curves, verb, title) in zip(axes[len(names) :], panels):
+        for name, values in curves.items():
+            style = dict(color="#9ca3af", ls="--") if name == "random" else {}
+            curve_ax.plot(steps, values, marker=".", label=f"{name} (mean {values.mean():.2f})", **style)
+        curve_ax.set_xlabel(f"share of regions {verb}, in each map's order")
+        curve_ax.set_ylabel("log p(answer)")
+        curve_ax.set_title(title, fontsize=9)
+        curve_ax.legend(fontsize=7)
     return fig, axes
 
 
 __all__ += ["causal_image", "map_comparison"]
+
+
+def patch_lens_image(picture, lens, layer: int = -1, view: str = "crops", *, ax=None, words=(), title=None):
+    """A :class:`~phi3lab.inspect.patch_lens.PatchLens` layer over its picture: each cell of ``view`` filled on
+    the sequential scale by its top token's probability (colour bar 0–1) with the token written in it; the
+    cells whose token spells one of ``words`` (:func:`~phi3lab.inspect.patch_lens.spelling`) outlined black.
+    ``words`` holds words, or ``(word, box)`` pairs as :func:`~phi3lab.inspect.patch_lens.word_reads` takes
+    them, whose boxes are drawn dashed."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from phi3lab.inspect.patch_lens import spelling
+
+    k = lens.layers.index(lens.layers[layer] if layer < 0 else layer)
+    kind = "crop" if view == "crops" else "global" if view == "global" else None
+    if kind is None:
+        raise ValueError(f"view must be 'crops' or 'global', got {view!r}")
+    s = scale([1.0], kind="share", label="probability of the cell's top token", vmax=1.0)
+    fig, ax = _axes(ax, _picture_size(1.25 * picture.width, picture.height, longest=8.0))
+    ax.imshow(picture, extent=(0, picture.width, picture.height, 0))
+    pairs = [(w, None) if isinstance(w, str) else tuple(w) for w in words]
+    wanted = {w.lower() for w, _ in pairs}
+    cells = [t for t in lens.tokens if t.kind == kind and t.image_box is not None]
+    size = min(t.image_box[2] - t.image_box[0] for t in cells) if cells else 1
+    points = 72 * ax.figure.get_size_inches()[0] * 0.8 / picture.width  # points per picture pixel, roughly
+    fontsize = max(4.0, min(8.0, 0.3 * size * points))
+    read = 0
+    for t in cells:
+        x0, y0, x1, y1 = t.image_box
+        p = float(lens.probs[k, t.index])
+        colour = s.colour(p) or "#ffffff"
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=colour, alpha=0.75, lw=0))
+        piece = lens.pieces[k][t.index]
+        shown = piece.replace("▁", "")[:6] or "␣"
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, shown, ha="center", va="center", fontsize=fontsize, color=text_on(colour))
+        if wanted and spelling(piece) in wanted:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.8, edgecolor="black"))
+            read += 1
+    for _, box in pairs:
+        if box is not None:
+            x0, y0, x1, y1 = box
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--", edgecolor="#1f2937"))
+    _colour_bar(fig, ax, s)
+    handles, labels = [], []
+    if wanted:
+        handles.append(Line2D([], [], color="black", lw=1.8))
+        labels.append(f"reads a written word ({read} cell{'s' if read != 1 else ''})")
+    if any(box is not None for _, box in pairs):
+        handles.append(Line2D([], [], color="#1f2937", lw=1.2, ls="--"))
+        labels.append("where a word is written")
+    if handles:
+        ax.legend(handles, labels, loc="lower left", fontsize=7, framealpha=0.8)
+    ax.set_xlim(0, picture.width)
+    ax.set_ylim(picture.height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    where = "HD crops" if view == "crops" else "global view"
+    ax.set_title(title or f"patch lens, layer {lens.layers[k]} ({where}): each cell's top token", fontsize=9)
+    return fig, ax
+
+
+def word_reads(reads, *, ax=None, title: str | None = None):
+    """A :class:`~phi3lab.inspect.patch_lens.WordReads` per layer: the share of cells covering a word that read
+    it, the share of words read by at least one of their cells, and the two controls (the same cells of a blank
+    picture; the picture's cells away from the word)."""
+    fig, ax = _axes(ax, (6, 3.4))
+    layers = list(reads.layers)
+    lines = [
+        ("cells covering the word", 100 * reads.share("word"), dict(color="#006837", marker="o")),
+        ("words read by ≥ 1 of their cells", 100 * reads.words_read(), dict(color="#006837", marker="o", ls="--")),
+        ("same cells, blank picture", 100 * reads.share("blank"), dict(color="#6b7280", marker="s")),
+        ("the picture's other cells", 100 * reads.share("other"), dict(color="#9ca3af", marker="^", ls=":")),
+    ]
+    for label, values, style in lines:
+        ax.plot(layers, values, label=label, **style)
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% reading the word (top-1)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    ax.set_title(title or f"patch lens on {reads.pictures} pictures, {len(reads.words)} written words", fontsize=9)
+    return fig, ax
+
+
+__all__ += ["patch_lens_image", "word_reads"]
