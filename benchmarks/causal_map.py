@@ -19,6 +19,7 @@ reads (target ≤ 1.2×).
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -32,7 +33,7 @@ from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
 from phi3lab.inspect.sinks import find_sinks
 
-REPEATS = 3
+REPEATS = int(os.environ.get("PHI3LAB_BENCH_REPEATS", "3"))  # median of this many runs
 QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 
 
@@ -96,14 +97,14 @@ def main() -> None:
         f"embedded vision model, {image.width}×{image.height} picture at num_crops=16: {tokens} positions, "
         f"{len(cm.regions)} regions, CPU, {torch.get_num_threads()} threads, median of {REPEATS}"
     )
-    print(f"  (a) one forward per region     {median['loop']:8.2f} s")
-    print(f"  (b) causal_map(batch_size=16)  {median['map']:8.2f} s   max |Δ| {diff:.1e}")
-    print(f"  generate_with_cache            {median['cache']:8.2f} s")
-    print(f"  find_sinks on its cache        {median['sinks']:8.2f} s   ({len(sinks)} sink token(s))")
+    print(f"  (a) one forward per region     {median['loop']:8.2f} s", flush=True)
+    print(f"  (b) causal_map(batch_size=16)  {median['map']:8.2f} s   max |Δ| {diff:.1e}", flush=True)
+    print(f"  generate_with_cache            {median['cache']:8.2f} s", flush=True)
+    print(f"  find_sinks on its cache        {median['sinks']:8.2f} s   ({len(sinks)} sink token(s))", flush=True)
     same = "identical" if diff <= 1e-4 else f"differs by {diff:.1e}"
     ratio = (median["cache"] + median["sinks"]) / median["cache"]
-    print(f"sinks: detection costs {ratio:.2f}x the generate_with_cache it reads")
-    print(f"causal map: {same}, speed-up {median['loop'] / median['map']:.1f}x")
+    print(f"sinks: detection costs {ratio:.2f}x the generate_with_cache it reads", flush=True)
+    print(f"causal map: {same}, speed-up {median['loop'] / median['map']:.1f}x", flush=True)
 
 
 if __name__ == "__main__":
