@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_hub_cache
 
 import phi3lab
+from conftest import make_hub_cache
 from phi3lab import AttentionRequestError, ModelNotAvailableError, ModelNotFoundError
 
 

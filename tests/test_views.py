@@ -66,7 +66,28 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny):
     assert len(lens.layers) == tiny.model.config.num_hidden_layers + 1
     text = lens.to_text()
     assert text.splitlines()[0] == f"logit lens at position {inputs['input_ids'].shape[1] - 1}"
-    assert "<table>" in lens._repr_html_()
+    assert "<table" in lens._repr_html_() and "logit lens at position" in lens._repr_html_()
+
+
+def test_the_logit_lens_html_colours_probabilities_on_the_share_map_from_0_to_1():
+    from phi3lab import colours
+    from phi3lab.inspect.lens import LogitLens
+
+    lens = LogitLens(
+        position=3,
+        layers=("embeddings", "layer 0"),
+        tokens=(("<b>", "▁a"), ("▁cat", "▁dog")),
+        probs=((0.05, 1e-9), (0.9, 0.1)),
+    )
+    page = lens._repr_html_()
+    for p in (0.05, 0.9, 0.1):  # on a fixed 0 … 1 scale: 0.05 stays pale though it tops its layer
+        colour = colours.sequential([p], vmax=1.0)[0]
+        assert f"background:{colour};color:{colours.text_on(colour)}" in page
+    assert colours.lightness(colours.sequential([0.05], vmax=1.0)[0]) > 90
+    assert page.count(f"outline:1px dashed {colours.NO_SIGNAL}") == 1  # 1e-9: under the floor, uncoloured
+    assert 'class="phi3lab-legend" data-kind="share" data-signal="true"' in page and "<span>1</span>" in page
+    assert "&#x27;&lt;b&gt;&#x27; 0.05" in page and "'<b>'" not in page  # a token is text, escaped
+    assert "rgba(37,99,235" not in page
 
 
 def test_every_view_draws(tiny):
