@@ -16,17 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from browser_support import jupyter_lab
 
 pytestmark = pytest.mark.browser
 
@@ -122,70 +117,19 @@ def write_notebook(path: Path, cells=CELLS) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ``browser``: the session's one Chromium, from tests/conftest.py (Playwright's sync API runs one per thread).
 
 
 @pytest.fixture(scope="session")
 def jupyter(tmp_path_factory):
-    """A JupyterLab 4 server (which also serves Notebook 7) on 127.0.0.1 with two copies of the widget notebook."""
+    """A JupyterLab 4 server (which also serves Notebook 7) on 127.0.0.1 with two copies of the widget notebook,
+    started through phi3lab.serving.guard.spawn (tests/browser_support.py), so it dies with the test process."""
     root = tmp_path_factory.mktemp("jupyter")
     write_notebook(root / "lab.ipynb")
     write_notebook(root / "notebook7.ipynb")
     write_notebook(root / "blank.ipynb", cells=["# no widgets here"])
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TQDM_DISABLE": "1",
-        "JUPYTER_CONFIG_DIR": str(root / ".config"),
-        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
-    }
-    args = [
-        sys.executable,
-        "-m",
-        "jupyter",
-        "lab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",
-        "--JupyterNotebookApp.expose_app_in_browser=True",
-        "--LabApp.extension_manager=readonly",
-        "--ServerApp.allow_root=True",
-    ]
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        pytest.fail(f"JupyterLab did not start within 90 s; its log: {(root / 'server.log').read_text()[-2000:]}")
-    if server.poll() is not None:
-        pytest.fail(f"JupyterLab exited: {(root / 'server.log').read_text()[-2000:]}")
-    yield base, token
-    server.terminate()
-    try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with jupyter_lab(root) as (base, token):
+        yield base, token
 
 
 class Watch:

@@ -1,12 +1,14 @@
 """Stored notebooks carry nothing of the machine that ran them, and metadata that JupyterLab keeps as it is."""
 
+import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+HERE = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(HERE.glob("[0-9][0-9]_*.ipynb"))
 MACHINE = re.compile(r"(/work/|/root/|/home/[^/\s]+/|/tmp/|/private/var/|[A-Z]:\\\\Users\\\\)")
 
 
@@ -38,3 +40,36 @@ def test_the_path_pattern_finds_a_planted_path():
     assert MACHINE.search("model phi3lab-tiny (embedded: /work/main/data/models/phi3lab-tiny)")
     assert MACHINE.search("/tmp/ipykernel_9174/75538358.py:2: SystemMessageDropped")
     assert not MACHINE.search("model phi3lab-tiny (embedded: data/models/phi3lab-tiny)")
+
+
+def _whole_floats(text: str) -> list[str]:
+    """The numbers in JSON ``text`` written as floats that are whole numbers (``0.0``, ``24.0``, ``1e3``)."""
+    found = []
+
+    def note(literal: str) -> float:
+        if float(literal).is_integer():
+            found.append(literal)
+        return float(literal)
+
+    json.loads(text, parse_float=note)
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_numbers_are_stored_as_a_browser_writes_them(path):
+    """JupyterLab saves through JavaScript, which writes the float 0.0 as 0: a stored whole-number float would
+    change on the first save (notebooks/refresh.py writes them as integers)."""
+    found = _whole_floats(path.read_text())
+    assert found == [], (
+        f"{path.name} stores {len(found)} whole-number floats ({found[:5]}); run python3 tasks.py notebooks"
+    )
+
+
+def test_refresh_writes_whole_number_floats_as_integers():
+    spec = importlib.util.spec_from_file_location("refresh", HERE / "refresh.py")
+    refresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refresh)
+    stored = {"metadata": {"widgets": {"state": {"temperature": 0.0, "vmax": [1.0, 0.25, -0.0, 1e-05]}}}}
+    assert _whole_floats(json.dumps(stored)) == ["0.0", "1.0", "-0.0"]
+    assert _whole_floats(json.dumps(refresh.browser_numbers(stored))) == []
+    assert refresh.browser_numbers(stored)["metadata"]["widgets"]["state"]["vmax"] == [1, 0.25, 0, 1e-05]
