@@ -578,3 +578,99 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path, expected
         watch.check()
     finally:
         watch.close()
+
+
+# --- a widget's front end against its Python object, without Jupyter ---------------------------------
+
+# A stand-in for anywidget's model in the page: state, change events, messages out (kept in `sent`).
+MOCK_MODEL = """(state) => {
+    const handlers = {};
+    const model = {
+        sent: [],
+        get: (key) => state[key],
+        set: (key, value) => { state[key] = value; },
+        save_changes: () => {},
+        send: (message) => model.sent.push(message),
+        on: (event, fn) => { (handlers[event] = handlers[event] || []).push(fn); },
+        off: () => {},
+        change: (changes) => {
+            Object.assign(state, changes);
+            for (const key of Object.keys(changes)) for (const fn of handlers[`change:${key}`] || []) fn();
+        },
+    };
+    return model;
+}"""
+
+
+class Bridge:
+    """A phi3lab widget's ES module rendered in a page against its Python object: what the page sends reaches
+    the object's message handler, and each trait the handler changes goes back as a change event."""
+
+    def __init__(self, page, widget):
+        self.page, self.widget = page, widget
+        page.set_content('<div id="root"></div>')
+        state = {k: v for k, v in widget.get_state().items() if not k.startswith("_") and k != "layout"}
+        page.evaluate(
+            """async ([source, state, make]) => {
+                const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+                const module = await import(url);
+                window.model = eval(make)(state);
+                await module.default.render({ model: window.model, el: document.getElementById("root") });
+            }""",
+            [widget._esm, json.loads(json.dumps(state)), MOCK_MODEL],
+        )
+
+    def deliver(self) -> None:
+        """Hand every message the page sent to the Python widget, and its changes back to the page."""
+        for message in self.page.evaluate("window.model.sent.splice(0)"):
+            before = self.widget.get_state()
+            self.widget._dispatch(self.widget, message, [])
+            after = self.widget.get_state()
+            changes = {k: v for k, v in after.items() if before.get(k) != v and not k.startswith("_")}
+            self.page.evaluate("changes => window.model.change(changes)", json.loads(json.dumps(changes)))
+
+
+def test_the_chat_system_box_opens_again_after_new_chat(browser, tiny):
+    """Once a conversation starts the system prompt is locked; New chat must unlock it (it stayed disabled)."""
+    from phi3lab.views.widgets import ChatWidget
+
+    box = ChatWidget(tiny, system="Answer briefly.", max_new_tokens=4)
+    box.ask("What is 2 plus 3?")
+    watch = Watch(browser)
+    try:
+        bridge = Bridge(watch.page, box)
+        system = watch.page.locator("textarea.phi3lab-system")
+        assert system.is_disabled() and "New chat" in system.get_attribute("title")
+        assert watch.page.locator(".phi3lab-msg-user").inner_text() == "What is 2 plus 3?"
+        watch.page.locator("button", has_text="New chat").click()
+        bridge.deliver()
+        assert box.messages == [] and system.is_enabled() and system.input_value() == "Answer briefly."
+        watch.check()
+    finally:
+        watch.close()
+
+
+def test_the_users_bubble_shows_a_picture_label_not_the_raw_image_tag(browser, vision, picture):
+    """The model gets '<|image_1|>'; the person sees their own words and a labelled thumbnail."""
+    import base64
+    import io
+
+    from phi3lab.views.widgets import ChatWidget
+
+    box = ChatWidget(vision, max_new_tokens=4)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    box._dispatch(
+        box, {"type": "image", "name": "shapes.png", "data": base64.b64encode(buffer.getvalue()).decode()}, []
+    )
+    box.ask("What colour is the triangle?")
+    assert box.history[0]["content"].startswith("<|image_1|>")
+    watch = Watch(browser)
+    try:
+        Bridge(watch.page, box)
+        bubble = watch.page.locator(".phi3lab-msg-user")
+        assert "<|image" not in bubble.inner_text() and "What colour is the triangle?" in bubble.inner_text()
+        assert bubble.locator("img").count() == 1
+        watch.check()
+    finally:
+        watch.close()

@@ -242,6 +242,31 @@ def test_the_words_and_the_picture_share_one_scale():
     plt.close(fig)
 
 
+def test_two_attributions_drawn_with_one_vmax_share_their_scale():
+    """Notebook 03 §4: ablation (±0.04) and Shapley (±5) looked equally dark, each on its own scale."""
+    import matplotlib.pyplot as plt
+
+    from phi3lab.colours import scale
+
+    weak, strong = _Attribution([[0.04, 0, 0, 0, 0]] * 2), _Attribution([[5.0, 0, 0, 0, 0]] * 2)
+    top = max(float(a.scores.abs().max()) for a in (weak, strong))
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(8, 6))
+    faces = []
+    for ax, attr in ((a, weak), (b, strong)):
+        plotting.attribution_text(attr, token=0, ax=ax, vmax=top)
+        faces.append([t.get_bbox_patch().get_facecolor() for t in ax.texts if t.get_text() == "square?"][0])
+    plotting.attribution_heatmap(weak, ax=c, vmax=top)
+    expected = [scale([top], kind="score", label="").colour(v) for v in (0.04, 5.0)]
+    assert [_hex(f) for f in faces] == expected and expected[0] != expected[1]
+    bars = [x for x in fig.axes if x not in (a, b, c)]
+    assert [[t.get_text() for t in bar.get_yticklabels()] for bar in bars] == [["−5", "0", "+5"]] * 3
+    plt.close(fig)
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
+
+
 def test_noise_level_attributions_are_drawn_uncoloured():
     import matplotlib.pyplot as plt
 
