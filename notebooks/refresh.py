@@ -58,13 +58,19 @@ def refresh(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     ExecutePreprocessor(timeout=600, kernel_name="python3").preprocess(nb, {"metadata": {"path": str(HERE)}})
     CoalesceStreamsPreprocessor().preprocess(nb, {})  # a streamed answer: one output, not one per token
+    nbformat.write(finish(nb), path)
+    print(f"refreshed {path.name}")
+
+
+def finish(nb):
+    """An executed notebook as it is stored: no per-cell execution timings, the code's fingerprint, the
+    kernelspec ipykernel itself writes and numbers as a browser writes them — so that opening and saving it
+    in JupyterLab changes nothing."""
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
     nb.metadata.setdefault("phi3lab", {})["source_hash"] = source_hash(nb)
-    # what ipykernel itself writes, so opening and saving a notebook in JupyterLab changes nothing
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
-    nbformat.write(browser_numbers(nb), path)
-    print(f"refreshed {path.name}")
+    return browser_numbers(nb)
 
 
 def main(argv: list[str]) -> None:

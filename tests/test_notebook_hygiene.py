@@ -65,11 +65,24 @@ def test_numbers_are_stored_as_a_browser_writes_them(path):
     )
 
 
-def test_refresh_writes_whole_number_floats_as_integers():
+def test_refresh_stores_what_jupyterlab_would_save():
+    """What notebooks/refresh.py writes after running a notebook: ipykernel's kernelspec, no execution
+    timings, the code's fingerprint, and whole-number floats as the integers a browser writes."""
+    import nbformat
+    from ipykernel.kernelspec import get_kernel_dict
+
     spec = importlib.util.spec_from_file_location("refresh", HERE / "refresh.py")
     refresh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(refresh)
-    stored = {"metadata": {"widgets": {"state": {"temperature": 0.0, "vmax": [1.0, 0.25, -0.0, 1e-05]}}}}
-    assert _whole_floats(json.dumps(stored)) == ["0.0", "1.0", "-0.0"]
-    assert _whole_floats(json.dumps(refresh.browser_numbers(stored))) == []
-    assert refresh.browser_numbers(stored)["metadata"]["widgets"]["state"]["vmax"] == [1, 0.25, 0, 1e-05]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(1)", metadata={"execution": {"iopub.status.busy": "2026"}})]
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["widgets"] = {"state": {"temperature": 0.0, "vmax": [1.0, 0.25, -0.0, 1e-05]}}
+    assert _whole_floats(nbformat.writes(nb)) == ["0.0", "1.0", "-0.0"]
+    stored = refresh.finish(nb)
+    own = get_kernel_dict()
+    assert stored.metadata.kernelspec == {"display_name": own["display_name"], "language": "python", "name": "python3"}
+    assert stored.metadata.widgets["state"]["vmax"] == [1, 0.25, 0, 1e-05] and stored.cells[0].metadata == {}
+    assert stored.metadata["phi3lab"]["source_hash"] == refresh.source_hash(nb)
+    assert _whole_floats(nbformat.writes(stored)) == []
+    nbformat.validate(stored)

@@ -109,6 +109,9 @@ def test_every_view_draws(tiny):
         plotting.patch_layout(image, 4),
     ]:
         assert fig is ax.figure and ax.has_data() or ax.patches
+        maps = {im.get_cmap().name for a in fig.axes for im in a.images if im.get_array().ndim == 2}
+        maps |= {c.cmap.name for a in fig.axes for c in a.collections if c.get_array() is not None}  # colour bars
+        assert maps <= {"phi3lab_share", "phi3lab_veil"}, f"shares drawn outside the one sequential map: {maps}"
         plt.close(fig)
 
 
