@@ -582,21 +582,21 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path, expected
 
 # --- a widget's front end against its Python object, without Jupyter ---------------------------------
 
-# A stand-in for anywidget's model in the page: state, change events, messages out (kept in `sent`).
+# A stand-in for anywidget's model in the page: state with change events (set fires them, as Backbone does),
+# and what goes to Python kept in `sent`: custom messages as they are, saved changes as {"__state": {...}}.
 MOCK_MODEL = """(state) => {
     const handlers = {};
+    let unsaved = {};
+    const fire = (key) => { for (const fn of handlers[`change:${key}`] || []) fn(); };
     const model = {
         sent: [],
         get: (key) => state[key],
-        set: (key, value) => { state[key] = value; },
-        save_changes: () => {},
+        set: (key, value) => { state[key] = value; unsaved[key] = value; fire(key); },
+        save_changes: () => { model.sent.push({ __state: unsaved }); unsaved = {}; },
         send: (message) => model.sent.push(message),
         on: (event, fn) => { (handlers[event] = handlers[event] || []).push(fn); },
         off: () => {},
-        change: (changes) => {
-            Object.assign(state, changes);
-            for (const key of Object.keys(changes)) for (const fn of handlers[`change:${key}`] || []) fn();
-        },
+        change: (changes) => { Object.assign(state, changes); for (const key of Object.keys(changes)) fire(key); },
     };
     return model;
 }"""
@@ -624,7 +624,11 @@ class Bridge:
         """Hand every message the page sent to the Python widget, and its changes back to the page."""
         for message in self.page.evaluate("window.model.sent.splice(0)"):
             before = self.widget.get_state()
-            self.widget._dispatch(self.widget, message, [])
+            if "__state" in message:
+                self.widget.set_state(message["__state"])  # what the comm does with a browser's changes
+                before.update(message["__state"])  # the page has these already
+            else:
+                self.widget._dispatch(self.widget, message, [])
             after = self.widget.get_state()
             changes = {k: v for k, v in after.items() if before.get(k) != v and not k.startswith("_")}
             self.page.evaluate("changes => window.model.change(changes)", json.loads(json.dumps(changes)))
@@ -671,6 +675,43 @@ def test_the_users_bubble_shows_a_picture_label_not_the_raw_image_tag(browser, v
         bubble = watch.page.locator(".phi3lab-msg-user")
         assert "<|image" not in bubble.inner_text() and "What colour is the triangle?" in bubble.inner_text()
         assert bubble.locator("img").count() == 1
+        watch.check()
+    finally:
+        watch.close()
+
+
+def test_the_attention_info_line_names_the_reduction_and_rollout_drops_the_head_focus(browser, tiny):
+    """The info line said "mean over layer 0 × head 1" with max selected, and rollout kept a head focus it
+    ignores."""
+    from phi3lab.views.widgets import AttentionExplorer
+
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
+    explorer = AttentionExplorer(cache)
+    watch = Watch(browser)
+    try:
+        page = watch.page
+        bridge = Bridge(page, explorer)
+        info, focus = page.locator(".phi3lab-info").first, page.locator(".phi3lab-focus")
+
+        def click(selector):
+            page.locator(selector).click()
+            bridge.deliver()
+
+        click("canvas.phi3lab-thumb[data-layer='0'][data-head='1']")
+        assert "mean over layer 0 × head 1" in info.inner_text() and focus.inner_text() == "layer 0, head 1"
+        click(".phi3lab-toggles button[data-value='max']")
+        assert "max over layer 0 × head 1" in info.inner_text()
+        assert (
+            page.locator("canvas.phi3lab-thumb.phi3lab-dim").count() == len(explorer.layers) * len(explorer.heads) - 1
+        )
+        click(".phi3lab-toggles button[data-value='rollout']")
+        assert (
+            explorer.focus == [-1, -1]
+            and "rollout" in info.inner_text()
+            and "layer 0 × head 1" not in info.inner_text()
+        )
+        assert focus.inner_text().startswith("rollout") and page.locator(".phi3lab-all").is_disabled()
+        assert page.locator("canvas.phi3lab-thumb.phi3lab-dim").count() == 0
         watch.check()
     finally:
         watch.close()
