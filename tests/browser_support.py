@@ -1,5 +1,6 @@
-"""What the docs-site and classroom browser tests share: Debian's Chromium through Playwright, a page that
-blocks and records every request not to 127.0.0.1, and a static file server on 127.0.0.1.
+"""What the browser tests share: Debian's Chromium through Playwright, a page that blocks and records every
+request not to 127.0.0.1, a static file server on 127.0.0.1, and JupyterLab on 127.0.0.1 started through
+:func:`phi3lab.serving.guard.spawn`, so it dies with the test process even when that is killed.
 
 Without Chromium or Playwright a test skips and says what to install (no browser is ever downloaded).
 """
@@ -10,15 +11,21 @@ import contextlib
 import functools
 import http.server
 import os
+import secrets
 import shutil
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
+JUPYTER_START = 120  # seconds JupyterLab may take to answer (a loaded 2-core machine)
 INSTALL = "apt-get install -y chromium && pip install playwright==1.65.2 (no browser download: the test uses Debian's)"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
@@ -107,3 +114,62 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyter_lab(root: Path, timeout: float = JUPYTER_START):
+    """JupyterLab 4 (which also serves Notebook 7) on 127.0.0.1, a free port and a fresh token, serving
+    ``root``, with its settings, workspaces, data and runtime files under ``root`` (nothing of the user's is
+    read or written); started with :func:`phi3lab.serving.guard.spawn` and stopped (its process group) on
+    exit; its kernels end with it (ipykernel watches its parent).  Yields ``(base_url, token)``; fails with the server's log when it does not
+    answer within ``timeout`` seconds."""
+    from phi3lab.serving.guard import spawn, stop_group
+
+    port, token = free_port(), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "JUPYTER_CONFIG_DIR": str(root / ".config"),
+        "JUPYTER_DATA_DIR": str(root / ".data"),
+        "JUPYTER_RUNTIME_DIR": str(root / ".runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+        "--JupyterNotebookApp.expose_app_in_browser=True",
+        "--LabApp.extension_manager=readonly",
+        "--ServerApp.allow_root=True",
+    ]
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        server = spawn(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, grace=10.0)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None:
+                        pytest.fail(f"JupyterLab exited with {server.returncode}: {log_path.read_text()[-2000:]}")
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"JupyterLab did not answer within {timeout:.0f} s: {log_path.read_text()[-2000:]}")
+                    time.sleep(0.5)
+            yield base, token
+        finally:
+            stop_group(server.pid, grace=10.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)

@@ -1,11 +1,17 @@
 """phi3lab.attribution: units, captum parity, known answers on the embedded models, views and bad input."""
 
+import base64
+import copy
+import html.parser
+import io
 import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from phi3lab import colours
 from phi3lab.attribution import Attribution, TargetError, attribute, compare
 from phi3lab.attribution.forward import Scorer
 from phi3lab.attribution.units import build_units
@@ -268,7 +274,14 @@ def test_text_html_and_captum_views(ada):
     assert repr(ada).startswith("Attribution(ablation, 4 target tokens × 14 units")
 
 
-def test_picture_views(vision, star):
+@pytest.fixture(scope="module")
+def pictured(vision, star):
+    return attribute(
+        vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "image-regions"], progress=False
+    )
+
+
+def test_picture_views(pictured, star):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -276,9 +289,7 @@ def test_picture_views(vision, star):
 
     from phi3lab.views import plotting
 
-    attr = attribute(
-        vision, "<|image_1|>\n" + star.question, [star.image], units=["words", "image-regions"], progress=False
-    )
+    attr = pictured
     assert "data:image/png;base64," in attr.to_html()
     fig, axes = attr.plot()
     assert len(axes) == 2 and axes[1].images[1].get_array().shape[:2] == (star.image.height, star.image.width)
@@ -288,6 +299,117 @@ def test_picture_views(vision, star):
     f, ax = plotting.faithfulness_curves([attr.deletion(), attr.deletion(order="random")])
     assert len(ax.lines) == 2
     plt.close("all")
+
+
+class _Spans(html.parser.HTMLParser):
+    """Each ``<span title=…>`` of a page: its title, class and style; and each inline PNG."""
+
+    def __init__(self, page):
+        super().__init__()
+        self.spans, self.pngs = {}, []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "span" and "title" in a:
+            self.spans[a["title"]] = (a.get("class") or "", a["style"])
+        if tag == "img" and a.get("src", "").startswith("data:image/png;base64,"):
+            data = base64.b64decode(a["src"].split(",", 1)[1])
+            self.pngs.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float64))
+
+
+def _with_scores(attr, words: float, regions: float) -> Attribution:
+    """``attr`` with every word scoring ``words`` (the first one; the rest 0) and every region ``regions``."""
+    other = copy.copy(attr)
+    row = torch.tensor([regions if u.image is not None else 0.0 for u in attr.units])
+    row[next(k for k, u in enumerate(attr.units) if u.image is None)] = words
+    other.scores = row[None].repeat(len(attr.target_ids), 1) / len(attr.target_ids)
+    return other
+
+
+def _veiled(attr, alpha: float) -> np.ndarray:
+    """The first picture as the HTML form sizes it, under the veil at opacity ``alpha``."""
+    from phi3lab.attribution.result import PICTURE_SIDE
+
+    picture = attr.inputs.image(0).image.convert("RGB")
+    ratio = PICTURE_SIDE / max(picture.size)
+    size = (round(picture.width * ratio), round(picture.height * ratio))
+    shown = np.asarray(picture.resize(size, Image.LANCZOS), dtype=np.float64)
+    veil = np.array([int(colours.VEIL[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.float64)
+    return shown * (1 - alpha) + veil * alpha
+
+
+def _centres(attr, regions: int = 3) -> list[tuple[int, int]]:
+    """Pixel (row, column) of the centres of the first few picture regions, in the HTML form's picture."""
+    from phi3lab.attribution.result import PICTURE_SIDE
+
+    ratio = PICTURE_SIDE / max(attr.inputs.image(0).image.size)
+    boxes = [u.box for u in attr.units if u.image == 0][:regions]
+    return [(int((y0 + y1) / 2 * ratio), int((x0 + x1) / 2 * ratio)) for x0, y0, x1, y1 in boxes]
+
+
+def test_the_html_form_colours_every_unit_on_one_diverging_scale_with_its_legend(pictured):
+    from phi3lab.colours import scale, tick
+
+    values = pictured.row().tolist()
+    s = scale(values, kind="score", label="", floor=pictured.noise_floor)
+    page = pictured.to_html()
+    spans = _Spans(page).spans
+    coloured = 0
+    for unit, value in zip(pictured.units, values):
+        if unit.image is not None:
+            continue
+        colour = s.colour(value)
+        if colour is None:
+            cls, style = spans[f"{unit.name}: {value:+.2e} (no signal: under the noise floor {s.floor:.1e})"]
+            assert cls == "phi3lab-nosignal" and "background" not in style and "dashed" in style
+        else:
+            cls, style = spans[f"{unit.name}: {value:+.3f}"]
+            assert f"background:{colour};color:{colours.text_on(colour)}" in style
+            coloured += 1
+    assert coloured >= 2, "the star question has words with signal; without them this test proves nothing"
+    assert '<div class="phi3lab-legend" data-kind="score" data-signal="true"' in page
+    assert f"<span>{tick(-s.vmax, 'score')}</span><span>0</span><span>{tick(s.vmax, 'score')}</span>" in page
+    assert "rgba(" not in page and pictured.noise_floor == colours.SCORE_FLOOR  # a float32 model's floor
+
+
+def test_a_picture_region_is_veiled_against_the_views_one_scale_not_its_own(pictured):
+    """Notebook 03's finding: image regions at +1.0 beside a word at +23.5 were drawn at full strength."""
+    weak = _with_scores(pictured, words=23.5, regions=1.0)
+    shown = _Spans(weak.to_html()).pngs[0]
+    expected = _veiled(pictured, colours.VEIL_ALPHA * (1 - 1.0 / 23.5))
+    for r, c in _centres(pictured):
+        assert np.abs(shown[r, c] - expected[r, c]).max() <= 3, (shown[r, c], expected[r, c])
+    strong = _with_scores(pictured, words=1.0, regions=1.0)  # now the regions are at the top: clear
+    shown, clear = _Spans(strong.to_html()).pngs[0], _veiled(pictured, 0.0)
+    for r, c in _centres(pictured):
+        assert np.abs(shown[r, c] - clear[r, c]).max() <= 3, (shown[r, c], clear[r, c])
+    assert "on the scale above (±23.5)" in weak.to_html()
+
+
+def test_noise_level_scores_are_drawn_uncoloured_and_said_to_be_no_signal(pictured):
+    """Notebook 03's finding: target '▁is' scoring ±2.3e-6 was drawn as full red and blue."""
+    noise = copy.copy(pictured)
+    signs = torch.tensor([(-1.0) ** k for k in range(len(pictured.units))])
+    noise.scores = (2.3e-6 * signs)[None].repeat(len(pictured.target_ids), 1) / len(pictured.target_ids)
+    page = noise.to_html()
+    found = _Spans(page)
+    names = [u.name for u in pictured.units if u.image is None]
+    titles = [t for t in found.spans if any(t.startswith(f"{n}: ") for n in names)]
+    assert len(titles) == len(names) and all("(no signal: under the noise floor" in t for t in titles)
+    assert all(found.spans[t][0] == "phi3lab-nosignal" and "background" not in found.spans[t][1] for t in titles)
+    assert 'data-signal="false"' in page and "every value is under the noise floor" in page
+    assert "no signal anywhere: the picture is veiled all over" in page
+    veiled = _veiled(pictured, colours.VEIL_ALPHA)
+    for r, c in _centres(pictured):
+        assert np.abs(found.pngs[0][r, c] - veiled[r, c]).max() <= 3
+
+
+def test_score_colour_is_the_diverging_map_and_transparent_under_the_floor():
+    from phi3lab.attribution import score_colour
+
+    assert score_colour(3.0, 3.0) == colours.DIVERGING[-1] and score_colour(-3.0, 3.0) == colours.DIVERGING[0]
+    assert score_colour(1e-7, 3.0) == "transparent" and score_colour(0.5, 3.0, floor=1.0) == "transparent"
 
 
 def test_progress_bar_when_asked_and_never_when_not(tiny, capsys):
@@ -358,3 +480,13 @@ def test_compare_refuses_attributions_of_different_prompts_and_bad_tops(tiny):
         one.to_text(top=-1)
     with pytest.raises(ValueError, match="n must be at least 1"):
         one.top(0)
+
+
+def test_the_noise_floor_follows_the_models_dtype():
+    import types
+
+    from phi3lab.attribution import _noise_floor
+
+    assert _noise_floor(types.SimpleNamespace(dtype=torch.float32)) == colours.SCORE_FLOOR
+    assert _noise_floor(types.SimpleNamespace(dtype=torch.bfloat16)) == colours.noise_floor("bfloat16") == 1.0
+    assert _noise_floor(types.SimpleNamespace(dtype=torch.int8)) == colours.SCORE_FLOOR  # unknown: float32's

@@ -6,6 +6,7 @@ type is large, that no code is shown and that the page logged no console error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -27,36 +28,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The classroom server on 127.0.0.1, started through phi3lab.serving.guard.spawn so it dies with the test
+    process even when that is killed; stopped (its process group) at the end."""
+    from phi3lab.serving.guard import spawn, stop_group
+
     port, token = free_port(), secrets.token_hex(16)
     log_path = tmp_path_factory.mktemp("demo") / "voila.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     with open(log_path, "w") as log:
-        server = subprocess.Popen(
+        server = spawn(
             [sys.executable, "-m", "phi3lab.views.classroom", "--port", str(port), "--token", token],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2).close()
-                break
-            except urllib.error.HTTPError:  # answering: up
-                break
-            except OSError:
-                time.sleep(0.5)
-        if server.poll() is not None or time.monotonic() >= deadline:
-            server.kill()
-            pytest.fail(f"the classroom server did not start; its log:\n{log_path.read_text()[-3000:]}")
-        yield base, token
-        server.terminate()
         try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=2).close()
+                    break
+                except urllib.error.HTTPError:  # answering: up
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            if server.poll() is not None or time.monotonic() >= deadline:
+                pytest.fail(f"the classroom server did not start; its log:\n{log_path.read_text()[-3000:]}")
+            yield base, token
+        finally:
+            stop_group(server.pid, grace=10.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)
 
 
 def test_without_the_token_the_page_is_refused(demo):

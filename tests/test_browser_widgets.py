@@ -16,17 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from browser_support import jupyter_lab
 
 pytestmark = pytest.mark.browser
 
@@ -122,70 +117,19 @@ def write_notebook(path: Path, cells=CELLS) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ``browser``: the session's one Chromium, from tests/conftest.py (Playwright's sync API runs one per thread).
 
 
 @pytest.fixture(scope="session")
 def jupyter(tmp_path_factory):
-    """A JupyterLab 4 server (which also serves Notebook 7) on 127.0.0.1 with two copies of the widget notebook."""
+    """A JupyterLab 4 server (which also serves Notebook 7) on 127.0.0.1 with two copies of the widget notebook,
+    started through phi3lab.serving.guard.spawn (tests/browser_support.py), so it dies with the test process."""
     root = tmp_path_factory.mktemp("jupyter")
     write_notebook(root / "lab.ipynb")
     write_notebook(root / "notebook7.ipynb")
     write_notebook(root / "blank.ipynb", cells=["# no widgets here"])
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TQDM_DISABLE": "1",
-        "JUPYTER_CONFIG_DIR": str(root / ".config"),
-        "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
-    }
-    args = [
-        sys.executable,
-        "-m",
-        "jupyter",
-        "lab",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",
-        "--JupyterNotebookApp.expose_app_in_browser=True",
-        "--LabApp.extension_manager=readonly",
-        "--ServerApp.allow_root=True",
-    ]
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                break
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        pytest.fail(f"JupyterLab did not start within 90 s; its log: {(root / 'server.log').read_text()[-2000:]}")
-    if server.poll() is not None:
-        pytest.fail(f"JupyterLab exited: {(root / 'server.log').read_text()[-2000:]}")
-    yield base, token
-    server.terminate()
-    try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with jupyter_lab(root) as (base, token):
+        yield base, token
 
 
 class Watch:
@@ -631,6 +575,143 @@ def test_browser_exported_page_is_explorable_offline(browser, tmp_path, expected
         # attribution: the noise-level target is drawn uncoloured here too
         check_noise_is_uncoloured(page)
         _shot(page, "export-offline")
+        watch.check()
+    finally:
+        watch.close()
+
+
+# --- a widget's front end against its Python object, without Jupyter ---------------------------------
+
+# A stand-in for anywidget's model in the page: state with change events (set fires them, as Backbone does),
+# and what goes to Python kept in `sent`: custom messages as they are, saved changes as {"__state": {...}}.
+MOCK_MODEL = """(state) => {
+    const handlers = {};
+    let unsaved = {};
+    const fire = (key) => { for (const fn of handlers[`change:${key}`] || []) fn(); };
+    const model = {
+        sent: [],
+        get: (key) => state[key],
+        set: (key, value) => { state[key] = value; unsaved[key] = value; fire(key); },
+        save_changes: () => { model.sent.push({ __state: unsaved }); unsaved = {}; },
+        send: (message) => model.sent.push(message),
+        on: (event, fn) => { (handlers[event] = handlers[event] || []).push(fn); },
+        off: () => {},
+        change: (changes) => { Object.assign(state, changes); for (const key of Object.keys(changes)) fire(key); },
+    };
+    return model;
+}"""
+
+
+class Bridge:
+    """A phi3lab widget's ES module rendered in a page against its Python object: what the page sends reaches
+    the object's message handler, and each trait the handler changes goes back as a change event."""
+
+    def __init__(self, page, widget):
+        self.page, self.widget = page, widget
+        page.set_content('<div id="root"></div>')
+        state = {k: v for k, v in widget.get_state().items() if not k.startswith("_") and k != "layout"}
+        page.evaluate(
+            """async ([source, state, make]) => {
+                const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+                const module = await import(url);
+                window.model = eval(make)(state);
+                await module.default.render({ model: window.model, el: document.getElementById("root") });
+            }""",
+            [widget._esm, json.loads(json.dumps(state)), MOCK_MODEL],
+        )
+
+    def deliver(self) -> None:
+        """Hand every message the page sent to the Python widget, and its changes back to the page."""
+        for message in self.page.evaluate("window.model.sent.splice(0)"):
+            before = self.widget.get_state()
+            if "__state" in message:
+                self.widget.set_state(message["__state"])  # what the comm does with a browser's changes
+                before.update(message["__state"])  # the page has these already
+            else:
+                self.widget._dispatch(self.widget, message, [])
+            after = self.widget.get_state()
+            changes = {k: v for k, v in after.items() if before.get(k) != v and not k.startswith("_")}
+            self.page.evaluate("changes => window.model.change(changes)", json.loads(json.dumps(changes)))
+
+
+def test_the_chat_system_box_opens_again_after_new_chat(browser, tiny):
+    """Once a conversation starts the system prompt is locked; New chat must unlock it (it stayed disabled)."""
+    from phi3lab.views.widgets import ChatWidget
+
+    box = ChatWidget(tiny, system="Answer briefly.", max_new_tokens=4)
+    box.ask("What is 2 plus 3?")
+    watch = Watch(browser)
+    try:
+        bridge = Bridge(watch.page, box)
+        system = watch.page.locator("textarea.phi3lab-system")
+        assert system.is_disabled() and "New chat" in system.get_attribute("title")
+        assert watch.page.locator(".phi3lab-msg-user").inner_text() == "What is 2 plus 3?"
+        watch.page.locator("button", has_text="New chat").click()
+        bridge.deliver()
+        assert box.messages == [] and system.is_enabled() and system.input_value() == "Answer briefly."
+        watch.check()
+    finally:
+        watch.close()
+
+
+def test_the_users_bubble_shows_a_picture_label_not_the_raw_image_tag(browser, vision, picture):
+    """The model gets '<|image_1|>'; the person sees their own words and a labelled thumbnail."""
+    import base64
+    import io
+
+    from phi3lab.views.widgets import ChatWidget
+
+    box = ChatWidget(vision, max_new_tokens=4)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    box._dispatch(
+        box, {"type": "image", "name": "shapes.png", "data": base64.b64encode(buffer.getvalue()).decode()}, []
+    )
+    box.ask("What colour is the triangle?")
+    assert box.history[0]["content"].startswith("<|image_1|>")
+    watch = Watch(browser)
+    try:
+        Bridge(watch.page, box)
+        bubble = watch.page.locator(".phi3lab-msg-user")
+        assert "<|image" not in bubble.inner_text() and "What colour is the triangle?" in bubble.inner_text()
+        assert bubble.locator("img").count() == 1
+        watch.check()
+    finally:
+        watch.close()
+
+
+def test_the_attention_info_line_names_the_reduction_and_rollout_drops_the_head_focus(browser, tiny):
+    """The info line said "mean over layer 0 × head 1" with max selected, and rollout kept a head focus it
+    ignores."""
+    from phi3lab.views.widgets import AttentionExplorer
+
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=3, rollout=True)
+    explorer = AttentionExplorer(cache)
+    watch = Watch(browser)
+    try:
+        page = watch.page
+        bridge = Bridge(page, explorer)
+        info, focus = page.locator(".phi3lab-info").first, page.locator(".phi3lab-focus")
+
+        def click(selector):
+            page.locator(selector).click()
+            bridge.deliver()
+
+        click("canvas.phi3lab-thumb[data-layer='0'][data-head='1']")
+        assert "mean over layer 0 × head 1" in info.inner_text() and focus.inner_text() == "layer 0, head 1"
+        click(".phi3lab-toggles button[data-value='max']")
+        assert "max over layer 0 × head 1" in info.inner_text()
+        assert (
+            page.locator("canvas.phi3lab-thumb.phi3lab-dim").count() == len(explorer.layers) * len(explorer.heads) - 1
+        )
+        click(".phi3lab-toggles button[data-value='rollout']")
+        assert (
+            explorer.focus == [-1, -1]
+            and "rollout" in info.inner_text()
+            and "layer 0 × head 1" not in info.inner_text()
+        )
+        assert focus.inner_text().startswith("rollout") and page.locator(".phi3lab-all").is_disabled()
+        assert page.locator("canvas.phi3lab-thumb.phi3lab-dim").count() == 0
         watch.check()
     finally:
         watch.close()

@@ -2,13 +2,15 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_hub_cache
 
 import phi3lab
+from conftest import make_hub_cache
 from phi3lab import AttentionRequestError, ModelNotAvailableError, ModelNotFoundError
+from phi3lab.paths import embedded_dir
 
 
 def test_embedded_default_loads_offline(tiny):
@@ -161,3 +163,14 @@ def test_bad_sources_are_value_errors_too():
             phi3lab.load(source)
     with pytest.raises(ModelNotFoundError, match="use '.' for the current folder"):
         phi3lab.load("")
+
+
+def test_info_names_an_embedded_model_by_its_data_path_not_this_machines(tiny, tmp_path, monkeypatch):
+    """Stored notebook outputs once showed a developer's absolute path (notebook 00's lab.info())."""
+    from phi3lab.runtime.lab import shown_path
+
+    assert "(embedded: data/models/phi3lab-tiny)" in tiny.info()
+    assert str(embedded_dir()) not in tiny.info() and str(Path.home()) not in tiny.info()
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    assert shown_path(tmp_path / "models" / "mine") == "~/models/mine"
+    assert shown_path(Path("/elsewhere/mine")) == "/elsewhere/mine"  # no shorter true name: as it is

@@ -66,7 +66,28 @@ def test_logit_lens_last_layer_is_the_model_prediction(tiny):
     assert len(lens.layers) == tiny.model.config.num_hidden_layers + 1
     text = lens.to_text()
     assert text.splitlines()[0] == f"logit lens at position {inputs['input_ids'].shape[1] - 1}"
-    assert "<table>" in lens._repr_html_()
+    assert "<table" in lens._repr_html_() and "logit lens at position" in lens._repr_html_()
+
+
+def test_the_logit_lens_html_colours_probabilities_on_the_share_map_from_0_to_1():
+    from phi3lab import colours
+    from phi3lab.inspect.lens import LogitLens
+
+    lens = LogitLens(
+        position=3,
+        layers=("embeddings", "layer 0"),
+        tokens=(("<b>", "▁a"), ("▁cat", "▁dog")),
+        probs=((0.05, 1e-9), (0.9, 0.1)),
+    )
+    page = lens._repr_html_()
+    for p in (0.05, 0.9, 0.1):  # on a fixed 0 … 1 scale: 0.05 stays pale though it tops its layer
+        colour = colours.sequential([p], vmax=1.0)[0]
+        assert f"background:{colour};color:{colours.text_on(colour)}" in page
+    assert colours.lightness(colours.sequential([0.05], vmax=1.0)[0]) > 90
+    assert page.count(f"outline:1px dashed {colours.NO_SIGNAL}") == 1  # 1e-9: under the floor, uncoloured
+    assert 'class="phi3lab-legend" data-kind="share" data-signal="true"' in page and "<span>1</span>" in page
+    assert "&#x27;&lt;b&gt;&#x27; 0.05" in page and "'<b>'" not in page  # a token is text, escaped
+    assert "rgba(37,99,235" not in page
 
 
 def test_every_view_draws(tiny):
@@ -88,6 +109,9 @@ def test_every_view_draws(tiny):
         plotting.patch_layout(image, 4),
     ]:
         assert fig is ax.figure and ax.has_data() or ax.patches
+        maps = {im.get_cmap().name for a in fig.axes for im in a.images if im.get_array().ndim == 2}
+        maps |= {c.cmap.name for a in fig.axes for c in a.collections if c.get_array() is not None}  # colour bars
+        assert maps <= {"phi3lab_share", "phi3lab_veil"}, f"shares drawn outside the one sequential map: {maps}"
         plt.close(fig)
 
 
@@ -219,6 +243,31 @@ def test_the_words_and_the_picture_share_one_scale():
     expected = _veiled((255, 140, 0), 1 - 1 / 23.5)
     assert all(abs(a - b) <= 3 for a, b in zip(region, expected)), f"a weak region must look weak: {region}"
     plt.close(fig)
+
+
+def test_two_attributions_drawn_with_one_vmax_share_their_scale():
+    """Notebook 03 §4: ablation (±0.04) and Shapley (±5) looked equally dark, each on its own scale."""
+    import matplotlib.pyplot as plt
+
+    from phi3lab.colours import scale
+
+    weak, strong = _Attribution([[0.04, 0, 0, 0, 0]] * 2), _Attribution([[5.0, 0, 0, 0, 0]] * 2)
+    top = max(float(a.scores.abs().max()) for a in (weak, strong))
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(8, 6))
+    faces = []
+    for ax, attr in ((a, weak), (b, strong)):
+        plotting.attribution_text(attr, token=0, ax=ax, vmax=top)
+        faces.append([t.get_bbox_patch().get_facecolor() for t in ax.texts if t.get_text() == "square?"][0])
+    plotting.attribution_heatmap(weak, ax=c, vmax=top)
+    expected = [scale([top], kind="score", label="").colour(v) for v in (0.04, 5.0)]
+    assert [_hex(f) for f in faces] == expected and expected[0] != expected[1]
+    bars = [x for x in fig.axes if x not in (a, b, c)]
+    assert [[t.get_text() for t in bar.get_yticklabels()] for bar in bars] == [["−5", "0", "+5"]] * 3
+    plt.close(fig)
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3])
 
 
 def test_noise_level_attributions_are_drawn_uncoloured():

@@ -49,6 +49,7 @@ from phi3lab.attribution.units import (
     image_fill,
     text_baseline_id,
 )
+from phi3lab.colours import SCORE_FLOOR, noise_floor
 from phi3lab.errors import Phi3LabError
 
 __all__ = [
@@ -275,7 +276,16 @@ def attribute(
         explainer=explainer,
         delta=delta,
         batch_size=batch_size,
+        noise_floor=_noise_floor(lab.model),
     )
+
+
+def _noise_floor(model) -> float:
+    """The rounding-noise floor of Δ log p in the model's dtype (float32's for a dtype it does not know)."""
+    try:
+        return noise_floor(getattr(model, "dtype", "float32"))
+    except ValueError:
+        return SCORE_FLOOR
 
 
 def _integrated(lab, scorer: Scorer, steps: int, n_steps: int, internal_batch_size, progress, lig_class):

@@ -4,8 +4,14 @@ An :class:`Attribution` holds a score per (target token, unit): how much the uni
 that token's log-probability (for ``"ablation"``: how much the log-probability falls when the unit
 is replaced by its baseline).  Summed over the target tokens, a row gives the unit's share of the
 whole answer's log-probability.  Its views: :meth:`~Attribution.to_text` (the tested contract),
-an offline HTML form (tokens coloured by score, pictures as inline PNGs, no scripts, no CDN),
-:meth:`~Attribution.image_map` (scores spread back onto a picture's pixels) and :meth:`~Attribution.plot`.
+an offline HTML form (:meth:`~Attribution.to_html`: no scripts, no CDN), :meth:`~Attribution.image_map`
+(scores spread back onto a picture's pixels) and :meth:`~Attribution.plot`.
+
+The HTML form speaks :mod:`phi3lab.colours`: one diverging scale centred at 0 for the words and the
+picture regions alike (:meth:`~Attribution.scale`, drawn with its numbers), units under the noise floor
+uncoloured with a dashed outline (*no signal*), and each picture in its own colours under a veil that
+lifts where its regions score high, with a rim in the sign's colour, so a region at +1 beside a word
+at +23.5 stays veiled and an orange square stays orange.
 
 Faithfulness (:meth:`~Attribution.deletion`, :meth:`~Attribution.insertion`): remove (or, starting
 from every unit removed, insert) the units in order of score and track the target's
@@ -24,20 +30,25 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from phi3lab.prompts.token_view import HEADERS, SEGMENT_COLOURS
+from phi3lab import colours
+from phi3lab.prompts.token_view import HEADERS
 from phi3lab.validation import check_int
 
 __all__ = ["Attribution", "Curve", "compare", "score_colour"]
 
-POSITIVE, NEGATIVE = (220, 38, 38), (37, 99, 235)  # red: the unit supports the target; blue: it works against it
 CURVES = ("deletion", "insertion")
+LABEL = "attribution (Δ log p)"
+PICTURE_SIDE = 224  # the longer side of a picture in the HTML form, in pixels
 
 
-def score_colour(value: float, scale: float) -> str:
-    """CSS ``rgba`` for a score on a diverging scale (red positive, blue negative, clear at 0)."""
-    rgb = POSITIVE if value >= 0 else NEGATIVE
-    alpha = 0.0 if scale <= 0 else min(abs(value) / scale, 1.0) * 0.85
-    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.3f})"
+def score_colour(value: float, scale: float, floor: float = colours.SCORE_FLOOR) -> str:
+    """The CSS colour of a score on the diverging scale ``±scale`` (:data:`phi3lab.colours.DIVERGING`: red
+    supports the target, blue works against it); ``"transparent"`` under the noise ``floor`` (no signal).
+
+    >>> score_colour(2.0, 2.0), score_colour(-1.0, 2.0), score_colour(2e-6, 2.0)
+    ('#67001f', '#6aacd0', 'transparent')
+    """
+    return colours.diverging([value], vmax=abs(scale), floor=floor)[0] or "transparent"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +120,8 @@ class Attribution:
         explainer: the captum object that computed it (``FeatureAblation``, ``ShapleyValueSampling``,
             ``LayerIntegratedGradients``).
         delta: for ``"ig"``, captum's convergence delta per target token (completeness error).
+        noise_floor: scores of smaller magnitude are rounding noise, drawn as *no signal*
+            (:func:`phi3lab.colours.noise_floor` of the model's dtype).
     """
 
     def __init__(
@@ -128,6 +141,7 @@ class Attribution:
         explainer=None,
         delta=None,
         batch_size: int = 16,
+        noise_floor: float = colours.SCORE_FLOOR,
     ):
         self.units = list(units)
         self.scores = scores.detach().float().cpu()
@@ -138,6 +152,7 @@ class Attribution:
         self.method, self.kinds, self.baselines = method, tuple(kinds), baselines
         self.inputs, self.raw, self.explainer, self.delta = inputs, raw, explainer, delta
         self._scorer, self._batch = scorer, batch_size
+        self.noise_floor = float(noise_floor)
 
     # --- numbers -------------------------------------------------------------------------------
 
@@ -288,11 +303,19 @@ class Attribution:
                 turns[-1][1].append((prompt[row.start : row.end] or row.token, owner.get(row.index)))
         return [(role, pieces) for role, pieces in turns if pieces]
 
-    def to_html(self, token=None) -> str:
-        """Self-contained HTML: the prompt turn by turn with each unit's text coloured by its score
-        (hover for the unit and score), and each picture with its image map; no scripts, no CDN."""
+    def scale(self, token=None, floor: float | None = None) -> colours.Scale:
+        """The one diverging scale of this attribution's views for ``token``: every unit's score (words, turns
+        and picture regions alike) against ``±`` the largest, with :attr:`noise_floor` (or ``floor``)."""
+        floor = self.noise_floor if floor is None else floor
+        return colours.scale(self.row(token).numpy(), kind="score", label=LABEL, floor=floor)
+
+    def to_html(self, token=None, floor: float | None = None) -> str:
+        """Self-contained HTML: the prompt turn by turn with each unit's text on the colour of its score
+        (hover for the unit and score), the scale with its numbers, and each picture under its image
+        map; no scripts, no CDN.  Words and pictures share one scale (:meth:`scale`); a unit under the
+        noise floor is uncoloured with a dashed outline, and a target whose every score is under it says so."""
         values = self.row(token).tolist()
-        scale = max((abs(v) for v in values), default=0.0)
+        s = self.scale(token, floor)
         body = []
         for role, pieces in self.segments():
             parts = [f'<b style="color:#6b7280">{html.escape(role)}:</b> ']
@@ -300,50 +323,92 @@ class Attribution:
                 if text[:1].isspace():
                     parts.append(" ")
                 text = " ".join(text.split())
-                if not text:
-                    continue
-                if i is None:
-                    parts.append(_chip(text, SEGMENT_COLOURS["image"] if text.startswith("[image") else "transparent"))
-                else:
-                    parts.append(_chip(text, score_colour(values[i], scale), f"{self.units[i].name}: {values[i]:+.3f}"))
+                if text:
+                    parts.append(self._chip(text, i, values, s))
             body.append(f'<div style="margin:2px 0">{"".join(parts)}</div>')
         head = (
             f"<div><b>{html.escape(self.method)}</b> over {len(self.units)} units "
             f"({html.escape(' + '.join(self.kinds))}) for {html.escape(self.token_name(token))} of "
-            f"<code>{html.escape(self.target_text)}</code> · scale ±{scale:.3f} "
-            f"({_chip('supports', score_colour(1, 1))} {_chip('works against', score_colour(-1, 1))})</div>"
+            f"<code>{html.escape(self.target_text)}</code>: red supports it, blue works against it</div>"
+            f"{colours.legend_html(s)}"
         )
         pictures = "".join(
-            self._picture_html(span.index, token)
+            self._picture_html(span.index, token, s)
             for span in self.inputs.images
             if any(u.image == span.index for u in self.units)
         )
-        return f'<div style="font-family:monospace;line-height:1.9;color:#111827">{head}{"".join(body)}{pictures}</div>'
+        return (
+            f'<div class="phi3lab-attribution-static" style="font-family:monospace;line-height:1.9">'
+            f"{head}{''.join(body)}{pictures}</div>"
+        )
 
     def _repr_html_(self) -> str:
         return self.to_html()
 
-    def _picture_html(self, image: int, token) -> str:
-        from PIL import Image
+    def _chip(self, text: str, unit: int | None, values: list[float], s: colours.Scale) -> str:
+        """One piece of the prompt: a scored unit on its colour (or outlined, no signal); template and
+        picture tokens that are no unit in a neutral frame."""
+        style = "border-radius:3px;padding:0 2px"
+        if unit is None:
+            title = "the picture's tokens (scored on the picture below)" if text.startswith("[image") else None
+            frame = f";outline:1px solid {_NEUTRAL};outline-offset:-1px" if title else ""
+            return _span(text, style + frame, title)
+        value, name = values[unit], self.units[unit].name
+        colour = s.colour(value)
+        if colour is None:
+            return _span(
+                text,
+                f"{style};outline:1px dashed {colours.NO_SIGNAL};outline-offset:-1px;color:#6b7280",
+                f"{name}: {value:+.2e} (no signal: under the noise floor {s.floor:.1e})",
+                "phi3lab-nosignal",
+            )
+        return _span(text, f"{style};background:{colour};color:{colours.text_on(colour)}", f"{name}: {value:+.3f}")
+
+    def _picture_html(self, image: int, token, s: colours.Scale) -> str:
+        """The picture in its own colours under a veil that lifts where its regions score high (on the
+        view's one scale ``s``), each region with signal outlined in its sign's colour; an inline PNG."""
+        from PIL import Image, ImageDraw
 
         span = self.inputs.image(image)
-        heat = self.image_map(image, token)
-        scale = float(np.abs(heat).max())
         picture = span.image.convert("RGB")
-        side = 224 / max(picture.size)
-        size = (max(1, round(picture.width * side)), max(1, round(picture.height * side)))
-        alpha = np.clip(np.abs(heat) / scale, 0, 1) * 0.7 if scale > 0 else np.zeros_like(heat)
-        colours = np.where(heat[..., None] >= 0, np.array(POSITIVE), np.array(NEGATIVE))
-        overlay = np.concatenate([colours, alpha[..., None] * 255], axis=-1).astype(np.uint8)
-        blended = Image.alpha_composite(picture.convert("RGBA"), Image.fromarray(overlay, "RGBA")).resize(size)
+        ratio = PICTURE_SIDE / max(picture.size)
+        size = (max(1, round(picture.width * ratio)), max(1, round(picture.height * ratio)))
+        alpha = colours.veil_alpha(s.fraction(self.image_map(image, token)))
+        veil = Image.fromarray(np.rint(alpha * 255).astype(np.uint8), "L").resize(size, Image.NEAREST)
+        shown = picture.resize(size, Image.LANCZOS).convert("RGBA")
+        shade = Image.new("RGBA", size, colours.VEIL)
+        shade.putalpha(veil)
+        shown = Image.alpha_composite(shown, shade)
+        values = self.row(token).numpy()
+        rims = Image.new("RGBA", size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(rims)
+        mine = [k for k, u in enumerate(self.units) if u.image == image and u.box is not None]
+        for k, rgb, fraction in zip(mine, s.rims(values[mine]), s.fraction(values[mine])):
+            if np.isnan(rgb).any():
+                continue
+            x0, y0, x1, y1 = (b * ratio for b in self.units[k].box)
+            strength = float(np.clip(np.sqrt(abs(fraction)), 0.35, 1))
+            colour = tuple(int(c) for c in rgb) + (int(255 * strength),)
+            draw.rectangle((x0 + 1, y0 + 1, x1 - 2, y1 - 2), outline=colour, width=2)
+        shown = Image.alpha_composite(shown, rims)
         buffer = io.BytesIO()
-        blended.convert("RGB").save(buffer, format="PNG")
+        shown.convert("RGB").save(buffer, format="PNG")
         data = base64.b64encode(buffer.getvalue()).decode()
+        signal = any(not np.isnan(f) for f in s.fraction(values[mine])) if mine else False
+        if not s.signal:
+            how = "no signal anywhere: the picture is veiled all over"
+        elif not signal:
+            how = f"no signal: every region of this picture scores under the noise floor {s.floor:.1e}, so it is veiled"
+        else:
+            how = (
+                f"on the scale above (±{colours.tick(s.vmax)}): veiled where a region has little or no signal, "
+                "clear at the strongest; rim: red supports, blue works against"
+            )
         return (
-            f'<figure style="display:inline-block;margin:4px"><img alt="image {image + 1} attribution" '
-            f'style="border:1px solid #d1d5db" src="data:image/png;base64,{data}"/>'
-            f"<figcaption>image {image + 1}: its units' scores on the picture, scale ±{scale:.3f}</figcaption>"
-            "</figure>"
+            f'<figure style="display:inline-block;margin:4px;max-width:{PICTURE_SIDE + 80}px">'
+            f'<img alt="image {image + 1} attribution" style="border:1px solid {_NEUTRAL}" '
+            f'src="data:image/png;base64,{data}"/>'
+            f'<figcaption style="font-size:85%">image {image + 1}: {html.escape(how)}</figcaption></figure>'
         )
 
     def plot(self, token=None, image: int = 0):
@@ -379,9 +444,13 @@ class Attribution:
         )
 
 
-def _chip(text: str, background: str, title: str | None = None) -> str:
+_NEUTRAL = "#d1d5db"  # frames that carry no number
+
+
+def _span(text: str, style: str, title: str | None = None, cls: str | None = None) -> str:
     hover = f' title="{html.escape(title)}"' if title else ""
-    return f'<span{hover} style="background:{background};border-radius:3px;padding:0 2px">{html.escape(text)}</span>'
+    kind = f' class="{cls}"' if cls else ""
+    return f'<span{kind}{hover} style="{style}">{html.escape(text)}</span>'
 
 
 def compare(attributions: Sequence[Attribution], kind: str = "deletion", token=None) -> list[Curve]:

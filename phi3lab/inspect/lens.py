@@ -3,6 +3,10 @@
 Each layer's residual stream at one position is passed through the final RMSNorm and the output
 head, giving a next-token distribution per layer (nostalgebraist, 2020).  Works for Phi-3 and
 Phi-3-vision (image inputs included) under any attention kernel.
+
+The HTML form colours each cell by its probability on :mod:`phi3lab.colours`' sequential map, on a fixed
+0 … 1 scale (a probability is a share of one distribution, so a layer that is unsure looks pale whatever
+the other layers do), with the scale drawn and probabilities under the noise floor left uncoloured.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
+from phi3lab.colours import NO_SIGNAL, Scale, legend_html, scale, text_on
+from phi3lab.reprs import Markup, grid_html
 
 __all__ = ["LogitLens", "logit_lens", "read_lens"]
 
@@ -40,24 +47,32 @@ class LogitLens:
 
     __str__ = to_text
 
+    def scale(self) -> Scale:
+        """The view's scale: probabilities on the sequential map, from 0 to 1."""
+        return scale(self.probs, kind="share", label="probability", vmax=1.0)
+
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>#{i + 1}</th>" for i in range(len(self.tokens[0])))
-        body = "".join(
-            f"<tr><td>{name}</td>"
-            + "".join(
-                f'<td style="background:rgba(37,99,235,{p:.2f})">{_esc(t)} <small>{p:.2f}</small></td>'
-                for t, p in zip(toks, ps)
-            )
-            + "</tr>"
+        s = self.scale()
+        head = ["layer", *(f"#{i + 1}" for i in range(len(self.tokens[0]) if self.tokens else 0))]
+        rows = [
+            [name, *(f"{t!r} {p:.2f}" for t, p in zip(toks, ps))]
             for name, toks, ps in zip(self.layers, self.tokens, self.probs)
+        ]
+        styles = [["", *(_cell(s, p) for p in ps)] for ps in self.probs]
+        return grid_html(
+            head,
+            rows,
+            styles=styles,
+            title=f"logit lens at position {self.position}: each layer's top tokens",
+            note=Markup(legend_html(s)),
         )
-        return f"<table><tr><th>layer</th>{head}</tr>{body}</table>"
 
 
-def _esc(text: str) -> str:
-    import html
-
-    return html.escape(repr(text))
+def _cell(s: Scale, p: float) -> str:
+    colour = s.colour(p)
+    if colour is None:
+        return f"outline:1px dashed {NO_SIGNAL};outline-offset:-2px"
+    return f"background:{colour};color:{text_on(colour)}"
 
 
 @torch.inference_mode()

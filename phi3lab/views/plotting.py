@@ -327,13 +327,17 @@ def attribution_scale(attr, token=None, floor: float | None = None, vmax: float 
     return scale(attr.row(token).numpy(), kind="score", label=ATTRIBUTION, floor=floor, vmax=vmax)
 
 
-def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, floor: float | None = None):
+def attribution_text(
+    attr, token=None, *, ax=None, fontsize: float = 9, floor: float | None = None, vmax: float | None = None
+):
     """An :class:`~phi3lab.attribution.Attribution` as text heat: the prompt turn by turn, each unit's text
     on the colour of its score (red supports the target, blue works against it; dashed outline: no signal).
 
-    The scale is the one of :func:`attribution_scale` — shared with :func:`attribution_image` — and drawn."""
+    The scale is the one of :func:`attribution_scale` — shared with :func:`attribution_image` — and drawn.
+    Pass the same ``vmax`` to the figures of two attributions (say ablation's ±0.04 and Shapley's ±5) to
+    draw them on one scale, so that equal colours mean equal scores."""
     values = attr.row(token).numpy()
-    s = attribution_scale(attr, token, floor)
+    s = attribution_scale(attr, token, floor, vmax)
     colours = s.colours(values)
     fig, ax = _axes(ax, (9, 3))
     ax.set_axis_off()
@@ -372,13 +376,14 @@ def attribution_text(attr, token=None, *, ax=None, fontsize: float = 9, floor: f
     return fig, ax
 
 
-def attribution_heatmap(attr, *, ax=None, floor: float | None = None):
-    """Target tokens × units scores of an :class:`~phi3lab.attribution.Attribution`, on one scale centred at 0."""
+def attribution_heatmap(attr, *, ax=None, floor: float | None = None, vmax: float | None = None):
+    """Target tokens × units scores of an :class:`~phi3lab.attribution.Attribution`, on one scale centred at 0
+    (``±vmax``: a fixed scale, to compare figures side by side; default the largest |score|)."""
     scores = attr.scores.numpy()
     fig, ax = _axes(ax, (min(14, 2 + 0.35 * scores.shape[1]), 1.5 + 0.3 * scores.shape[0]))
     if floor is None:
         floor = getattr(attr, "noise_floor", None)
-    s = scale(scores, kind="score", label=ATTRIBUTION, floor=floor)
+    s = scale(scores, kind="score", label=ATTRIBUTION, floor=floor, vmax=vmax)
     ax.imshow(_masked(scores, s), cmap=colormap("score"), aspect="auto", interpolation="nearest", **_norm_args(s))
     ax.set_xticks(range(len(attr.units)), [u.label for u in attr.units], rotation=90, fontsize=7)
     ax.set_yticks(range(len(attr.target_tokens)), attr.target_tokens, fontsize=7)
@@ -389,13 +394,15 @@ def attribution_heatmap(attr, *, ax=None, floor: float | None = None):
     return fig, ax
 
 
-def attribution_image(attr, image: int = 0, token=None, *, ax=None, floor: float | None = None, title=None):
+def attribution_image(
+    attr, image: int = 0, token=None, *, ax=None, floor: float | None = None, title=None, vmax: float | None = None
+):
     """A picture under its :meth:`~phi3lab.attribution.Attribution.image_map`, in its own colours: veiled
     where its units have no or little signal, clear at the strongest, each unit with signal outlined in its
     score's colour.  The scale is the whole attribution's (:func:`attribution_scale`), so a region scoring
-    +1 beside a word at +23.5 stays nearly veiled."""
+    +1 beside a word at +23.5 stays nearly veiled; ``vmax`` fixes it to compare figures side by side."""
     picture = attr.inputs.image(image).image
-    s = attribution_scale(attr, token, floor)
+    s = attribution_scale(attr, token, floor, vmax)
     values = attr.row(token).numpy()
     rims = [
         (unit.box, tuple(rgb / 255), abs(fraction))
