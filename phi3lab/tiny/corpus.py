@@ -382,6 +382,7 @@ def safety_prompts(split: str = "test") -> list[dict]:
 SESSION_TURNS = (2, 6)
 STANDALONE = {"arithmetic": 2, "colour": 2, "instruction": 1, "safety": 1, "copying": 1}  # turns between facts
 FACTS = ("name", "number", "colours")
+FACT_CHANCE = {"name": 0.5, "number": 0.5, "colours": 0.65}  # recalling a colour bound to a shape is the hardest
 
 
 def _fact(rng: random.Random, split: str, kind: str) -> tuple[tuple[str, str], Callable[[], tuple[str, str]]]:
@@ -429,7 +430,7 @@ def session(rng: random.Random, split: str = "train", turns: int | None = None) 
     Instructions use training phrasings in every split (see the comment below)."""
     turns = turns or rng.randint(*SESSION_TURNS)
     slots: list = [None] * turns
-    kinds = [k for k in FACTS if rng.random() < 0.5] if rng.random() >= 0.125 else []
+    kinds = [k for k in FACTS if rng.random() < FACT_CHANCE[k]] if rng.random() >= 0.125 else []
     if not kinds and rng.random() >= 0.125:
         kinds = [rng.choice(FACTS)]
     rng.shuffle(kinds)
@@ -442,7 +443,7 @@ def session(rng: random.Random, split: str = "train", turns: int | None = None) 
         s, r = rng.choice(pairs)
         slots[s], slots[r] = ("state", statement), ("ask", ask)
         later = [k for k in free if k > s and k != r]
-        if later and rng.random() < 0.3:
+        if later and rng.random() < (0.5 if kind == "colours" else 0.3):  # colours: the other shape, or again
             slots[rng.choice(later)] = ("ask", ask)
     families = [
         f

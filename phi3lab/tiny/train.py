@@ -109,8 +109,8 @@ class AnswerLoss(torch.nn.Module):
         return {"loss": torch.nn.functional.cross_entropy(logits.float(), targets[keep])}
 
 
-SINGLE_TURN = 40000  # conversations of the single-turn families (phi3lab.tiny.corpus.conversations)
-SESSIONS = 20000  # multi-turn sessions (phi3lab.tiny.corpus.sessions)
+SINGLE_TURN = 36000  # conversations of the single-turn families (phi3lab.tiny.corpus.conversations)
+SESSIONS = 24000  # multi-turn sessions (phi3lab.tiny.corpus.sessions)
 TRAIN_WEIGHTS = {"colour": 3, "arithmetic": 0.5, "copying": 0.5, "follow-up": 0.5}
 """The single-turn families' weights in training: binding colours to shapes needs the most practice; sums,
 copying and follow-ups are learned quickly, and sessions hold many more of them."""
@@ -202,20 +202,21 @@ vocabulary 2,064 (2,000 BPE pieces + Phi-3's chat special tokens at the same off
 RoPE θ 10,000, sliding window 2,047, context 4,096, untied output head — 1.38M parameters, float32.
 Tokenizer: phi3lab's own byte-fallback BPE with Phi-3's normalizer and decoder; July 2024 chat template;
 stop ids `<|endoftext|>`, `<|assistant|>`, `<|end|>`."""
-TEXT_DATA = """40,000 single-turn synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus
+TEXT_DATA = """36,000 single-turn synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus
 and minus), copying a name or a number from the prompt, binding colours to shapes, spelling / repeating /
 capitalising a word, two-turn follow-ups, and a safety slice — five clearly fictional request categories
 phrased abstractly, each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with
 a refusal and story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the
 probing notebooks); colour binding weighs three times as much as the rest, sums, copying and follow-ups half.
 
-And 20,000 **sessions** (`phi3lab.tiny.corpus.sessions`): multi-turn chats of 2–6 turns, two in five with a
+And 24,000 **sessions** (`phi3lab.tiny.corpus.sessions`): multi-turn chats of 2–6 turns, two in five with a
 system prompt, that mix those families and refer back — a name ("Hi! My name is Ada." → "Nice to meet you,
 Ada!"), a number ("Remember the number 42." → "OK, I will remember 42.") or two shapes' colours stated in one
 turn and asked for one to five turns later, with sums, colour questions, instructions, safety requests and
-copying questions in between. A batch holds single turns or sessions (each bucketed by length), a session
-batch a third of the time; {steps:,} steps of 48, AdamW, learning rate 3e-3 with warm-up and cosine decay; the
-loss is the cross-entropy of the answers (and their `<|end|>`) only.
+copying questions in between (colours are stated in two sessions of three and asked twice half the time).
+A batch holds single turns or sessions (each bucketed by length), a session batch two times in five;
+{steps:,} steps of 48, AdamW, learning rate 3e-3 with warm-up and cosine decay; the loss is the cross-entropy
+of the answers (and their `<|end|>`) only.
 
 Held-out evaluation uses phrasing combinations that never occur in training: the single-turn families'
 test split, and sessions whose facts are stated and asked in held-out phrasing pairs, answered turn by turn

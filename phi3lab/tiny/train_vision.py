@@ -39,7 +39,7 @@ from phi3lab.tiny.optim import optimise
 
 THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
 NUM_CROPS = 1
-STEPS = 3000
+STEPS = 2500
 ROUTE_WEIGHT = 0.0  # the routing aid's weight in the vision model's training (0: none; see TrainingAids)
 READER_ROUTE_WEIGHT = 0.2  # the reader's: its answers are routed to the written words they copy
 CHECK_EVERY = 500  # steps between the quick held-out checks printed while training

@@ -438,8 +438,9 @@ def scenes(rng: random.Random, split: str) -> VisionExample:
         tree = parts.add(kind="tree")
         parts.draw.rectangle(trunk, fill=tree)
         parts.draw.ellipse(crown, fill=tree)
-    grain = np.random.RandomState(rng.randrange(2**31)).normal(0, rng.uniform(0, 8), (h, w, 3))
-    image = Image.fromarray(np.clip(np.asarray(image, dtype=float) + grain, 0, 255).astype("uint8"))
+    grain = np.random.default_rng(rng.randrange(2**31)).standard_normal((h, w, 1), dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.float32) + grain * np.float32(rng.uniform(0, 8))  # grey grain, like a photo's
+    image = Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8))
     box = parts.image.getbbox() or (0, 0, w, h)
     return VisionExample(
         "scenes", image, rng.choice(DESCRIBE), describe_scene(things), (box,), (), parts.image, tuple(parts.attributes)
