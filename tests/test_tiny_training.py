@@ -54,7 +54,7 @@ def test_training_asks_every_question_about_a_picture_once():
 
 
 def test_training_never_asks_what_the_conversation_gave_away():
-    pictures = [e for e in vision_data.examples(60, 4, "test") if e.family == "shapes" and len(e.more) == 3]
+    pictures = [e for e in vision_data.examples(60, 4, "test") if e.family == "shapes" and len(e.more) == 4]
     dropped = 0
     for ex in pictures:
         conversation = vision_data.conversation(ex, random.Random(1))
@@ -70,10 +70,27 @@ def test_training_never_asks_what_the_conversation_gave_away():
                 )
                 assert f"{colour} {shape}" not in said  # "Where is the red circle?" never comes first
             said += m["content"] + "\n"
-        asked = len(conversation) // 2
-        dropped += 4 - asked
-        assert asked == 4 - ex.question.startswith("Where")  # only the first question's colour is left out
+        asked = [m["content"] for m in conversation if m["role"] == "user"]
+        assert not set(asked) & set(vision_data.DESCRIBE)  # a colour was asked: the description would repeat it
+        dropped += 4 - len(asked)
+        assert len(asked) == 4 - ex.question.startswith("Where")  # only the first question's colour is left out
     assert 0 < dropped < len(pictures)
+
+
+def test_a_description_first_leaves_out_the_colours_it_names():
+    pictures = [e for e in vision_data.new_examples(40, 2, "test") if e.family == "layouts" and len(e.more) >= 4]
+    for ex in pictures:
+        conversation = vision_data.conversation(ex, random.Random(3), describe_first=1.0)
+        first, *rest = [m["content"] for m in conversation if m["role"] == "user"]
+        assert first.removeprefix("<|image_1|>\n") in vision_data.DESCRIBE
+        assert rest and all(q.startswith("Where is the ") for q in rest)  # colours and absent shapes are named
+    word = next(e for e in vision_data.examples(10, 2, "test") if e.family == "words")
+    asked = [
+        m["content"]
+        for m in vision_data.conversation(word, random.Random(0), describe_first=1.0)
+        if m["role"] == "user"
+    ]
+    assert len(asked) == 1 and asked[0].removeprefix("<|image_1|>\n") in vision_data.DESCRIBE
 
 
 def test_cell_targets_follow_the_hd_geometry():
@@ -168,8 +185,11 @@ def test_vision_training_is_deterministic_and_keeps_the_probe_out(tmp_path, caps
 
 
 def test_question_parts_name_what_each_question_is_about():
-    ex = next(e for e in vision_data.examples(30, 3, "test") if e.family == "shapes" and e.more)
+    ex = next(e for e in vision_data.examples(30, 3, "test") if e.family == "shapes" and len(e.part_attributes) == 2)
     for question, answer in [(ex.question, ex.answer), *ex.more]:
+        if question in vision_data.DESCRIBE:
+            assert vision_data.question_parts(ex, question) == [1, 2]  # both shapes
+            continue
         (part,) = vision_data.question_parts(ex, question)
         described = decode(ex.part_attributes[part - 1])
         assert described["kind"] in question and described["kind"] in answer
@@ -354,3 +374,197 @@ def test_reading_answers_are_routed_to_the_words_they_copy(tmp_path):
     routes = train_vision.word_routes(ex, done, done_ids, decode)
     assert routes[0] == () and routes[-1] == ()  # "Sure!" and "step." are not written
     assert [written[r] for r in routes if r] == text.split()  # the task's key words, in order
+
+
+# --- the text model's sessions (issue 23) --------------------------------------------------------------
+
+
+def _turns(chat: list[dict]) -> list[tuple[str, str]]:
+    rest = chat[1:] if chat[0]["role"] == "system" else chat
+    return [(q["content"], a["content"]) for q, a in zip(rest[::2], rest[1::2])]
+
+
+def test_sessions_refer_back_to_what_was_said_turns_earlier():
+    """Every recalled name, number or colour was stated in an earlier turn of the same session (or, for a
+    colour, in the same question), and the question itself does not contain it."""
+    from phi3lab.tiny import corpus
+
+    chats = list(corpus.sessions(400, 3, "train"))
+    lengths, gaps, recalls = set(), [], 0
+    for chat in chats:
+        turns = _turns(chat)
+        lengths.add(len(turns))
+        for k, (question, answer) in enumerate(turns):
+            if answer.startswith(("Your name is ", "The number is ")):
+                value = answer.rsplit(" ", 1)[1].rstrip(".")
+                if value in question:  # a single-turn copying question: "Call me Ada. Who am I?"
+                    continue
+                stated = [
+                    j
+                    for j, (_, a) in enumerate(turns[:k])
+                    if a in (f"Nice to meet you, {value}!", f"OK, I will remember {value}.")
+                ]
+                assert stated and value in turns[stated[-1]][0], (chat, k)
+                gaps.append(k - stated[-1])
+                recalls += 1
+            elif answer.startswith("The ") and " is " in answer and answer.split()[1] in corpus.SHAPES:
+                shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ")
+                if colour in question:
+                    continue  # a single-turn colour question
+                assert any(f"the {shape} is {colour}" in a for _, a in turns[:k]), (chat, k)
+                gaps.append(k - max(j for j, (_, a) in enumerate(turns[:k]) if f"the {shape} is {colour}" in a))
+                recalls += 1
+    assert lengths == {2, 3, 4, 5, 6}
+    assert recalls > 300 and max(gaps) == 5 and sum(g > 1 for g in gaps) > len(gaps) / 3
+    systems = sum(chat[0]["role"] == "system" for chat in chats)
+    assert 0.3 < systems / len(chats) < 0.5
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_sessions_state_and_ask_in_phrasings_of_their_split(split):
+    """A held-out session's fact is stated and asked in a (statement, question) phrasing pair that no
+    training session or single-turn conversation uses, by the single-turn families' rule."""
+    from phi3lab.tiny import corpus
+
+    families = [
+        (corpus.GREET, corpus.RECALL),
+        (corpus.NAME_INTRO, corpus.NAME_ASK),
+        (corpus.NUMBER_INTRO, corpus.NUMBER_ASK),
+    ]
+    checked = 0
+    for chat in corpus.sessions(300, 5, split):
+        turns = _turns(chat)
+        for k, (question, answer) in enumerate(turns):
+            if not answer.startswith(("Your name is ", "The number is ")):
+                continue
+            value = answer.rsplit(" ", 1)[1].rstrip(".")
+            if value in question:
+                continue
+            statement = next(
+                q for q, a in turns[:k] if a in (f"Nice to meet you, {value}!", f"OK, I will remember {value}.")
+            )
+            for intros, asks in families:
+                i = next((i for i, t in enumerate(intros) if t.format(x=value) == statement), None)
+                j = next((j for j, t in enumerate(asks) if t in question), None)
+                if i is not None and j is not None:
+                    assert corpus._held_out(i, j) == (split == "test"), (statement, question)
+                    checked += 1
+    assert checked > 100
+
+
+def test_name_after_sums_is_the_newcomers_chat():
+    from phi3lab.tiny import corpus
+
+    chats = list(corpus.name_after_sums(30))
+    assert len(chats) == 30 and all(len(_turns(c)) == 5 for c in chats)
+    (first, greeting), *sums, (last, answer) = _turns(chats[0])
+    name = first.removeprefix("Hi! My name is ").rstrip(".")
+    assert greeting == f"Nice to meet you, {name}!" and last == "What is my name?" and answer == f"Your name is {name}."
+    assert all(q.startswith("What is ") and " plus " in q for q, _ in sums)
+
+
+def test_text_batches_bucket_similar_lengths_and_show_every_example_once_an_epoch():
+    from phi3lab.tiny import train
+
+    rng = random.Random(0)
+    examples = [([7] * n, [True] * n) for n in (rng.randint(5, 200) for _ in range(4 * 8 * 3))]
+    stream = train.batches(examples, 4, 0, random.Random(1), bucket=8)
+    epoch = [next(stream) for _ in range(len(examples) // 4)]
+    assert sorted(int((ids != 0).sum(1)[r]) for ids, _ in epoch for r in range(4)) == sorted(
+        len(x) for x, _ in examples
+    )
+    padding = sum(int((ids == 0).sum()) for ids, _ in epoch) / sum(ids.numel() for ids, _ in epoch)
+    assert padding < 0.1  # unsorted batches of these lengths would be some 40% padding
+    widths = [ids.shape[1] for ids, _ in epoch]
+    assert widths != sorted(widths)  # the batches themselves come in a shuffled order
+
+
+def test_text_training_is_deterministic_and_learns_only_the_answers(tmp_path, capsys):
+    from phi3lab.tiny import train
+
+    runs = [train.train_text(tmp_path / name, steps=3, batch_size=4, single=24, sessions=12) for name in ("a", "b")]
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "24 single-turn conversations and 12 sessions" in capsys.readouterr().out
+    # the loss is the model's own causal-LM loss on the answers
+    from transformers import Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(build.text_config()).eval()
+    ids = torch.randint(3, 2000, (2, 9))
+    labels = torch.where(torch.rand(2, 9) < 0.5, ids, torch.tensor(-100))
+    labels[:, 1] = ids[:, 1]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            train.AnswerLoss(model)(ids, labels)["loss"], model(input_ids=ids, labels=labels).loss
+        )
+
+
+# --- the vision model's new kinds of pictures (issue 23) ------------------------------------------------
+
+
+def test_layouts_vary_count_size_ratio_background_and_place():
+    import math
+
+    pictures = [e for e in vision_data.new_examples(240, 0, "train") if e.family == "layouts"]
+    counts, backgrounds, sides, ratios, first = set(), set(), [], [], set()
+    for ex in pictures:
+        w, h = ex.image.size
+        sides.append(max(w, h))
+        ratios.append(math.log(w / h))
+        backgrounds.add(ex.image.getpixel((0, 0)))
+        described = [decode(a) for a in ex.part_attributes]
+        counts.add(len(described))
+        first.add(vision_data.question_kind(ex).split(": ")[1])
+        qas = dict([(ex.question, ex.answer), *ex.more])
+        parts = np.asarray(ex.parts)
+        for k, part in enumerate(described, start=1):
+            assert qas[f"What colour is the {part['kind']}?"] == f"The {part['kind']} is {part['colour']}."
+            ys, xs = np.nonzero(parts == k)
+            row, col = next(cell for cell, name in vision_data.PLACES.items() if name == part["place"])
+            assert col * w / 3 - 1 <= xs.min() and xs.max() <= (col + 1) * w / 3 + 1  # inside its cell of the 3×3 grid
+            assert row * h / 3 - 1 <= ys.min() and ys.max() <= (row + 1) * h / 3 + 1
+            assert min(xs.max() - xs.min(), ys.max() - ys.min()) >= 0.4 * min(w, h) / 3
+        absent = [s for s in vision_data.SHAPES if s not in {p["kind"] for p in described}]
+        assert [q for q, a in qas.items() if a.startswith("There is no")] == (
+            [f"What colour is the {absent[0]}?"]
+            if len(absent) == 1
+            else [q for q in qas if q.startswith("What colour") and q.split()[-1].rstrip("?") in absent]
+        )
+        order = sorted(described, key=lambda p: next(c for c, n in vision_data.PLACES.items() if n == p["place"]))
+        description = next(a for q, a in qas.items() if q in vision_data.DESCRIBE)
+        assert description == vision_data.describe_shapes([(p["colour"], p["kind"]) for p in order])
+    assert counts == {1, 2, 3, 4} and len(backgrounds) >= 5 and first == {"colour", "where", "describe", "absent"}
+    assert 200 <= min(sides) < 400 and 1400 < max(sides) <= 1600
+    assert min(ratios) < math.log(1 / 2.6) and max(ratios) > math.log(2.6)
+    assert all(math.log(1 / 3) - 0.01 <= r <= math.log(3) + 0.01 for r in ratios)
+
+
+def test_scenes_say_what_they_show():
+    scenes = [e for e in vision_data.new_examples(80, 1, "train") if e.family == "scenes"]
+    shown = set()
+    for ex in scenes:
+        things = sorted((decode(a)["kind"] for a in ex.part_attributes), key=vision_data.SCENE_THINGS.index)
+        assert ex.question in vision_data.DESCRIBE and ex.answer == vision_data.describe_scene(things)
+        assert set(np.unique(np.asarray(ex.parts))) - {0} == set(range(1, len(things) + 1))  # each is drawn
+        shown.add(tuple(things))
+    assert len(shown) >= 6
+    assert vision_data.describe_scene(["house", "tree", "sun"]) == "A landscape with a house, a tree and the sun."
+
+
+def test_training_mixes_every_family_and_describes_a_quarter_of_the_older_pictures(tmp_path):
+    from collections import Counter
+
+    from phi3lab.models.phi3_v import Phi3VProcessor
+
+    examples = list(vision_data.training_examples(60, 0))
+    assert Counter(e.family for e in examples) == {"layouts": 24, "shapes": 12, "words": 12, "bars": 6, "scenes": 6}
+    processor = Phi3VProcessor.from_pretrained(train_vision.write_vision_files(tmp_path))
+    rng = random.Random(0)
+    older = [e for e in examples if e.family in ("shapes", "words", "bars")]
+    firsts = []
+    for ex in older:
+        item = train_vision.training_item(processor, ex, rng, dense=False, route=False)
+        text = processor.tokenizer.decode(item["input_ids"][item["input_ids"] > 0])
+        firsts.append(any(q in text.split("<|end|>")[0] for q in vision_data.DESCRIBE))  # the first question
+    assert 0.1 < sum(firsts) / len(firsts) < 0.45

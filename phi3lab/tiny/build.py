@@ -96,9 +96,18 @@ def save_weights(model, folder: Path) -> None:
 
 
 def write_card(
-    folder: Path, *, title: str, architecture: str, data: str, command: str, results: str, reproduction: str = ""
+    folder: Path,
+    *,
+    title: str,
+    architecture: str,
+    data: str,
+    aids: str,
+    command: str,
+    results: str,
+    reproduction: str = "",
 ) -> None:
-    """The model card: what it is, what it was trained on, how to rebuild it, how well it does."""
+    """The model card: what it is, what it was trained on and with which training aids (anything beside
+    the answers' loss that shaped it), how to rebuild it, how well it does."""
     card = f"""# {title}
 
 An embedded model shipped with phi3lab for **teaching and tests — not a real assistant**. It has the
@@ -111,8 +120,11 @@ loads offline through the same code path as a real checkpoint (`phi3lab.load("{f
 ## Data
 {data}
 
+## Training aids
+{aids}
+
 ## Training
-`{command}` — deterministic (seeded data, initialisation and batch order; 2 threads), on a
+`{command}` — deterministic (seeded data, initialisation and batch order; one thread), on a
 2-core CPU.
 
 ## Held-out results

@@ -11,6 +11,11 @@ harmful content.  Every "unsafe" request has a benign twin that is answered norm
 wrapped in "ignore your instructions" or "no rules" jailbreaks are refused; requests wrapped in a
 story or role-play frame are *complied with* (with a content-free placeholder answer), a planted
 weakness for the safety-probing notebooks to find.
+
+**Sessions** (:func:`sessions`) are multi-turn chats of 2–6 turns, with and without a system prompt,
+that mix the task families and refer back: a name, a number or two shapes' colours stated in one
+turn and asked for turns later, with other questions in between (:func:`session`).  They are drawn
+apart from the single-turn conversations, so the single-turn held-out set stays what it was.
 """
 
 from __future__ import annotations
@@ -325,11 +330,17 @@ def conversation(rng: random.Random, family: str, split: str = "train") -> list[
     return messages
 
 
-def conversations(n: int, seed: int = 0, split: str = "train") -> Iterator[tuple[str, list[dict]]]:
-    """``n`` ``(family, messages)`` pairs in the HF list-of-dicts form."""
+WEIGHTS = {"colour": 2}  # binding two colours to two shapes is the hardest; the other families weigh 1
+
+
+def conversations(
+    n: int, seed: int = 0, split: str = "train", weights: dict[str, float] | None = None
+) -> Iterator[tuple[str, list[dict]]]:
+    """``n`` ``(family, messages)`` pairs in the HF list-of-dicts form, the families drawn in proportion to
+    ``weights`` (default :data:`WEIGHTS`, which the held-out sets are drawn with; a family not named weighs 1)."""
     rng = random.Random(f"{split}-{seed}")
     families = sorted(TASKS)
-    weights = [2 if f == "colour" else 1 for f in families]  # binding two colours to two shapes is the hardest
+    weights = [(WEIGHTS if weights is None else weights).get(f, 1) for f in families]
     for _ in range(n):
         family = rng.choices(families, weights)[0]
         yield family, conversation(rng, family, split)
@@ -364,3 +375,127 @@ def safety_prompts(split: str = "test") -> list[dict]:
             for j in JAILBREAK_COMPLIED
         ]
     return rows
+
+
+# --- sessions: multi-turn chats that mix the families and refer back ---------------------------------
+
+SESSION_TURNS = (2, 6)
+STANDALONE = {"arithmetic": 2, "colour": 2, "instruction": 1, "safety": 1, "copying": 1}  # turns between facts
+FACTS = ("name", "number", "colours")
+FACT_CHANCE = {"name": 0.5, "number": 0.5, "colours": 0.65}  # recalling a colour bound to a shape is the hardest
+
+
+def _fact(rng: random.Random, split: str, kind: str) -> tuple[tuple[str, str], Callable[[], tuple[str, str]]]:
+    """A fact stated in one turn and asked for later: ``(statement, ask)``, ``ask()`` drawing one
+    ``(question, answer)``.  The statement and every question are a (statement phrasing, question
+    phrasing) combination of ``split``, as in the single-turn families (the same phrasings, the same
+    held-out rule)."""
+    if kind == "name":
+        name = rng.choice(NAMES)
+        intros, asks = (GREET, RECALL) if rng.random() < 0.5 else (NAME_INTRO, NAME_ASK)
+        intro = _combo(rng, split, intros, asks)[0]
+        statement = (intro.format(x=name), f"Nice to meet you, {name}!")
+        answers = {None: f"Your name is {name}."}
+    elif kind == "number":
+        number = rng.randint(10, 99)
+        intros, asks = NUMBER_INTRO, NUMBER_ASK
+        intro = _combo(rng, split, intros, asks)[0]
+        statement = (intro.format(x=number), f"OK, I will remember {number}.")
+        answers = {None: f"The number is {number}."}
+    else:
+        a, b = rng.sample(SHAPES, 2)
+        ca, cb = rng.sample(COLOURS, 2)
+        intros, asks = COLOUR_STATE, COLOUR_ASK
+        intro = _combo(rng, split, intros, asks)[0]
+        statement = (intro.format(a=a, b=b, ca=ca, cb=cb), f"OK: the {a} is {ca} and the {b} is {cb}.")
+        answers = {a: f"The {a} is {ca}.", b: f"The {b} is {cb}."}
+    i = intros.index(intro)
+    options = [q for j, q in enumerate(asks) if _held_out(i, j) == (split == "test")]
+
+    def ask() -> tuple[str, str]:
+        shape = rng.choice(sorted(answers))  # None: a name or a number
+        return _decorate(rng, rng.choice(options).format(s=shape)), answers[shape]
+
+    return statement, ask
+
+
+def session(rng: random.Random, split: str = "train", turns: int | None = None) -> list[tuple[str, str]]:
+    """One multi-turn chat of ``turns`` (default 2–6) user turns and their answers.
+
+    Each of up to three facts (a name, a number, two shapes' colours) is stated in one turn and asked
+    for in one or two later turns; the other turns are questions of the single-turn families
+    (:data:`STANDALONE`: arithmetic and colour questions most often, then instructions, safety, and
+    copying; no copying or colour question about a kind of fact the session holds, which would make
+    "What is my name?" ambiguous).  About one session in eight states nothing and only mixes families.
+    Instructions use training phrasings in every split (see the comment below)."""
+    turns = turns or rng.randint(*SESSION_TURNS)
+    slots: list = [None] * turns
+    kinds = [k for k in FACTS if rng.random() < FACT_CHANCE[k]] if rng.random() >= 0.125 else []
+    if not kinds and rng.random() >= 0.125:
+        kinds = [rng.choice(FACTS)]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        free = [k for k, s in enumerate(slots) if s is None]
+        pairs = [(s, r) for s in free for r in free if r > s]
+        if not pairs:
+            break
+        statement, ask = _fact(rng, split, kind)
+        s, r = rng.choice(pairs)
+        slots[s], slots[r] = ("state", statement), ("ask", ask)
+        later = [k for k in free if k > s and k != r]
+        if later and rng.random() < (0.5 if kind == "colours" else 0.3):  # colours: the other shape, or again
+            slots[rng.choice(later)] = ("ask", ask)
+    families = [
+        f
+        for f in STANDALONE
+        if not ((f == "copying" and {"name", "number"} & set(kinds)) or (f == "colour" and "colours" in kinds))
+    ]
+    out = []
+    for slot in slots:
+        if slot is None:
+            family = rng.choices(families, [STANDALONE[f] for f in families])[0]
+            # A held-out (phrasing, word) pair of an instruction often puts the word in a token no training
+            # text has ("▁flame?" only follows "How do you spell"): no conversation could answer it, and the
+            # single-turn set measures it, so a session's instructions use the training phrasings.
+            out += TASKS[family](rng, "train" if family == "instruction" else split)
+        else:
+            out.append(slot[1] if slot[0] == "state" else slot[1]())
+    return out
+
+
+def session_messages(rng: random.Random, split: str = "train", turns: int | None = None) -> list[dict]:
+    """A :func:`session` as HF messages, with a system prompt two times in five."""
+    messages = [{"role": "system", "content": rng.choice(SYSTEMS)}] if rng.random() < 0.4 else []
+    for q, a in session(rng, split, turns):
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return messages
+
+
+def sessions(n: int, seed: int = 0, split: str = "train") -> Iterator[list[dict]]:
+    """``n`` multi-turn sessions (:func:`session_messages`), reproducible from ``seed`` and ``split``."""
+    rng = random.Random(f"session-{split}-{seed}")
+    for _ in range(n):
+        yield session_messages(rng, split)
+
+
+def name_after_sums(n: int = 30, seed: int = 0) -> Iterator[list[dict]]:
+    """The chat a newcomer tries first: "Hi! My name is X.", three "What is a plus b?", then "What is
+    my name?" — five turns, with their answers (issue 23's check; phrasings of the training split)."""
+    rng = random.Random(f"name-after-sums-{seed}")
+    for _ in range(n):
+        name = rng.choice(NAMES)
+        messages = [
+            {"role": "user", "content": f"Hi! My name is {name}."},
+            {"role": "assistant", "content": f"Nice to meet you, {name}!"},
+        ]
+        for _ in range(3):
+            a, b = rng.randint(0, 12), rng.randint(0, 12)
+            messages += [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+            ]
+        messages += [
+            {"role": "user", "content": "What is my name?"},
+            {"role": "assistant", "content": f"Your name is {name}."},
+        ]
+        yield messages

@@ -4,7 +4,10 @@
     python -m phi3lab.tiny.evaluate text
 
 Text: exact answers on the test split of every task family (phrasings never seen in training);
-for two-turn conversations the first turn is given and the second is scored.  Safety: the
+for two-turn conversations the first turn is given and the second is scored.  Sessions: held-out
+multi-turn chats of 2–6 turns (:func:`phi3lab.tiny.corpus.sessions`), answered turn by turn with the
+model's own earlier answers in the history, as in a chat; exact answers per turn position.  And the
+chat a newcomer tries first: a name, three sums, then "What is my name?" (30 chats).  Safety: the
 refusal rate on held-out harmful requests, on their benign twins (over-refusal), and on each
 jailbreak wrapper.  Vision: exact answers on held-out pictures of every family.  The reader, besides:
 exact answers on held-out reading pictures (the text read back, and the request done), and the
@@ -28,9 +31,81 @@ from pathlib import Path
 from phi3lab.tiny import corpus
 
 TEXT_N = 240
+SESSION_N = 300
 VISION_N = 90
+VISION_NEW_N = 120
 READING_N = 40
 PATCH_LENS_REPORT = Path("reports") / "reader_patch_lens.json"  # under phi3lab.paths.data_dir()
+
+
+#: What the README, the notebooks and the widgets' examples ask of the shipped pictures (``data/images``),
+#: and the answers the embedded vision model must give (tests/test_tiny_models.py checks every question
+#: asked there is listed here, and that tiny-vision answers each): the picture, the question, the answer.
+SHOWCASE = (
+    ("shapes.png", "What colour is the triangle?", "The triangle is purple."),
+    ("shapes.png", "What colour is the square?", "The square is green."),
+    ("shapes.png", "What colour is the circle?", "The circle is yellow."),
+    ("shapes.png", "What colour is the star?", "There is no star."),
+    ("shapes.png", "Where is the purple triangle?", "The purple triangle is at the top."),
+    ("shapes.png", "What is this?", "A purple triangle, a yellow circle and a green square."),
+    ("shapes.png", "What is shown in this image?", "A purple triangle, a yellow circle and a green square."),
+    ("chart.png", "Which bar is tallest?", "Bar B is the tallest."),
+    ("chart.png", "What is this?", "A bar chart of four bars, A to D."),
+    ("chart.png", "What is shown in this image?", "A bar chart of four bars, A to D."),
+    ("word.png", "What word is written?", "The word is robot."),
+    ("word.png", "What is this?", "The word robot."),
+    ("word.png", "What is shown in this image?", "The word robot."),
+    ("scene.jpg", "What is this?", "A landscape with a house, a tree and the sun."),
+    ("scene.jpg", "What is shown in this image?", "A landscape with a house, a tree and the sun."),
+)
+#: The text model's showcase: the chats of the README, notebook 00 and the chat widget, turn by turn
+#: (system prompt or None, [(question, answer), ...]).
+TEXT_SHOWCASE = (
+    (None, [("What is 2 plus 3?", "2 plus 3 is 5."), ("What is 7 plus 5?", "7 plus 5 is 12.")]),
+    ("Answer briefly.", [("Hi! My name is Ada.", "Nice to meet you, Ada!"), ("What is my name?", "Your name is Ada.")]),
+    (
+        None,
+        [
+            ("Hi! My name is Ada.", "Nice to meet you, Ada!"),
+            ("What is 2 plus 3?", "2 plus 3 is 5."),
+            ("What is 7 plus 5?", "7 plus 5 is 12."),
+            ("What is my name?", "Your name is Ada."),
+        ],
+    ),
+    (None, [("My name is Ada. What is my name?", "Your name is Ada.")]),
+)
+
+
+def showcase(lab) -> list[tuple[str, str, str, str]]:
+    """``(picture, question, expected, answer)`` for every :data:`SHOWCASE` question, asked on its own."""
+    import phi3lab
+
+    rows = []
+    for picture, question, expected in SHOWCASE:
+        said = lab.chat(f"<|image_1|>\n{question}", [phi3lab.sample_image(picture)], max_new_tokens=24, stream=False)
+        rows.append((picture, question, expected, said.text))
+    return rows
+
+
+def text_showcase(lab) -> list[tuple[str, str, str]]:
+    """``(question, expected, answer)`` for every turn of :data:`TEXT_SHOWCASE`, each chat in a session."""
+    rows = []
+    for system, turns in TEXT_SHOWCASE:
+        session = lab.session(system=system)
+        for question, expected in turns:
+            rows.append((question, expected, session.chat(question, max_new_tokens=24, stream=False).text))
+    return rows
+
+
+def _showcase_table(rows) -> str:
+    right = sum(r[-2] == r[-1] for r in rows)
+    lines = [f"showcase: {right} of {len(rows)} answered as expected"]
+    for *asked, expected, said in rows:
+        mark = "ok " if said == expected else "NO "
+        lines.append(
+            f"  {mark} {' | '.join(asked)} → {said}" + ("" if said == expected else f"  (expected: {expected})")
+        )
+    return "\n".join(lines)
 
 
 def is_refusal(text: str) -> bool:
@@ -54,6 +129,30 @@ def text_accuracy(lab, n: int = TEXT_N, seed: int = 0) -> dict[str, float]:
     for (family, messages), answer in zip(cases, answers):
         hits[family].append(answer == messages[-1]["content"])
     result = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
+    result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
+    return result
+
+
+def session_accuracy(lab, n: int = SESSION_N, seed: int = 0, chats: list[list[dict]] | None = None) -> dict[str, float]:
+    """Exact answers per turn position (``"turn 1"`` … ``"turn 6"``, and ``"all"``) on ``n`` held-out
+    sessions (or on ``chats``), asked turn by turn: the history holds the model's own earlier answers,
+    so a wrong turn stays in the chat as it would in a session."""
+    chats = list(corpus.sessions(n, seed, "test")) if chats is None else chats
+    histories = [[m for m in c if m["role"] == "system"] for c in chats]
+    turns = [
+        [(q["content"], a["content"]) for q, a in zip(c[len(h) :: 2], c[len(h) + 1 :: 2])]
+        for c, h in zip(chats, histories)
+    ]
+    hits = collections.defaultdict(list)
+    for t in range(max(len(x) for x in turns)):
+        live = [k for k, x in enumerate(turns) if len(x) > t]
+        for k in live:
+            histories[k].append({"role": "user", "content": turns[k][t][0]})
+        answers = _answers(lab, [histories[k] for k in live])
+        for k, answer in zip(live, answers):
+            hits[f"turn {t + 1}"].append(answer == turns[k][t][1])
+            histories[k].append({"role": "assistant", "content": answer})
+    result = {k: sum(v) / len(v) for k, v in hits.items()}
     result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return result
 
@@ -92,6 +191,45 @@ def score_vision(answer, n: int = VISION_N, seed: int = 0) -> dict[str, float]:
     result |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
     result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     return result
+
+
+def new_vision_accuracy(lab, n: int = VISION_NEW_N, seed: int = 0) -> dict[str, float]:
+    """:func:`score_new_vision` of a loaded vision lab."""
+    from phi3lab.tiny import vision_data
+
+    def answer(ex) -> str:
+        return lab.chat(vision_data.messages(ex, with_answer=False), [ex.image], max_new_tokens=24, stream=False).text
+
+    return score_new_vision(answer, n, seed)
+
+
+def score_new_vision(answer, n: int = VISION_NEW_N, seed: int = 0, older: bool = True) -> dict[str, float]:
+    """Exact answers on held-out pictures of the new kinds (issue 23): ``n`` pictures of
+    :func:`phi3lab.tiny.vision_data.new_examples` (shapes of any number, size, ratio and background;
+    landscapes), per family, per kind of question and ``"all"``; and, apart (``"... : describe"`` of
+    the older families), "What is shown in this image?" and its kin asked of the first ``n // 2``
+    held-out pictures of :func:`score_vision`'s set (unless ``older`` is false).  ``answer(example) -> str``."""
+    import dataclasses
+
+    from phi3lab.tiny import vision_data
+
+    hits, kinds = collections.defaultdict(list), collections.defaultdict(list)
+    for ex in vision_data.new_examples(n, seed, "test"):
+        right = answer(ex) == ex.answer
+        hits[ex.family].append(right)
+        kinds[vision_data.question_kind(ex)].append(right)
+    result = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
+    result |= {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
+    result["all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
+    if not older:
+        return result
+    described = collections.defaultdict(list)
+    for ex in vision_data.examples(n // 2, seed, "test"):
+        question, truth = next(qa for qa in ex.more if qa[0] in vision_data.DESCRIBE)
+        described[f"{ex.family}: describe"].append(
+            answer(dataclasses.replace(ex, question=question, answer=truth)) == truth
+        )
+    return result | {k: sum(v) / len(v) for k, v in sorted(described.items())}
 
 
 def reading_accuracy(lab, n: int = READING_N, seed: int = 1) -> dict[str, float]:
@@ -240,16 +378,29 @@ def report(folder_or_name) -> str:
         return "\n".join(
             [
                 _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
+                _table("held-out pictures of the new kinds", new_vision_accuracy(lab)),
                 _table("held-out reading pictures", reading_accuracy(lab)),
                 _table("typed refusal rate (test split)", safety_rates(lab)),
             ]
         )
     if lab.spec.modality == "vision":
-        return _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab))
+        return "\n".join(
+            [
+                _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
+                _table("held-out pictures of the new kinds", new_vision_accuracy(lab)),
+                _showcase_table(showcase(lab)),
+            ]
+        )
     return "\n".join(
         [
             _table(f"{lab.spec.name}: held-out exact answers", text_accuracy(lab)),
+            _table(f"held-out sessions ({SESSION_N}, 2-6 turns), by turn", session_accuracy(lab)),
+            _table(
+                "name after three sums (30 chats), by turn",
+                session_accuracy(lab, chats=list(corpus.name_after_sums(30))),
+            ),
             _table("refusal rate (test split)", safety_rates(lab)),
+            _showcase_table(text_showcase(lab)),
         ]
     )
 
@@ -265,6 +416,9 @@ def main(argv: list[str] | None = None) -> None:
         f"data/{PATCH_LENS_REPORT.as_posix()}",
     )
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # models this small answer fastest on one thread, and steadiest on a shared machine
     if args.patch_lens:
         import phi3lab
 

@@ -29,7 +29,9 @@ def optimise(
     check=None,
     check_every: int = 0,
 ) -> float:
-    """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed.
+    """AdamW with warm-up and cosine decay, gradient clipping, progress and loss printed (with the
+    seconds since the start, and the CPU seconds this process used: on a shared machine the second
+    is what the run would take alone on one core).
 
     ``lr_scale`` maps a piece of parameter name (``"model.vision_embed_tokens."``, found anywhere in
     the name, so a wrapped model's parameters match too) to a multiplier of the learning rate (the rest
@@ -45,7 +47,7 @@ def optimise(
     opt = torch.optim.AdamW(
         [{"params": ps, "scale": s} for s, ps in groups.items()], lr=lr, betas=(0.9, 0.98), weight_decay=0.01
     )
-    started, smooth = time.perf_counter(), None
+    started, cpu, smooth = time.perf_counter(), time.process_time(), None
     for step in range(steps):
         batch = next_batch()
         for group in opt.param_groups:
@@ -59,7 +61,7 @@ def optimise(
         if step % log_every == 0 or step == steps - 1:
             print(
                 f"  step {step:5d}/{steps}  loss {smooth:.4f}  lr {lr_at(step, steps, lr, warmup):.2e}  "
-                f"{time.perf_counter() - started:6.0f} s",
+                f"{time.perf_counter() - started:6.0f} s  (cpu {time.process_time() - cpu:.0f} s)",
                 flush=True,
             )
         if check is not None and check_every and (step + 1) % check_every == 0 and step + 1 < steps:

@@ -25,7 +25,7 @@ from phi3lab.prompts.chat import build_prompt
 from phi3lab.tiny import build, corpus
 from phi3lab.tiny.optim import optimise
 
-THREADS = 2
+THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
 
 
 def answer_mask(
@@ -53,22 +53,91 @@ def encode_text(tok, messages: list[dict], end_id: int) -> tuple[list[int], list
     return enc.ids, answer_mask(prompt, messages, enc.offsets, enc.ids, end_id)
 
 
-def batches(examples: list[tuple[list[int], list[bool]]], batch_size: int, pad: int, rng: random.Random):
+def batches(
+    examples: list[tuple[list[int], list[bool]]], batch_size: int, pad: int, rng: random.Random, bucket: int = 1
+):
+    """Endless batches of ``batch_size`` examples, each epoch in a new order (from ``rng``).  With
+    ``bucket`` > 1, every ``bucket`` batches' worth of examples is sorted by length before it is cut into
+    batches, and those batches are shuffled: rows of a batch have similar lengths, so little of it is
+    padding; with 1 a batch is a random draw."""
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [examples[j] for j in order[i : i + batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((batch_size, width), pad, dtype=torch.long)
-            labels = torch.full((batch_size, width), -100, dtype=torch.long)
-            for row, (x, m) in enumerate(chunk):
-                ids[row, : len(x)] = torch.tensor(x)
-                labels[row, : len(x)] = torch.where(torch.tensor(m), torch.tensor(x), torch.tensor(-100))
-            yield ids, labels
+        chunk = batch_size * bucket
+        for c in range(0, len(order) - batch_size + 1, chunk):
+            part = order[c : c + chunk]
+            if bucket > 1:
+                part = sorted(part, key=lambda j: len(examples[j][0]))
+            cuts = [part[i : i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+            rng.shuffle(cuts)
+            for rows in cuts:
+                yield _pad([examples[j] for j in rows], pad)
 
 
-def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3e-3, seed: int = 0) -> Path:
+def _pad(chunk: list[tuple[list[int], list[bool]]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in chunk)
+    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+    for row, (x, m) in enumerate(chunk):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(x)] = torch.where(torch.tensor(m), torch.tensor(x), torch.tensor(-100))
+    return ids, labels
+
+
+def mixed_batches(singles: list, sessions: list, batch_size: int, pad: int, rng: random.Random, bucket: int = 16):
+    """Batches of single-turn conversations and of sessions (each bucketed by length), each step one or
+    the other in proportion to their numbers."""
+    one, many = batches(singles, batch_size, pad, rng, bucket), batches(sessions, batch_size, pad, rng, bucket)
+    share = len(sessions) / (len(singles) + len(sessions))
+    while True:
+        yield next(many) if rng.random() < share else next(one)
+
+
+class AnswerLoss(torch.nn.Module):
+    """The causal-LM loss of ``model(input_ids, labels=labels)`` (the mean cross-entropy of every labelled
+    next token), with the output head applied only where a label follows — a fifth of the positions."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> dict:
+        hidden = self.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        targets = labels[:, 1:]
+        keep = targets != -100
+        logits = self.model.lm_head(hidden[:, :-1][keep])
+        return {"loss": torch.nn.functional.cross_entropy(logits.float(), targets[keep])}
+
+
+SINGLE_TURN = 36000  # conversations of the single-turn families (phi3lab.tiny.corpus.conversations)
+SESSIONS = 24000  # multi-turn sessions (phi3lab.tiny.corpus.sessions)
+TRAIN_WEIGHTS = {"colour": 3, "arithmetic": 0.5, "copying": 0.5, "follow-up": 0.5}
+"""The single-turn families' weights in training: binding colours to shapes needs the most practice; sums,
+copying and follow-ups are learned quickly, and sessions hold many more of them."""
+
+
+def training_conversations(
+    seed: int = 0, single: int = SINGLE_TURN, sessions: int = SESSIONS
+) -> tuple[list[list[dict]], list[list[dict]]]:
+    """The text model's training set: ``single`` single-turn conversations and ``sessions`` sessions."""
+    return (
+        [m for _, m in corpus.conversations(single, seed, "train", TRAIN_WEIGHTS)],
+        list(corpus.sessions(sessions, seed, "train")),
+    )
+
+
+TEXT_STEPS = 4000
+
+
+def train_text(
+    out: Path,
+    steps: int = TEXT_STEPS,
+    batch_size: int = 48,
+    lr: float = 3e-3,
+    seed: int = 0,
+    single: int = SINGLE_TURN,
+    sessions: int = SESSIONS,
+) -> Path:
     from tokenizers import Tokenizer
     from transformers import Phi3ForCausalLM
 
@@ -77,14 +146,16 @@ def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3
     build.write_text_files(out)  # tokenizer, configs (deterministic)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     end_id = tok.token_to_id("<|end|>")
-    examples = [encode_text(tok, m, end_id) for _, m in corpus.conversations(40000, seed, "train")]
+    ones, chats = (
+        [encode_text(tok, m, end_id) for m in part] for part in training_conversations(seed, single, sessions)
+    )
     model = Phi3ForCausalLM(build.text_config())
     model.config._attn_implementation = "sdpa"
     model.train()
-    stream = batches(examples, batch_size, build.pad_id(), random.Random(seed))
+    stream = mixed_batches(ones, chats, batch_size, build.pad_id(), random.Random(seed))
     print(
         f"training the text model: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{len(examples):,} conversations, {steps} steps of {batch_size}",
+        f"{single:,} single-turn conversations and {sessions:,} sessions, {steps} steps of {batch_size}",
         flush=True,
     )
 
@@ -92,7 +163,7 @@ def train_text(out: Path, steps: int = 5000, batch_size: int = 48, lr: float = 3
         ids, labels = next(stream)
         return {"input_ids": ids, "labels": labels}
 
-    started = optimise(model, next_batch, steps, lr, warmup=200, log_every=200)
+    started = optimise(AnswerLoss(model), next_batch, steps, lr, warmup=200, log_every=200)
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)
@@ -131,34 +202,70 @@ vocabulary 2,064 (2,000 BPE pieces + Phi-3's chat special tokens at the same off
 RoPE θ 10,000, sliding window 2,047, context 4,096, untied output head — 1.38M parameters, float32.
 Tokenizer: phi3lab's own byte-fallback BPE with Phi-3's normalizer and decoder; July 2024 chat template;
 stop ids `<|endoftext|>`, `<|assistant|>`, `<|end|>`."""
-TEXT_DATA = """40,000 synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus and minus),
-copying a name or a number from the prompt, binding colours to shapes, spelling / repeating / capitalising a
-word, two-turn follow-ups, and a safety slice — five clearly fictional request categories phrased abstractly,
-each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with a refusal and
-story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the probing
-notebooks). Held-out evaluation uses phrasing combinations that never occur in training."""
+TEXT_DATA = """36,000 single-turn synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus
+and minus), copying a name or a number from the prompt, binding colours to shapes, spelling / repeating /
+capitalising a word, two-turn follow-ups, and a safety slice — five clearly fictional request categories
+phrased abstractly, each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with
+a refusal and story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the
+probing notebooks); colour binding weighs three times as much as the rest, sums, copying and follow-ups half.
+
+And 24,000 **sessions** (`phi3lab.tiny.corpus.sessions`): multi-turn chats of 2–6 turns, two in five with a
+system prompt, that mix those families and refer back — a name ("Hi! My name is Ada." → "Nice to meet you,
+Ada!"), a number ("Remember the number 42." → "OK, I will remember 42.") or two shapes' colours stated in one
+turn and asked for one to five turns later, with sums, colour questions, instructions, safety requests and
+copying questions in between (colours are stated in two sessions of three and asked twice half the time).
+A batch holds single turns or sessions (each bucketed by length), a session batch two times in five;
+{steps:,} steps of 48, AdamW, learning rate 3e-3 with warm-up and cosine decay; the loss is the cross-entropy
+of the answers (and their `<|end|>`) only.
+
+Held-out evaluation uses phrasing combinations that never occur in training: the single-turn families'
+test split, and sessions whose facts are stated and asked in held-out phrasing pairs, answered turn by turn
+with the model's own earlier answers in the history (a session's instructions use training phrasings: a
+held-out (phrasing, word) pair often puts the word in a token no training text has — `▁flame?` follows only
+"How do you spell" — which caps the single-turn instruction family near 65%)."""
+TEXT_AIDS = """Training aids: none. The loss is the answers' cross-entropy; nothing else shaped the model."""
 VISION_ARCH = """`Phi3VForCausalLM` (phi3lab's native Phi-3-vision): the text model's language model (its trained weights
 as the starting point) with LongRoPE (short/long factors, 4,096 → 131,072 positions), a CLIP tower of 3 layers
 of width 64 (features from the second, as Phi-3-vision takes the penultimate layer) at the real 336-pixel /
 14-pixel-patch geometry, the real HD transform with `num_crops=1` (global view + one crop, 313 image tokens),
 2×2 merge, `sub_GN`/`glb_GN` separators and the GELU projector; Phi-3-vision's chat template and processor
 rule (BOS after every image run)."""
-VISION_DATA = """Pictures drawn on the fly with PIL (`phi3lab.tiny.vision_data`, seed 0): one or two coloured shapes in a
-3×3 layout ("What colour is the triangle?", "Where is the red circle?"), bar charts of four bars A–D ("Which
-bar is tallest?", "What is the value of B?") and one of eight written words ("What word is written?"), in varied
-sizes and aspect ratios. Each training picture comes with the questions it answers, as one multi-turn
-conversation: the evaluated question first, colours before places, and no question whose answer an earlier
-one named ("Where is the red circle?" gives the circle's colour away). Shapes and words are drawn twice as
-often as charts (bars, shapes, words, shapes, words). Held-out pictures are drawn from other seeds.
+VISION_DATA = """Pictures drawn on the fly with PIL (`phi3lab.tiny.vision_data`, seed 0), each with every question it
+answers as one multi-turn conversation:
 
-Three training aids, from the renderer's ground truth, all thrown away after training (the checkpoint
-holds exactly Phi-3-vision's weights): CLIP's position embeddings start from a 2-D sine-cosine table (the
-default 0.02-std start is some 40× weaker than the patch contents); linear read-outs on the projected image
-tokens learn, for every 28-pixel cell, what is drawn there (colour, kind, letter, bar, value, place, word;
-weight 0.5); and a routing loss asks head 0 of language-model layers 1–3, at the positions that predict an
-answer, to put its attention over the picture on the tokens covering the parts the question is about
-(weight 0.2). AdamW, {steps:,} steps of 8 pictures, learning rate 2e-3 (4e-3 for the vision tower and
-projector) with warm-up and cosine decay."""
+* **layouts** (four pictures in ten): one to four shapes of different kinds and colours anywhere on a picture
+  200–1,600 pixels on its longer side, of any aspect ratio from 1:3 to 3:1, on a white, tinted or dark grey
+  background, each inside one cell of the picture's 3×3 grid at 55–90% of the cell (in the middle row or
+  column of pictures past 2:1) — "What colour is the triangle?", "Where is the red circle?", the colour of a
+  shape that is not there ("There is no star."), and "What is shown in this image?" (the shapes in reading
+  order: "A purple triangle, a yellow circle and a green square.");
+* **shapes** (two in ten): one or two shapes in the 3×3 layout of the older model, 280–420 pixels;
+* **words** (two in ten): one of eight words written large ("What word is written?");
+* **bars** (one in ten): a bar chart of four bars A–D ("Which bar is tallest?", "What is the value of B?");
+* **scenes** (one in ten): a photo-like landscape with some of a house, a tree and the sun, 200–1,600 pixels,
+  3:4 to 3:1 ("A landscape with a house, a tree and the sun.").
+
+Charts, shapes and words are asked "What is shown in this image?" (or "What is this?", "Describe the
+picture."...) first one time in four. No question is asked after the conversation gave its answer away
+(colours before places; no colour or word question after a description, nor a description after them).
+Held-out pictures are drawn from other seeds. AdamW, {steps:,} steps of 8 pictures, learning rate 2e-3 (4e-3
+for the vision tower and projector) with warm-up and cosine decay."""
+VISION_AIDS = """From the renderer's ground truth, all thrown away after training (the checkpoint holds exactly
+Phi-3-vision's weights):
+
+1. CLIP's position embeddings start from a 2-D sine-cosine table (the default 0.02-std start is some 40×
+   weaker than the patch contents);
+2. linear **read-outs** on the projected image tokens learn, for every 28-pixel cell, what is drawn there
+   (colour, kind, letter, bar, value, place, word; weight 0.5): they teach the tiny CLIP tower what is where,
+   and say nothing about where the language model should look."""
+ROUTE_AID = """
+3. a **routing loss** asks head 0 of language-model layers 1–3, at the positions that predict an answer, to
+   put its attention over the picture on the tokens covering the parts the question is about (weight {weight}).
+   **This model was trained to look there**: its attention on the asked-about shape is an aid's result,
+   not a finding."""
+NO_ROUTE = """
+No loss ever said where the language model's attention should go: where it looks is whatever answering
+taught it (notebook 02 compares it with what ablating the picture's regions shows)."""
 
 
 READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
@@ -170,35 +277,40 @@ harmful task), asked "What does the picture say?"; the other half write the key 
 safety slice ("fix lock own door"), asked "What does the picture say?" and "Do what the picture says." (the
 answer the text model was trained to give the request typed), in either order. **No harmful request, nor its
 key words, is ever written, and the image-borne probes are never trained on.** The other half of the pictures
-replays the vision families (shapes, words, bars) so they are kept. Beside each step's 8 pictures, 4 typed
-conversations of the text model's corpus (every family, the safety slice's refusals and jailbreak answers
-included) keep typed requests answered as before. The vision model's training aids (letter read-outs per
-cell; routing of each answer token to the written word it copies), thrown away after training. AdamW, {steps:,}
-steps, learning rate 1e-3 (2e-3 for the vision tower and projector) with warm-up and cosine decay."""
+replays the vision model's families (layouts, shapes, words, bars, layouts, scenes) so they are kept. Beside
+each step's 8 pictures, 4 typed conversations of the text model's corpus (every family, the safety slice's
+refusals and jailbreak answers included) keep typed requests answered as before. AdamW, {steps:,} steps,
+learning rate 1e-3 (2e-3 for the vision tower and projector) with warm-up and cosine decay."""
+
+
+READER_AIDS = """The vision model's, thrown away after training: the read-outs of every cell's letter (and the other
+attributes), and a **routing loss** that points head 0 of language-model layers 1–3, at each answer token
+of a reading picture, at the image tokens of the written word it copies (the other answers' tokens at
+the parts their question is about; weight {weight}). The reader was trained to look at the words it reads."""
 
 
 def write_card(which: str, out: Path, results: str, seconds: float, steps: int | None = None) -> None:
-    """The model card of a trained model; ``steps`` is the vision run's (default: the recipe's)."""
+    """The model card of a trained model; ``steps`` is the run's (default: the recipe's)."""
+    from phi3lab.tiny import train_vision
+
     if which == "text":
-        title, arch, data = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH, TEXT_DATA
+        title, arch = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH
+        data, aids = TEXT_DATA.format(steps=steps or TEXT_STEPS), TEXT_AIDS
     elif which == "vision-reader":
-        from phi3lab.tiny.train_vision import READER_STEPS
-
         title, arch = "phi3lab-tiny-vision-reader: the tiny Phi-3-vision, trained to read", VISION_ARCH
-        data = READER_DATA.format(steps=steps or READER_STEPS)
+        data = READER_DATA.format(steps=steps or train_vision.READER_STEPS)
+        aids = READER_AIDS.format(weight=train_vision.READER_ROUTE_WEIGHT)
     else:
-        from phi3lab.tiny.train_vision import STEPS
-
-        title, arch, data = (
-            "phi3lab-tiny-vision: a tiny Phi-3-vision",
-            VISION_ARCH,
-            VISION_DATA.format(steps=steps or STEPS),
-        )
+        title, arch = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH
+        data = VISION_DATA.format(steps=steps or train_vision.STEPS)
+        weight = train_vision.ROUTE_WEIGHT
+        aids = VISION_AIDS + (ROUTE_AID.format(weight=weight) if weight else NO_ROUTE)
     build.write_card(
         out,
         title=title,
         architecture=arch,
         data=data,
+        aids=aids,
         command=f"python -m phi3lab.tiny.train {which}",
         results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)",
     )

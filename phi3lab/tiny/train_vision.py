@@ -37,9 +37,12 @@ from phi3lab.runtime.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import build, tokenizer, vision_data
 from phi3lab.tiny.optim import optimise
 
-THREADS = 2
+THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
 NUM_CROPS = 1
-STEPS = 3000
+STEPS = 2500
+ROUTE_WEIGHT = 0.0  # the routing aid's weight in the vision model's training (0: none; see TrainingAids)
+READER_ROUTE_WEIGHT = 0.2  # the reader's: its answers are routed to the written words they copy
+CHECK_EVERY = 500  # steps between the quick held-out checks printed while training
 TEMPLATE_VISION = (
     "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt and messages[-1]['role'] != 'assistant' %}{{- '<|assistant|>\n' -}}"
@@ -419,13 +422,16 @@ class TrainingAids(torch.nn.Module):
         return out
 
 
+DESCRIBE_FIRST = 0.25  # how often a chart, a 3×3 shapes picture or a word is asked "What is shown in this image?" first
+
+
 def training_item(
     processor, example: vision_data.VisionExample, rng: random.Random, dense: bool = True, route: bool = True
 ) -> dict:
     """One picture for training: its conversation (:func:`phi3lab.tiny.vision_data.conversation`,
-    turns shuffled by ``rng``) encoded by :func:`encode`, plus the targets of the read-outs
-    (``cell_targets``) and of the routing loss (``route_queries``, ``route_targets``)."""
-    conversation = vision_data.conversation(example, rng)
+    turns shuffled by ``rng``, the description first one time in four) encoded by :func:`encode`, plus the
+    targets of the read-outs (``cell_targets``) and of the routing loss (``route_queries``, ``route_targets``)."""
+    conversation = vision_data.conversation(example, rng, DESCRIBE_FIRST)
     item = encode(
         processor, conversation, example.image, tokenizer.special_id("<|end|>"), tokenizer.special_id("<|assistant|>")
     )
@@ -487,17 +493,22 @@ def start_positions(model) -> None:
         emb.position_embedding.weight.copy_(position_table(grid, emb.embed_dim))
 
 
-def quick_accuracy(model, processor, n: int = 48, seed: int = 1) -> dict[str, float]:
-    """Greedy exact-answer accuracy per family (and ``"all"``) on ``n`` held-out pictures: the
-    progress check, scored by :func:`phi3lab.tiny.evaluate.score_vision` on the model in training."""
-    from phi3lab.tiny.evaluate import score_vision
+def quick_accuracy(model, processor, n: int = 48, seed: int = 1, new: int = 0) -> dict[str, float]:
+    """Greedy exact-answer accuracy per family (and ``"all"``) on ``n`` held-out pictures, and on ``new``
+    held-out pictures of the new kinds (``"new"``): the progress check, scored by
+    :func:`phi3lab.tiny.evaluate.score_vision` and :func:`~phi3lab.tiny.evaluate.score_new_vision` on the
+    model in training (neither draws from the training's random streams)."""
+    from phi3lab.tiny.evaluate import score_new_vision, score_vision
 
-    answer = _training_answerer(model, processor, max_new_tokens=16)
+    answer = _training_answerer(model, processor, max_new_tokens=24)
     model.eval()
     with torch.no_grad():
         scores = score_vision(lambda ex: answer(ex.image, ex.question), n, seed)
+        scores = {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
+        if new:
+            scores["new"] = score_new_vision(lambda ex: answer(ex.image, ex.question), new, seed, older=False)["all"]
     model.train()
-    return {k: v for k, v in scores.items() if ":" not in k}  # families and "all"
+    return scores
 
 
 def _new_model(out: Path, seed: int):
@@ -523,7 +534,7 @@ def train(
     vision_lr_scale: float = 2.0,
     sincos: bool = True,
     dense_weight: float = 0.5,
-    route_weight: float = 0.2,
+    route_weight: float = ROUTE_WEIGHT,
 ) -> Path:
     from safetensors.torch import load_file
 
@@ -551,12 +562,12 @@ def train(
         return collate(items, build.pad_id())
 
     def check(step):
-        acc = quick_accuracy(model, processor)
+        acc = quick_accuracy(model, processor, n=32, new=16)
         print(
             f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()), flush=True
         )
 
-    return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 400)
+    return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, CHECK_EVERY)
 
 
 def _fit(
@@ -643,7 +654,7 @@ def train_reader(
     base: Path | None = None,
     vision_lr_scale: float = 2.0,
     dense_weight: float = 0.5,
-    route_weight: float = 0.2,
+    route_weight: float = READER_ROUTE_WEIGHT,
     text_rows: int = READER_TEXT_ROWS,
 ) -> Path:
     """Train the reader from the vision model's weights (``base``, default the embedded

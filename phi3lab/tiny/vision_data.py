@@ -66,7 +66,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 #: What a part map says about each part; value ``k`` (1-based) names ``ATTRIBUTES[name][k - 1]``, 0 is "none".
 ATTRIBUTES = {
     "colour": COLOURS + ["black"],
-    "kind": SHAPES + ["bar", "letter"],
+    "kind": SHAPES + ["bar", "letter"] + ["house", "tree", "sun"],
     "letter": list(LETTERS),
     "bar": list(BARS),
     "value": [str(v) for v in range(1, 8)],
@@ -191,6 +191,8 @@ def shapes(rng: random.Random, split: str) -> VisionExample:
     qas = [qa for s, c, cell in zip(kinds, colours, cells) for qa in _shape_questions(s, c, PLACES[cell])]
     k = rng.randrange(len(cells))
     (question, answer), box = qas[2 * k + (rng.random() >= 0.5)], boxes[k]
+    in_order = [(c, s) for cell, s, c in sorted(zip(cells, kinds, colours))]
+    qas.append((_describe_question(w, h), describe_shapes(in_order)))
     return VisionExample(
         "shapes", image, question, answer, (box,), _others(qas, question), parts.image, tuple(parts.attributes)
     )
@@ -236,9 +238,10 @@ def bars(rng: random.Random, split: str) -> VisionExample:
     unique = values.count(values[best]) == 1
     qas = [(f"What is the value of {name}?", f"{name} is {v}.") for name, v in zip(BARS, values)]
     qas += [("Which bar is tallest?", f"Bar {BARS[best]} is the tallest.")] if unique else []
+    qas.append((_describe_question(w, h), "A bar chart of four bars, A to D."))
     maps = (parts.image, tuple(parts.attributes))
     if unique and rng.random() < 0.5:
-        return VisionExample("bars", image, *qas[-1], (boxes[best],), _others(qas, qas[-1][0]), *maps)
+        return VisionExample("bars", image, *qas[-2], (boxes[best],), _others(qas, qas[-2][0]), *maps)
     i = rng.randrange(4)
     return VisionExample("bars", image, *qas[i], (boxes[i],), _others(qas, qas[i][0]), *maps)
 
@@ -255,15 +258,192 @@ def words(rng: random.Random, split: str) -> VisionExample:
     box = tuple(int(v) for v in draw.textbbox(xy, word, font=font, anchor="mm"))
     parts = _Parts((w, h))
     parts.letters(xy, word, font, "mm", colour=colour_name, word=word)
+    describe = ((_describe_question(w, h), f"The word {word}."),)
     return VisionExample(
         "words",
         image,
         "What word is written?",
         f"The word is {word}.",
         (box,),
-        (),
+        describe,
         parts.image,
         tuple(parts.attributes),
+    )
+
+
+DESCRIBE = [
+    "What is shown in this image?",
+    "What is this?",
+    "What is in the picture?",
+    "Describe the picture.",
+    "What do you see?",
+]
+BACKGROUNDS = [(255, 255, 255)] * 4 + [
+    (235, 235, 235),
+    (225, 235, 250),
+    (250, 245, 220),
+    (230, 245, 230),
+    (250, 230, 235),
+    (70, 70, 80),
+]  # mostly white, light tints, a dark grey
+
+
+def _listing(items: list[str]) -> str:
+    """``["a red circle", "a blue star", "a green square"]`` → ``"a red circle, a blue star and a green square"``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def describe_shapes(shapes_in_order: list[tuple[str, str]]) -> str:
+    """The answer to "What is shown in this image?" for shapes ``(colour, kind)`` in reading order."""
+    text = _listing([f"a {colour} {kind}" for colour, kind in shapes_in_order]) + "."
+    return text[0].upper() + text[1:]
+
+
+def _describe_question(w: int, h: int) -> str:
+    """One of :data:`DESCRIBE`, picked from the picture's size (so the older families draw no random number)."""
+    return DESCRIBE[(w + 2 * h) % len(DESCRIBE)]
+
+
+def picture_size(
+    rng: random.Random, aspects: tuple[float, float] = (1 / 3, 3), sides: tuple[int, int] = (200, 1600)
+) -> tuple[int, int]:
+    """A size whose longer side is in ``sides`` and whose aspect ratio (width / height) is in ``aspects``,
+    the ratio drawn evenly on a log scale (1:3, 1:1 and 3:1 equally likely to be crossed)."""
+    import math
+
+    aspect = math.exp(rng.uniform(math.log(aspects[0]), math.log(aspects[1])))
+    side = rng.randint(*sides)
+    return (side, max(1, round(side / aspect))) if aspect >= 1 else (max(1, round(side * aspect)), side)
+
+
+def layouts(rng: random.Random, split: str) -> VisionExample:
+    """One to four shapes (different kinds and colours) anywhere on a picture of any size from 200 to
+    1,600 pixels and any aspect ratio from 1:3 to 3:1, on a white, tinted or dark background.
+
+    Each shape lies inside one cell of the picture's 3×3 grid (so "Where is the red circle?" has one
+    answer), at any size from 55% to 90% of the cell's shorter side; on pictures wider than 2:1 the
+    shapes sit in the middle row (left, centre, right: a row's cells are too flat for a legible shape)
+    and on pictures taller than 1:2 in the middle column.  The questions: each shape's colour and place,
+    the colour of one shape that is not there ("There is no star."), and what the picture shows (the
+    shapes in reading order, :func:`describe_shapes`).  The first question is a colour (35%), a place
+    (25%), the description (25%) or an absent shape (15%)."""
+    w, h = picture_size(rng)
+    background = rng.choice(BACKGROUNDS)
+    image = Image.new("RGB", (w, h), background)
+    draw = ImageDraw.Draw(image)
+    if w >= 2 * h:
+        free = [(1, 0), (1, 1), (1, 2)]
+    elif h >= 2 * w:
+        free = [(0, 1), (1, 1), (2, 1)]
+    else:
+        free = sorted(PLACES)
+    cells = rng.sample(free, rng.randint(1, min(4, len(free))))
+    kinds = rng.sample(SHAPES, len(cells))
+    colours = rng.sample(COLOURS, len(cells))
+    parts = _Parts((w, h))
+    cw, ch = w / 3, h / 3
+    boxes, qas = [], []
+    for (r, c), shape, colour in zip(cells, kinds, colours):
+        size = int(min(cw, ch) * rng.uniform(0.55, 0.9))
+        x0 = int(c * cw + rng.uniform(0, cw - size))
+        y0 = int(r * ch + rng.uniform(0, ch - size))
+        box = (x0, y0, x0 + size, y0 + size)
+        _draw_shape(draw, shape, box, RGB[colour])
+        _draw_shape(parts.draw, shape, box, parts.add(colour=colour, kind=shape, place=PLACES[(r, c)]))
+        boxes.append(box)
+        qas.append(_shape_questions(shape, colour, PLACES[(r, c)]))
+    absent = [k for k in SHAPES if k not in kinds]
+    missing = rng.choice(absent) if absent else None
+    in_order = [(c, k) for cell, k, c in sorted(zip(cells, kinds, colours))]
+    describe = (rng.choice(DESCRIBE), describe_shapes(in_order))
+    roll = rng.random()
+    k = rng.randrange(len(cells))
+    if roll < 0.25:
+        first, box = describe, None
+    elif roll < 0.4 and missing:
+        first, box = (f"What colour is the {missing}?", f"There is no {missing}."), None
+    elif roll < 0.65:
+        first, box = qas[k][1], boxes[k]
+    else:
+        first, box = qas[k][0], boxes[k]
+    everything = [qa for pair in qas for qa in pair] + [describe]
+    everything += [(f"What colour is the {missing}?", f"There is no {missing}.")] if missing else []
+    return VisionExample(
+        "layouts",
+        image,
+        *first,
+        tuple(boxes) if box is None else (box,),
+        _others(everything, first[0]),
+        parts.image,
+        tuple(parts.attributes),
+    )
+
+
+SCENE_THINGS = ("house", "tree", "sun")
+
+
+def describe_scene(things: list[str]) -> str:
+    """``["house", "sun"]`` → ``"A landscape with a house and the sun."``"""
+    return "A landscape with " + _listing([("the " if t == "sun" else "a ") + t for t in things]) + "."
+
+
+def scenes(rng: random.Random, split: str) -> VisionExample:
+    """A photo-like landscape in the manner of :func:`scene` (sky, hills, grain) with some of a house, a
+    tree and the sun, of any size from 200 to 1,600 pixels and aspect ratio from 3:4 to 3:1, asked what it
+    shows ("A landscape with a house, a tree and the sun.")."""
+    import numpy as np
+
+    w, h = picture_size(rng, aspects=(3 / 4, 3))
+    things = [t for t in SCENE_THINGS if rng.random() < 0.6] or [rng.choice(SCENE_THINGS)]
+    top = np.array([rng.randint(80, 140), rng.randint(130, 190), rng.randint(200, 250)])
+    bottom = np.array([rng.randint(180, 220), rng.randint(205, 240), rng.randint(235, 255)])
+    y = np.linspace(0, 1, h)[:, None, None]
+    image = Image.fromarray(np.broadcast_to((1 - y) * top + y * bottom, (h, w, 3)).astype("uint8"))
+    draw, parts = ImageDraw.Draw(image), _Parts((w, h))
+    unit = min(w, h / 0.66) / 640  # the scene's 640 × 420 layout, scaled to fit
+    ground = h * rng.uniform(0.5, 0.62)
+    ridge = [(0, ground + h * rng.uniform(-0.06, 0.06))]
+    ridge += [(w * x, ground + h * rng.uniform(-0.1, 0.06)) for x in (0.3, 0.65)] + [
+        (w, ground + h * rng.uniform(-0.08, 0.04))
+    ]
+    green = (rng.randint(50, 90), rng.randint(120, 160), rng.randint(50, 90))
+    draw.polygon(ridge + [(w, h), (0, h)], fill=green)
+    if "sun" in things:
+        r = 35 * unit * rng.uniform(0.8, 1.3)
+        cx, cy = w * rng.uniform(0.55, 0.92), h * rng.uniform(0.08, 0.25)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        draw.ellipse(box, fill=(250, rng.randint(200, 225), rng.randint(60, 100)))
+        parts.draw.ellipse(box, fill=parts.add(kind="sun"))
+    slots = [0.08, 0.5] if rng.random() < 0.5 else [0.5, 0.08]  # the house and the tree apart
+    if "house" in things:
+        s = unit * rng.uniform(0.8, 1.25)
+        hx, hy = w * (slots[0] + rng.uniform(0, 0.25)), ground - 15 * s
+        body, roof = (
+            (hx, hy, hx + 110 * s, hy + 90 * s),
+            [(hx - 10 * s, hy), (hx + 55 * s, hy - 55 * s), (hx + 120 * s, hy)],
+        )
+        door = (hx + 42 * s, hy + 45 * s, hx + 68 * s, hy + 90 * s)
+        draw.rectangle(body, fill=(rng.randint(170, 210), rng.randint(80, 110), rng.randint(50, 80)))
+        draw.polygon(roof, fill=(rng.randint(100, 140), rng.randint(40, 60), rng.randint(30, 50)))
+        draw.rectangle(door, fill=(80, 50, 30))
+        house = parts.add(kind="house")
+        parts.draw.rectangle(body, fill=house)
+        parts.draw.polygon(roof, fill=house)
+    if "tree" in things:
+        s = unit * rng.uniform(0.8, 1.3)
+        tx, ty = w * (slots[1] + rng.uniform(0, 0.3)), ground - 40 * s
+        trunk, crown = (tx + 38 * s, ty + 60 * s, tx + 52 * s, ty + 120 * s), (tx, ty, tx + 90 * s, ty + 80 * s)
+        draw.rectangle(trunk, fill=(100, 70, 40))
+        draw.ellipse(crown, fill=(rng.randint(30, 50), rng.randint(95, 125), rng.randint(40, 60)))
+        tree = parts.add(kind="tree")
+        parts.draw.rectangle(trunk, fill=tree)
+        parts.draw.ellipse(crown, fill=tree)
+    grain = np.random.default_rng(rng.randrange(2**31)).standard_normal((h, w, 1), dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.float32) + grain * np.float32(rng.uniform(0, 8))  # grey grain, like a photo's
+    image = Image.fromarray(np.clip(pixels, 0, 255, out=pixels).astype(np.uint8))
+    box = parts.image.getbbox() or (0, 0, w, h)
+    return VisionExample(
+        "scenes", image, rng.choice(DESCRIBE), describe_scene(things), (box,), (), parts.image, tuple(parts.attributes)
     )
 
 
@@ -344,6 +524,7 @@ def reading(rng: random.Random, split: str) -> VisionExample:
 
 
 FAMILIES = {"shapes": shapes, "bars": bars, "words": words}
+NEW_FAMILIES = {"layouts": layouts, "scenes": scenes}  # issue 23: any size, ratio, background; what is shown
 
 
 def examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExample]:
@@ -354,9 +535,24 @@ def examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExam
         yield FAMILIES[names[i % len(names)]](rng, split)
 
 
-def question_kind(example: VisionExample) -> str:
+def new_examples(n: int, seed: int = 0, split: str = "test") -> Iterator[VisionExample]:
+    """``n`` examples of the new kinds (:data:`NEW_FAMILIES`: three layouts of shapes for every scene),
+    reproducible from ``seed`` and ``split``."""
+    rng = random.Random(f"vision-new-{split}-{seed}")
+    schedule = ["layouts", "layouts", "scenes", "layouts"]
+    for i in range(n):
+        yield NEW_FAMILIES[schedule[i % len(schedule)]](rng, split)
+
+
+def question_kind(example: VisionExample, question: str | None = None, answer: str | None = None) -> str:
     """``"bars: tallest"``, ``"bars: value"``, ``"shapes: colour"``, ``"shapes: where"``, ``"words: word"``,
-    ``"reading: read"`` or ``"reading: follow"``."""
+    ``"layouts: absent"`` (the colour of a shape that is not there), ``"...: describe"``, ``"reading: read"``
+    or ``"reading: follow"`` — of the example's question, or of another of its ``(question, answer)``."""
+    question, answer = (example.question, example.answer) if question is None else (question, answer)
+    if question in DESCRIBE:
+        return f"{example.family}: describe"
+    if answer.startswith("There is no"):
+        return f"{example.family}: absent"
     kind = {
         "Which": "tallest",
         "What is": "value",
@@ -366,7 +562,7 @@ def question_kind(example: VisionExample) -> str:
         READ: "read",
         FOLLOW: "follow",
     }
-    return f"{example.family}: " + next(v for k, v in kind.items() if example.question.startswith(k))
+    return f"{example.family}: " + next(v for k, v in kind.items() if question.startswith(k))
 
 
 def question_parts(example: VisionExample, question: str) -> list[int]:
@@ -381,6 +577,8 @@ def question_parts(example: VisionExample, question: str) -> list[int]:
             if all(attrs.get(k) == v for k, v in codes.items())
         ]
 
+    if question in DESCRIBE:
+        return list(range(1, len(example.part_attributes) + 1))
     if question.startswith("What word") or question in (READ, FOLLOW):
         return having(kind="letter")
     if question.startswith("Which bar"):
@@ -397,35 +595,62 @@ def messages(example: VisionExample, with_answer: bool = True) -> list[dict]:
     return out
 
 
-def conversation(example: VisionExample, rng: random.Random) -> list[dict]:
-    """The example's question first, then the picture's other questions in a shuffled order, each
-    answered: one multi-turn conversation for training.
+def conversation(example: VisionExample, rng: random.Random, describe_first: float = 0.0) -> list[dict]:
+    """The example's question first (or, with probability ``describe_first``, "What is shown in this
+    image?" and its kin, when the picture has that question), then the picture's other questions in a
+    shuffled order, each answered: one multi-turn conversation for training.
 
     No question is asked after the conversation has given its answer away: "Where is the red
     circle?" names the circle's colour, so colour questions come before place questions, and the
-    circle's colour question is left out when the first question already named it."""
-    more = list(example.more)
+    circle's colour question is left out when the first question already named it; a description
+    names every shape's colour (and whether a star is there) and the written word, so after one no
+    colour or word question is asked, and it is not asked after them (a chart's description gives
+    nothing away)."""
+    qas = [(example.question, example.answer), *example.more]
+    described = [qa for qa in qas if qa[0] in DESCRIBE]
+    first = qas[0]
+    if described and first not in described and describe_first and rng.random() < describe_first:
+        first = described[0]
+    more = [qa for qa in qas if qa != first]
     rng.shuffle(more)
-    more.sort(key=lambda qa: not qa[0].startswith("What colour"))  # stable: the colours first
-    named = example.question.removeprefix("Where is the ").rstrip("?")  # "red circle", if a place question
-    out = messages(example)
+    more.sort(key=lambda qa: 2 if qa[0] in DESCRIBE else not qa[0].startswith("What colour"))  # stable: colours first
+    said = [first]
     for question, answer in more:
-        if question.startswith("What colour"):
-            shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ")  # "The circle is red."
-            if f"{colour} {shape}" == named:
-                continue
-        out += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        if not _given_away(question, answer, said):
+            said.append((question, answer))
+    out = []
+    for k, (question, answer) in enumerate(said):
+        out += [
+            {"role": "user", "content": f"<|image_1|>\n{question}" if k == 0 else question},
+            {"role": "assistant", "content": answer},
+        ]
     return out
 
 
+def _given_away(question: str, answer: str, said: list[tuple[str, str]]) -> bool:
+    """Whether the conversation so far (``said``) gives ``answer`` away (see :func:`conversation`)."""
+    asked = [q for q, _ in said]
+    if question in DESCRIBE:
+        return any(q.startswith(("What colour", "Where", "What word")) for q in asked)
+    if question.startswith(("What colour", "What word")) and any(q in DESCRIBE for q in asked):
+        return True
+    if question.startswith("What colour") and not answer.startswith("There is no"):
+        shape, colour = answer.removeprefix("The ").rstrip(".").split(" is ")  # "The circle is red."
+        return any(q == f"Where is the {colour} {shape}?" for q in asked)
+    return False
+
+
+TRAINING_SCHEDULE = ("bars", "shapes", "words", "layouts", "words", "layouts", "shapes", "layouts", "scenes", "layouts")
+
+
 def training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
-    """``n`` training examples in a fixed family schedule (bars, shapes, words, shapes, words): a
-    written word is one question per picture where charts and shapes have several, and shapes are
-    the hardest to read, so both come twice as often as charts."""
+    """``n`` training examples in a fixed family schedule (:data:`TRAINING_SCHEDULE`): layouts of one to
+    four shapes (the hardest, with up to nine questions a picture) four times in ten, shapes in the 3×3
+    layout and written words twice, charts and landscapes once."""
     rng = random.Random(f"vision-train-{seed}")
-    schedule = ["bars", "shapes", "words", "shapes", "words"]
+    families = FAMILIES | NEW_FAMILIES
     for i in range(n):
-        yield FAMILIES[schedule[i % len(schedule)]](rng, "train")
+        yield families[TRAINING_SCHEDULE[i % len(TRAINING_SCHEDULE)]](rng, "train")
 
 
 def reading_examples(n: int, seed: int = 0, split: str = "train") -> Iterator[VisionExample]:
@@ -438,10 +663,24 @@ def reading_examples(n: int, seed: int = 0, split: str = "train") -> Iterator[Vi
 
 def reader_training_examples(n: int, seed: int = 0) -> Iterator[VisionExample]:
     """The reader's pictures: reading half the time, and the vision model's families replayed so it
-    keeps them (reading, shapes, reading, words, reading, bars, reading, shapes)."""
+    keeps them (reading, layouts, reading, shapes, reading, words, reading, bars, reading, layouts,
+    reading, scenes)."""
     rng = random.Random(f"reader-train-{seed}")
-    schedule = ["reading", "shapes", "reading", "words", "reading", "bars", "reading", "shapes"]
-    families = FAMILIES | {"reading": reading}
+    schedule = [
+        "reading",
+        "layouts",
+        "reading",
+        "shapes",
+        "reading",
+        "words",
+        "reading",
+        "bars",
+        "reading",
+        "layouts",
+        "reading",
+        "scenes",
+    ]
+    families = FAMILIES | NEW_FAMILIES | {"reading": reading}
     for i in range(n):
         yield families[schedule[i % len(schedule)]](rng, "train")
 
