@@ -133,8 +133,8 @@ loads offline through the same code path as a real checkpoint (`phi3lab.load("{f
 ```
 {reproduction}
 ## Intended use
-Notebooks, demos and CI: attention that copies, image attention that lands on the asked-about
-object, refusals that can be probed. Its knowledge is a handful of synthetic task families; it
+Notebooks, demos and CI: chats, pictures and refusals small enough to look inside on a CPU (what its
+training aids put in is listed above, so it is never mistaken for a finding). Its knowledge is a handful of synthetic task families; it
 knows nothing else and should never be used to answer real questions.
 """
     (folder / "README.md").write_text(card)
