@@ -1221,6 +1221,13 @@ CASES += [
         ("sinks must be 'mask'", "'show'", "got 'hide'"),
     ),
     widget_case(
+        "widget-patches-found",
+        "PatchExplorer(vision_cache, found=[189])",
+        lambda env: (_views()[0].PatchExplorer, (_widget_cache(env, vision=True),), {"found": [189]}),
+        ValueError,
+        ("found must be a Sinks from find_sinks", "find_sinks(lab, picture=picture)", "got list"),
+    ),
+    widget_case(
         "widget-attribution-not-one",
         "AttributionView(42)",
         lambda env: (_views()[0].AttributionView, (42,), {}),
@@ -1565,6 +1572,27 @@ CASES += [
         lambda env: (_vcache(env).sinks, (0,), {"min_ratio": 0.5}),
         ValueError,
         ("min_ratio must be at least 1",),
+    ),
+    inspect_case(
+        "sinks-lab-no-picture",
+        "find_sinks(vision)",
+        lambda env: (_sinks(), (env.vision,), {}),
+        ValueError,
+        ("asks questions about a picture", "find_sinks(lab, picture=picture)"),
+    ),
+    inspect_case(
+        "sinks-picture-with-caches",
+        "find_sinks([cache], picture=picture)",
+        lambda env: (_sinks(), ([_vcache(env)],), {"picture": PICTURE}),
+        ValueError,
+        ("picture= and questions= go with a Lab", "find_sinks(lab, picture=picture"),
+    ),
+    inspect_case(
+        "sinks-activation-zero",
+        "cache.sinks(min_activation=0)",
+        lambda env: (_vcache(env).sinks, (0,), {"min_activation": 0}),
+        ValueError,
+        ("min_activation must be greater than 0",),
     ),
     inspect_case(
         "heat-sinks-word",

@@ -31,13 +31,15 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 SETUP = """\
 import phi3lab
 from PIL import Image
+from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
 from phi3lab.paths import data_dir
 from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
 text = phi3lab.load("tiny", verbose=False)
 vision = phi3lab.load("tiny-vision", verbose=False)
 picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
 question = "<|image_1|>\\nWhat colour is the triangle?"
-_, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)"""
+_, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)
+sinks = find_sinks(vision, picture=picture, questions=[question, *DEFAULT_QUESTIONS])  # across five questions"""
 
 ATTRIBUTION = """\
 try:
@@ -70,7 +72,7 @@ CELLS = [
     SETUP,
     'ChatWidget(text, system="Answer briefly.", max_new_tokens=24)',
     "AttentionExplorer(cache)",
-    "PatchExplorer(cache)",
+    "PatchExplorer(cache, found=sinks)",
     f'PatchExplorer(cache, source="lens", lens_layer={LENS_LAYER})',
     ATTRIBUTION,
     NOISE,
@@ -82,13 +84,17 @@ KINDS = ("chat", "attention", "patches", "attribution")
 @pytest.fixture(scope="session")
 def expected():
     """What the notebook's patch explorers must draw, computed here from the same model, picture and question:
-    the sinks' cells and the patch lens's grids at every layer."""
+    the sinks' cells (found across five questions, as the notebook's first patch explorer is given them) and
+    the patch lens's grids at every layer."""
     import phi3lab
     from phi3lab.inspect.patch_lens import patch_lens
+    from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
 
     vision = phi3lab.load("tiny-vision", verbose=False)
     picture = phi3lab.sample_image("shapes.png")
-    _, cache = vision.generate_with_cache("<|image_1|>\nWhat colour is the triangle?", [picture], max_new_tokens=6)
+    question = "<|image_1|>\nWhat colour is the triangle?"
+    _, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)
+    sinks = find_sinks(vision, picture=picture, questions=[question, *DEFAULT_QUESTIONS])
     lens = patch_lens(cache)
     grids = {
         layer: {view: lens.grid(layer, view).reshape(-1).tolist() for view in ("crops", "global")}
@@ -96,7 +102,12 @@ def expected():
     }
     rows, cols = cache.inputs.image(0).layout.grid
     cells = {"crops": (rows * 12, cols * 12), "global": (12, 12)}
-    return {"sinks": cache.image_heat(0).sink_cells(), "lens": grids, "layers": list(lens.layers), "cells": cells}
+    return {
+        "sinks": cache.image_heat(0, found=sinks).sink_cells(),
+        "lens": grids,
+        "layers": list(lens.layers),
+        "cells": cells,
+    }
 
 
 def _chromium() -> str | None:
@@ -319,7 +330,8 @@ def _pixel(canvas, x: int, y: int) -> list[int]:
 
 def check_sinks(page, expected, toggle=True):
     """The first patch explorer masks the picture's sinks and outlines their cells in the figures' grey; the
-    toggle shows them (still outlined) and the line says so; the sinks are those cache.image_heat masks."""
+    toggle shows them (still outlined) and the line says so; the sinks are those cache.image_heat masks given
+    the same sinks found across questions."""
     from phi3lab.views.plotting import SINK_OUTLINE
 
     assert expected["sinks"], "the tiny vision model's picture has sinks; without them this check proves nothing"

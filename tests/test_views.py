@@ -160,6 +160,25 @@ def test_image_attention_keeps_the_pictures_colours_where_the_attention_is():
     plt.close(fig)
 
 
+def test_image_attention_outlines_sinks_and_not_one_questions_candidates():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    image = Image.new("RGB", (336, 336), "white")
+    row = torch.full((num_image_tokens(336, 336, 1),), 0.001)
+    candidates = image_heat(row, 0, 336, 336, 1, candidates=[5, 6], evidence="1 question × 4 layers")
+    fig, ax = plotting.image_attention(image, candidates, "crops")
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)] and ax.get_legend() is None
+    assert "no sink masked for 2 candidate token(s) (found from 1 question × 4 layers)" in candidates.to_text()
+    plt.close(fig)
+    sinks = image_heat(row, 0, 336, 336, 1, [5], evidence="5 questions × 4 layers")
+    fig, ax = plotting.image_attention(image, sinks, "crops")
+    assert len([p for p in ax.patches if isinstance(p, Rectangle)]) == 2  # white under dotted grey: one cell
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["attention sink (masked, 1 cell)"]
+    assert "1 sink token(s) (found from 5 questions × 4 layers) masked" in sinks.to_text()
+    plt.close(fig)
+
+
 def test_heatmaps_have_labelled_colour_bars_and_show_the_space_piece(tiny):
     import matplotlib.pyplot as plt
 

@@ -11,7 +11,7 @@ import phi3lab
 from phi3lab.inspect.causal import causal_map, compare_maps, spearman
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.patch_lens import WordReads, patch_lens, word_ids, word_reads
-from phi3lab.inspect.sinks import find_sinks
+from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
 
 QUESTIONS = ["What colour is the triangle?", "What is shown in this image?", "What colour is the square?"]
 
@@ -19,10 +19,12 @@ QUESTIONS = ["What colour is the triangle?", "What is shown in this image?", "Wh
 # --- attention sinks --------------------------------------------------------------------------------------
 
 
-def _planted(vision, picture, index: int):
-    """Caches of three questions with one image token made a sink: its keys scaled up in every layer, so
-    every query's score on it grows whatever is asked."""
-    span = vision.encode(f"<|image_1|>\n{QUESTIONS[0]}", [picture]).image(0)
+def _planted(vision, picture, index: int, questions=QUESTIONS, massive: float = 0.0):
+    """Caches of ``questions`` with one image token made a sink: its keys scaled up in every layer, so
+    every query's score on it grows whatever is asked; with ``massive``, its residual stream after the
+    last layer (which no attention reads) also gets that many times the prompt's median in dimension 0."""
+    span = vision.encode(f"<|image_1|>\n{questions[0]}", [picture]).image(0)
+    last = vision.model.config.num_hidden_layers - 1
 
     def louder(k, at):
         k = k.clone()
@@ -31,9 +33,19 @@ def _planted(vision, picture, index: int):
             k[:, int(hit[0])] *= 8.0
         return k
 
+    def loud(x, at):
+        hit = (at.positions == span.start + index).nonzero()
+        if hit.numel():
+            x = x.clone()
+            x[:, int(hit[0]), 0] = massive * float(x.abs().median())
+        return x
+
     caches = []
-    for q in QUESTIONS:
-        with Hooks(vision.model).edit("k", louder):
+    for q in questions:
+        with Hooks(vision.model) as hooks:
+            hooks.edit("k", louder)
+            if massive:
+                hooks.edit("resid_post", loud, layers=[last])
             caches.append(vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1])
     return caches
 
@@ -45,7 +57,8 @@ def test_a_planted_sink_is_found_and_masked(vision, picture):
     assert index in sinks.indices and sinks.evidence == "3 questions × 4 layers"
     assert sinks.ratio[index] >= 5 and sinks.consistency[index] >= 0.75
     assert "sink" in sinks.to_text() and sinks.describe(index).startswith("crop 1 cell")
-    masked, shown = caches[0].image_heat(0, sinks=sinks), caches[0].image_heat(0, sinks="show")
+    masked, shown = caches[0].image_heat(0, sinks=sinks), caches[0].image_heat(0, sinks="show", found=sinks)
+    assert index in caches[0].sinks(0).candidates  # one question of the three: a candidate, not masked by default
     token = sinks.tokens[index]
     assert masked.crops[token.row, token.col] == 0 and masked.masked and masked.masked_mass > 0
     assert shown.crops[token.row, token.col] > 0 and not shown.masked and index in shown.sinks
@@ -73,6 +86,84 @@ def test_sinks_found_across_questions_can_be_shown_or_masked(vision, picture):
         both.image_heat(1, found=across)
 
 
+def _cells_over(tokens, box) -> list[int]:
+    """Indices of the cells (crop or global view) whose pixels overlap ``box``."""
+    x0, y0, x1, y1 = box
+    return [
+        t.index
+        for t in tokens
+        if t.image_box is not None
+        and t.image_box[0] < x1
+        and x0 < t.image_box[2]
+        and t.image_box[1] < y1
+        and y0 < t.image_box[3]
+    ]
+
+
+def test_one_question_masks_nothing_on_the_triangle_it_asks_about(vision, picture):
+    """Known answer (issue 24): asked about the triangle, the answer looks hard at cells over the triangle in
+    every layer; from this one question they are candidates, and the default heat map masks nothing."""
+    rgb = np.asarray(picture.convert("RGB")).astype(int)
+    ys, xs = np.nonzero((rgb[..., 2] > 150) & (rgb[..., 1] < 100))  # the purple triangle, from the pixels
+    triangle = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    _, cache = vision.generate_with_cache(f"<|image_1|>\n{QUESTIONS[0]}", [picture], max_new_tokens=8)
+    own = cache.sinks(0)
+    over = set(_cells_over(own.tokens, triangle))
+    assert own.evidence == "1 question × 4 layers" and own.questions == 1 and own.indices == ()
+    assert 1 < own.activation.max() < own.min_activation == 100  # the tiny model has no massive activations
+    assert over & set(own.candidates), "the answer looks hard at the triangle; without that this proves nothing"
+    heat, raw = cache.image_heat(0), cache.image_heat(0, sinks="show")
+    assert not heat.masked and heat.masked_mass == 0 and heat.sinks == () and heat.candidates == own.candidates
+    assert (heat.crops == raw.crops).all() and (heat.global_view == raw.global_view).all()
+    assert heat.global_view.max() > 0 and "no sink masked for" in heat.to_text()
+    candidate = own.to_text()
+    assert "0 sink tokens of 313" in candidate and "candidate (one question: ask more with find_sinks(lab" in candidate
+    assert "activation ≥ 100× the prompt's median (one question)" in candidate
+
+    # across questions: the tokens drawn in most (question, layer) pairs are sinks, and are masked
+    across = find_sinks(vision, picture=picture, questions=[QUESTIONS[0], *DEFAULT_QUESTIONS])
+    assert across.evidence == "5 questions × 4 layers" and across.candidates == ()
+    assert across.indices and all(across.tokens[i].kind == "global" for i in across.indices)
+    assert all(across.consistency[i] >= 0.75 and across.ratio[i] >= 5 for i in across.indices)
+    masked = cache.image_heat(0, found=across)
+    assert masked.masked and masked.sinks == tuple(sorted(across.indices))
+    assert all(masked.global_view[r, c] == 0 < raw.global_view[r, c] for _, r, c in masked.sink_cells())
+
+
+def test_a_massive_activation_makes_one_question_enough(vision, picture):
+    index = 60
+    quiet, loud = (_planted(vision, picture, index, QUESTIONS[:1], m)[0] for m in (0.0, 1000.0))
+    assert index in quiet.sinks(0).candidates and index not in quiet.sinks(0).indices
+    sinks = loud.sinks(0)
+    assert index in sinks.indices and index not in sinks.candidates and sinks.activation[index] >= 100
+    assert sinks.dims[index] == 0 and sinks.evidence == "1 question × 4 layers"
+    assert index in loud.sinks(0, min_activation=5000).candidates  # the threshold decides
+    heat = loud.image_heat(0)
+    token = sinks.tokens[index]
+    assert heat.masked and heat.crops[token.row, token.col] == 0 and heat.masked_mass > 0
+
+
+def test_the_same_question_twice_is_one_question(vision, picture):
+    _, cache = vision.generate_with_cache(f"<|image_1|>\n{QUESTIONS[0]}", [picture], max_new_tokens=4)
+    twice = find_sinks([cache, cache])
+    assert twice.questions == 1 and twice.evidence == "1 question × 4 layers (2 caches)"
+    assert twice.indices == () and twice.candidates == find_sinks([cache]).candidates
+
+
+def test_find_sinks_asks_a_lab_what_the_caches_would_hold(vision, picture):
+    caches = [vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1] for q in QUESTIONS]
+    by_hand, asked = find_sinks(caches), find_sinks(vision, picture=picture, questions=QUESTIONS, max_new_tokens=4)
+    assert asked.evidence == by_hand.evidence == "3 questions × 4 layers"
+    assert np.allclose(asked.ratio, by_hand.ratio, atol=1e-5) and asked.indices == by_hand.indices
+    # the same activations up to the median they are divided by (the caches' rows include their answers)
+    assert np.allclose(asked.activation, by_hand.activation, rtol=0.02) and (asked.dims == by_hand.dims).mean() > 0.99
+    # image tokens come before the question: their activations are the same whatever is asked
+    span = caches[0].inputs.image(0)
+    first, second = (c["resid_post", 3][0, span.start : span.end] for c in caches[:2])
+    assert torch.allclose(first, second, rtol=1e-5, atol=1e-4)  # float rounding only: values reach ~200
+    assert find_sinks(vision, picture=picture, max_new_tokens=2).evidence == "4 questions × 4 layers"
+
+
 def test_without_a_planted_sink_that_token_is_ordinary(vision, picture):
     caches = [vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1] for q in QUESTIONS]
     sinks = find_sinks(caches)
@@ -87,6 +178,8 @@ def test_without_a_planted_sink_that_token_is_ordinary(vision, picture):
         (dict(min_ratio=0.5), ValueError, "min_ratio must be at least 1"),
         (dict(min_consistency=2), ValueError, "min_consistency must be at most 1"),
         (dict(image=1), IndexError, "has 1 image"),
+        (dict(min_activation=0), ValueError, "min_activation must be greater than 0"),
+        (dict(picture="shapes.png"), ValueError, "picture= and questions= go with a Lab"),
     ],
 )
 def test_bad_sink_requests(vision, picture, kwargs, error, words):
@@ -95,6 +188,22 @@ def test_bad_sink_requests(vision, picture, kwargs, error, words):
         find_sinks([cache], **kwargs)
     with pytest.raises(ValueError, match="sinks must be 'mask', 'show'"):
         cache.image_heat(0, sinks="hide")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(), ValueError, r"asks questions about a picture: pass it, find_sinks\(lab, picture=picture\)"),
+        (dict(questions=[]), ValueError, "questions is empty"),
+        (dict(questions="Describe it."), TypeError, "wrap it in a list"),
+        (dict(image=1), ValueError, "asks about one picture, image 0; got image=1: drop image="),
+    ],
+)
+def test_bad_requests_of_a_lab(vision, picture, kwargs, error, words):
+    if "image" in kwargs or "questions" in kwargs:
+        kwargs = {"picture": picture, **kwargs}
+    with pytest.raises(error, match=words):
+        find_sinks(vision, **kwargs)
 
 
 # --- the patch lens ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from PIL import Image
 
 from phi3lab.colours import DIVERGING, scale
 from phi3lab.inspect.memory import MemoryLimitError
+from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
 from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer, _base
 from phi3lab.views.widgets._base import OFFLINE_BYTES, MessageLog, display_mode, module_source, state_bytes, stylesheet
 from phi3lab.views.widgets.attention import strip_items
@@ -29,6 +30,12 @@ QUESTION = "<|image_1|>\nWhat colour is the triangle?"
 def vcache(vision, picture):
     _, cache = vision.generate_with_cache(QUESTION, [picture], max_new_tokens=6)
     return cache
+
+
+@pytest.fixture(scope="module")
+def vsinks(vision, picture):
+    """The picture's sinks found across five questions (the cache's own and DEFAULT_QUESTIONS)."""
+    return find_sinks(vision, picture=picture, questions=[QUESTION, *DEFAULT_QUESTIONS])
 
 
 @pytest.fixture(scope="module")
@@ -279,8 +286,8 @@ def test_patch_interaction_is_small_and_changes_the_overlay(vcache):
     assert state_bytes(explorer) < 512 * 1024
 
 
-def test_patch_offline_payload_holds_every_answer_token(vcache):
-    explorer = PatchExplorer(vcache)
+def test_patch_offline_payload_holds_every_answer_token(vcache, vsinks):
+    explorer = PatchExplorer(vcache, found=vsinks)
     saved, shown = explorer.offline["payloads"]["attention"], explorer.offline["shown"]
     assert sorted(map(int, saved)) == sorted(map(int, shown)) == list(range(len(explorer.targets)))
     explorer.show(target=2)
@@ -296,13 +303,13 @@ def _cell_indices(heat, view, width):
     return sorted(r * width + c for v, r, c in heat.sink_cells() if v == view)
 
 
-def test_patch_explorer_masks_and_outlines_the_sinks_image_heat_masks(vcache):
+def test_patch_explorer_masks_and_outlines_the_sinks_image_heat_masks(vcache, vsinks):
     from phi3lab.views.plotting import SINK_OUTLINE
 
-    explorer = PatchExplorer(vcache)
+    explorer = PatchExplorer(vcache, found=vsinks)
     target = explorer.target
     row = vcache.answer_rows[target]
-    masked = vcache.image_heat(0, rows=[row])
+    masked = vcache.image_heat(0, rows=[row], found=vsinks)
     assert masked.sinks and masked.masked, "the tiny model's picture has sinks; without them this test proves nothing"
     cells = explorer.sink_cells
     assert cells["colour"] == SINK_OUTLINE
@@ -316,7 +323,7 @@ def test_patch_explorer_masks_and_outlines_the_sinks_image_heat_masks(vcache):
     assert f"holding {masked.masked_mass:.3f} of this row's attention" in explorer.sink_info
 
     explorer.sinks = "show"
-    shown = vcache.image_heat(0, rows=[row], sinks="show")
+    shown = vcache.image_heat(0, rows=[row], sinks="show", found=vsinks)
     glob = decode(explorer.heat_global, explorer.scale).reshape(12, 12)
     assert explorer.scale["vmax"] == pytest.approx(max(shown.crops.max(), shown.global_view.max()))
     assert np.allclose(glob, shown.global_view, atol=explorer.scale["vmax"] / 255)
@@ -324,11 +331,39 @@ def test_patch_explorer_masks_and_outlines_the_sinks_image_heat_masks(vcache):
     assert "sink token(s) masked" not in explorer.to_text() and "shown, holding" in explorer.to_text()
 
     explorer.show(target=target, source="rollout", sinks="mask")
-    rolled = vcache.image_heat(0, rows=[row], source="rollout")
+    rolled = vcache.image_heat(0, rows=[row], source="rollout", found=vsinks)
     top = explorer.scale["vmax"]
     assert top == pytest.approx(max(rolled.crops.max(), rolled.global_view.max()), rel=1e-5)
     assert np.allclose(decode(explorer.heat_global, explorer.scale).reshape(12, 12), rolled.global_view, atol=top / 255)
     assert "of this row's rolled-out attention" in explorer.sink_info
+
+
+def test_on_one_questions_evidence_the_patch_explorer_masks_nothing_and_says_why(vcache, vsinks):
+    explorer = PatchExplorer(vcache)  # the cache's own sinks: one question, no massive activations
+    row = vcache.answer_rows[explorer.target]
+    own = vcache.sinks(0)
+    assert not own.indices and own.candidates, "one question gives candidates here; without them this proves nothing"
+    assert explorer.sink_cells["crops"] == explorer.sink_cells["global"] == [] and explorer.offline["shown"] == {}
+    raw = vcache.image_heat(0, rows=[row], sinks="show")
+    glob = decode(explorer.heat_global, explorer.scale).reshape(12, 12)
+    assert np.allclose(glob, raw.global_view, atol=explorer.scale["vmax"] / 255)
+    assert explorer.scale["vmax"] == pytest.approx(max(raw.crops.max(), raw.global_view.max()))
+    k = len(own.candidates)
+    for text in (explorer.sink_info, explorer.to_text()):
+        assert "none masked — the evidence is one question (1 question × 4 layers)" in text
+        assert f"{k} candidate token{'s' if k != 1 else ''}" in text
+        assert "found=find_sinks(lab, picture=picture)" in text
+    assert PatchExplorer(vcache, found=vsinks).sink_cells["global"], "across questions the sinks are masked"
+
+
+def test_the_patch_explorer_refuses_sinks_of_another_picture(vision, vcache, vsinks):
+    with pytest.raises(ValueError, match="found must be a Sinks from find_sinks"):
+        PatchExplorer(vcache, found=[189])
+    _, other = vision.generate_with_cache(QUESTION, [Image.new("RGB", (700, 300), "white")], max_new_tokens=2)
+    with pytest.raises(
+        ValueError, match=r"belong to picture 1 with 313 tokens of another size, not picture 1 \(700×300, 313 tokens\)"
+    ):
+        PatchExplorer(other, found=vsinks)
 
 
 def test_a_bad_sinks_value_in_the_browser_falls_back_to_masked(vcache):

@@ -292,13 +292,14 @@ class Cache:
             layers, heads: what to average (default: everything kept).
             rows: ``"answer"`` (default), ``"all"``, or row indices.
             source: ``"attention"`` (raw attention, averaged) or ``"rollout"``.
-            sinks: ``"mask"`` (default: the picture's attention sinks, :meth:`sinks`, are masked out and
-                their mass reported), ``"show"`` (kept, still listed) or a :class:`~phi3lab.inspect.sinks.Sinks`
-                found over several questions (masked).
+            sinks: ``"mask"`` (default: the picture's attention sinks are masked out and their mass reported),
+                ``"show"`` (kept, still listed) or a :class:`~phi3lab.inspect.sinks.Sinks` (masked).
             found: which sinks ``"mask"`` or ``"show"`` means: a :class:`~phi3lab.inspect.sinks.Sinks` from
-                :func:`~phi3lab.inspect.sinks.find_sinks` over several questions (default: this cache's own, whose
-                evidence is one question — where the answer looks hard in every layer, the asked-about part
-                itself may pass).
+                :func:`~phi3lab.inspect.sinks.find_sinks` over several questions (``find_sinks(lab,
+                picture=picture)``).  Default: this cache's own (:meth:`sinks`), whose evidence is one question,
+                which confirms only tokens with massive activations; the tokens this question's answer merely
+                looks at hard (perhaps the asked-about object) are *candidates*, listed in the heat's text and
+                never masked.
         """
         from phi3lab.inspect.sinks import Sinks
 
@@ -316,23 +317,33 @@ class Cache:
         else:
             raise ValueError(f"sinks must be 'mask', 'show' or a Sinks from find_sinks, got {sinks!r}")
         span = self.inputs.image(image)
-        if found is not None and (found.image != image or len(found.tokens) != span.num_tokens):
-            raise ValueError(
-                f"these sinks belong to picture {found.image + 1} with {len(found.tokens)} tokens, not picture "
-                f"{image + 1} with {span.num_tokens}: find the sinks of this picture (find_sinks(caches, image={image}))"
-            )
+        if found is not None:
+            found.check(span)
         if source == "attention":
             row = self.mean_attention(layers, heads, rows)
         elif source == "rollout":
             row = self.rollout(rows).mean(0)
         else:
             raise ValueError(f"source must be 'attention' or 'rollout', got {source!r}")
-        indices = found.indices if found is not None else ()
-        return image_heat(row, span.start, span.width, span.height, span.num_crops, indices, mask=sinks == "mask")
+        return image_heat(
+            row,
+            span.start,
+            span.width,
+            span.height,
+            span.num_crops,
+            found.indices if found is not None else (),
+            mask=sinks == "mask",
+            candidates=found.candidates if found is not None else (),
+            evidence=found.evidence if found is not None else "",
+        )
 
     def sinks(self, image: int = 0, **kwargs):
-        """The attention sinks of picture ``image`` read from this cache alone (its layers as the evidence;
-        :func:`phi3lab.inspect.sinks.find_sinks` over several questions is stronger evidence)."""
+        """The attention sinks of picture ``image`` read from this cache alone: its layers are the evidence,
+        and they cover one question.  A sink draws attention whatever is asked, so from one question only
+        tokens whose activations are massive are sinks; the others the answer looks at hard are
+        :attr:`~phi3lab.inspect.sinks.Sinks.candidates` (never masked).  Ask several questions for sinks:
+        :func:`phi3lab.inspect.sinks.find_sinks` ``(lab, picture=picture)`` or ``(caches)``.  Keywords as
+        :func:`~phi3lab.inspect.sinks.find_sinks` (``min_ratio``, ``min_consistency``, ``min_activation``)."""
         from phi3lab.inspect.sinks import find_sinks
 
         return find_sinks([self], image, **kwargs)

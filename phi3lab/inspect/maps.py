@@ -184,6 +184,9 @@ class ImageHeat:
             (:mod:`phi3lab.inspect.sinks`), masked or not; figures outline their cells.
         masked: whether the sinks were masked out (their cells hold 0).
         masked_mass: the attention mass the masked sinks held (0 when not masked).
+        candidates: tokens one question's attention singles out but that are not sinks (perhaps what the
+            question asks about): drawn as they are, never masked nor outlined, named in :meth:`to_text`.
+        evidence: what the sinks were found from, e.g. ``"1 question × 4 layers"`` (``""``: not said).
     """
 
     crops: np.ndarray
@@ -195,6 +198,8 @@ class ImageHeat:
     sinks: tuple[int, ...] = ()
     masked: bool = False
     masked_mass: float = 0.0
+    candidates: tuple[int, ...] = ()
+    evidence: str = ""
 
     def sink_cells(self) -> list[tuple[str, int, int]]:
         """``(view, row, col)`` of the sink tokens that are cells (``"crops"`` or ``"global"``)."""
@@ -228,13 +233,20 @@ class ImageHeat:
             f"crops {self.crops.sum():.3f}, global view {self.global_view.sum():.3f}, "
             f"separators {self.separators:.3f}"
         ]
+        found = f" (found from {self.evidence})" if self.evidence else ""
         if self.sinks and self.masked:
             lines.append(
-                f"  {len(self.sinks)} sink token(s) masked, holding {self.masked_mass:.3f} of the mass "
+                f"  {len(self.sinks)} sink token(s){found} masked, holding {self.masked_mass:.3f} of the mass "
                 "(image_heat(..., sinks='show') keeps them)"
             )
         elif self.sinks:
-            lines.append(f"  {len(self.sinks)} sink token(s) shown (outlined in figures)")
+            lines.append(f"  {len(self.sinks)} sink token(s){found} shown (outlined in figures)")
+        if self.candidates:
+            lines.append(
+                f"  no sink masked for {len(self.candidates)} candidate token(s){found}: one question's answer "
+                "looks at them hard, which a sink and the asked-about object both do; ask several questions "
+                "(image_heat(..., found=find_sinks(lab, picture=picture)))"
+            )
         for name, grid in (("crops", self.crops), ("global", self.global_view)):
             flat = np.argsort(grid.reshape(-1))[::-1][:top]
             cells = ", ".join(f"({i // grid.shape[1]},{i % grid.shape[1]}) {grid.reshape(-1)[i]:.3f}" for i in flat)
@@ -243,7 +255,16 @@ class ImageHeat:
 
 
 def image_heat(
-    row: torch.Tensor | np.ndarray, start: int, width: int, height: int, num_crops: int, sinks=(), mask: bool = True
+    row: torch.Tensor | np.ndarray,
+    start: int,
+    width: int,
+    height: int,
+    num_crops: int,
+    sinks=(),
+    mask: bool = True,
+    *,
+    candidates=(),
+    evidence: str = "",
 ) -> ImageHeat:
     """Spread one attention row's mass on an image run over the crop and global-view grids.
 
@@ -253,6 +274,7 @@ def image_heat(
         width, height, num_crops: the image's size and crop budget (as processed).
         sinks: indices in the image's run of its attention sinks; with ``mask`` their mass is reported,
             not drawn.
+        candidates, evidence: passed on to the :class:`ImageHeat` (candidates are never masked).
     """
     row = np.asarray(torch.as_tensor(row).float().cpu()).copy()
     sinks = tuple(sorted({int(i) for i in sinks}))
@@ -275,7 +297,19 @@ def image_heat(
             glob[t.row, t.col] = value
         else:
             separators += value
-    return ImageHeat(crops, glob, separators, width, height, num_crops, sinks, bool(mask and sinks), masked_mass)
+    return ImageHeat(
+        crops,
+        glob,
+        separators,
+        width,
+        height,
+        num_crops,
+        sinks,
+        bool(mask and sinks),
+        masked_mass,
+        tuple(int(i) for i in candidates),
+        evidence,
+    )
 
 
 def rows_text(weights: torch.Tensor, table, rows=None, top: int = 3) -> str:

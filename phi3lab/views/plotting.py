@@ -159,7 +159,9 @@ def image_attention(
     Where a cell gets little or no attention a neutral veil covers the picture; the veil lifts as the
     cell's share rises and is gone at ``vmax`` (default: the strongest cell of *both* views, crops and
     global, so the two figures of one picture share a scale).  Nothing is tinted, so an orange square
-    stays orange.  The colour bar maps the veil to the numbers.
+    stays orange.  The colour bar maps the veil to the numbers.  The heat's attention sinks are outlined dotted
+    grey, masked or shown (the legend says which); one question's *candidates* (``heat.candidates``: tokens the
+    answer looks at hard, perhaps the asked-about object) are neither masked nor outlined.
     """
     fig, ax = _axes(ax, _picture_size(1.25 * image.width, image.height))  # a quarter more for the colour bar
     s = scale(heat.crops, heat.global_view, kind="share", label=f"{SHARE} per cell", vmax=vmax)
@@ -173,7 +175,8 @@ SINK_OUTLINE = "#6b7280"  # grey: a sink is a property of the model, not a value
 
 
 def _outline_sinks(ax, heat, view: str) -> None:
-    """Dotted grey outlines on the attention sinks' cells of ``view`` (masked ones say so in the legend)."""
+    """Dotted grey outlines on the attention sinks' cells of ``view`` (masked ones say so in the legend);
+    candidates are not sinks and get none."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 

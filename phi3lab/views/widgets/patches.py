@@ -19,9 +19,12 @@ attribution's scores on the cells).  Both views share one scale, drawn with its 
 
 **Sinks.**  A few image tokens draw attention whatever is asked (:mod:`phi3lab.inspect.sinks`); the
 attention and rollout views mask them by default — the same tokens :meth:`~phi3lab.inspect.cache.Cache.image_heat`
-masks (:meth:`~phi3lab.inspect.cache.Cache.sinks`) — and outline their cells in the neutral grey of the
-figures (:data:`phi3lab.views.plotting.SINK_OUTLINE`); a toggle shows them, and a line says how many
-tokens they are and how much of the row's attention they hold.
+masks — and outline their cells in the neutral grey of the figures (:data:`phi3lab.views.plotting.SINK_OUTLINE`);
+a toggle shows them, and a line says how many tokens they are and how much of the row's attention they hold.
+Which sinks: ``found=`` (a :class:`~phi3lab.inspect.sinks.Sinks` from ``find_sinks(lab, picture=picture)``,
+several questions), else the cache's own (:meth:`~phi3lab.inspect.cache.Cache.sinks`), whose evidence is one
+question: that confirms only tokens with massive activations, so on a model without them nothing is masked and
+the line says so, naming the candidates the answer merely looks at hard (perhaps the asked-about object).
 
 **The patch lens** (``source="lens"``): each cell's top next token under the logit lens
 (:func:`phi3lab.inspect.patch_lens.patch_lens`), printed on the cell for the layer a slider chooses, fainter
@@ -115,13 +118,16 @@ class PatchView:
         image: 0-based image index.
         attribution: optional; an object with ``target_tokens`` and ``image_map(image)`` (see
             :mod:`phi3lab.views.widgets.attribution`) whose maps become the ``"attribution"`` source.
+        found: the sinks to mask or show: a :class:`~phi3lab.inspect.sinks.Sinks` of this picture (default
+            the cache's own, from one question: see :meth:`~phi3lab.inspect.cache.Cache.sinks`).
 
     Raises:
-        TypeError: not a Cache. ValueError: no captured attention, or no image (a text model).
+        TypeError: not a Cache. ValueError: no captured attention, no image (a text model), or ``found``
+            not the sinks of this picture.
         IndexError: ``image`` out of range (the message lists the images there are).
     """
 
-    def __init__(self, cache, image: int = 0, attribution=None):
+    def __init__(self, cache, image: int = 0, attribution=None, found=None):
         self.cache = check_cache(cache, "PatchExplorer")
         self.span = _check_image(cache, image, "PatchExplorer")
         span = self.span
@@ -156,7 +162,7 @@ class PatchView:
             from phi3lab.views.widgets.attribution import image_grids
 
             self._maps = image_grids(attribution, image, self)
-        self.sinks = cache.sinks(image)  # the same sinks cache.image_heat(image) masks
+        self.sinks = _sinks_of(cache, image, found)  # the same sinks cache.image_heat(image, found=found) masks
         self.sink_pos = np.array([span.start + i for i in self.sinks.indices], dtype=np.int64)
         self.lens_blocker = _lens_blocker(cache, span)
         self._lens = None  # the PatchLens, read once when first asked for
@@ -221,6 +227,8 @@ class PatchView:
             tuple(self.sinks.indices),
             masked,
             mass,
+            tuple(self.sinks.candidates),
+            self.sinks.evidence,
         )
 
     def scale_of(self, heat: ImageHeat, source: str) -> Scale:
@@ -281,7 +289,16 @@ class PatchView:
     def sink_line(self, target: int, source: str = "attention", layer: int = -1, sinks: str = "mask") -> str:
         """One line: how many sink tokens, masked or shown, and how much of this row's attention they hold."""
         found = self.sinks
-        rule = f"sink: ≥ {found.min_ratio:g}× the uniform share in ≥ {found.min_consistency:.0%} of {found.evidence}"
+        rule = found.rule
+        if not found.indices and found.candidates:
+            k = len(found.candidates)
+            return (
+                f"sinks: none masked — the evidence is one question ({found.evidence}), and a sink draws attention "
+                f"whatever is asked; {k} candidate token{'s' if k != 1 else ''} this answer looks at hard "
+                f"{'are' if k != 1 else 'is'} drawn as {'they are' if k != 1 else 'it is'} (perhaps what the "
+                "question asks about): PatchExplorer(cache, found=find_sinks(lab, picture=picture)) masks sinks "
+                "found across questions"
+            )
         if not found.indices:
             return f"sinks: none on this picture ({rule})"
         cells = self.sink_cells()
@@ -466,6 +483,20 @@ class PatchView:
         )
 
 
+def _sinks_of(cache, image: int, found):
+    """``found`` checked against picture ``image`` of ``cache``, or the cache's own sinks."""
+    from phi3lab.inspect.sinks import Sinks
+
+    if found is None:
+        return cache.sinks(image)
+    if not isinstance(found, Sinks):
+        raise ValueError(
+            f"found must be a Sinks from find_sinks(...) (e.g. find_sinks(lab, picture=picture)), got "
+            f"{type(found).__name__}"
+        )
+    return found.check(cache.inputs.image(image))
+
+
 def check_sinks(sinks) -> str:
     """``"mask"`` or ``"show"``, or a ValueError that names them."""
     if sinks not in SINK_MODES:
@@ -533,10 +564,14 @@ class PatchExplorer(PhiWidget):
             the patch lens at once, so a saved notebook's page shows it.
         lens_layer: the lens's layer (negative counts from the last; default the last).
         sinks: ``"mask"`` (default; as :meth:`~phi3lab.inspect.cache.Cache.image_heat`) or ``"show"``.
+        found: which sinks: a :class:`~phi3lab.inspect.sinks.Sinks` of this picture, e.g.
+            ``find_sinks(lab, picture=picture)`` over several questions (default the cache's own, from one
+            question, which masks only tokens with massive activations; the line under the picture says so).
 
     Raises:
-        ValueError: an unknown ``source`` or ``sinks``, or a source the cache cannot give (the lens needs
-            ``resid_post`` at every image position). IndexError: ``lens_layer`` not a layer of the cache.
+        ValueError: an unknown ``source`` or ``sinks``, a source the cache cannot give (the lens needs
+            ``resid_post`` at every image position), or ``found`` not the sinks of this picture.
+            IndexError: ``lens_layer`` not a layer of the cache.
     """
 
     _front = "patches"
@@ -562,9 +597,17 @@ class PatchExplorer(PhiWidget):
     offline = traitlets.Dict().tag(sync=True)
 
     def __init__(
-        self, cache, image: int = 0, attribution=None, *, source: str | None = None, lens_layer: int = -1, sinks="mask"
+        self,
+        cache,
+        image: int = 0,
+        attribution=None,
+        *,
+        source: str | None = None,
+        lens_layer: int = -1,
+        sinks="mask",
+        found=None,
     ):
-        self.view = PatchView(cache, image, attribution)
+        self.view = PatchView(cache, image, attribution, found)
         super().__init__(**self.view.initial(source, lens_layer, sinks))
         self.observe(self._update, names=["target", "source", "layer", "sinks", "lens_layer"])
 
