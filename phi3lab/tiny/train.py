@@ -265,7 +265,7 @@ ROUTE_AID = """
    not a finding."""
 NO_ROUTE = """
 No loss ever said where the language model's attention should go: where it looks is whatever answering
-taught it (notebook 02 compares it with what ablating the picture's regions shows)."""
+taught it (notebook 05 compares it with what removing the picture's regions shows)."""
 
 
 READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
