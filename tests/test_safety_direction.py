@@ -91,6 +91,25 @@ def test_projection_separates_the_classes_and_plots(tiny, direction):
     matplotlib.use("Agg")
     fig, ax = plot_projection(values, [p.kind == "harmful" for p in TEST], [p.category for p in TEST])
     assert len(ax.get_yticks()) == 5
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["refused", "complied"]  # two-way: bools
+
+
+def test_projection_plot_draws_the_three_verdicts_in_the_report_colours():
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    from phi3lab.safety.report import VERDICT_COLOURS
+
+    matplotlib.use("Agg")
+    verdicts = ["declined", "off-topic", "complied", "declined"]
+    fig, ax = plot_projection([3.0, -1.0, -2.0, 2.0], verdicts, ["a", "b", "b", "a"])
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["declined", "off-topic", "complied"]
+    drawn = {c.get_label(): to_hex(c.get_facecolor()[0]) for c in ax.collections}
+    assert drawn == {v: VERDICT_COLOURS[v] for v in ("declined", "off-topic", "complied")}
+    assert sorted(x for c in ax.collections if c.get_label() == "declined" for x, _ in c.get_offsets()) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="outcomes must be verdicts.*r\\['verdict'\\]"):
+        plot_projection([1.0], ["refused?"])
 
 
 def test_evaluate_direction_generates_with_and_without(tiny, direction):

@@ -106,3 +106,17 @@ def test_a_quick_look_keeps_the_first_probes_of_each_category_and_kind(reader):
     assert len(keys) == len(set(keys)) and len({c for c, _ in keys}) == 5  # one per category and kind
     with pytest.raises(ValueError, match="limit must be at least 1"):
         image_borne(reader, "tiny", limit=0)
+
+
+@pytest.mark.parametrize("env, show, shown", [(None, True, True), ("1", True, False), (None, False, False)])
+def test_the_progress_bar_follows_tqdm_disable(monkeypatch, env, show, shown):
+    """TQDM_DISABLE=1 (CI, nbval, the notebook refresh) turns the bar off, as in sweep: an explicit disable=
+    would otherwise override tqdm's own reading of it, and a refreshed notebook would store a stale widget."""
+    from phi3lab.safety import image_probes
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    if env:
+        monkeypatch.setenv("TQDM_DISABLE", env)
+    bar = image_probes._bar(3, show, "image-borne probes")
+    assert (not bar.disable) == shown
+    bar.close()

@@ -134,6 +134,28 @@ def test_text_and_plots(results):
 
     fig, ax = plt.subplots()
     assert rep.plot_rates(ax=ax)[1] is ax
+
+
+def test_attack_success_plot_splits_each_transform_into_the_three_verdicts(results):
+    from matplotlib.colors import to_hex
+
+    from phi3lab.safety.report import VERDICT_COLOURS
+
+    rep = report(results)
+    fig, ax = rep.plot_attack_success()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["complied", "declined", "off-topic"]
+    attacks = rep.attack_success()[::-1]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == [a["transform"] for a in attacks]
+    bars = {}  # (transform, colour) -> width
+    for patch in ax.patches:
+        row = round(patch.get_y() + patch.get_height() / 2)
+        bars[(names[row], to_hex(patch.get_facecolor()))] = patch.get_width()
+    for a in attacks:
+        assert bars[(a["transform"], VERDICT_COLOURS["complied"])] == pytest.approx(a["rate"])
+        assert bars[(a["transform"], VERDICT_COLOURS["declined"])] == pytest.approx(a["declined"] / a["n"])
+        assert bars[(a["transform"], VERDICT_COLOURS["off-topic"])] == pytest.approx(a["off_topic"] / a["n"])
+    assert "complied" in ax.get_xlabel() and "complied" in ax.get_title()
     assert report(Results([])).to_text() == "no results"
 
 

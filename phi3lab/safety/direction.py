@@ -523,30 +523,51 @@ def evaluate_direction(
     )
 
 
-def plot_projection(values: Sequence[float], refused: Sequence[bool], groups: Sequence[str] | None = None, ax=None):
-    """Projections on the direction, one dot per prompt, coloured by refused / complied (a strip per group)."""
+def plot_projection(values: Sequence[float], outcomes: Sequence, groups: Sequence[str] | None = None, ax=None):
+    """Projections on the direction, one dot per prompt (a strip per group), coloured by what the model did.
+
+    Args:
+        values: each prompt's projection (:meth:`RefusalDirection.project`).
+        outcomes: per prompt, the detector's verdict — ``"declined"``, ``"off-topic"`` or ``"complied"``
+            (a results row's ``verdict``), drawn in the reports' colours — or a bool (``True``: refused, i.e.
+            not complied; the two-way ``refused`` of older results files).
+        groups: per prompt, the strip it is drawn in (default: one strip).
+    """
     import matplotlib.pyplot as plt
 
-    values, refused = list(values), list(refused)
+    from phi3lab.safety.report import VERDICT_COLOURS
+
+    values, outcomes = list(values), list(outcomes)
     groups = list(groups) if groups is not None else ["all"] * len(values)
-    if not (len(values) == len(refused) == len(groups)):
+    if not (len(values) == len(outcomes) == len(groups)):
         raise ValueError(
-            f"values, refused and groups must be one per prompt; got {len(values)}, {len(refused)} and {len(groups)}"
+            f"values, outcomes and groups must be one per prompt; got {len(values)}, {len(outcomes)} and {len(groups)}"
         )
+    two_way = {True: "refused", False: "complied"}
+    bad = [o for o in outcomes if not (isinstance(o, bool) or o in VERDICTS)]
+    if bad:
+        raise ValueError(
+            f"outcomes must be verdicts ({', '.join(map(repr, VERDICTS))}) or bools (True: refused), got {bad[0]!r}; "
+            "pass [r['verdict'] for r in results.rows]"
+        )
+    labels = [two_way[o] if isinstance(o, bool) else o for o in outcomes]
+    colours = {**VERDICT_COLOURS, "refused": VERDICT_COLOURS["declined"]}
     names = list(dict.fromkeys(groups))
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 0.45 * len(names) + 1.4))
     jitter = torch.Generator().manual_seed(0)
-    for refused_value, colour, label in ((True, "#4c72b0", "refused"), (False, "#c44e52", "complied")):
+    for label in ("refused", *VERDICTS):
         xs, ys = [], []
-        for v, r, g in zip(values, refused, groups):
-            if bool(r) == refused_value:
+        for v, o, g in zip(values, labels, groups):
+            if o == label:
                 xs.append(v)
                 ys.append(names.index(g) + 0.3 * (float(torch.rand(1, generator=jitter)) - 0.5))
-        ax.scatter(xs, ys, s=12, alpha=0.7, color=colour, label=label)
+        if xs:
+            ax.scatter(xs, ys, s=12, alpha=0.7, color=colours[label], label=label)
+    ax.axvline(0, color="black", lw=0.6, ls=":")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()  # the first group on top
-    ax.set_xlabel("projection on the refusal direction")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xlabel("projection on the refusal direction (dotted: 0)")
+    ax.legend(fontsize=7, loc="lower left", title="what the model did", title_fontsize=7)
     ax.set_title("Each prompt on the refusal direction, by what the model did")
     fig.tight_layout()
     return fig, ax

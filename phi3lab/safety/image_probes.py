@@ -27,6 +27,7 @@ anything with ``answer(conversations)`` that takes image parts, such as
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Sequence
 
@@ -132,9 +133,12 @@ def _answers(target, typed: list[str], pictures: list, questions: list[str], pro
 
 
 def _bar(total: int, show: bool, what: str):
+    """A progress bar, off when ``show`` is false or ``TQDM_DISABLE=1`` (CI, nbval, the notebook refresh) — an
+    explicit ``disable=`` would otherwise override tqdm's own reading of that variable."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=what, unit="answer", disable=not show, leave=False)
+    off = not show or os.environ.get("TQDM_DISABLE") == "1"
+    return tqdm(total=total, desc=what, unit="answer", disable=off, leave=False)
 
 
 def _step(bar, value):

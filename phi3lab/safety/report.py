@@ -33,7 +33,10 @@ from collections import Counter
 
 from phi3lab.safety.results import KINDS, VERDICTS, Results, ResultsFileError, read_results, row_problem
 
-__all__ = ["Report", "report", "wilson", "redact"]
+__all__ = ["Report", "report", "wilson", "redact", "VERDICT_COLOURS"]
+
+VERDICT_COLOURS = {"declined": "#4c72b0", "off-topic": "#bdbdbd", "complied": "#dd8452"}
+"""One colour per verdict in every safety plot (blue declined, grey off-topic, orange complied; colour-blind safe)."""
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -344,8 +347,9 @@ class Report:
         import matplotlib.pyplot as plt
 
         rows = self.rates()
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.6))
-        colours = {"declined": "#4c72b0", "off-topic": "#bdbdbd", "complied": "#dd8452"}
+        bars = sum(bool(row[f"{kind}_n"]) for row in rows for kind in KINDS)
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(8.0, 0.72 * bars + 1.2), 3.6))
+        colours = VERDICT_COLOURS
         positions, labels, x = [], [], 0.0
         for row in rows:
             for kind in KINDS:
@@ -372,22 +376,24 @@ class Report:
         return fig, ax
 
     def plot_attack_success(self, ax=None):
-        """Attack success per transform (harmful probes complied with), with Wilson 95% intervals."""
+        """Per transform, the harmful probes as one bar split into complied (attack success, with its Wilson 95%
+        interval), declined and off-topic."""
         import matplotlib.pyplot as plt
 
-        attacks = self.attack_success()
-        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 0.35 * len(attacks) + 1.2))
-        names = [a["transform"] for a in attacks][::-1]
-        rates = [a["rate"] for a in attacks][::-1]
-        err = [
-            [max(a["rate"] - a["ci"][0], 0) for a in attacks][::-1],
-            [max(a["ci"][1] - a["rate"], 0) for a in attacks][::-1],
-        ]
-        colours = ["#c44e52" if r > 0.5 else "#8c8c8c" for r in rates]
-        ax.barh(names, rates, xerr=err, color=colours, capsize=2, error_kw={"lw": 0.8})
+        attacks = self.attack_success()[::-1]  # the first transform on top
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.5, 0.35 * len(attacks) + 1.6))
+        names = [a["transform"] for a in attacks]
+        left = [0.0] * len(attacks)
+        for verdict, key in (("complied", "k"), ("declined", "declined"), ("off-topic", "off_topic")):
+            shares = [a[key] / a["n"] for a in attacks]
+            ax.barh(names, shares, left=left, color=VERDICT_COLOURS[verdict], label=verdict)
+            left = [x + y for x, y in zip(left, shares)]
+        err = [[max(a["rate"] - a["ci"][0], 0) for a in attacks], [max(a["ci"][1] - a["rate"], 0) for a in attacks]]
+        ax.errorbar([a["rate"] for a in attacks], names, xerr=err, fmt="none", color="black", capsize=2, lw=0.8)
         ax.set_xlim(0, 1.02)
-        ax.set_xlabel("attack success (harmful probes complied with)")
-        ax.set_title("Which transforms get through")
+        ax.set_xlabel("share of harmful probes (complied = attack success, Wilson 95%)")
+        ax.set_title("Which transforms get through: harmful probes complied with", fontsize=10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         fig.tight_layout()
         return fig, ax
 
