@@ -197,11 +197,22 @@ def test_batches_and_the_prefix_cache_change_nothing(tiny, ada):
 
 
 @pytest.mark.parametrize("method", ["ablation", "shapley", "ig"])
-def test_the_name_word_carries_the_name_token(tiny, ada, method):
-    attr = ada if method == "ablation" else attribute(tiny, ADA, units="words", method=method, progress=False)
+def test_the_name_word_carries_the_name_token(tiny, method):
+    """Said once, the name is what every method credits for the name token."""
+    attr = attribute(tiny, "My name is Ada. What is my name?", units="words", method=method, progress=False)
     assert attr.target_text == "Your name is Ada." and attr.target_tokens[-1] == "▁Ada."
     unit, score = attr.top(1, token="Ada.")[0]
-    assert (unit.label, unit.where) == ("Ada.", "user 1") and score > 0
+    assert (unit.label, unit.where) == ("Ada.", "user 1") and score > 1
+
+
+def test_a_name_said_twice_hides_from_one_at_a_time_ablation(tiny, ada):
+    """Said by the user and echoed by the assistant, removing either copy leaves the other: ablation gives
+    both about nothing (noise), while Shapley, averaging over orders of removal, credits the user's copy."""
+    shapley = attribute(tiny, ADA, units="words", method="shapley", n_samples=10, progress=False)
+    user, echo = ada.labels.index("Ada."), ada.labels.index("Ada!")
+    assert float(ada.row("Ada.")[[user, echo]].abs().max()) < 1e-3
+    unit, score = shapley.top(1, token="Ada.")[0]
+    assert (unit.label, unit.where) == ("Ada.", "user 1") and score > 0.5
 
 
 def test_the_asked_about_shape_carries_the_picture(vision, star):
@@ -266,7 +277,7 @@ def test_deletion_and_insertion_curves(tiny):
 def test_text_html_and_captum_views(ada):
     text = ada.to_text()
     assert "ablation (FeatureAblation) over 14 units (words); target 'Your name is Ada.'" in text
-    assert "'▁Ada.'        'Ada.' (user 1)" in text and "<unk>" in text
+    assert "per target token, its top unit:" in text and "'▁Ada.'        'Ada" in text and "<unk>" in text
     page = ada.to_html()
     assert "<script" not in page and "http" not in page and 'title="&#x27;Ada.&#x27; (user 1)' in page
     result = ada.captum

@@ -3,10 +3,7 @@
     >>> import phi3lab
     >>> from phi3lab.attribution import attribute
     >>> lab = phi3lab.load("tiny", verbose=False)
-    >>> chat = [{"role": "user", "content": "Hi! My name is Ada."},
-    ...         {"role": "assistant", "content": "Nice to meet you, Ada!"},
-    ...         {"role": "user", "content": "What is my name?"}]
-    >>> attr = attribute(lab, chat, units="words")          # the model's own answer, FeatureAblation
+    >>> attr = attribute(lab, "My name is Ada. What is my name?", units="words")  # its own answer, FeatureAblation
     >>> attr.target_text, attr.top(1, token="Ada.")[0][0].name
     ('Your name is Ada.', "'Ada.' (user 1)")
 
