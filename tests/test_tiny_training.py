@@ -184,6 +184,20 @@ def test_vision_training_is_deterministic_and_keeps_the_probe_out(tmp_path, caps
     assert lab.spec.modality == "vision"
 
 
+@pytest.mark.slow
+def test_training_further_starts_from_the_base_and_is_deterministic(tmp_path, capsys):
+    base = embedded_dir() / "phi3lab-tiny-vision"
+    runs = [train_vision.train_further(tmp_path / name, base, steps=2, batch_size=2) for name in ("a", "b")]
+    a, b = (load_file(str(r / "model.safetensors")) for r in runs)
+    start = load_file(str(base / "model.safetensors"))
+    assert a.keys() == b.keys() == start.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    moved = [k for k in a if not torch.equal(a[k], start[k])]
+    assert moved and all((a[k] - start[k]).abs().max() < 0.05 for k in a)  # two small steps from the base
+    assert "training" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not a tiny vision checkpoint"):
+        train_vision.train_further(tmp_path / "c", embedded_dir() / "phi3lab-tiny", steps=1, batch_size=1)
+
+
 def test_question_parts_name_what_each_question_is_about():
     ex = next(e for e in vision_data.examples(30, 3, "test") if e.family == "shapes" and len(e.part_attributes) == 2)
     for question, answer in [(ex.question, ex.answer), *ex.more]:

@@ -172,7 +172,10 @@ def train_text(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.train", description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=["text", "vision", "vision-reader"])
+    parser.add_argument("which", choices=["text", "vision", "vision-further", "vision-reader"])
+    parser.add_argument(
+        "--base", type=Path, default=None, help="vision-further: the vision checkpoint to train further"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
@@ -185,6 +188,15 @@ def main(argv: list[str] | None = None) -> None:
 
         out = args.out or embedded_dir() / "phi3lab-tiny-vision"
         train_vision.train(out, **({"steps": args.steps} if args.steps else {}))
+    elif args.which == "vision-further":
+        from phi3lab.tiny import train_vision
+
+        if args.base is None:
+            parser.error("vision-further needs --base, the folder of the vision checkpoint to train further")
+        out = args.out or embedded_dir() / "phi3lab-tiny-vision"
+        if out.resolve() == args.base.resolve():
+            parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
+        train_vision.train_further(out, args.base, **({"steps": args.steps} if args.steps else {}))
     else:
         from phi3lab.tiny import train_vision
 
@@ -268,6 +280,12 @@ No loss ever said where the language model's attention should go: where it looks
 taught it (notebook 05 compares it with what removing the picture's regions shows)."""
 
 
+FURTHER_DATA = """An earlier vision checkpoint (``--base``) trained further for {steps:,} steps of 8 pictures drawn on the fly
+(`phi3lab.tiny.vision_data.training_examples`, seed 1): layouts of one to four shapes, sizes 200–1,600 px, aspect
+ratios 1:3 to 3:1, tinted backgrounds, absent shapes, descriptions, landscapes and the older families; AdamW,
+learning rate 5e-4 (1e-3 for the vision tower and projector), warm-up 100 steps, cosine decay."""
+
+
 READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
 pictures, for the image-borne probes of `phi3lab.safety.image_probes`. Half the pictures are **benign reading**
 (`phi3lab.tiny.vision_data.reading`), words written large in black on white with PIL's default font (52–64 px,
@@ -296,6 +314,10 @@ def write_card(which: str, out: Path, results: str, seconds: float, steps: int |
     if which == "text":
         title, arch = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH
         data, aids = TEXT_DATA.format(steps=steps or TEXT_STEPS), TEXT_AIDS
+    elif which == "vision-further":
+        title, arch = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH
+        data = FURTHER_DATA.format(steps=steps or train_vision.FURTHER_STEPS)
+        aids = VISION_AIDS + ROUTE_AID.format(weight=0.2)
     elif which == "vision-reader":
         title, arch = "phi3lab-tiny-vision-reader: the tiny Phi-3-vision, trained to read", VISION_ARCH
         data = READER_DATA.format(steps=steps or train_vision.READER_STEPS)

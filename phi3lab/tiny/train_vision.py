@@ -645,6 +645,52 @@ def _training_answerer(model, processor, max_new_tokens: int = 40):
     return answer
 
 
+FURTHER_STEPS = 600
+
+
+def train_further(
+    out: Path,
+    base: Path,
+    steps: int = FURTHER_STEPS,
+    batch_size: int = 8,
+    lr: float = 5e-4,
+    seed: int = 1,
+    vision_lr_scale: float = 2.0,
+    dense_weight: float = 0.5,
+    route_weight: float = 0.2,
+) -> Path:
+    """Train an existing vision checkpoint (``base``) further on the current pictures
+    (:func:`phi3lab.tiny.vision_data.training_examples`, seed ``seed``), with the same aids as
+    :func:`train` (fresh read-outs; the routing loss at ``route_weight``) — how the shipped
+    ``phi3lab-tiny-vision`` was brought from one or two shapes to the pictures the project shows
+    (its model card).  Deterministic on one thread."""
+    from safetensors.torch import load_file
+
+    processor, model = _new_model(out, seed)
+    missing, unexpected = model.load_state_dict(load_file(str(Path(base) / "model.safetensors")), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{base} is not a tiny vision checkpoint: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.train()
+    stream = vision_data.training_examples(steps * batch_size, seed)
+    order = random.Random(f"vision-turns-{seed}")
+    print(f"training {base} further: {steps} steps of {batch_size} pictures drawn on the fly", flush=True)
+
+    def next_batch():
+        items = [
+            training_item(processor, next(stream), order, bool(dense_weight), bool(route_weight))
+            for _ in range(batch_size)
+        ]
+        return collate(items, build.pad_id())
+
+    def check(step):
+        acc = quick_accuracy(model, processor, n=32, new=16)
+        print(
+            f"  step {step:5d}  held-out check: " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in acc.items()), flush=True
+        )
+
+    return _fit(model, out, next_batch, steps, lr, vision_lr_scale, dense_weight, route_weight, check, 200)
+
+
 def train_reader(
     out: Path,
     steps: int = READER_STEPS,
