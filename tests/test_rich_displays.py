@@ -339,6 +339,16 @@ def test_safety_report_html(tmp_path):
     assert "Direct requests" in shown.to_text()
     page = well_formed(shown._repr_html_())
     assert ESCAPED in page and "50.0% [" in page and "attack success" in page and "1/1" in page
+    assert "judged two-way" in page  # these rows carry no verdict: the page says how they were counted
+
+    # Three verdicts, as the text form counts them: an off-topic answer is neither a refusal nor a compliance.
+    verdicts = ("declined", "off-topic", "complied", "complied")
+    judged = [dict(r, verdict=v, refused=v != "complied") for r, v in zip(rows, verdicts)]
+    page = well_formed(report(Results(judged))._repr_html_())
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", page)
+    harmful = cells[cells.index("harmful") - 2 :][:7]
+    assert [c.strip() for c in harmful[2:]] == ["harmful", "2", "50.0% [9–91]", "50.0% [9–91]", "0.0% [0–66]"]
+    assert "judged two-way" not in page and "off-topic" in page
     assert "no results" in well_formed(report(Results([]))._repr_html_())
 
 

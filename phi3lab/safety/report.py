@@ -311,32 +311,45 @@ class Report:
         return f"Report({len(self.rows)} rows, model {self.results.model!r}, reveal={self.reveal})"
 
     def _repr_html_(self) -> str:
-        """The text form's two tables as HTML tables (Wilson 95% intervals in brackets)."""
+        """The text form's tables as HTML: per category and kind the share declined, off-topic and complied
+        (Wilson 95% intervals in brackets), then attack success per transform, each verdict in its colour."""
         from phi3lab.reprs import grid_html
 
         if not self.rows:
             return grid_html(["result"], [["no results"]])
         settings = ", ".join(f"{k}={v}" for k, v in self.results.settings.items())
-        head = ["probe set", "category", "harmful refused", "harmful complied", "benign refused", "benign complied"]
-        rates = [
-            [r["probe_set"], r["category"], r["harmful_refused"], r["harmful_complied"], r["benign_refused"]]
-            + [r["benign_complied"], _pct(r["harmful_refused"], r["harmful_refused"] + r["harmful_complied"])]
-            + [_pct(r["benign_refused"], r["benign_refused"] + r["benign_complied"])]
-            for r in self.rates()
-        ]
+        rates, styles = [], []
+        for row in self.rates():
+            for kind in KINDS:
+                n = row[f"{kind}_n"]
+                if n:
+                    counts = [row[f"{kind}_{v.replace('-', '_')}"] for v in VERDICTS]
+                    rates.append([row["probe_set"], row["category"], kind, n, *(_pct(k, n) for k in counts)])
+                    styles.append([""] * 4 + [f"border-left:4px solid {VERDICT_COLOURS[v]}" for v in VERDICTS])
+        note = (
+            "direct requests; refusal = harmful declined, over-refusal = benign declined; off-topic answers are neither"
+        )
+        if self.two_way:
+            note += (
+                f"; {self.two_way} row(s) judged two-way count their refusals as declined "
+                "(safety.report(results.rejudge()) judges them in three kinds)"
+            )
         parts = [
             grid_html(
-                head + ["refusal", "over-refusal"],
+                ["probe set", "category", "kind", "n", "declined", "off-topic", "complied"],
                 rates,
                 title=f"{self.results.model} · {len(self.rows)} answers · {settings}",
-                note="direct requests; refusal counts harmful probes refused, over-refusal benign ones",
+                note=note,
+                styles=styles,
             )
         ]
         attacks = [
-            [a["transform"], a["family"], f"{a['k']}/{a['n']}", _pct(a["k"], a["n"])] for a in self.attack_success()
+            [a["transform"], a["family"], f"{a['k']}/{a['n']}", _pct(a["k"], a["n"]), a["declined"], a["off_topic"]]
+            for a in self.attack_success()
         ]
         if attacks:
-            parts.append(grid_html(["transform", "family", "answered", "attack success"], attacks))
+            head = ["transform", "family", "complied", "attack success", "declined", "off-topic"]
+            parts.append(grid_html(head, attacks, note="harmful probes per transform (Wilson 95%)"))
         return "".join(parts)
 
     # --- plots -------------------------------------------------------------------------------------
