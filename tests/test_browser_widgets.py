@@ -28,10 +28,14 @@ pytestmark = pytest.mark.browser
 INSTALL = "apt-get install -y chromium && pip install playwright==1.65.2 (no browser download: the test uses Debian's)"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
-SETUP = """\
+TESTS = str(Path(__file__).resolve().parent)
+SETUP = f"""\
+import sys
+sys.path.insert(0, {TESTS!r})  # sink_support: the model has no sinks of its own on this picture, so two are planted
 import phi3lab
 from PIL import Image
-from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
+from phi3lab.inspect.sinks import DEFAULT_QUESTIONS
+from sink_support import crop_and_global, planted_sinks
 from phi3lab.paths import data_dir
 from phi3lab.views.widgets import AttentionExplorer, AttributionView, ChatWidget, PatchExplorer
 text = phi3lab.load("tiny", verbose=False)
@@ -39,7 +43,9 @@ vision = phi3lab.load("tiny-vision", verbose=False)
 picture = Image.open(data_dir() / "images" / "shapes.png").convert("RGB")
 question = "<|image_1|>\\nWhat colour is the triangle?"
 _, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)
-sinks = find_sinks(vision, picture=picture, questions=[question, *DEFAULT_QUESTIONS])  # across five questions"""
+questions = ["What colour is the triangle?", *DEFAULT_QUESTIONS[:2]]
+sinks = planted_sinks(vision, picture, crop_and_global(vision, picture, questions[0]), questions)
+"""
 
 ATTRIBUTION = """\
 try:
@@ -84,17 +90,21 @@ KINDS = ("chat", "attention", "patches", "attribution")
 @pytest.fixture(scope="session")
 def expected():
     """What the notebook's patch explorers must draw, computed here from the same model, picture and question:
-    the sinks' cells (found across five questions, as the notebook's first patch explorer is given them) and
+    the sinks' cells (two planted, found across three questions, as the notebook's first patch explorer is
+    given them) and
     the patch lens's grids at every layer."""
+    from sink_support import crop_and_global, planted_sinks
+
     import phi3lab
     from phi3lab.inspect.patch_lens import patch_lens
-    from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
+    from phi3lab.inspect.sinks import DEFAULT_QUESTIONS
 
     vision = phi3lab.load("tiny-vision", verbose=False)
     picture = phi3lab.sample_image("shapes.png")
     question = "<|image_1|>\nWhat colour is the triangle?"
     _, cache = vision.generate_with_cache(question, [picture], max_new_tokens=6)
-    sinks = find_sinks(vision, picture=picture, questions=[question, *DEFAULT_QUESTIONS])
+    questions = ["What colour is the triangle?", *DEFAULT_QUESTIONS[:2]]
+    sinks = planted_sinks(vision, picture, crop_and_global(vision, picture, questions[0]), questions)
     lens = patch_lens(cache)
     grids = {
         layer: {view: lens.grid(layer, view).reshape(-1).tolist() for view in ("crops", "global")}
@@ -334,7 +344,7 @@ def check_sinks(page, expected, toggle=True):
     the same sinks found across questions."""
     from phi3lab.views.plotting import SINK_OUTLINE
 
-    assert expected["sinks"], "the tiny vision model's picture has sinks; without them this check proves nothing"
+    assert expected["sinks"], "two sinks are planted; without them this check proves nothing"
     grey = [int(SINK_OUTLINE[i : i + 2], 16) for i in (1, 3, 5)] + [255]
     widget = page.locator(".phi3lab-patches").first
     widget.locator(".phi3lab-toggles button[data-value='attention']").click()

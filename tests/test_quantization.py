@@ -161,3 +161,38 @@ def test_verify_on_a_quantized_model_states_the_difference(quantize):
     assert 0 < moved["logits"] < 5  # moved, but not far
     assert "(stated, not a check)" in result.to_text()
     assert not phi3lab.load("tiny", verbose=False).verify().quantized
+
+
+def _bf16_kernel() -> bool:
+    if not BACKENDS["nf4"]:
+        return False
+    from phi3lab.runtime.quantization import import_backend
+
+    return bool(import_backend("bitsandbytes").functional.has_avx512bf16())
+
+
+@needs("nf4")
+def test_nf4_layers_compute_in_the_models_dtype_on_every_cpu():
+    """bitsandbytes repacks NF4 weights for a bfloat16 kernel on CPUs with AVX512-BF16 (results would then
+    depend on the CPU); load switches that off, so a forward leaves the weights as loaded."""
+    lab = phi3lab.load("tiny", quantize="nf4", verbose=False)
+    lab.run_with_cache("What is 2 plus 3?")
+    layers = [m for m in lab.model.modules() if type(getattr(m, "weight", None)).__name__ == "Params4bit"]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
+@pytest.mark.skipif(not _bf16_kernel(), reason="this CPU has no AVX512-BF16: bitsandbytes never repacks here")
+def test_weight_of_reads_a_layer_repacked_for_the_bf16_kernel():
+    lab = phi3lab.load("tiny", quantize="nf4", verbose=False)
+    module = lab.model.get_submodule("model.layers.1.mlp.down_proj")
+    before = weight_of(module)
+    module.support_avx512bf16_for_cpu = True  # as bitsandbytes sets it on such a CPU
+    x = torch.randn(5, module.in_features)
+    with torch.no_grad():
+        out = module(x)
+    assert module.weight.quant_state.packing_format_for_cpu  # repacked: the codes are laid out anew
+    weight = weight_of(module)
+    assert weight.shape == before.shape
+    torch.testing.assert_close(weight.float(), before.float(), atol=0.02 * before.abs().max().item(), rtol=0)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, weight.to(x.dtype)), atol=0.05, rtol=0.02)

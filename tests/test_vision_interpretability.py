@@ -6,10 +6,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from sink_support import planted
 
 import phi3lab
 from phi3lab.inspect.causal import causal_map, compare_maps, spearman
-from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.patch_lens import WordReads, patch_lens, word_ids, word_reads
 from phi3lab.inspect.sinks import DEFAULT_QUESTIONS, find_sinks
 
@@ -20,34 +20,8 @@ QUESTIONS = ["What colour is the triangle?", "What is shown in this image?", "Wh
 
 
 def _planted(vision, picture, index: int, questions=QUESTIONS, massive: float = 0.0):
-    """Caches of ``questions`` with one image token made a sink: its keys scaled up in every layer, so
-    every query's score on it grows whatever is asked; with ``massive``, its residual stream after the
-    last layer (which no attention reads) also gets that many times the prompt's median in dimension 0."""
-    span = vision.encode(f"<|image_1|>\n{questions[0]}", [picture]).image(0)
-    last = vision.model.config.num_hidden_layers - 1
-
-    def louder(k, at):
-        k = k.clone()
-        hit = (at.positions == span.start + index).nonzero()
-        if hit.numel():
-            k[:, int(hit[0])] *= 8.0
-        return k
-
-    def loud(x, at):
-        hit = (at.positions == span.start + index).nonzero()
-        if hit.numel():
-            x = x.clone()
-            x[:, int(hit[0]), 0] = massive * float(x.abs().median())
-        return x
-
-    caches = []
-    for q in questions:
-        with Hooks(vision.model) as hooks:
-            hooks.edit("k", louder)
-            if massive:
-                hooks.edit("resid_post", loud, layers=[last])
-            caches.append(vision.generate_with_cache(f"<|image_1|>\n{q}", [picture], max_new_tokens=4)[1])
-    return caches
+    """Caches of ``questions`` with image token ``index`` made a sink (see ``sink_support``)."""
+    return planted(vision, picture, [index], questions, massive=massive)
 
 
 def test_a_planted_sink_is_found_and_masked(vision, picture):
@@ -120,13 +94,13 @@ def test_one_question_masks_nothing_on_the_triangle_it_asks_about(vision, pictur
     assert "0 sink tokens of 313" in candidate and "candidate (one question: ask more with find_sinks(lab" in candidate
     assert "activation ≥ 100× the prompt's median (one question)" in candidate
 
-    # across questions: the tokens drawn in most (question, layer) pairs are sinks, and are masked
+    # across questions the triangle's cells no longer pass: what one question looks at is not a sink
     across = find_sinks(vision, picture=picture, questions=[QUESTIONS[0], *DEFAULT_QUESTIONS])
     assert across.evidence == "5 questions × 4 layers" and across.candidates == ()
-    assert across.indices and all(across.tokens[i].kind == "global" for i in across.indices)
+    assert not over & set(across.indices)
     assert all(across.consistency[i] >= 0.75 and across.ratio[i] >= 5 for i in across.indices)
     masked = cache.image_heat(0, found=across)
-    assert masked.masked and masked.sinks == tuple(sorted(across.indices))
+    assert masked.sinks == tuple(sorted(across.indices)) and masked.masked == bool(across.indices)
     assert all(masked.global_view[r, c] == 0 < raw.global_view[r, c] for _, r, c in masked.sink_cells())
 
 

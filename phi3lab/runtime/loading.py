@@ -47,7 +47,7 @@ from phi3lab.runtime.memory import (
     Weights,
     plan_memory,
 )
-from phi3lab.runtime.quantization import quantization_config, quiet_imports
+from phi3lab.runtime.quantization import exact_on_cpu, quantization_config, quiet_imports
 from phi3lab.runtime.registry import ORIGINAL_CONTEXT, Architecture, ModelSpec, UnverifiedModelWarning, spec_from_folder
 from phi3lab.runtime.sources import DEFAULT_MODEL, ModelNotAvailableError, ModelNotFoundError, resolve
 from phi3lab.validation import check_bool
@@ -251,6 +251,8 @@ def _build(files: CheckpointFiles, config, choice: AttentionChoice, plan: Memory
         ) from exc
     except (OSError, RuntimeError, ValueError) as exc:
         raise files.error("", f"the weights could not be loaded ({short_reason(exc)})") from exc
+    if plan.quantize is not None:
+        exact_on_cpu(model)
     problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
     if problems:
         kind, keys = next(iter(problems.items()))

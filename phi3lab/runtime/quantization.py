@@ -11,7 +11,10 @@ quantize    CUDA                                    CPU
             compute in the model's dtype (``Linear4bit``)
 ==========  ======================================  =============================================
 
-Apple MPS has neither.  Only the decoder layers' projections (``qkv_proj``, ``o_proj``,
+On a CPU with AVX512-BF16, bitsandbytes would repack NF4 weights on the first forward for a kernel that
+computes in bfloat16, so results would depend on the CPU; :func:`exact_on_cpu` (applied by ``load``)
+keeps the layers computing in the model's dtype on every CPU: the same numbers everywhere, and sites that
+add up exactly (``lab.verify()``), at some speed on those CPUs.  Apple MPS has neither.  Only the decoder layers' projections (``qkv_proj``, ``o_proj``,
 ``gate_up_proj``, ``down_proj``) are quantized; ``lm_head``, the embeddings, the norms and a vision
 model's CLIP tower and projector keep the compute dtype.  The weights are quantized while they are
 read, one tensor at a time (transformers' quantizers), so the full-precision model never sits in
@@ -34,6 +37,7 @@ from phi3lab.runtime.memory import QuantizationError
 
 __all__ = [
     "SKIPPED_MODULES",
+    "exact_on_cpu",
     "import_backend",
     "quiet_imports",
     "quantization_config",
@@ -107,6 +111,22 @@ def quantization_config(quantize: str, backend: str, dtype: torch.dtype):
     raise QuantizationError(f"no way to quantize {quantize!r} with {backend!r}; use 'int8' or 'nf4'")
 
 
+def exact_on_cpu(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes' 4-bit layers of ``model`` off its bfloat16 CPU kernel (see the module's notes);
+    returns how many layers were switched.
+
+    Examples:
+        >>> exact_on_cpu(torch.nn.Linear(2, 2))
+        0
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
+
+
 def quantized_modules(model: torch.nn.Module) -> dict[str, str]:
     """Module name → what its weight is stored as, for every quantized module of ``model``.
 
@@ -146,6 +166,11 @@ def weight_of(module: torch.nn.Module) -> torch.Tensor:
     weight = module.weight
     kind = type(weight).__name__
     if kind == "Params4bit":
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            # bitsandbytes repacks a 4-bit weight in place for its AVX512-BF16 CPU kernel on the first forward
+            # (the codes are then no longer what dequantize_4bit reads, and its inverse re-quantizes the
+            # scales): read the matrix back through the layer itself.
+            return _probed(module)
         import bitsandbytes
 
         return bitsandbytes.functional.dequantize_4bit(weight.data, weight.quant_state)
@@ -155,3 +180,21 @@ def weight_of(module: torch.nn.Module) -> torch.Tensor:
     if kind not in ("Parameter", "Tensor") and callable(getattr(weight, "dequantize", None)):
         return weight.dequantize()
     return weight
+
+
+def _probed(module: torch.nn.Module, chunk: int = 1024) -> torch.Tensor:
+    """The ``[out, in]`` matrix a linear layer multiplies by, read by running it on the identity, ``chunk``
+    columns at a time (memory bounded by ``chunk × max(in, out)``)."""
+    n = module.in_features
+    dtype = getattr(module, "compute_dtype", None) or torch.float32
+    device = module.weight.device
+    parts = []
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            eye = torch.zeros(min(chunk, n - start), n, dtype=dtype, device=device)
+            eye[:, start : start + eye.shape[0]].fill_diagonal_(1)
+            out = module(eye)
+            if getattr(module, "bias", None) is not None:
+                out = out - module.bias.to(out.dtype)
+            parts.append(out)
+    return torch.cat(parts).T.contiguous()
