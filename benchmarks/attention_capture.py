@@ -10,7 +10,8 @@ run, each case repeated and the median taken:
   (b) sdpa + capture of one layer, all heads, all rows
   (c) sdpa + capture of the last row in all layers
   (d) eager with output_attentions=True
-  (e) sdpa + rollout of the last row: queries and keys kept per layer, then vector–matrix
+  (e) sdpa + rollout of the last row: rotated queries and keys read per layer (the ``q`` and ``k`` sites,
+      as ``run_with_cache(..., rollout=True)`` keeps them), then vector–matrix
       products from the top layer down, 256 query rows at a time (no N × N matrix per layer)
 
 Time is wall clock; extra memory is the peak resident memory above the process's level before
@@ -31,6 +32,7 @@ import torch
 from transformers import Phi3Config, Phi3ForCausalLM
 
 from phi3lab.inspect.capture import capture
+from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.maps import qk_rows, rollout_rows
 
 N = 2048
@@ -109,12 +111,14 @@ def main() -> None:
 
     def case_e():
         model.set_attn_implementation("sdpa")
-        with capture(model, layers="all", positions="last", keep_qk=True) as cap:
+        with Hooks(model) as hooks:  # what run_with_cache(..., rollout=True) keeps: every layer's q and k
+            hooks.read("q")
+            hooks.read("k")
             forward()
         layers = []
-        for i, attn in enumerate(model.model.layers):
-            q, k, groups = cap.queries_keys(i)
-            layers.append(qk_rows(q[0], k[0], attn.self_attn.scaling, groups))
+        for i, layer in enumerate(model.model.layers):
+            q, k = hooks["q", i][0].transpose(0, 1), hooks["k", i][0].transpose(0, 1)  # [heads, N, d]
+            layers.append(qk_rows(q, k, layer.self_attn.scaling, layer.self_attn.num_key_value_groups))
         return rollout_rows(layers, [N - 1], N)
 
     cases = {

@@ -467,7 +467,7 @@ class Hooks:
             w.heads,
             getattr(attn.config, "sliding_window", None),
         )
-        self._store(w, layer, call, call.seen + rows.cpu(), weights, counted=True)
+        self._store(w, layer, call, call.seen + rows.cpu(), weights, counted=True, owned=True)
 
     def _images(self, w, module, args, output):
         if not self._mine():
@@ -520,7 +520,9 @@ class Hooks:
         if w.heads is not None:
             selected = selected.index_select(head_axis, torch.as_tensor(w.heads, device=value.device))
         if w.fn is None:
-            self._store(w, layer, call, absolute, selected)
+            # q and k are rotated here by the hook core, and index_select copies: nothing else holds them
+            owned = selected is not value or w.site in ("q", "k")
+            self._store(w, layer, call, absolute, selected, owned=owned)
             return None
         heads = tuple(w.heads) if w.heads is not None else None
         new = w.fn(selected, At(w.site, layer, call.step, absolute, heads))
@@ -565,11 +567,17 @@ class Hooks:
         )
         self.nbytes += nbytes
 
-    def _store(self, w, layer, call: _Call, positions: torch.Tensor, value: torch.Tensor, counted=False) -> None:
+    def _store(
+        self, w, layer, call: _Call, positions: torch.Tensor, value: torch.Tensor, counted=False, owned=False
+    ) -> None:
+        """Keep ``value``; ``owned``: the hook core made it (nothing else holds it), so a CPU float32 one is
+        kept as it is rather than copied (a layer's attention rows at 2k tokens are 512 MiB)."""
         if w.keep == "graph":
             kept = value
         elif w.keep == "device":
-            kept = value.detach().clone()
+            kept = value.detach() if owned else value.detach().clone()
+        elif owned and value.device.type == "cpu" and value.dtype == torch.float32:
+            kept = value.detach()
         else:
             kept = value.detach().to("cpu", torch.float32, copy=True)
         if not counted:

@@ -130,7 +130,8 @@ def qk_rows(
         if key_mask is not None:
             allowed &= key_mask.bool()[None, :n]
         scores.masked_fill_(~allowed, float("-inf"))
-        return torch.softmax(scores, dim=-1).mean(0)
+        scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()  # softmax in place: one block-sized tensor
+        return scores.div_(scores.sum(dim=-1, keepdim=True)).mean(0)
 
     return rows_of
 
