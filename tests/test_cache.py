@@ -134,6 +134,16 @@ def test_generation_records_the_answers_rows(tiny):
     assert "answer: 'Your name is Ada.'" in cache.to_text()
 
 
+def test_attention_rows_reads_rows_without_assembling_the_map(tiny):
+    _, cache = tiny.generate_with_cache("What is 2 plus 3?", max_new_tokens=4)
+    rows = [cache.answer_rows[-1], 0, *cache.answer_rows[:2]]  # a decode row, the first prompt row, unsorted
+    picked = cache.attention_rows(1, rows)
+    assert not cache._maps  # nothing assembled
+    whole = cache.attention(1)
+    assert torch.equal(picked, whole[:, :, rows]) and torch.equal(cache.attention_rows(1, rows), picked)
+    assert torch.allclose(cache.mean_attention(layers=1, rows=rows), whole[0][:, rows].mean(dim=(0, 1)))
+
+
 def test_rollout_rows_equal_full_rollout_both_ways(tiny):
     text = "My name is Ada. What is my name?"
     result, by_maps = tiny.generate_with_cache(text, max_new_tokens=6)

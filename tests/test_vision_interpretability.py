@@ -364,6 +364,23 @@ def test_batched_regions_equal_single_forwards(vision, picture):
             assert abs(float(cm.base - score) - float(cm.drops[k])) < 1e-4
 
 
+def test_a_long_text_before_the_picture_is_computed_once_with_the_same_map(vision, picture, monkeypatch):
+    """With text before the picture at least half the sequence, its keys and values are reused, and the map
+    is the one computed without reuse."""
+    from phi3lab.inspect import causal
+
+    prompt = "Read this note first. " * 70 + f"<|image_1|>\n{QUESTIONS[0]}"
+    span = vision.encode(prompt, [picture]).image(0)
+    made, prefix = [], causal._prefix
+    monkeypatch.setattr(causal, "_prefix", lambda *args: made.append(prefix(*args)) or made[-1])
+    reused = causal_map(vision, prompt, [picture], region_size=6, batch_size=3, max_new_tokens=3)
+    assert made[0][0] == span.start and made[0][1] is not None  # the forwards began after the reused text
+    monkeypatch.setattr(causal, "PREFIX_SHARE", 1.01)  # never reuse
+    plain = causal_map(vision, prompt, [picture], region_size=6, batch_size=3, max_new_tokens=3)
+    assert reused.answer_ids == plain.answer_ids and abs(reused.base - plain.base) < 1e-4
+    assert np.abs(reused.drops - plain.drops).max() < 1e-4
+
+
 @pytest.mark.parametrize("baseline", ["blur", "other"])
 @pytest.mark.slow
 def test_other_baselines(vision, picture, baseline):

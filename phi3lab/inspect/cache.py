@@ -172,6 +172,30 @@ class Cache:
             self._maps[layer] = self["pattern", layer]
         return self._maps[layer]
 
+    def attention_rows(self, layer: int, rows="answer") -> torch.Tensor:
+        """``[batch, heads, len(rows), keys]``: only the chosen rows of a kept layer's attention, read from
+        the forwards that recorded them (a layer's whole map is never assembled for a few rows)."""
+        layer, rows = self._layer(layer), self._rows(rows)
+        if layer in self._maps:
+            return self._maps[layer][:, :, rows]
+        if "pattern" not in self.sites:
+            raise NothingRecordedError(
+                f"this cache did not keep 'pattern'; it holds {', '.join(self.sites)}. Run with sites=[..., 'pattern']"
+            )
+        records = self.hooks.calls("pattern", layer)
+        first = records[0].value
+        keys = max(r.value.shape[-1] for r in records)
+        out = first.new_zeros(first.shape[0], first.shape[1], len(rows), keys)
+        start = 0
+        for record in records:
+            count = record.value.shape[2]
+            picked = [(i, r - start) for i, r in enumerate(rows) if start <= r < start + count]
+            if picked:
+                into, local = zip(*picked)
+                out[:, :, list(into), : record.value.shape[-1]] = record.value[:, :, list(local)]
+            start += count
+        return out
+
     def mean_attention(self, layers=None, heads=None, rows="answer") -> torch.Tensor:
         """Attention averaged over layers, heads and rows: one ``[keys]`` row (batch row 0)."""
         chosen = (
@@ -180,7 +204,7 @@ class Cache:
             else [self._layer(i) for i in ([layers] if isinstance(layers, int) else layers)]
         )
         rows = self._rows(rows)
-        stacked = torch.stack([self.attention(i)[0][:, rows] for i in chosen])  # [layers, heads, rows, keys]
+        stacked = torch.stack([self.attention_rows(i, rows)[0] for i in chosen])  # [layers, heads, rows, keys]
         if heads is not None:
             head_list = [heads] if isinstance(heads, int) else list(heads)
             if self.heads is not None:
@@ -198,7 +222,7 @@ class Cache:
             if keys != "image" or not self.inputs.images:
                 raise ValueError(f"keys={keys!r}: give positions, a slice, or 'image' (for a prompt with images)")
             keys = [p for im in self.inputs.images for p in range(im.start, im.end)]
-        weights = torch.stack([self.attention(i)[0][:, self._rows(rows)] for i in self.layers])
+        weights = torch.stack([self.attention_rows(i, rows)[0] for i in self.layers])
         return head_summary(weights, keys)
 
     def image_to_image(self, source: int, target: int | None = None) -> torch.Tensor:

@@ -245,7 +245,7 @@ def find_sinks(
     for c, span in zip(caches, spans):
         rows = c.answer_rows
         for layer in c.layers:
-            weights = c.attention(layer)[0][:, rows, span.start : span.end].float()  # [heads, rows, n]
+            weights = c.attention_rows(layer, rows)[0][:, :, span.start : span.end].float()  # [heads, rows, n]
             share = weights.mean(dim=(0, 1))
             total = share.sum()
             if float(total) > 0:
