@@ -68,6 +68,11 @@ class PeakRSS:
         return self.peak - self.base
 
 
+def _share(part: float, whole: float) -> float:
+    """``part / whole``, or NaN where nothing was measured (a short run can stay within the baseline)."""
+    return part / whole if whole > 0 else float("nan")
+
+
 def main() -> None:
     torch.manual_seed(0)
     config = Phi3Config(
@@ -156,13 +161,13 @@ def main() -> None:
     print(
         f"targets: (b) ≤ 1.30× → {t['(b) capture 1 layer, all rows'] / base:.2f}×; "
         f"(c) ≤ 1.05× → {t['(c) capture last row, all layers'] / base:.2f}×; "
-        f"memory (b)/(d) ≤ 0.50 → {b / d:.2f} (above the baseline), "
-        f"{(b - a) / (d - a):.2f} (above the plain forward's own peak)"
+        f"memory (b)/(d) ≤ 0.50 → {_share(b, d):.2f} (above the baseline), "
+        f"{_share(b - a, d - a):.2f} (above the plain forward's own peak)"
     )
     print(
         f"rollout (e): time ≤ 1.50× (a) → {t['(e) rollout of the last row'] / base:.2f}×; "
-        f"memory (e)/(d) ≤ 0.10 → {(e - a) / (d - a):.2f} above the plain forward's own peak "
-        f"({e / d:.2f} above the baseline, where the forward alone is already {a / d:.2f})"
+        f"memory (e)/(d) ≤ 0.10 → {_share(e - a, d - a):.2f} above the plain forward's own peak "
+        f"({_share(e, d):.2f} above the baseline, where the forward alone is already {_share(a, d):.2f})"
     )
 
 
