@@ -417,7 +417,10 @@ class Hooks:
 
     def _attn_call(self, layer, module, args, kwargs):
         if self._mine():
-            self._local.__dict__[("attn", layer)] = kwargs
+            # what the q/k/v and pattern reads need, not the layer's input (held until the next forward otherwise)
+            self._local.__dict__[("attn", layer)] = {
+                k: kwargs.get(k) for k in ("position_embeddings", "attention_mask", "past_key_values")
+            }
         return None
 
     def _qkv(self, w, layer, proj, args, qkv):
