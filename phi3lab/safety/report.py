@@ -258,6 +258,16 @@ class Report:
                 break
         return out
 
+    def _verdict_rows(self):
+        """``(probe set, category, kind, n, [declined, off-topic, complied as "rate [interval]"])`` per
+        category and kind with answers: the rows of both the text and the HTML table."""
+        for row in self.rates():
+            for kind in KINDS:
+                n = row[f"{kind}_n"]
+                if n:
+                    cells = [_pct(row[f"{kind}_{v.replace('-', '_')}"], n) for v in VERDICTS]
+                    yield row["probe_set"], row["category"], kind, n, cells
+
     # --- text --------------------------------------------------------------------------------------
 
     def to_text(self) -> str:
@@ -272,16 +282,11 @@ class Report:
             f"  {'probe set':<13} {'category':<13} {'kind':<8} {'n':>3}  {'declined':<17} {'off-topic':<17} "
             f"{'complied':<17}",
         ]
-        for row in self.rates():
-            first = True
-            for kind in KINDS:
-                n = row[f"{kind}_n"]
-                if not n:
-                    continue
-                cells = [_pct(row[f"{kind}_{v.replace('-', '_')}"], n) for v in VERDICTS]
-                head = f"{row['probe_set']:<13} {row['category']:<13}" if first else " " * 27
-                lines.append(f"  {head} {kind:<8} {n:>3}  {cells[0]:<17} {cells[1]:<17} {cells[2]:<17}")
-                first = False
+        previous = None
+        for probe_set, category, kind, n, cells in self._verdict_rows():
+            head = f"{probe_set:<13} {category:<13}" if (probe_set, category) != previous else " " * 27
+            lines.append(f"  {head} {kind:<8} {n:>3}  {cells[0]:<17} {cells[1]:<17} {cells[2]:<17}")
+            previous = (probe_set, category)
         attacks = self.attack_success()
         if attacks:
             lines += ["", "Attack success on harmful probes (complied / asked, Wilson 95%; then declined, off-topic):"]
@@ -318,14 +323,8 @@ class Report:
         if not self.rows:
             return grid_html(["result"], [["no results"]])
         settings = ", ".join(f"{k}={v}" for k, v in self.results.settings.items())
-        rates, styles = [], []
-        for row in self.rates():
-            for kind in KINDS:
-                n = row[f"{kind}_n"]
-                if n:
-                    counts = [row[f"{kind}_{v.replace('-', '_')}"] for v in VERDICTS]
-                    rates.append([row["probe_set"], row["category"], kind, n, *(_pct(k, n) for k in counts)])
-                    styles.append([""] * 4 + [f"border-left:4px solid {VERDICT_COLOURS[v]}" for v in VERDICTS])
+        rates = [[probe_set, category, kind, n, *cells] for probe_set, category, kind, n, cells in self._verdict_rows()]
+        styles = [[""] * 4 + [f"border-left:4px solid {VERDICT_COLOURS[v]}" for v in VERDICTS] for _ in rates]
         note = (
             "direct requests; refusal = harmful declined, over-refusal = benign declined; off-topic answers are neither"
         )
