@@ -245,7 +245,7 @@ def causal_map(
 
 def _batch_size(batch_size, lab) -> int:
     if batch_size is None:
-        return 1 if str(lab.model.device).startswith("cpu") else 16
+        return 1 if str(lab.attention.device).startswith("cpu") else 16
     return check_int("batch_size", batch_size, minimum=1)
 
 
