@@ -343,42 +343,50 @@ def test_the_asked_about_shape_is_what_the_answer_uses(vision):
     assert firsts >= 3
 
 
-def test_batched_regions_equal_single_forwards(vision, picture):
-    """The batched, prefix-reusing map equals one plain forward per removed region."""
-    prompt = f"<|image_1|>\n{QUESTIONS[0]}"
-    cm = causal_map(vision, prompt, [picture], batch_size=4)
+def _whole_forward_drops(vision, prompt, picture, cm, regions):
+    """The drops of ``regions`` from one plain forward of the whole prompt each (no batching, no reuse)."""
+    from phi3lab.inspect.kernel import embed_inputs
+
     inputs = vision.encode(prompt, [picture])
     span = inputs.image(0)
     target = list(cm.answer_ids)
     ids = torch.cat([inputs.input_ids, torch.tensor([target[:-1]])], dim=1)
+    drops = []
     with torch.no_grad():
-        from phi3lab.inspect.kernel import embed_inputs
-
         embeds = embed_inputs(vision.model, ids, inputs["pixel_values"], inputs["image_sizes"])
         mean = embeds[0, span.start : span.end].mean(0)
-        for k in (0, len(cm.regions) - 1):
+        for k in regions:
             edited = embeds.clone()
             edited[0, [span.start + t for t in cm.regions[k].tokens]] = mean
             logits = vision.model(inputs_embeds=edited).logits[0, -len(target) :]
             score = torch.log_softmax(logits, -1)[torch.arange(len(target)), torch.tensor(target)].sum()
-            assert abs(float(cm.base - score) - float(cm.drops[k])) < 1e-4
+            drops.append(float(cm.base - score))
+    return np.array(drops)
 
 
-def test_a_long_text_before_the_picture_is_computed_once_with_the_same_map(vision, picture, monkeypatch):
-    """With text before the picture at least half the sequence, its keys and values are reused, and the map
-    is the one computed without reuse."""
+def test_batched_regions_equal_single_forwards(vision, picture):
+    """The batched map, each batch started at its first removed token, equals one plain forward per region."""
+    prompt = f"<|image_1|>\n{QUESTIONS[0]}"
+    cm = causal_map(vision, prompt, [picture], batch_size=4)
+    chosen = [0, 5, len(cm.regions) - 1]
+    assert np.abs(_whole_forward_drops(vision, prompt, picture, cm, chosen) - cm.drops[chosen]).max() < 1e-4
+
+
+def test_each_forward_starts_at_its_first_removed_token(vision, picture, monkeypatch):
+    """Nothing before a removed region is recomputed (the text before the picture included), and the drops
+    are those of whole forwards."""
     from phi3lab.inspect import causal
 
-    prompt = "Read this note first. " * 70 + f"<|image_1|>\n{QUESTIONS[0]}"
+    prompt = "Read this note first. " * 20 + f"<|image_1|>\n{QUESTIONS[0]}"
     span = vision.encode(prompt, [picture]).image(0)
-    made, prefix = [], causal._prefix
-    monkeypatch.setattr(causal, "_prefix", lambda *args: made.append(prefix(*args)) or made[-1])
-    reused = causal_map(vision, prompt, [picture], region_size=6, batch_size=3, max_new_tokens=3)
-    assert made[0][0] == span.start and made[0][1] is not None  # the forwards began after the reused text
-    monkeypatch.setattr(causal, "PREFIX_SHARE", 1.01)  # never reuse
-    plain = causal_map(vision, prompt, [picture], region_size=6, batch_size=3, max_new_tokens=3)
-    assert reused.answer_ids == plain.answer_ids and abs(reused.base - plain.base) < 1e-4
-    assert np.abs(reused.drops - plain.drops).max() < 1e-4
+    firsts, forward = [], causal.forward_from
+    monkeypatch.setattr(causal, "forward_from", lambda *a: firsts.append(a[3]) or forward(*a))
+    cm = causal_map(vision, prompt, [picture], region_size=6, batch_size=3, max_new_tokens=3)
+    starts = [span.start + min(r.tokens) for r in cm.regions]
+    assert firsts == [min(starts[i : i + 3]) for i in range(0, len(starts), 3)]
+    assert 0 < span.start <= firsts[0] < firsts[-1]
+    chosen = [1, len(cm.regions) - 1]
+    assert np.abs(_whole_forward_drops(vision, prompt, picture, cm, chosen) - cm.drops[chosen]).max() < 1e-4
 
 
 @pytest.mark.parametrize("baseline", ["blur", "other"])

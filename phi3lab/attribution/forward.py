@@ -12,7 +12,7 @@ the same numbers one perturbation at a time).  Three things make it fast without
 * **the unperturbed prefix is reused** — a batch whose first removed unit starts at position ``p``
   only runs positions ``p…``: the keys and values before ``p`` cannot have changed (attention is
   causal), so the cache of the unperturbed run, cut at ``p`` and expanded over the batch, stands in
-  for them.  Text removals overwrite embeddings; image removals edit ``pixel_values`` and rerun the
+  for them (:mod:`phi3lab.inspect.reuse`).  Text removals overwrite embeddings; image removals edit ``pixel_values`` and rerun the
   vision tower on the rows that need it.
 
 :class:`GradientForward` is the function ``LayerIntegratedGradients`` differentiates: it passes the
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import DynamicCache
 
 from phi3lab.inspect.kernel import embed_inputs
+from phi3lab.inspect.reuse import clean_run, forward_from
 
 __all__ = ["Scorer", "GradientForward"]
 
@@ -62,14 +62,8 @@ class Scorer:
         self.on_rows = None  # callback(number of rows) for a progress bar
         with torch.no_grad():
             self.embeds = embed_inputs(model, self.ids, self.pixels, self.sizes)
-            # a cache without the config keeps every key, also past a sliding window (a windowed cache
-            # keeps only the last window − 1 keys, so a prefix cut from it would be the wrong keys);
-            # the model still masks by its window, so reused and fresh forwards see the same keys
-            out = model(
-                inputs_embeds=self.embeds, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=self.n_target
-            )
-            self.base = _log_probs(out.logits, self.target)  # [1, T]
-            self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            self.run = clean_run(model, self.embeds, self.n_target)  # its keys and values, for the prefixes
+            self.base = _log_probs(self.run.logits, self.target)  # [1, T]
             baseline = torch.tensor([[baseline_id]], device=device)
             self.baseline_embed = model.get_input_embeddings()(baseline)[0, 0]
         self._text = [i for i, u in enumerate(self.units) if u.image is None]
@@ -79,12 +73,6 @@ class Scorer:
     def log_prob(self) -> torch.Tensor:
         """``[T]`` log-probabilities of the target tokens with every unit present."""
         return self.base[0]
-
-    def _cache(self, p: int, batch: int):
-        if p == 0:
-            return None
-        data = [(k[:, :, :p].expand(batch, -1, -1, -1), v[:, :, :p].expand(batch, -1, -1, -1)) for k, v in self.kv]
-        return DynamicCache(ddp_cache_data=data)  # every prefix key; the model's mask applies its window
 
     def _pixels(self, image: int, removed: list[int]) -> torch.Tensor:
         """``pixel_values`` of one image with the given units' pixels set to the baseline colour."""
@@ -132,13 +120,8 @@ class Scorer:
         p = min(self.units[i].first for i in removed)
         with torch.no_grad():
             embeds = self.embeddings(absent, p)
-            out = self.model(
-                inputs_embeds=embeds,
-                past_key_values=self._cache(p, batch),
-                use_cache=True,
-                logits_to_keep=self.n_target,
-            )
-        return _log_probs(out.logits, self.target)
+            logits = forward_from(self.model, embeds, self.run, p, self.n_target)
+        return _log_probs(logits, self.target)
 
 
 class GradientForward(nn.Module):

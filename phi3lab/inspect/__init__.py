@@ -11,6 +11,8 @@
 * :mod:`~phi3lab.inspect.lens` — the logit lens;
 * :mod:`~phi3lab.inspect.interventions` — shortcuts for editing the residual stream and single heads;
 * :mod:`~phi3lab.inspect.patching` — activation patching over sites × layers × positions (× heads);
+* :mod:`~phi3lab.inspect.reuse` — forwards that start at the first edited position, the keys and values
+  before it from one clean run (patching, causal maps and attribution run this way);
 * :mod:`~phi3lab.inspect.verify` — ``lab.verify()``: every site against transformers' own outputs;
 * :mod:`~phi3lab.inspect.memory` — the memory limit every read is checked against.
 """

@@ -14,11 +14,12 @@ What replaces a removed region's tokens (``baseline``) matters and is part of th
   and layout kept, detail gone;
 * ``"other"`` — the tokens of ``other``, another picture resized to the same size.
 
-Regions are edited at the ``embed`` site (the hook core), ``batch_size`` regions per forward, reusing the
-keys and values of the text before the picture when that text is at least half the sequence
-(:data:`PREFIX_SHARE`); the numbers are those of one plain forward per region (``benchmarks/causal_map.py``).
-On a CPU a batch costs what its forwards cost one by one, so a map of every region takes about as long as
-that loop there; batching is for accelerators (not measured here).
+Regions are edited at the ``embed`` site (the hook core), ``batch_size`` regions per forward.  Removing a
+region changes nothing before its first token, so each forward starts there, with the keys and values of
+one clean run before it (:mod:`phi3lab.inspect.reuse`): the numbers are those of one plain forward of the
+whole prompt per region, and the work is what the positions from the region on cost
+(``benchmarks/causal_map.py`` measures both).  On a CPU a batch costs what its forwards cost one by one;
+batching is for accelerators (not measured here).
 :func:`compare_maps` puts attention, attribution and the causal drop on the same regions, with their
 rank correlations and deletion/insertion curves.
 """
@@ -30,10 +31,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
+from phi3lab.inspect.reuse import clean_run, forward_from
 from phi3lab.prompts.patches import ImageRegion, hd_layout, image_regions
 from phi3lab.validation import check_float, check_int
 
@@ -191,7 +192,7 @@ def causal_map(
         answer: the answer to score (text or token ids); default the model's own greedy answer.
         max_new_tokens: the longest answer generated when ``answer`` is not given.
         batch_size: regions removed per forward; ``None``: 1 on a CPU (a batch costs what its forwards cost
-            one by one there, and more: 16 at a time took 1.2× as long), 16 on an accelerator.
+            one by one there, and more: 16 at a time took 1.13× as long), 16 on an accelerator.
         num_crops: the crop budget (default the processor's).
     """
     if baseline not in BASELINES:
@@ -212,20 +213,13 @@ def causal_map(
     with torch.inference_mode():
         embeds = embed_inputs(model, ids, inputs.get("pixel_values"), inputs.get("image_sizes"))
         replacement = _baseline_tokens(lab, span, embeds, baseline, other, blur_radius)
-        first, prefix = _prefix(model, embeds, span.start)
-        base = float(_score(model, embeds, first, prefix, target, [None])[0])
+        run = clean_run(model, embeds, len(target))
+        base = float(_log_p(run.logits, target)[0])
         drops = []
         for start in range(0, len(regions), batch_size):
             chunk = regions[start : start + batch_size]
             scores = _score(
-                model,
-                embeds,
-                first,
-                prefix,
-                target,
-                [span.start + np.array(r.tokens) for r in chunk],
-                replacement,
-                span.start,
+                model, embeds, run, target, [span.start + np.array(r.tokens) for r in chunk], replacement, span.start
             )
             drops += (base - scores).tolist()
     return CausalMap(
@@ -249,55 +243,32 @@ def _batch_size(batch_size, lab) -> int:
     return check_int("batch_size", batch_size, minimum=1)
 
 
-PREFIX_SHARE = 0.5
-"""The share of the sequence the text before the picture must reach for its keys and values to be reused.
-
-Measured on the 2-core CPU (embedded vision model, 2,525 positions): reusing a 1,300-token prefix made a
-forward 13% cheaper, while a prompt whose picture comes first (the usual case) gains nothing from a few
-tokens and loses sdpa's causal kernel (a cache needs an explicit mask): ``causal_map`` ran 2.5× slower
-than one plain forward per region that way."""
+def _log_p(logits: torch.Tensor, target: list[int]) -> torch.Tensor:
+    """``[rows]`` log p(target) from the logits ``[rows, len(target), vocab]`` that predict it."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    wanted = torch.tensor(target, device=logp.device)
+    return logp.gather(-1, wanted.expand(len(logp), -1)[..., None])[..., 0].sum(-1).cpu()
 
 
-def _prefix(model, embeds: torch.Tensor, start: int):
-    """``(first, prefix)``: where the forwards begin and the reused keys and values (``None``: none)."""
-    if start < PREFIX_SHARE * embeds.shape[1]:
-        return 0, None
-    out = model(inputs_embeds=embeds[:, :start], past_key_values=DynamicCache(), use_cache=True)
-    return start, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+def _score(model, embeds, run, target, removed, replacement, start) -> torch.Tensor:
+    """log p(target) for each row: the prompt with the positions ``removed[row]`` replaced.
 
-
-def _score(model, embeds, first, prefix, target, removed, replacement=None, start=0) -> torch.Tensor:
-    """log p(target) for each row: the prompt with ``removed[row]`` positions (or nothing, ``None``) replaced."""
-    batch = len(removed)
-    n_target = len(target)
+    The forward starts at the first removed position of the batch (nothing before it changes), with the
+    clean ``run``'s keys and values before it."""
+    first = min(int(np.min(positions)) for positions in removed)
 
     def replace(value, at):
         offset = int(at.positions[0])
         value = value.clone()
         for row, positions in enumerate(removed):
-            if positions is None:
-                continue
             value[row, torch.as_tensor(positions - offset)] = replacement[torch.as_tensor(positions - start)].to(
                 value.dtype
             )
         return value
 
-    cache = None
-    if prefix is not None:
-        cache = DynamicCache(
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix]
-        )
-    edit = Hooks(model).edit("embed", replace)
-    with edit:
-        out = model(
-            inputs_embeds=embeds[:, first:].expand(batch, -1, -1),
-            past_key_values=cache,
-            use_cache=cache is not None,
-            logits_to_keep=n_target,
-        )
-    logp = torch.log_softmax(out.logits.float(), dim=-1)
-    wanted = torch.tensor(target, device=logp.device)
-    return logp.gather(-1, wanted.expand(batch, -1)[..., None])[..., 0].sum(-1).cpu()
+    with Hooks(model).edit("embed", replace):
+        logits = forward_from(model, embeds[:, first:].expand(len(removed), -1, -1), run, first, len(target))
+    return _log_p(logits, target)
 
 
 # --- three maps on the same regions ----------------------------------------------------------------
@@ -442,7 +413,8 @@ def _curves(lab, conversation, images, causal: CausalMap, orders: dict, batch_si
             raise ValueError(
                 "deletion curves with baseline='other' need the other picture: make the map with 'mean' or 'blur'"
             )
-        first, prefix = _prefix(model, embeds, span.start)
+        run = clean_run(model, embeds, len(target))
+        base = float(_log_p(run.logits, target)[0])
         every = np.arange(len(causal.regions))
         deletion, insertion = {}, {}
         for name, order in orders.items():
@@ -452,10 +424,12 @@ def _curves(lab, conversation, images, causal: CausalMap, orders: dict, batch_si
                     chosen = order[:k] if kind == "deletion" else [i for i in every if i not in set(order[:k])]
                     positions = [span.start + t for i in chosen for t in causal.regions[i].tokens]
                     rows.append(np.array(positions, dtype=int) if positions else None)
-                values = []
-                for start in range(0, len(rows), batch_size):
-                    values += _score(
-                        model, embeds, first, prefix, target, rows[start : start + batch_size], replacement, span.start
-                    ).tolist()
-                store[name] = np.asarray(values)
+                edited = [i for i, positions in enumerate(rows) if positions is not None]
+                values = np.full(len(rows), base)  # nothing removed: the clean run's
+                for start in range(0, len(edited), batch_size):
+                    chunk = edited[start : start + batch_size]
+                    values[chunk] = _score(
+                        model, embeds, run, target, [rows[i] for i in chunk], replacement, span.start
+                    ).numpy()
+                store[name] = values
     return deletion, insertion

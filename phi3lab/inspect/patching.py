@@ -19,7 +19,7 @@ token and the corrupted run's (``answer=`` and ``wrong=`` choose them); ``result
 ``(patched − corrupted) / (clean − corrupted)``: 1 where one patch restores the clean answer fully, 0
 where it does nothing.  Cells are batched (``batch_size`` patched runs per forward) and each batch
 reuses the corrupted run's keys and values before its first patched position (a patch cannot change
-earlier positions), so the grid costs a fraction of one forward per cell (``benchmarks/patching.py``)
+earlier positions; :mod:`phi3lab.inspect.reuse`), so the grid costs a fraction of one forward per cell (``benchmarks/patching.py``)
 with the same numbers.
 """
 
@@ -29,10 +29,10 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
-from transformers import DynamicCache
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
+from phi3lab.inspect.reuse import clean_run, forward_from
 from phi3lab.inspect.sites import STREAM, check_site, choose_heads, choose_layers
 from phi3lab.validation import check_int
 
@@ -217,9 +217,8 @@ def patch(
         clean_values = {layer: reads[site, layer][0].to(model.device) for layer in chosen_layers}
         # the corrupted run, keeping its keys and values for the prefixes
         embeds = embed_inputs(model, bad_in.input_ids, bad_in.get("pixel_values"), bad_in.get("image_sizes"))
-        out = model(inputs_embeds=embeds, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-        bad_logits = out.logits[:, -1].float()
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        run = clean_run(model, embeds, 1)
+        bad_logits = run.logits[:, -1].float()
 
     if metric is None:
         answer_id = _token_id(lab, answer) if answer is not None else int(clean_logits[0].argmax())
@@ -251,7 +250,7 @@ def patch(
     for start in range(0, len(order), batch_size):
         chunk = [cells[i] for i in order[start : start + batch_size]]
         first = min(0 if p is None else p for _, p, _ in chunk)
-        values = _patched_runs(model, site, chunk, first, embeds, kv, clean_values, n)
+        values = _patched_runs(model, site, chunk, first, embeds, run, clean_values, n)
         scores[torch.tensor(order[start : start + batch_size])] = metric(values).float().cpu()
 
     shape = [len(chosen_layers)]
@@ -279,7 +278,7 @@ def patch(
 
 
 @torch.inference_mode()
-def _patched_runs(model, site, chunk, first, embeds, kv, clean_values, n) -> torch.Tensor:
+def _patched_runs(model, site, chunk, first, embeds, run, clean_values, n) -> torch.Tensor:
     """Last-position logits of ``len(chunk)`` corrupted runs, each with its own cell patched, from ``first`` on."""
     batch = len(chunk)
     rows_of: dict[int, list[int]] = {}
@@ -303,15 +302,6 @@ def _patched_runs(model, site, chunk, first, embeds, kv, clean_values, n) -> tor
                 value[row, where, ..., head, :] = source[..., head, :]
         return value
 
-    cache = None
-    if first > 0:
-        data = [(k[:, :, :first].expand(batch, -1, -1, -1), v[:, :, :first].expand(batch, -1, -1, -1)) for k, v in kv]
-        cache = DynamicCache(ddp_cache_data=data)
     with Hooks(model).edit(site, put, sorted(rows_of)):
-        out = model(
-            inputs_embeds=embeds[:, first:].expand(batch, -1, -1),
-            past_key_values=cache,
-            use_cache=cache is not None,
-            logits_to_keep=1,
-        )
-    return out.logits[:, -1].float()
+        logits = forward_from(model, embeds[:, first:].expand(batch, -1, -1), run, first, 1)
+    return logits[:, -1].float()
