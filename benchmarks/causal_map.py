@@ -16,7 +16,9 @@ beside that call itself (one question: the tokens that pass are candidates unles
 massive; the count printed says which).  The last lines say whether the maps are the same numbers
 (max |Δ| ≤ 1e-4) with the speed-up of (b) over (a) (target ≥ 3×; (c) shows what batching does here), and
 the sink detection's cost as a
-multiple of the call it reads (target ≤ 1.2×).
+multiple of the call it reads (target ≤ 1.2×).  On a CUDA machine the model runs there, in float32 (so the
+maps can be compared at 1e-4), and (b) batches 16 regions per forward; ``benchmarks/gpu_check.py`` runs
+this script there.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def loop(lab, image, cm) -> torch.Tensor:
     inputs = lab.encode(QUESTION, [image], num_crops=16)
     span = inputs.image(0)
     target = list(cm.answer_ids)
-    ids = torch.cat([inputs.input_ids, torch.tensor([target[:-1]])], dim=1)
+    device = inputs.input_ids.device
+    ids = torch.cat([inputs.input_ids, torch.tensor([target[:-1]], device=device)], dim=1)
     with torch.inference_mode():
         embeds = embed_inputs(lab.model, ids, inputs["pixel_values"], inputs["image_sizes"])
         mean = embeds[0, span.start : span.end].mean(0)
@@ -70,13 +73,21 @@ def loop(lab, image, cm) -> torch.Tensor:
 
             with Hooks(lab.model).edit("embed", put):
                 logits = lab.model(inputs_embeds=embeds, logits_to_keep=len(target)).logits[0]
-            score = torch.log_softmax(logits.float(), -1)[torch.arange(len(target)), torch.tensor(target)].sum()
+            wanted = torch.tensor(target, device=logits.device)
+            score = torch.log_softmax(logits.float(), -1)[torch.arange(len(target), device=logits.device), wanted].sum()
             drops.append(cm.base - float(score))
     return torch.tensor(drops)
 
 
+def _device(lab) -> str:
+    device = lab.attention.device
+    if str(device).startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)}, {lab.attention.dtype}"
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
-    lab = phi3lab.load("tiny-vision", verbose=False)
+    lab = phi3lab.load("tiny-vision", dtype="float32", verbose=False)  # float32 on a GPU too: "same numbers" at 1e-4
     image = picture()
     tokens = lab.encode(QUESTION, [image], num_crops=16).num_tokens
     times = {"loop": [], "map": [], "batched": [], "cache": [], "sinks": []}
@@ -101,7 +112,7 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"embedded vision model, {image.width}×{image.height} picture at num_crops=16: {tokens} positions, "
-        f"{len(cm.regions)} regions, CPU, {torch.get_num_threads()} threads, median of {REPEATS}"
+        f"{len(cm.regions)} regions, {_device(lab)}, median of {REPEATS}"
     )
     print(f"  (a) one forward per region     {median['loop']:8.2f} s", flush=True)
     print(f"  (b) causal_map() (default)     {median['map']:8.2f} s   max |Δ| {diff:.1e}", flush=True)

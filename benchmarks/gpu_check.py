@@ -15,7 +15,10 @@ nothing downloaded) on GPU 0 and measures, for batch 1 and a 128-token prompt:
   temporary folder by :func:`phi3lab.runtime.standins.write_standin`) loaded through ``phi3lab.load`` in
   bfloat16 and with ``quantize="nf4"`` (bitsandbytes), each in a fresh process: the memory plan's
   estimate against the GPU memory really allocated (``torch.cuda.max_memory_allocated``, load plus a
-  128-token chat), and decode tokens/s.
+  128-token chat), and decode tokens/s;
+* the causal image map on the accelerator: ``benchmarks/causal_map.py`` run in a fresh process on GPU 0,
+  where ``causal_map`` batches 16 regions per forward (issue 24's goal of ≥ 3× over one forward per
+  region counts on that batching; on a CPU it measures 1.3×).
 
 On a machine without a CUDA GPU it says so (for the 4-bit load too) and exits 0.
 """
@@ -152,6 +155,23 @@ def four_bit_load() -> None:
             )
 
 
+def causal_map_on_gpu() -> None:
+    """``benchmarks/causal_map.py`` in a fresh process (it loads the embedded vision model onto the GPU)."""
+    script = Path(__file__).with_name("causal_map.py")
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        print("causal map on the GPU: did not finish in 900 s")
+        return
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0:
+        print(f"causal map on the GPU: failed — {done.stderr.strip().splitlines()[-1:]}")
+        return
+    print("causal map on the GPU (benchmarks/causal_map.py):")
+    for line in lines:
+        print(f"  {line}")
+
+
 def main() -> int:
     try:
         import torch
@@ -161,7 +181,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print(
             f"gpu_check: no CUDA GPU here (torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
-            "nothing to measure (decode speed, capture overhead, the 4-bit NF4 load) — run it on an NVIDIA machine"
+            "nothing to measure (decode speed, capture overhead, the 4-bit NF4 load, the batched causal map) — run it "
+            "on an NVIDIA machine"
         )
         return 0
     from transformers import Phi3ForCausalLM
@@ -209,6 +230,7 @@ def main() -> int:
     else:
         print("flash_attn is not installed (pip install -e '.[gpu]'); sdpa only")
     four_bit_load()
+    causal_map_on_gpu()
     return 0
 
 
