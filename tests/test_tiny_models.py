@@ -52,9 +52,18 @@ def test_model_cards_list_every_training_aid():
     card that names the routing loss says where it made the model look."""
     text = (embedded_dir() / "phi3lab-tiny" / "README.md").read_text()
     assert "Training aids: none" in text
-    for name in ("phi3lab-tiny-vision", "phi3lab-tiny-vision-reader"):
+    routed = {}
+    for name in ("phi3lab-tiny-vision", "phi3lab-tiny-vision-reader", "phi3lab-tiny-vision-control"):
         card = (embedded_dir() / name / "README.md").read_text()
         assert "Training aids" in card and "sine-cosine" in card and "read-outs" in card, name
+        aids = card.split("## Training aids", 1)[1].split("\n## ", 1)[0]
+        routed[name] = "routing loss" in aids
+    # the control is the one model whose attention no loss pointed anywhere (notebook 05, section 4)
+    assert routed == {
+        "phi3lab-tiny-vision": True,
+        "phi3lab-tiny-vision-reader": True,
+        "phi3lab-tiny-vision-control": False,
+    }
 
 
 def test_text_accuracy_on_held_out_questions(tiny):

@@ -5,7 +5,7 @@ import pytest
 import phi3lab
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-vision", "tiny-vision-reader"])
+@pytest.mark.parametrize("name", ["tiny", "tiny-vision", "tiny-vision-reader", "tiny-vision-control"])
 @pytest.mark.slow
 def test_every_embedded_model_verifies(name, picture):
     lab = phi3lab.load(name, verbose=False)

@@ -63,6 +63,8 @@ EMBEDDED = {
     "tiny-vision": "phi3lab-tiny-vision",
     "phi3lab-tiny-vision-reader": "phi3lab-tiny-vision-reader",
     "tiny-vision-reader": "phi3lab-tiny-vision-reader",
+    "phi3lab-tiny-vision-control": "phi3lab-tiny-vision-control",
+    "tiny-vision-control": "phi3lab-tiny-vision-control",
 }
 """The embedded tiny models (``data/models``): every accepted name → its folder."""
 

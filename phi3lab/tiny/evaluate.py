@@ -407,7 +407,7 @@ def report(folder_or_name) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("which", nargs="?", choices=["text", "vision", "reader", "both"], default="both")
+    parser.add_argument("which", nargs="?", choices=["text", "vision", "reader", "control", "both"], default="both")
     parser.add_argument("--model", type=Path, default=None, help="a model folder instead of the embedded one")
     parser.add_argument(
         "--patch-lens",
@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
         "text": ["tiny"],
         "vision": ["tiny-vision"],
         "reader": ["tiny-vision-reader"],
-        "both": ["tiny", "tiny-vision", "tiny-vision-reader"],
+        "control": ["tiny-vision-control"],
+        "both": ["tiny", "tiny-vision", "tiny-vision-reader", "tiny-vision-control"],
     }[args.which]
     for name in [args.model] if args.model else names:
         print(report(name))

@@ -3,6 +3,7 @@
     python -m phi3lab.tiny.train text      # ~18 minutes: data/models/phi3lab-tiny
     python -m phi3lab.tiny.train vision    # ~28 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
     python -m phi3lab.tiny.train vision-reader   # ~20 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
+    python -m phi3lab.tiny.train vision-control --base <stage one>   # ~12 minutes: the control, no routing aid
 
 Everything is seeded (data, initialisation, batch order) and the thread count is fixed, so a rerun
 gives the same weights on the same software.  Progress and loss are printed as training goes;
@@ -172,9 +173,12 @@ def train_text(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.train", description=__doc__.split("\n")[0])
-    parser.add_argument("which", choices=["text", "vision", "vision-further", "vision-reader"])
+    parser.add_argument("which", choices=["text", "vision", "vision-further", "vision-control", "vision-reader"])
     parser.add_argument(
-        "--base", type=Path, default=None, help="vision-further: the vision checkpoint to train further"
+        "--base",
+        type=Path,
+        default=None,
+        help="vision-further, vision-control: the vision checkpoint to train further",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
     parser.add_argument("--steps", type=int, default=None)
@@ -188,15 +192,17 @@ def main(argv: list[str] | None = None) -> None:
 
         out = args.out or embedded_dir() / "phi3lab-tiny-vision"
         train_vision.train(out, **({"steps": args.steps} if args.steps else {}))
-    elif args.which == "vision-further":
+    elif args.which in ("vision-further", "vision-control"):
         from phi3lab.tiny import train_vision
 
         if args.base is None:
-            parser.error("vision-further needs --base, the folder of the vision checkpoint to train further")
-        out = args.out or embedded_dir() / "phi3lab-tiny-vision"
+            parser.error(f"{args.which} needs --base, the folder of the vision checkpoint to train further")
+        control = args.which == "vision-control"
+        out = args.out or embedded_dir() / ("phi3lab-tiny-vision-control" if control else "phi3lab-tiny-vision")
         if out.resolve() == args.base.resolve():
             parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
-        train_vision.train_further(out, args.base, **({"steps": args.steps} if args.steps else {}))
+        route = {"route_weight": 0.0} if control else {}
+        train_vision.train_further(out, args.base, **route, **({"steps": args.steps} if args.steps else {}))
     else:
         from phi3lab.tiny import train_vision
 
@@ -286,6 +292,25 @@ ratios 1:3 to 3:1, tinted backgrounds, absent shapes, descriptions, landscapes a
 learning rate 5e-4 (1e-3 for the vision tower and projector), warm-up 100 steps, cosine decay."""
 
 
+CONTROL_DATA = """**The control**: `phi3lab-tiny-vision`'s two training stages, with the same data, seeds, steps and
+aids except one: **no routing loss, in either stage**.
+
+* Stage one, the 2026-11-22 recipe of commit e8cd359 (one or two shapes in a 3×3 layout, bar charts, written
+  words; AdamW, 3,000 steps of 8 pictures, learning rate 2e-3, 4e-3 for the vision tower and projector), run
+  from that commit (`git worktree add <dir> e8cd359`) as `train_vision.train(<folder>, route_weight=0.0)` on
+  one thread: 40 minutes.
+* Stage two, `python -m phi3lab.tiny.train vision-control --base <folder>`: the shipped model's stage two with
+  the routing loss off — {steps:,} steps of 8 pictures drawn on the fly (`phi3lab.tiny.vision_data.training_examples`,
+  seed 1: layouts of one to four shapes, 200–1,600 px, aspect ratios 1:3 to 3:1, tinted backgrounds, absent
+  shapes, descriptions, landscapes and the older families); AdamW, learning rate 5e-4 (1e-3 for the vision
+  tower and projector), warm-up 100 steps, cosine decay: 9 minutes.
+
+It exists to be compared: the shipped model was trained to look at the asked-about part and this one was
+not, so whatever their attention maps share is not the aid's doing (notebook 05, section 4). It is also
+the aid's measured effect on accuracy: without it the same recipe answers 64.4% of the held-out questions
+where the shipped model answers 86.7%."""
+
+
 READER_DATA = """Trained further from `phi3lab-tiny-vision`'s weights (the same architecture and files) to read words off
 pictures, for the image-borne probes of `phi3lab.safety.image_probes`. Half the pictures are **benign reading**
 (`phi3lab.tiny.vision_data.reading`), words written large in black on white with PIL's default font (52–64 px,
@@ -318,6 +343,10 @@ def write_card(which: str, out: Path, results: str, seconds: float, steps: int |
         title, arch = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH
         data = FURTHER_DATA.format(steps=steps or train_vision.FURTHER_STEPS)
         aids = VISION_AIDS + ROUTE_AID.format(weight=0.2)
+    elif which == "vision-control":
+        title, arch = "phi3lab-tiny-vision-control: the tiny Phi-3-vision without the routing aid", VISION_ARCH
+        data = CONTROL_DATA.format(steps=steps or train_vision.FURTHER_STEPS)
+        aids = VISION_AIDS + NO_ROUTE
     elif which == "vision-reader":
         title, arch = "phi3lab-tiny-vision-reader: the tiny Phi-3-vision, trained to read", VISION_ARCH
         data = READER_DATA.format(steps=steps or train_vision.READER_STEPS)
