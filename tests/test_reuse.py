@@ -66,7 +66,7 @@ def test_a_forward_from_a_position_equals_the_whole_forward(tiny, embeds, first)
     """An edit at position 6 or later, started at ``first``: the logits of the whole edited forward."""
     model = tiny.model
     with torch.inference_mode():
-        run = reuse.clean_run(model, embeds, 3)
+        run = reuse.unedited_run(model, embeds, 3)
         assert torch.equal(run.logits, model(inputs_embeds=embeds, logits_to_keep=3).logits)
         with Hooks(model).edit("embed", _edit(6)):
             whole = model(inputs_embeds=embeds, logits_to_keep=3).logits
@@ -80,7 +80,7 @@ def test_starting_after_an_edit_misses_it_which_is_why_callers_start_at_the_firs
     """The test above can fail: a forward started after the edited position does not see the edit."""
     model = tiny.model
     with torch.inference_mode():
-        run = reuse.clean_run(model, embeds, 1)
+        run = reuse.unedited_run(model, embeds, 1)
         with Hooks(model).edit("embed", _edit(6)):
             late = reuse.forward_from(model, embeds[:, 7:], run, 7, 1)
             whole = model(inputs_embeds=embeds, logits_to_keep=1).logits
@@ -92,7 +92,7 @@ def test_the_implementation_is_restored_after_an_error(tiny, embeds):
         assert tiny.model.config._attn_implementation == reuse.NAME
         raise RuntimeError("boom")
     assert tiny.model.config._attn_implementation == "sdpa"
-    run = reuse.clean_run(tiny.model, embeds, 1)
+    run = reuse.unedited_run(tiny.model, embeds, 1)
     with pytest.raises(ValueError, match="pass the positions from first to the end"):
         reuse.forward_from(tiny.model, embeds[:, 3:], run, 2, 1)
 
@@ -108,7 +108,7 @@ def test_under_a_biting_window_the_models_own_attention_gives_the_same_numbers(t
         config.sliding_window = 6
         assert not reuse.end_aligned_applies(model, embeds.shape[1]) and reuse.end_aligned_applies(model, 6)
         with torch.inference_mode():
-            run = reuse.clean_run(model, embeds, 2)
+            run = reuse.unedited_run(model, embeds, 2)
             with Hooks(model).edit("embed", _edit(9)):
                 whole = model(inputs_embeds=embeds, logits_to_keep=2).logits
                 started = reuse.forward_from(model, embeds[:, 9:], run, 9, 2)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from phi3lab.inspect.kernel import embed_inputs
-from phi3lab.inspect.reuse import clean_run, forward_from
+from phi3lab.inspect.reuse import forward_from, unedited_run
 
 __all__ = ["Scorer", "GradientForward"]
 
@@ -62,7 +62,7 @@ class Scorer:
         self.on_rows = None  # callback(number of rows) for a progress bar
         with torch.no_grad():
             self.embeds = embed_inputs(model, self.ids, self.pixels, self.sizes)
-            self.run = clean_run(model, self.embeds, self.n_target)  # its keys and values, for the prefixes
+            self.run = unedited_run(model, self.embeds, self.n_target)  # its keys and values, for the prefixes
             self.base = _log_probs(self.run.logits, self.target)  # [1, T]
             baseline = torch.tensor([[baseline_id]], device=device)
             self.baseline_embed = model.get_input_embeddings()(baseline)[0, 0]

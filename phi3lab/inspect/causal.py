@@ -16,7 +16,7 @@ What replaces a removed region's tokens (``baseline``) matters and is part of th
 
 Regions are edited at the ``embed`` site (the hook core), ``batch_size`` regions per forward.  Removing a
 region changes nothing before its first token, so each forward starts there, with the keys and values of
-one clean run before it (:mod:`phi3lab.inspect.reuse`): the numbers are those of one plain forward of the
+one unedited run before it (:mod:`phi3lab.inspect.reuse`): the numbers are those of one plain forward of the
 whole prompt per region, and the work is what the positions from the region on cost
 (``benchmarks/causal_map.py`` measures both).  On a CPU a batch costs what its forwards cost one by one;
 batching is for accelerators (not measured here).
@@ -34,7 +34,7 @@ import torch
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
-from phi3lab.inspect.reuse import clean_run, forward_from
+from phi3lab.inspect.reuse import forward_from, unedited_run
 from phi3lab.prompts.patches import ImageRegion, hd_layout, image_regions
 from phi3lab.validation import check_float, check_int
 
@@ -213,7 +213,7 @@ def causal_map(
     with torch.inference_mode():
         embeds = embed_inputs(model, ids, inputs.get("pixel_values"), inputs.get("image_sizes"))
         replacement = _baseline_tokens(lab, span, embeds, baseline, other, blur_radius)
-        run = clean_run(model, embeds, len(target))
+        run = unedited_run(model, embeds, len(target))
         base = float(_log_p(run.logits, target)[0])
         drops = []
         for start in range(0, len(regions), batch_size):
@@ -254,7 +254,7 @@ def _score(model, embeds, run, target, removed, replacement, start) -> torch.Ten
     """log p(target) for each row: the prompt with the positions ``removed[row]`` replaced.
 
     The forward starts at the first removed position of the batch (nothing before it changes), with the
-    clean ``run``'s keys and values before it."""
+    unedited ``run``'s keys and values before it."""
     first = min(int(np.min(positions)) for positions in removed)
 
     def replace(value, at):
@@ -413,7 +413,7 @@ def _curves(lab, conversation, images, causal: CausalMap, orders: dict, batch_si
             raise ValueError(
                 "deletion curves with baseline='other' need the other picture: make the map with 'mean' or 'blur'"
             )
-        run = clean_run(model, embeds, len(target))
+        run = unedited_run(model, embeds, len(target))
         base = float(_log_p(run.logits, target)[0])
         every = np.arange(len(causal.regions))
         deletion, insertion = {}, {}
@@ -425,7 +425,7 @@ def _curves(lab, conversation, images, causal: CausalMap, orders: dict, batch_si
                     positions = [span.start + t for i in chosen for t in causal.regions[i].tokens]
                     rows.append(np.array(positions, dtype=int) if positions else None)
                 edited = [i for i, positions in enumerate(rows) if positions is not None]
-                values = np.full(len(rows), base)  # nothing removed: the clean run's
+                values = np.full(len(rows), base)  # nothing removed: the unedited run's
                 for start in range(0, len(edited), batch_size):
                     chunk = edited[start : start + batch_size]
                     values[chunk] = _score(

@@ -32,7 +32,7 @@ import torch
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
-from phi3lab.inspect.reuse import clean_run, forward_from
+from phi3lab.inspect.reuse import forward_from, unedited_run
 from phi3lab.inspect.sites import STREAM, check_site, choose_heads, choose_layers
 from phi3lab.validation import check_int
 
@@ -217,7 +217,7 @@ def patch(
         clean_values = {layer: reads[site, layer][0].to(model.device) for layer in chosen_layers}
         # the corrupted run, keeping its keys and values for the prefixes
         embeds = embed_inputs(model, bad_in.input_ids, bad_in.get("pixel_values"), bad_in.get("image_sizes"))
-        run = clean_run(model, embeds, 1)
+        run = unedited_run(model, embeds, 1)
         bad_logits = run.logits[:, -1].float()
 
     if metric is None:

@@ -1,8 +1,8 @@
-"""Forwards that start part-way: the keys and values before the first edited position come from a clean run.
+"""Forwards that start part-way: the keys and values before the first edited position come from an unedited run.
 
 In a causal model nothing at a position ``p`` or later reaches the states before ``p``.  An edit that changes
 only positions ``≥ p`` (a region of a picture replaced, an activation patched from there on) leaves every
-layer's keys and values at the positions before ``p`` as the clean run computed them.  A forward of the
+layer's keys and values at the positions before ``p`` as the unedited run computed them.  A forward of the
 positions from ``p`` on, with those keys and values in its cache, gives the numbers of a forward of the
 whole sequence (to float rounding) and costs what the positions from ``p`` cost.
 
@@ -13,7 +13,7 @@ sdpa on a CPU loses its causal kernel: a forward from position 10 took 1.6× a f
 it lasts: on a CPU the cached keys (no mask) and the new keys (the causal kernel) are attended to separately
 and the two results merged by their log-sum-exp; elsewhere it is sdpa with torch's lower-right causal bias.
 
-* :func:`clean_run` — one forward that keeps every layer's keys and values and the last logits;
+* :func:`unedited_run` — one forward that keeps every layer's keys and values and the last logits;
 * :func:`forward_from` — forwards of the positions from ``first`` on, several rows at once.
 
 Under an attention window shorter than the sequence (Phi-3-mini-4k and -medium: 2,047) the model's own
@@ -31,7 +31,15 @@ from transformers import AttentionInterface, AttentionMaskInterface, DynamicCach
 
 from phi3lab.inspect.kernel import language_model
 
-__all__ = ["CleanRun", "clean_run", "forward_from", "reusing", "end_aligned_attention", "end_aligned_applies", "NAME"]
+__all__ = [
+    "UneditedRun",
+    "unedited_run",
+    "forward_from",
+    "reusing",
+    "end_aligned_attention",
+    "end_aligned_applies",
+    "NAME",
+]
 
 NAME = "phi3lab_end_aligned"
 """The attention implementation's name in transformers' registry while :func:`reusing` is active."""
@@ -117,7 +125,7 @@ def end_aligned_applies(model, length: int) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class CleanRun:
+class UneditedRun:
     """What a forward of the unedited sequence leaves for the forwards that start part-way.
 
     Attributes:
@@ -130,25 +138,25 @@ class CleanRun:
     logits: torch.Tensor
 
 
-def clean_run(model, embeds: torch.Tensor, keep: int) -> CleanRun:
+def unedited_run(model, embeds: torch.Tensor, keep: int) -> UneditedRun:
     """One forward of ``embeds [1, T, hidden]`` that keeps every layer's keys and values and the logits of
     the last ``keep`` positions."""
     out = model(inputs_embeds=embeds, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=keep)
     pairs = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
-    return CleanRun(pairs, out.logits)
+    return UneditedRun(pairs, out.logits)
 
 
-def forward_from(model, suffix: torch.Tensor, run: CleanRun, first: int, keep: int) -> torch.Tensor:
+def forward_from(model, suffix: torch.Tensor, run: UneditedRun, first: int, keep: int) -> torch.Tensor:
     """Logits ``[rows, keep, vocab]`` of forwards whose positions from ``first`` on are ``suffix [rows, n, hidden]``
-    (edited there, or by hooks during the call) and whose positions before ``first`` are the clean run's.
+    (edited there, or by hooks during the call) and whose positions before ``first`` are the unedited run's.
 
-    ``first = 0`` is a plain forward of ``suffix``.  Nothing before ``first`` may differ from the clean run.
+    ``first = 0`` is a plain forward of ``suffix``.  Nothing before ``first`` may differ from the unedited run.
     Under an attention window shorter than the sequence the model's own attention runs, with its own mask.
     """
     total = run.keys_values[0][0].shape[2]
     if not 0 <= first < total or first + suffix.shape[1] != total:
         raise ValueError(
-            f"first={first} with {suffix.shape[1]} positions after it does not make the clean run's {total}; "
+            f"first={first} with {suffix.shape[1]} positions after it does not make the unedited run's {total}; "
             "pass the positions from first to the end"
         )
     if first == 0:
