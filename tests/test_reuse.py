@@ -118,3 +118,15 @@ def test_under_a_biting_window_the_models_own_attention_gives_the_same_numbers(t
     with torch.inference_mode(), Hooks(model).edit("embed", _edit(9)):
         unwindowed = model(inputs_embeds=embeds, logits_to_keep=2).logits
     assert (unwindowed - whole).abs().max() > 1e-2  # the window changed the numbers: the check above means something
+
+
+def test_target_log_probs_reads_each_target_token_under_its_own_position():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 11)
+    target = [5, 0, 10, 5]
+    expected = torch.stack(
+        [torch.stack([torch.log_softmax(logits[r, t], -1)[target[t]] for t in range(4)]) for r in range(3)]
+    )
+    torch.testing.assert_close(reuse.target_log_probs(logits, target), expected)
+    torch.testing.assert_close(reuse.target_log_probs(logits, torch.tensor([target])), expected)
+    assert reuse.target_log_probs(logits, [5, 0, 10, 6])[:, 3].ne(expected[:, 3]).all()  # the id read matters

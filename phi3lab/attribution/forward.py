@@ -27,14 +27,9 @@ import torch
 from torch import nn
 
 from phi3lab.inspect.kernel import embed_inputs
-from phi3lab.inspect.reuse import forward_from, unedited_run
+from phi3lab.inspect.reuse import forward_from, target_log_probs, unedited_run
 
 __all__ = ["Scorer", "GradientForward"]
-
-
-def _log_probs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``[batch, T, vocab]`` logits → ``[batch, T]`` log-probabilities of ``target``."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, target.expand(logits.shape[0], -1)[..., None])[..., 0]
 
 
 class Scorer:
@@ -63,7 +58,7 @@ class Scorer:
         with torch.no_grad():
             self.embeds = embed_inputs(model, self.ids, self.pixels, self.sizes)
             self.run = unedited_run(model, self.embeds, self.n_target)  # its keys and values, for the prefixes
-            self.base = _log_probs(self.run.logits, self.target)  # [1, T]
+            self.base = target_log_probs(self.run.logits, self.target)  # [1, T]
             baseline = torch.tensor([[baseline_id]], device=device)
             self.baseline_embed = model.get_input_embeddings()(baseline)[0, 0]
         self._text = [i for i, u in enumerate(self.units) if u.image is None]
@@ -121,7 +116,7 @@ class Scorer:
         with torch.no_grad():
             embeds = self.embeddings(absent, p)
             logits = forward_from(self.model, embeds, self.run, p, self.n_target)
-        return _log_probs(logits, self.target)
+        return target_log_probs(logits, self.target)
 
 
 class GradientForward(nn.Module):
@@ -144,4 +139,4 @@ class GradientForward(nn.Module):
         rows = is_input.reshape(-1) > 0.5
         embeds = torch.where(rows[:, None, None], self.scorer.embeds, self.baseline_embeds)
         out = self.model(inputs_embeds=self.tap(embeds), logits_to_keep=self.scorer.n_target)
-        return _log_probs(out.logits, self.scorer.target)
+        return target_log_probs(out.logits, self.scorer.target)

@@ -34,7 +34,7 @@ import torch
 
 from phi3lab.inspect.hooks import Hooks
 from phi3lab.inspect.kernel import embed_inputs
-from phi3lab.inspect.reuse import forward_from, unedited_run
+from phi3lab.inspect.reuse import forward_from, target_log_probs, unedited_run
 from phi3lab.prompts.patches import ImageRegion, hd_layout, image_regions
 from phi3lab.validation import check_float, check_int
 
@@ -245,9 +245,7 @@ def _batch_size(batch_size, lab) -> int:
 
 def _log_p(logits: torch.Tensor, target: list[int]) -> torch.Tensor:
     """``[rows]`` log p(target) from the logits ``[rows, len(target), vocab]`` that predict it."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    wanted = torch.tensor(target, device=logp.device)
-    return logp.gather(-1, wanted.expand(len(logp), -1)[..., None])[..., 0].sum(-1).cpu()
+    return target_log_probs(logits, target).sum(-1).cpu()
 
 
 def _score(model, embeds, run, target, removed, replacement, start) -> torch.Tensor:

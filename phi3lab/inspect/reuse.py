@@ -14,7 +14,8 @@ it lasts: on a CPU the cached keys (no mask) and the new keys (the causal kernel
 and the two results merged by their log-sum-exp; elsewhere it is sdpa with torch's lower-right causal bias.
 
 * :func:`unedited_run` — one forward that keeps every layer's keys and values and the last logits;
-* :func:`forward_from` — forwards of the positions from ``first`` on, several rows at once.
+* :func:`forward_from` — forwards of the positions from ``first`` on, several rows at once;
+* :func:`target_log_probs` — what such a forward's logits give a target answer, token by token.
 
 Under an attention window shorter than the sequence (Phi-3-mini-4k and -medium: 2,047) the model's own
 attention runs, with the mask transformers builds for the window: the same numbers, without the kernel's
@@ -35,6 +36,7 @@ __all__ = [
     "UneditedRun",
     "unedited_run",
     "forward_from",
+    "target_log_probs",
     "reusing",
     "end_aligned_attention",
     "end_aligned_applies",
@@ -43,14 +45,6 @@ __all__ = [
 
 NAME = "phi3lab_end_aligned"
 """The attention implementation's name in transformers' registry while :func:`reusing` is active."""
-
-
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``[B, kv_heads, T, d]`` → ``[B, kv_heads × groups, T, d]`` (grouped-query attention's sharing)."""
-    if groups == 1:
-        return x
-    b, h, t, d = x.shape
-    return x[:, :, None].expand(b, h, groups, t, d).reshape(b, h * groups, t, d)
 
 
 def end_aligned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -68,7 +62,7 @@ def end_aligned_attention(module, query, key, value, attention_mask, scaling=Non
     if window is not None and n > window:
         raise ValueError(f"{n} keys exceed the attention window ({window}); run the whole sequence instead")
     groups = query.shape[1] // key.shape[1]
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)  # GQA
     causal = getattr(module, "is_causal", True)
     if m == n or not causal:
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -172,3 +166,10 @@ def forward_from(model, suffix: torch.Tensor, run: UneditedRun, first: int, keep
     with kernel:
         out = model(inputs_embeds=suffix, past_key_values=cache, use_cache=True, logits_to_keep=keep)
     return out.logits
+
+
+def target_log_probs(logits: torch.Tensor, target) -> torch.Tensor:
+    """``[rows, T]`` log-probabilities of the ``target`` ids (``[T]`` or ``[1, T]``) under the logits
+    ``[rows, T, vocab]`` that predict them (e.g. :func:`forward_from`'s, with ``keep = T``)."""
+    wanted = torch.as_tensor(target, device=logits.device).reshape(1, -1).expand(logits.shape[0], -1)
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, wanted[..., None])[..., 0]
