@@ -182,8 +182,9 @@ def test_attribution_prefix_reuse_is_exact_past_the_window():
     """The Scorer reuses the unperturbed prompt's keys and values; past a window it must still equal
     full forwards (it failed with the window's truncated cache cut at the first removed unit)."""
     import phi3lab
-    from phi3lab.attribution.forward import Scorer, _log_probs
+    from phi3lab.attribution.forward import Scorer
     from phi3lab.attribution.units import build_units
+    from phi3lab.inspect.reuse import target_log_probs
 
     lab = phi3lab.load("tiny", verbose=False)
     lab.model.config.sliding_window = 12
@@ -203,7 +204,7 @@ def test_attribution_prefix_reuse_is_exact_past_the_window():
     with torch.no_grad():
         embeds = scorer.embeddings(presence == 0)
         full = lab.model(inputs_embeds=embeds, use_cache=False).logits[:, -scorer.n_target :]
-    torch.testing.assert_close(got, _log_probs(full, scorer.target), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, target_log_probs(full, scorer.target), atol=1e-4, rtol=0)
     assert (got - scorer.log_prob).abs().max() > 1e-3  # removals do change the score
 
 
@@ -215,8 +216,9 @@ def test_phi3_mini_4k_shape_past_its_window(reference):
     gives answer rows equal to eager, and message attributions equal full forwards, both within 1e-4."""
     from transformers import AutoTokenizer
 
-    from phi3lab.attribution.forward import Scorer, _log_probs
+    from phi3lab.attribution.forward import Scorer
     from phi3lab.attribution.units import build_units
+    from phi3lab.inspect.reuse import target_log_probs
     from phi3lab.runtime.attention_backend import select_attention
     from phi3lab.runtime.lab import Lab
     from phi3lab.runtime.registry import lookup
@@ -276,5 +278,5 @@ def test_phi3_mini_4k_shape_past_its_window(reference):
         for row in range(len(units)):
             embeds = scorer.embeddings(presence[row : row + 1] == 0)
             logits = model(inputs_embeds=embeds, use_cache=False, logits_to_keep=scorer.n_target).logits
-            reference_scores.append(_log_probs(logits, scorer.target))
+            reference_scores.append(target_log_probs(logits, scorer.target))
     assert (got - torch.cat(reference_scores)).abs().max() < 1e-4
