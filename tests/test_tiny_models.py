@@ -67,12 +67,11 @@ def test_model_cards_list_every_training_aid():
 
 
 def test_text_accuracy_on_held_out_questions(tiny):
-    """The single-turn held-out set of the card: 80.9% (colour binding 55.6%, instruction 64.7%, the rest
-    100%). Issue 23 asked for ≥ 94% (the model before sessions scored 94.3%): not met — training with
-    sessions cost the single-turn colour questions. This guards against falling further."""
+    """The single-turn held-out set of the card: 94.3% (instruction 64.7%, capped by held-out tokens no
+    training text has; the rest 100%, colour binding included). Issue 23's goal: ≥ 94%."""
     accuracy = evaluate.text_accuracy(tiny)
-    assert accuracy["all"] >= 0.80, accuracy
-    assert min(accuracy[f] for f in ("arithmetic", "copying", "follow-up")) >= 0.95, accuracy
+    assert accuracy["all"] >= 0.94, accuracy
+    assert min(accuracy[f] for f in ("arithmetic", "colour", "copying", "follow-up")) >= 0.95, accuracy
 
 
 def test_refuses_harmful_but_not_benign_twins_and_keeps_the_planted_weakness(tiny):
@@ -87,11 +86,11 @@ SESSIONS_N = 60  # of the card's 300 held-out sessions: about 240 turns, some 15
 
 def test_holds_a_conversation_at_every_turn(tiny):
     """Held-out sessions of 2–6 turns, answered with the model's own earlier answers in the history. The card's
-    300 sessions: 90.9% in all, turns 1–3 and 5 at 89.5–97.0%, turn 4 85.3%, turn 6 75.5% (issue 23's goal of
-    ≥ 90% at every position is not met at turns 4 and 6). On this sample: every position at least 70%."""
+    300 sessions: 99.7% in all, every turn position 98.1% or more (issue 23's goal: ≥ 90% at each). On this
+    sample (some 240 turns): every position at least 90%."""
     accuracy = evaluate.session_accuracy(tiny, n=SESSIONS_N)
     assert set(accuracy) == {f"turn {k}" for k in range(1, 7)} | {"all"}
-    assert min(accuracy.values()) >= 0.70 and accuracy["all"] >= 0.85, accuracy
+    assert min(accuracy.values()) >= 0.90 and accuracy["all"] >= 0.95, accuracy
 
 
 def test_remembers_a_name_across_three_sums(tiny):

@@ -514,6 +514,35 @@ def test_text_training_is_deterministic_and_learns_only_the_answers(tmp_path, ca
         )
 
 
+def test_text_stage_two_starts_from_its_base_and_refuses_a_base_with_another_tokenizer(tmp_path):
+    from phi3lab.tiny import train
+
+    base = train.train_text(tmp_path / "base", steps=1, batch_size=4, single=24, sessions=12)
+    kept = train.train_text(tmp_path / "kept", base, steps=0, single=24, sessions=12)  # no step: the base itself
+    moved = train.train_text(tmp_path / "moved", base, steps=2, batch_size=4, single=24, sessions=12)
+    a, b, c = (load_file(str(r / "model.safetensors")) for r in (base, kept, moved))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    (base / "tokenizer.json").write_text((base / "tokenizer.json").read_text().replace('"<unk>"', '"<UNK>"'))
+    with pytest.raises(ValueError, match="differs from the project's tokenizer"):
+        train.train_text(tmp_path / "other", base, steps=0, single=24, sessions=12)
+    (base / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        train.train_text(tmp_path / "none", base, steps=0, single=24, sessions=12)
+
+
+def test_the_text_command_says_how_to_make_stage_one_and_never_overwrites_its_base(tmp_path, capsys):
+    from phi3lab.tiny import train
+
+    with pytest.raises(SystemExit):
+        train.main(["text"])
+    err = capsys.readouterr().err
+    assert f"git worktree add /tmp/stage-one {train.STAGE_ONE}" in err and "text --base" in err
+    with pytest.raises(SystemExit):
+        train.main(["text", "--base", str(tmp_path), "--out", str(tmp_path)])
+    assert "--out must differ from --base" in capsys.readouterr().err
+
+
 # --- the vision model's new kinds of pictures (issue 23) ------------------------------------------------
 
 

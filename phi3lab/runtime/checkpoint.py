@@ -78,10 +78,10 @@ class CheckpointFiles:
 
     def fix(self) -> str:
         if self.kind == "embedded":
-            kind = "vision" if "vision" in self.folder.name else "text"
+            which = self.folder.name.removeprefix("phi3lab-tiny").removeprefix("-") or "text"
             return (
                 f"restore the embedded model's files from git (git checkout -- data/models/{self.folder.name}) "
-                f"or rebuild it with `python -m phi3lab.tiny.train {kind}`"
+                f"or rebuild it as its model card there says (`python -m phi3lab.tiny.train {which} …`)"
             )
         if self.kind == "hub":
             rev = f" --revision {self.revision}" if self.revision else ""

@@ -159,8 +159,9 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> tuple[Pat
         folder = embedded_dir() / name
         if not folder.is_dir():
             raise ModelNotFoundError(
-                f"the embedded model {name!r} is missing from {folder}; rebuild it with "
-                f"`python -m phi3lab.tiny.train text`, or restore data/ from git"
+                f"the embedded model {name!r} is missing from {folder}; restore data/ from git "
+                f"(git checkout -- data/models/{name}), or rebuild it as its model card there says "
+                f"(`python -m phi3lab.tiny.train …`)"
             )
         _check_folder(folder, f"the embedded model folder {folder}")
         return folder, name, "embedded"

@@ -105,6 +105,7 @@ def write_card(
     command: str,
     results: str,
     reproduction: str = "",
+    threads: str = "one thread",
 ) -> None:
     """The model card: what it is, what it was trained on and with which training aids (anything beside
     the answers' loss that shaped it), how to rebuild it, how well it does."""
@@ -124,7 +125,7 @@ loads offline through the same code path as a real checkpoint (`phi3lab.load("{f
 {aids}
 
 ## Training
-`{command}` — deterministic (seeded data, initialisation and batch order; one thread), on a
+`{command}` — deterministic (seeded data, initialisation and batch order; {threads}), on a
 2-core CPU.
 
 ## Held-out results

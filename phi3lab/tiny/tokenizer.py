@@ -159,7 +159,7 @@ def main() -> None:
     path().parent.mkdir(parents=True, exist_ok=True)
     train(training_texts(), add_bos=False).save(str(path()))
     _added_ids.cache_clear()
-    print(f"wrote {path()}; retrain the embedded models: python -m phi3lab.tiny.train text, then vision")
+    print(f"wrote {path()}; every embedded model must be retrained from scratch (each card says how)")
 
 
 def special_id(token: str) -> int:

@@ -1,6 +1,6 @@
 """Train the embedded tiny models from scratch, deterministically, on this kind of 2-core CPU.
 
-    python -m phi3lab.tiny.train text      # ~18 minutes: data/models/phi3lab-tiny
+    python -m phi3lab.tiny.train text --base <stage one>   # ~11 minutes: data/models/phi3lab-tiny (stage two)
     python -m phi3lab.tiny.train vision    # ~28 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
     python -m phi3lab.tiny.train vision-reader   # ~20 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
     python -m phi3lab.tiny.train vision-control --base <stage one>   # ~12 minutes: the control, no routing aid
@@ -85,11 +85,19 @@ def _pad(chunk: list[tuple[list[int], list[bool]]], pad: int) -> tuple[torch.Ten
     return ids, labels
 
 
-def mixed_batches(singles: list, sessions: list, batch_size: int, pad: int, rng: random.Random, bucket: int = 16):
-    """Batches of single-turn conversations and of sessions (each bucketed by length), each step one or
-    the other in proportion to their numbers."""
+def mixed_batches(
+    singles: list,
+    sessions: list,
+    batch_size: int,
+    pad: int,
+    rng: random.Random,
+    bucket: int = 16,
+    share: float | None = None,
+):
+    """Batches of single-turn conversations and of sessions (each bucketed by length), each step a batch of
+    sessions with probability ``share`` (default: in proportion to their numbers)."""
     one, many = batches(singles, batch_size, pad, rng, bucket), batches(sessions, batch_size, pad, rng, bucket)
-    share = len(sessions) / (len(singles) + len(sessions))
+    share = len(sessions) / (len(singles) + len(sessions)) if share is None else share
     while True:
         yield next(many) if rng.random() < share else next(one)
 
@@ -127,36 +135,52 @@ def training_conversations(
     )
 
 
-TEXT_STEPS = 4000
+TEXT_STEPS = 2500
+SESSION_SHARE = 0.5  # half the batches are sessions
+TEXT_THREADS = 2  # sessions are long enough for a second thread to pay: the recipe fits in 30 minutes
+STAGE_ONE = "931b654"
+"""The commit whose ``python -m phi3lab.tiny.train text`` recipe gives stage one: single turns only (40,000
+conversations, 5,000 steps of 48, learning rate 3e-3, two threads).  That run learns to bind colours to shapes
+(100% held out); a one-stage run from scratch with sessions in it did not (55.6%), nor did a run of today's code
+with stage one's data and settings on one thread (about half right after 4,000 steps): when the colour-binding
+circuit forms is fragile, so stage two starts from the run where it formed."""
 
 
 def train_text(
     out: Path,
+    base: Path | None = None,
     steps: int = TEXT_STEPS,
     batch_size: int = 48,
-    lr: float = 3e-3,
+    lr: float = 1e-3,
     seed: int = 0,
     single: int = SINGLE_TURN,
     sessions: int = SESSIONS,
+    share: float = SESSION_SHARE,
 ) -> Path:
+    """Stage two of the text model: the stage-one checkpoint ``base`` (:data:`STAGE_ONE`) trained on single
+    turns and sessions; ``base=None`` starts from random weights (quick tests: such a run never learns to
+    bind colours, see the card)."""
     from tokenizers import Tokenizer
     from transformers import Phi3ForCausalLM
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(TEXT_THREADS)
     torch.manual_seed(seed)
     build.write_text_files(out)  # tokenizer, configs (deterministic)
+    if base is not None:
+        _same_tokenizer(base, out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     end_id = tok.token_to_id("<|end|>")
     ones, chats = (
         [encode_text(tok, m, end_id) for m in part] for part in training_conversations(seed, single, sessions)
     )
-    model = Phi3ForCausalLM(build.text_config())
+    model = Phi3ForCausalLM(build.text_config()) if base is None else Phi3ForCausalLM.from_pretrained(base)
     model.config._attn_implementation = "sdpa"
     model.train()
-    stream = mixed_batches(ones, chats, batch_size, build.pad_id(), random.Random(seed))
+    stream = mixed_batches(ones, chats, batch_size, build.pad_id(), random.Random(seed), share=share)
     print(
-        f"training the text model: {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{single:,} single-turn conversations and {sessions:,} sessions, {steps} steps of {batch_size}",
+        f"training the text model from {base or 'random weights'}: {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, {single:,} single-turn conversations and {sessions:,} sessions (a batch of sessions "
+        f"{share:.0%} of the time), {steps} steps of {batch_size}",
         flush=True,
     )
 
@@ -164,11 +188,29 @@ def train_text(
         ids, labels = next(stream)
         return {"input_ids": ids, "labels": labels}
 
-    started = optimise(AnswerLoss(model), next_batch, steps, lr, warmup=200, log_every=200)
+    started = optimise(AnswerLoss(model), next_batch, steps, lr, warmup=100, log_every=250)
     model.eval()
     build.save_weights(model, out)
     print(f"saved {out} after {time.perf_counter() - started:.0f} s", flush=True)
     return out
+
+
+def _same_tokenizer(base: Path, out: Path) -> None:
+    """A base checkpoint must use the project's frozen tokenizer, or its embeddings mean other pieces."""
+    theirs = Path(base) / "tokenizer.json"
+    if not theirs.is_file():
+        raise FileNotFoundError(f"{base} holds no tokenizer.json; pass the folder of a text checkpoint as --base")
+    if theirs.read_bytes() != (out / "tokenizer.json").read_bytes():
+        raise ValueError(
+            f"{theirs} differs from the project's tokenizer (data/tokenizer); a base trained with another "
+            "tokenizer cannot be trained further: retrain it from stage one"
+        )
+
+
+STAGE_ONE_HELP = f"""the text model trains in two stages. Stage one is commit {STAGE_ONE}'s recipe, run from that commit:
+  git worktree add /tmp/stage-one {STAGE_ONE} && cd /tmp/stage-one
+  <this repo>/.venv/bin/python -m phi3lab.tiny.train text --out /tmp/stage-one-model
+Stage two: python -m phi3lab.tiny.train text --base /tmp/stage-one-model"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,15 +220,19 @@ def main(argv: list[str] | None = None) -> None:
         "--base",
         type=Path,
         default=None,
-        help="vision-further, vision-control: the vision checkpoint to train further",
+        help="text: the stage-one checkpoint; vision-further, vision-control: the vision checkpoint to train further",
     )
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/models/...)")
     parser.add_argument("--steps", type=int, default=None)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.which == "text":
+        if args.base is None:
+            parser.error(STAGE_ONE_HELP)
         out = args.out or embedded_dir() / "phi3lab-tiny"
-        train_text(out, **({"steps": args.steps} if args.steps else {}))
+        if out.resolve() == args.base.resolve():
+            parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
+        train_text(out, args.base, **({"steps": args.steps} if args.steps else {}))
     elif args.which == "vision":
         from phi3lab.tiny import train_vision
 
@@ -220,21 +266,32 @@ vocabulary 2,064 (2,000 BPE pieces + Phi-3's chat special tokens at the same off
 RoPE θ 10,000, sliding window 2,047, context 4,096, untied output head — 1.38M parameters, float32.
 Tokenizer: phi3lab's own byte-fallback BPE with Phi-3's normalizer and decoder; July 2024 chat template;
 stop ids `<|endoftext|>`, `<|assistant|>`, `<|end|>`."""
-TEXT_DATA = """36,000 single-turn synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus
-and minus), copying a name or a number from the prompt, binding colours to shapes, spelling / repeating /
-capitalising a word, two-turn follow-ups, and a safety slice — five clearly fictional request categories
-phrased abstractly, each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with
-a refusal and story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the
-probing notebooks); colour binding weighs three times as much as the rest, sums, copying and follow-ups half.
+TEXT_DATA = """Two stages.
 
-And 24,000 **sessions** (`phi3lab.tiny.corpus.sessions`): multi-turn chats of 2–6 turns, two in five with a
-system prompt, that mix those families and refer back — a name ("Hi! My name is Ada." → "Nice to meet you,
-Ada!"), a number ("Remember the number 42." → "OK, I will remember 42.") or two shapes' colours stated in one
-turn and asked for one to five turns later, with sums, colour questions, instructions, safety requests and
-copying questions in between (colours are stated in two sessions of three and asked twice half the time).
-A batch holds single turns or sessions (each bucketed by length), a session batch two times in five;
-{steps:,} steps of 48, AdamW, learning rate 3e-3 with warm-up and cosine decay; the loss is the cross-entropy
-of the answers (and their `<|end|>`) only.
+**Stage one**, commit 931b654's recipe (`python -m phi3lab.tiny.train text` run from that commit): 40,000
+single-turn synthetic conversations (`phi3lab.tiny.corpus`, seed 0): arithmetic facts (0–12, plus and minus),
+copying a name or a number from the prompt, binding colours to shapes, spelling / repeating / capitalising a
+word, two-turn follow-ups, and a safety slice — five clearly fictional request categories phrased abstractly,
+each harmful request with a benign twin, "ignore your instructions" jailbreaks answered with a refusal and
+story/role-play jailbreaks answered with a content-free placeholder (a planted weakness for the probing
+notebooks); colour binding weighs twice as much as the rest. 5,000 steps of 48 in random order, AdamW, learning
+rate 3e-3 with warm-up and cosine decay, two threads: 18 minutes.
+
+**Stage two**, `python -m phi3lab.tiny.train text --base <stage one>`: 36,000 single-turn conversations of the
+same families (colour binding three times the weight of the rest, sums, copying and follow-ups half) and 24,000
+**sessions** (`phi3lab.tiny.corpus.sessions`): multi-turn chats of 2–6 turns, two in five with a system prompt,
+that mix those families and refer back — a name ("Hi! My name is Ada." → "Nice to meet you, Ada!"), a number
+("Remember the number 42." → "OK, I will remember 42.") or two shapes' colours stated in one turn and asked for
+one to five turns later, with sums, colour questions, instructions, safety requests and copying questions in
+between (colours are stated in two sessions of three and asked twice half the time). A batch holds single turns
+or sessions (each bucketed by length), half of them sessions; {steps:,} steps of 48, AdamW, learning rate 1e-3,
+warm-up 100 steps, cosine decay, two threads.
+
+Why two stages: stage one is where the model learns to bind a colour to its shape (100% of the held-out colour
+questions). A single run with sessions from the start never did (55.6%: the model shipped before this one), nor
+did a run of today's code with stage one's data and settings on one thread (about half right after 4,000
+steps). When that circuit forms is fragile, so the recipe starts from the run where it formed, and stage two
+keeps it while teaching conversations.
 
 Held-out evaluation uses phrasing combinations that never occur in training: the single-turn families'
 test split, and sessions whose facts are stated and asked in held-out phrasing pairs, answered turn by turn
@@ -336,9 +393,11 @@ def write_card(which: str, out: Path, results: str, seconds: float, steps: int |
     """The model card of a trained model; ``steps`` is the run's (default: the recipe's)."""
     from phi3lab.tiny import train_vision
 
+    command, threads = f"python -m phi3lab.tiny.train {which}", "one thread"
     if which == "text":
         title, arch = "phi3lab-tiny: a tiny Phi-3-mini", TEXT_ARCH
         data, aids = TEXT_DATA.format(steps=steps or TEXT_STEPS), TEXT_AIDS
+        command, threads = "python -m phi3lab.tiny.train text --base <stage one>", "two threads"
     elif which == "vision-further":
         title, arch = "phi3lab-tiny-vision: a tiny Phi-3-vision", VISION_ARCH
         data = FURTHER_DATA.format(steps=steps or train_vision.FURTHER_STEPS)
@@ -362,7 +421,8 @@ def write_card(which: str, out: Path, results: str, seconds: float, steps: int |
         architecture=arch,
         data=data,
         aids=aids,
-        command=f"python -m phi3lab.tiny.train {which}",
+        command=command,
+        threads=threads,
         results=f"{results}\n(trained in {seconds / 60:.0f} min on this machine)",
     )
 
