@@ -106,6 +106,20 @@ def as_model(model) -> torch.nn.Module:
     return model
 
 
+def _pre_hook(module: torch.nn.Module, fn) -> torch.utils.hooks.RemovableHandle:
+    """Register ``fn(module, args, kwargs)`` as a forward pre-hook.
+
+    torch stores a hook and its ``with_kwargs`` flag in two steps, and removes them in two: a forward running
+    in another thread at that moment calls the hook without ``kwargs`` (a widget answering in the background
+    while a block opens or closes).  Such a call is never the block's own forward, which runs in the thread
+    that registers and removes its hooks, so it is skipped."""
+
+    def hook(mod, args, kwargs=None):
+        return None if kwargs is None else fn(mod, args, kwargs)
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 class Hooks:
     """Read and edit named sites of one model for the duration of a ``with`` block.
 
@@ -190,7 +204,7 @@ class Hooks:
         self._owner = threading.get_ident()
         self._open = True
         try:
-            self._handles.append(self._layers[0].register_forward_pre_hook(self._track, with_kwargs=True))
+            self._handles.append(_pre_hook(self._layers[0], self._track))
             for wanted in self._wanted:
                 self._install(wanted)
         except BaseException:
@@ -302,7 +316,7 @@ class Hooks:
 
     def _hook(self, module, fn, *, pre: bool) -> None:
         if pre:
-            self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+            self._handles.append(_pre_hook(module, fn))
         else:
             self._handles.append(module.register_forward_hook(fn))
 
