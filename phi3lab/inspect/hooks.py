@@ -111,8 +111,8 @@ def _pre_hook(module: torch.nn.Module, fn) -> torch.utils.hooks.RemovableHandle:
 
     torch stores a hook and its ``with_kwargs`` flag in two steps, and removes them in two: a forward running
     in another thread at that moment calls the hook without ``kwargs`` (a widget answering in the background
-    while a block opens or closes).  Such a call is never the block's own forward, which runs in the thread
-    that registers and removes its hooks, so it is skipped."""
+    while a block opens or closes).  Such a call comes only while the hook is being added or removed — never
+    a block's own forward, which runs in the thread that registers and removes its hooks — so it is skipped."""
 
     def hook(mod, args, kwargs=None):
         return None if kwargs is None else fn(mod, args, kwargs)
@@ -633,4 +633,4 @@ def guard_output_attentions(model, max_bytes: int | None = None):
         )
         return None
 
-    return model.register_forward_pre_hook(check, with_kwargs=True)
+    return _pre_hook(model, check)

@@ -1,6 +1,6 @@
-"""Train the embedded tiny models from scratch, deterministically, on this kind of 2-core CPU.
+"""Train the embedded tiny models, deterministically, on this kind of 2-core CPU.
 
-    python -m phi3lab.tiny.train text --base <stage one>   # ~11 minutes: data/models/phi3lab-tiny (stage two)
+    python -m phi3lab.tiny.train text --base <stage one>   # ~9 minutes: data/models/phi3lab-tiny (stage two)
     python -m phi3lab.tiny.train vision    # ~28 minutes: data/models/phi3lab-tiny-vision (starts from the text model)
     python -m phi3lab.tiny.train vision-reader   # ~20 minutes: data/models/phi3lab-tiny-vision-reader (starts from the vision model)
     python -m phi3lab.tiny.train vision-control --base <stage one>   # ~12 minutes: the control, no routing aid
@@ -25,8 +25,6 @@ from phi3lab.paths import embedded_dir
 from phi3lab.prompts.chat import build_prompt
 from phi3lab.tiny import build, corpus
 from phi3lab.tiny.optim import optimise
-
-THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
 
 
 def answer_mask(
@@ -213,6 +211,11 @@ STAGE_ONE_HELP = f"""the text model trains in two stages. Stage one is commit {S
 Stage two: python -m phi3lab.tiny.train text --base /tmp/stage-one-model"""
 
 
+def _not_the_base(parser: argparse.ArgumentParser, out: Path, base: Path) -> None:
+    if out.resolve() == base.resolve():
+        parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m phi3lab.tiny.train", description=__doc__.split("\n")[0])
     parser.add_argument("which", choices=["text", "vision", "vision-further", "vision-control", "vision-reader"])
@@ -230,8 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.base is None:
             parser.error(STAGE_ONE_HELP)
         out = args.out or embedded_dir() / "phi3lab-tiny"
-        if out.resolve() == args.base.resolve():
-            parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
+        _not_the_base(parser, out, args.base)
         train_text(out, args.base, **({"steps": args.steps} if args.steps else {}))
     elif args.which == "vision":
         from phi3lab.tiny import train_vision
@@ -245,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{args.which} needs --base, the folder of the vision checkpoint to train further")
         control = args.which == "vision-control"
         out = args.out or embedded_dir() / ("phi3lab-tiny-vision-control" if control else "phi3lab-tiny-vision")
-        if out.resolve() == args.base.resolve():
-            parser.error("--out must differ from --base: training further never overwrites the checkpoint it reads")
+        _not_the_base(parser, out, args.base)
         route = {"route_weight": 0.0} if control else {}
         train_vision.train_further(out, args.base, **route, **({"steps": args.steps} if args.steps else {}))
     else:
