@@ -11,7 +11,9 @@ chat a newcomer tries first: a name, three sums, then "What is my name?" (30 cha
 refusal rate on held-out harmful requests, on their benign twins (over-refusal), and on each
 jailbreak wrapper.  Vision: exact answers on held-out pictures of every family.  The reader, besides:
 exact answers on held-out reading pictures (the text read back, and the request done), and the
-typed refusal rates, which its training must keep.
+typed refusal rates, which its training must keep.  And for every vision model, what its image tokens
+carry: linear read-outs of each cell's colour, kind and place fitted on held-out pictures of shapes
+(:mod:`phi3lab.tiny.readouts`), each beside its chance.
 
     python -m phi3lab.tiny.evaluate reader --patch-lens
 
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 
 from phi3lab.tiny import corpus
+from phi3lab.tiny.readouts import image_token_readouts
 
 TEXT_N = 240
 SESSION_N = 300
@@ -366,6 +369,9 @@ def stored_patch_lens_report(lab=None, path: Path | None = None):
     return report
 
 
+READOUTS_TITLE = "what the image tokens carry: linear read-outs on held-out shapes (phi3lab.tiny.readouts)"
+
+
 def _table(title: str, values: dict[str, float]) -> str:
     return title + "\n" + "\n".join(f"  {k:<20} {100 * v:5.1f}%" for k, v in values.items())
 
@@ -381,6 +387,7 @@ def report(folder_or_name) -> str:
                 _table("held-out pictures of the new kinds", new_vision_accuracy(lab)),
                 _table("held-out reading pictures", reading_accuracy(lab)),
                 _table("typed refusal rate (test split)", safety_rates(lab)),
+                _table(READOUTS_TITLE, image_token_readouts(lab)),
             ]
         )
     if lab.spec.modality == "vision":
@@ -389,6 +396,7 @@ def report(folder_or_name) -> str:
                 _table(f"{lab.spec.name}: held-out vision accuracy", vision_accuracy(lab)),
                 _table("held-out pictures of the new kinds", new_vision_accuracy(lab)),
                 _showcase_table(showcase(lab)),
+                _table(READOUTS_TITLE, image_token_readouts(lab)),
             ]
         )
     return "\n".join(
