@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from phi3lab.paths import embedded_dir
-from phi3lab.tiny import build, optim, tokenizer, train_vision, vision_data
+from phi3lab.tiny import build, cells, optim, tokenizer, train_vision, vision_data
 
 ATTR = list(vision_data.ATTRIBUTES)
 
@@ -101,7 +101,7 @@ def test_cell_targets_follow_the_hd_geometry():
     ex = vision_data.VisionExample(
         "shapes", image, "q", "a", ((100, 0, 199, 199),), (), parts.image, tuple(parts.attributes)
     )
-    targets = train_vision.cell_targets(ex).reshape(12, 12, len(ATTR))
+    targets = cells.cell_targets(ex).reshape(12, 12, len(ATTR))
     covered = targets[..., ATTR.index("kind")] == vision_data.ATTRIBUTES["kind"].index("square") + 1
     # the picture lands at x 84..252 (scale 0.84), the square at x 168..252, y 0..168: cells 6..8, rows 0..5
     rows, cols = np.nonzero(covered.numpy())
@@ -241,8 +241,8 @@ def test_route_targets_point_answers_at_the_asked_about_shape(tmp_path):
     # the first answer (the evaluated question) looks at the cells of its shape, in both views
     (part,) = vision_data.question_parts(ex, ex.question)
     run = image_tokens(336, 336, 1)
-    cells = train_vision.cell_parts(ex)
-    expected = {k for k, t in enumerate(run) if t.kind in ("crop", "global") and cells[t.row * 12 + t.col] == part}
+    covering = cells.cell_parts(ex)
+    expected = {k for k, t in enumerate(run) if t.kind in ("crop", "global") and covering[t.row * 12 + t.col] == part}
     assert set(targets[0].nonzero()[:, 0].tolist()) == expected and len(expected) >= 4
 
 

@@ -7,7 +7,7 @@ such read-outs on held-out pictures of shapes (:func:`phi3lab.tiny.vision_data.l
 them on other held-out pictures, for three of the renderer's attributes:
 
 * ``colour``, ``kind`` and ``place`` of the part that covers each 28-pixel cell of the crop view
-  (:func:`phi3lab.tiny.train_vision.cell_targets`), scored on the cells that show a part;
+  (:func:`phi3lab.tiny.cells.cell_targets`), scored on the cells that show a part;
 * ``kind of shape``: the mean of the tokens of a shape's cells, read out as its kind — what one
   attention head spread evenly over the shape, and read linearly, would get (the language model's
   layers can do more than one linear read-out, so this is a gauge, not a ceiling).
@@ -37,15 +37,15 @@ def _tokens_and_targets(lab, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     """``([n, 144, D], [n, 144, len(ATTRIBUTES)])``: each picture's crop-view image tokens and the
     attributes of the part covering each cell (0 = none)."""
     from phi3lab.prompts.patches import image_tokens
-    from phi3lab.tiny import train_vision, vision_data
+    from phi3lab.tiny import cells, vision_data
 
     if lab.spec.modality != "vision":
         raise ValueError(f"image-token read-outs need a vision model; {lab.spec.name} reads text only")
-    if lab.num_crops != train_vision.NUM_CROPS:
+    if lab.num_crops != cells.NUM_CROPS:
         raise ValueError(
-            f"image-token read-outs need the embedded models' geometry (num_crops={train_vision.NUM_CROPS}); "
+            f"image-token read-outs need the embedded models' geometry (num_crops={cells.NUM_CROPS}); "
             f"{lab.spec.name} uses num_crops={lab.num_crops}: set lab.processor.image_processor.num_crops = "
-            f"{train_vision.NUM_CROPS} first"
+            f"{cells.NUM_CROPS} first"
         )
     size = lab.model.config.vision_config.image_size  # one 336-pixel canvas: at num_crops=1 the crop is the picture
     crop_cells = torch.tensor([t.index for t in image_tokens(size, size, lab.num_crops) if t.kind == "crop"])
@@ -60,7 +60,7 @@ def _tokens_and_targets(lab, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
             sites=["image_embeds"],
         )
         tokens.append(cache["image_embeds", 0][crop_cells].float())
-        targets.append(train_vision.cell_targets(example)[:, columns])
+        targets.append(cells.cell_targets(example)[:, columns])
     return torch.stack(tokens), torch.stack(targets)
 
 

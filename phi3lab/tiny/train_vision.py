@@ -35,10 +35,10 @@ from phi3lab.models.phi3_v.hd import CELLS, CLIP_MEAN, CLIP_STD
 from phi3lab.paths import embedded_dir
 from phi3lab.runtime.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import build, tokenizer, vision_data
+from phi3lab.tiny.cells import NUM_CROPS, cell_parts, cell_targets
 from phi3lab.tiny.optim import optimise
 
 THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
-NUM_CROPS = 1
 STEPS = 2500
 ROUTE_WEIGHT = 0.0  # the routing aid's weight in the vision model's training (0: none; see TrainingAids)
 READER_ROUTE_WEIGHT = 0.2  # the reader's: its answers are routed to the written words they copy
@@ -146,38 +146,6 @@ def encode(processor, conversation: list[dict], image, end_id: int, assistant_id
         "image_sizes": enc["image_sizes"][0],
         "turns": turns,
     }
-
-
-def cell_parts(example: vision_data.VisionExample) -> torch.Tensor:
-    """``[144]``: for each 28-pixel cell of the 336×336 canvas (one image token of the crop view,
-    and of the global view, which is the same canvas at ``num_crops=1``), the id of the part
-    covering most of it — 0 where no part covers at least 5% of the cell.
-
-    The part map goes through the HD geometry (resize, then pad) exactly as the pixels do."""
-    import numpy as np
-    from PIL import Image
-
-    from phi3lab.prompts.patches import hd_layout
-
-    layout = hd_layout(example.image.width, example.image.height, NUM_CROPS)
-    assert layout.padded == (336, 336), layout
-    left, top, right, bottom = layout.pad_box
-    canvas = Image.new("L", layout.padded, 0)
-    canvas.paste(example.parts.resize((right - left, bottom - top), Image.Resampling.NEAREST), (left, top))
-    ids = np.asarray(canvas).reshape(12, 28, 12, 28).transpose(0, 2, 1, 3).reshape(144, 28 * 28)
-    counts = np.stack([np.bincount(row, minlength=len(example.part_attributes) + 1) for row in ids])
-    counts[:, 0] = 0
-    best = counts.argmax(1)
-    best[counts.max(1) < 0.05 * 28 * 28] = 0
-    return torch.from_numpy(best)
-
-
-def cell_targets(example: vision_data.VisionExample, parts: torch.Tensor | None = None) -> torch.Tensor:
-    """``[144, len(ATTRIBUTES)]``: the attributes of each cell's part (:func:`cell_parts`), 0 = none."""
-    table = torch.zeros((len(example.part_attributes) + 1, len(vision_data.ATTRIBUTES)), dtype=torch.long)
-    for k, attrs in enumerate(example.part_attributes, start=1):
-        table[k] = torch.tensor([attrs.get(name, 0) for name in vision_data.ATTRIBUTES])
-    return table[cell_parts(example) if parts is None else parts]
 
 
 @lru_cache(maxsize=1)
