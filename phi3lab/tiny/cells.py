@@ -7,11 +7,13 @@ pixels, each one image token of the crop view and one of the global view (the sa
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from phi3lab.tiny import vision_data
 
-__all__ = ["NUM_CROPS", "cell_parts", "cell_targets"]
+__all__ = ["NUM_CROPS", "cell_parts", "cell_targets", "view_cells"]
 
 NUM_CROPS = 1  # the embedded vision models' geometry: a global view and one crop, 313 image tokens
 
@@ -46,3 +48,14 @@ def cell_targets(example: vision_data.VisionExample, parts: torch.Tensor | None 
     for k, attrs in enumerate(example.part_attributes, start=1):
         table[k] = torch.tensor([attrs.get(name, 0) for name in vision_data.ATTRIBUTES])
     return table[cell_parts(example) if parts is None else parts]
+
+
+@lru_cache(maxsize=1)
+def view_cells() -> tuple[torch.Tensor, int]:
+    """``(cells, length)``: the positions, within a picture's run of ``length`` (313) image tokens,
+    of the crop view's 144 cells, then the global view's, row by row (the separators left out)."""
+    from phi3lab.prompts.patches import image_tokens
+
+    run = image_tokens(336, 336, NUM_CROPS)
+    cells = [t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"]
+    return torch.tensor(cells), len(run)

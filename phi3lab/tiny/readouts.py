@@ -36,7 +36,6 @@ FIT_STEPS = 300  # full-batch Adam steps per read-out (the loss has flattened we
 def _tokens_and_targets(lab, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``([n, 144, D], [n, 144, len(ATTRIBUTES)])``: each picture's crop-view image tokens and the
     attributes of the part covering each cell (0 = none)."""
-    from phi3lab.prompts.patches import image_tokens
     from phi3lab.tiny import cells, vision_data
 
     if lab.spec.modality != "vision":
@@ -47,8 +46,7 @@ def _tokens_and_targets(lab, n: int, seed: int) -> tuple[torch.Tensor, torch.Ten
             f"{lab.spec.name} uses num_crops={lab.num_crops}: set lab.processor.image_processor.num_crops = "
             f"{cells.NUM_CROPS} first"
         )
-    size = lab.model.config.vision_config.image_size  # one 336-pixel canvas: at num_crops=1 the crop is the picture
-    crop_cells = torch.tensor([t.index for t in image_tokens(size, size, lab.num_crops) if t.kind == "crop"])
+    crop_cells = cells.view_cells()[0][:144]  # the crop view's cells; the global view repeats the same canvas
     columns = [list(vision_data.ATTRIBUTES).index(name) for name in ATTRIBUTES]
     rng = random.Random(f"readouts-{seed}")
     tokens, targets = [], []

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from phi3lab.models.phi3_v.hd import CELLS, CLIP_MEAN, CLIP_STD
 from phi3lab.paths import embedded_dir
 from phi3lab.runtime.registry import ORIGINAL_CONTEXT
 from phi3lab.tiny import build, tokenizer, vision_data
-from phi3lab.tiny.cells import NUM_CROPS, cell_parts, cell_targets
+from phi3lab.tiny.cells import NUM_CROPS, cell_parts, cell_targets, view_cells
 from phi3lab.tiny.optim import optimise
 
 THREADS = 1  # one thread: these models are small, and on a shared 2-core machine two threads wait on each other
@@ -148,17 +147,6 @@ def encode(processor, conversation: list[dict], image, end_id: int, assistant_id
     }
 
 
-@lru_cache(maxsize=1)
-def _view_cells() -> tuple[torch.Tensor, int]:
-    """``(cells, length)``: the positions, within a picture's run of ``length`` (313) image tokens,
-    of the crop view's 144 cells, then the global view's, row by row (the separators left out)."""
-    from phi3lab.prompts.patches import image_tokens
-
-    run = image_tokens(336, 336, NUM_CROPS)
-    cells = [t.index for t in run if t.kind == "crop"] + [t.index for t in run if t.kind == "global"]
-    return torch.tensor(cells), len(run)
-
-
 def _norm_word(word: str) -> str:
     return "".join(ch for ch in word.lower() if ch.isalnum())
 
@@ -208,7 +196,7 @@ def route_targets(
     token is routed to the written word it copies (:func:`word_routes`), where that word covers a cell;
     the other tokens, to all the writing."""
     parts = cell_parts(example) if parts is None else parts
-    cells, length = _view_cells()
+    cells, length = view_cells()
     questions = [m["content"].removeprefix("<|image_1|>\n") for m in conversation if m["role"] == "user"]
     answers = [m["content"] for m in conversation if m["role"] == "assistant"]
 
@@ -295,7 +283,7 @@ class TrainingAids(torch.nn.Module):
             self.hooks.read("q", list(self.route_layers), heads=[route_head], keep="graph")
             self.hooks.read("k", list(self.route_layers), heads=[kv_head], keep="graph")
         self.hooks.__enter__()
-        self.register_buffer("cells", _view_cells()[0], persistent=False)
+        self.register_buffer("cells", view_cells()[0], persistent=False)
 
     KIND = list(vision_data.ATTRIBUTES).index("kind")
 
